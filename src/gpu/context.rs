@@ -1,0 +1,278 @@
+//! Adapter selection and the device: [`GpuContext`].
+
+use std::sync::{Arc, Mutex};
+
+use crate::gpu::pipeline::PipelineCache;
+use crate::gpu::pool::BufferPool;
+use crate::{Error, Result};
+
+/// How to choose the adapter. Defaults: every backend (or `WGPU_BACKEND`), the best
+/// adapter by type (discrete > integrated > virtual > CPU).
+#[derive(Clone, Debug, Default)]
+pub struct ContextOptions {
+    /// `vulkan`, `metal`, `dx12`, `gl` or `webgpu`; overrides `WGPU_BACKEND`.
+    pub backend: Option<String>,
+    /// Case-insensitive substring of the adapter name (`autoprog info` lists them).
+    pub adapter: Option<String>,
+}
+
+/// What was chosen and what it offers, for reports and for kernel-variant selection.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AdapterSummary {
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub driver_info: String,
+    pub features: Vec<String>,
+    pub subgroup_min_size: u32,
+    pub subgroup_max_size: u32,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_buffer_size: u64,
+    pub max_compute_workgroup_storage_size: u32,
+    pub max_compute_invocations_per_workgroup: u32,
+    pub max_storage_buffers_per_shader_stage: u32,
+    pub max_immediate_size: u32,
+}
+
+impl AdapterSummary {
+    pub fn from_adapter(adapter: &wgpu::Adapter) -> Self {
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let features = adapter.features();
+        AdapterSummary {
+            name: info.name,
+            backend: format!("{:?}", info.backend).to_lowercase(),
+            device_type: format!("{:?}", info.device_type),
+            driver: info.driver,
+            driver_info: info.driver_info,
+            features: features.iter_names().map(|(name, _)| name.to_lowercase()).collect(),
+            subgroup_min_size: info.subgroup_min_size,
+            subgroup_max_size: info.subgroup_max_size,
+            max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size as u64,
+            max_buffer_size: limits.max_buffer_size,
+            max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
+            max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+            max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
+            max_immediate_size: limits.max_immediate_size,
+        }
+    }
+
+    /// Whether this is a CPU implementation (lavapipe, llvmpipe, SwiftShader, WARP).
+    pub fn is_cpu(&self) -> bool {
+        self.device_type == "Cpu"
+    }
+
+    /// A short file-name-safe key that identifies the adapter and driver, for caches.
+    pub fn cache_key(&self) -> String {
+        let raw = format!("{}-{}-{}", self.backend, self.name, self.driver_info);
+        raw.chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+            .collect()
+    }
+}
+
+/// Ranks adapters: discrete > integrated > virtual > CPU > other.
+fn type_rank(t: wgpu::DeviceType) -> u8 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    }
+}
+
+/// Optional features used when the adapter has them.
+const WANTED_FEATURES: wgpu::Features = wgpu::Features::TIMESTAMP_QUERY
+    .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
+    .union(wgpu::Features::SUBGROUP)
+    .union(wgpu::Features::SHADER_F16)
+    .union(wgpu::Features::PIPELINE_CACHE);
+
+/// Instance, adapter, device and queue, plus the caches shared by every kernel.
+pub struct GpuContext {
+    pub instance: wgpu::Instance,
+    pub adapter: wgpu::Adapter,
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub summary: AdapterSummary,
+    pub(crate) pipelines: PipelineCache,
+    pub(crate) pool: Arc<BufferPool>,
+    pub(crate) uniform_pool: Mutex<Vec<wgpu::Buffer>>,
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+pub(crate) fn parse_backend(name: &str) -> Result<wgpu::Backends> {
+    Ok(match name.to_ascii_lowercase().as_str() {
+        "vulkan" | "vk" => wgpu::Backends::VULKAN,
+        "metal" | "mtl" => wgpu::Backends::METAL,
+        "dx12" | "d3d12" => wgpu::Backends::DX12,
+        "gl" | "gles" | "opengl" => wgpu::Backends::GL,
+        "webgpu" | "browser" => wgpu::Backends::BROWSER_WEBGPU,
+        other => return Err(Error::UnknownBackend(other.to_string())),
+    })
+}
+
+impl GpuContext {
+    fn backends(opts: &ContextOptions) -> Result<wgpu::Backends> {
+        match &opts.backend {
+            Some(name) => parse_backend(name),
+            None => Ok(wgpu::Backends::all().with_env()),
+        }
+    }
+
+    fn instance(backends: wgpu::Backends) -> wgpu::Instance {
+        wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends,
+            ..wgpu::InstanceDescriptor::new_without_display_handle_from_env()
+        })
+    }
+
+    /// Every adapter the chosen backends offer, best first.
+    pub async fn adapters(opts: &ContextOptions) -> Result<Vec<wgpu::Adapter>> {
+        let backends = Self::backends(opts)?;
+        let instance = Self::instance(backends);
+        Ok(Self::enumerate(&instance, backends).await)
+    }
+
+    async fn enumerate(instance: &wgpu::Instance, backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
+        #[cfg(native)]
+        let mut adapters = instance.enumerate_adapters(backends).await;
+        #[cfg(web)]
+        let mut adapters: Vec<wgpu::Adapter> = {
+            let _ = backends;
+            instance
+                .request_adapter(&wgpu::RequestAdapterOptions {
+                    power_preference: wgpu::PowerPreference::HighPerformance,
+                    ..Default::default()
+                })
+                .await
+                .into_iter()
+                .collect()
+        };
+        adapters.sort_by_key(|a| type_rank(a.get_info().device_type));
+        adapters
+    }
+
+    /// Picks an adapter as `opts` says and opens a device with the adapter's real limits
+    /// and every optional feature it has that the kernels can use.
+    pub async fn new(opts: &ContextOptions) -> Result<Self> {
+        let backends = Self::backends(opts)?;
+        let instance = Self::instance(backends);
+        let adapters = Self::enumerate(&instance, backends).await;
+        let backend_note = match &opts.backend {
+            Some(b) => format!(" for backend {b}"),
+            None => std::env::var("WGPU_BACKEND")
+                .map(|b| format!(" for WGPU_BACKEND={b}"))
+                .unwrap_or_default(),
+        };
+        if adapters.is_empty() {
+            return Err(Error::NoAdapter { backends: backend_note });
+        }
+        let adapter = match &opts.adapter {
+            None => adapters.into_iter().next().expect("non-empty"),
+            Some(wanted) => {
+                let needle = wanted.to_lowercase();
+                let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+                adapters
+                    .into_iter()
+                    .find(|a| a.get_info().name.to_lowercase().contains(&needle))
+                    .ok_or_else(|| Error::AdapterNotFound {
+                        wanted: wanted.clone(),
+                        available: names.join(", "),
+                    })?
+            }
+        };
+        Self::from_adapter(instance, adapter).await
+    }
+
+    /// Opens the device on a given adapter.
+    pub async fn from_adapter(instance: wgpu::Instance, adapter: wgpu::Adapter) -> Result<Self> {
+        let summary = AdapterSummary::from_adapter(&adapter);
+        let features = adapter.features() & WANTED_FEATURES;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("autoprog"),
+                required_features: features,
+                required_limits: adapter.limits(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::RequestDevice {
+                adapter: summary.name.clone(),
+                reason: e.to_string(),
+            })?;
+        // Validation errors are collected rather than panicking, and surface as
+        // `Error::Gpu` from the next submit, readback or kernel build.
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            sink.lock().expect("error lock").push(e.to_string());
+        }));
+        let pipelines = PipelineCache::new(&device, features.contains(wgpu::Features::PIPELINE_CACHE));
+        Ok(GpuContext {
+            instance,
+            adapter,
+            device,
+            queue,
+            summary,
+            pipelines,
+            pool: Arc::new(BufferPool::default()),
+            uniform_pool: Mutex::new(Vec::new()),
+            errors,
+        })
+    }
+
+    /// Native convenience: [`GpuContext::new`] blocking on the current thread.
+    #[cfg(native)]
+    pub fn new_blocking(opts: &ContextOptions) -> Result<Self> {
+        pollster::block_on(Self::new(opts))
+    }
+
+    /// The adapter's limits as requested for the device.
+    pub fn limits(&self) -> wgpu::Limits {
+        self.device.limits()
+    }
+
+    /// Whether the device was opened with `feature`.
+    pub fn has(&self, feature: wgpu::Features) -> bool {
+        self.device.features().contains(feature)
+    }
+
+    /// Fails with a clear message if `bytes` cannot be bound as one storage buffer.
+    pub fn check_binding(&self, what: &str, bytes: u64) -> Result<()> {
+        let limit = (self.limits().max_storage_buffer_binding_size as u64).min(self.limits().max_buffer_size);
+        if bytes > limit {
+            return Err(Error::BindingTooLarge { what: what.to_string(), bytes, limit });
+        }
+        Ok(())
+    }
+
+    /// Returns the first GPU validation error raised since the last call, if any.
+    pub fn take_error(&self, op: &str) -> Result<()> {
+        let mut errors = self.errors.lock().expect("error lock");
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let detail = errors.drain(..).collect::<Vec<_>>().join("\n");
+        Err(Error::Gpu { op: op.to_string(), detail })
+    }
+
+    /// Blocks (native) until the queue is idle; a no-op on the web, where the browser
+    /// drives completion.
+    pub fn wait_idle(&self) {
+        #[cfg(native)]
+        let _ = self.device.poll(wgpu::PollType::wait_indefinitely());
+    }
+
+    /// Buffers currently pooled and bytes held by them, for leak checks across stages.
+    pub fn pool_stats(&self) -> (usize, u64) {
+        self.pool.stats()
+    }
+
+    /// Drops every idle pooled buffer (for example when a model is re-planned).
+    pub fn trim_pool(&self) {
+        self.pool.trim()
+    }
+}

@@ -1,0 +1,30 @@
+//! The GPU runtime: adapter choice, device, tensors, buffer pool, pipeline cache,
+//! command recording, readback and the timestamp profiler.
+//!
+//! One [`GpuContext`] is built at an entry point and passed by reference everywhere.
+
+mod context;
+mod pipeline;
+mod pool;
+mod recorder;
+mod tensor;
+
+pub use context::{AdapterSummary, ContextOptions, GpuContext};
+pub use pipeline::{Access, Kernel, KernelSpec, Shader};
+pub use pool::BufferPool;
+pub use recorder::{Recorder, Timing};
+pub use tensor::Tensor;
+
+/// Largest workgroup count per grid dimension that every WebGPU adapter accepts.
+pub const MAX_GROUPS_PER_DIM: u32 = 65_535;
+
+/// Spreads `groups` workgroups over x and y so that neither exceeds the per-dimension
+/// limit. Shaders recover the linear index as `wg.x + wg.y * nwg.x`.
+pub fn grid_1d(groups: u32) -> [u32; 3] {
+    if groups <= MAX_GROUPS_PER_DIM {
+        [groups.max(1), 1, 1]
+    } else {
+        let y = groups.div_ceil(MAX_GROUPS_PER_DIM);
+        [groups.div_ceil(y), y, 1]
+    }
+}

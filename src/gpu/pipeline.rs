@@ -1,0 +1,156 @@
+//! Shaders, compiled kernels and the pipeline cache.
+//!
+//! A [`Kernel`] is one WGSL entry point compiled with explicit bindings (inputs, outputs,
+//! uniform, in that order) and optional specialisation: override constants, and
+//! `const` declarations rewritten before compilation (for values WGSL needs at shader
+//! creation, such as register-tile array sizes). Kernels are built once and cached.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::gpu::GpuContext;
+use crate::Result;
+
+/// A WGSL source file of one kernel family.
+#[derive(Clone, Copy, Debug)]
+pub struct Shader {
+    pub name: &'static str,
+    pub source: &'static str,
+}
+
+/// How an entry point uses a binding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Access {
+    Read,
+    ReadWrite,
+    Uniform,
+}
+
+/// Everything that identifies a compiled kernel.
+#[derive(Clone, Debug)]
+pub struct KernelSpec<'a> {
+    pub shader: Shader,
+    pub entry: &'a str,
+    pub bindings: &'a [Access],
+    /// `const NAME ... = value;` declarations to rewrite, as (NAME, value).
+    pub consts: &'a [(&'a str, String)],
+}
+
+/// A compiled compute pipeline and the bind-group layout it expects.
+pub struct Kernel {
+    pub label: String,
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+    pub bindings: Vec<Access>,
+}
+
+pub(crate) struct PipelineCache {
+    kernels: Mutex<HashMap<String, Arc<Kernel>>>,
+    driver_cache: Option<wgpu::PipelineCache>,
+}
+
+/// Rewrites `const NAME: T = old;` (or `const NAME = old;`) to the given value.
+/// Panics when a name is missing: the shader and its binding disagree, a programmer error.
+pub fn specialise(source: &str, consts: &[(&str, String)]) -> String {
+    let mut out = source.to_string();
+    for (name, value) in consts {
+        let start = out
+            .find(&format!("const {name}:"))
+            .or_else(|| out.find(&format!("const {name} ")))
+            .unwrap_or_else(|| panic!("shader has no `const {name}` to specialise"));
+        let eq = start + out[start..].find('=').expect("const has a value");
+        let end = eq + out[eq..].find(';').expect("const ends with ;");
+        out.replace_range(eq + 1..end, &format!(" {value}"));
+    }
+    out
+}
+
+impl PipelineCache {
+    pub(crate) fn new(device: &wgpu::Device, use_driver_cache: bool) -> Self {
+        // SAFETY: no data is passed in, so there is nothing to validate; the cache only
+        // lets the driver reuse its compilation work within this process.
+        let driver_cache = use_driver_cache.then(|| unsafe {
+            device.create_pipeline_cache(&wgpu::PipelineCacheDescriptor {
+                label: Some("autoprog"),
+                data: None,
+                fallback: true,
+            })
+        });
+        PipelineCache { kernels: Mutex::new(HashMap::new()), driver_cache }
+    }
+}
+
+fn layout_entry(binding: u32, access: Access) -> wgpu::BindGroupLayoutEntry {
+    let ty = match access {
+        Access::Read => wgpu::BufferBindingType::Storage { read_only: true },
+        Access::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+        Access::Uniform => wgpu::BufferBindingType::Uniform,
+    };
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer { ty, has_dynamic_offset: false, min_binding_size: None },
+        count: None,
+    }
+}
+
+impl GpuContext {
+    /// The compiled kernel for `spec`, built on first use.
+    pub fn kernel(&self, spec: &KernelSpec) -> Result<Arc<Kernel>> {
+        let consts: Vec<String> = spec.consts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let key = format!("{}::{}[{}]", spec.shader.name, spec.entry, consts.join(","));
+        if let Some(k) = self.pipelines.kernels.lock().expect("pipeline lock").get(&key) {
+            return Ok(k.clone());
+        }
+        let source = specialise(spec.shader.source, spec.consts);
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(spec.shader.name),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
+        let entries: Vec<_> =
+            spec.bindings.iter().enumerate().map(|(i, &a)| layout_entry(i as u32, a)).collect();
+        let layout = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some(&key),
+            entries: &entries,
+        });
+        let pipeline_layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(&key),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&key),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some(spec.entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                // Kernels initialise the workgroup memory they read.
+                zero_initialize_workgroup_memory: false,
+                ..Default::default()
+            },
+            cache: self.pipelines.driver_cache.as_ref(),
+        });
+        self.take_error(&format!("compiling {key}"))?;
+        let kernel =
+            Arc::new(Kernel { label: key.clone(), pipeline, layout, bindings: spec.bindings.to_vec() });
+        self.pipelines.kernels.lock().expect("pipeline lock").insert(key, kernel.clone());
+        Ok(kernel)
+    }
+
+    /// Number of distinct pipelines compiled so far (to check that sub-networks reuse them).
+    pub fn pipeline_count(&self) -> usize {
+        self.pipelines.kernels.lock().expect("pipeline lock").len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::specialise;
+
+    #[test]
+    fn specialise_rewrites_const_values() {
+        let src = "const TM: u32 = 4u;\nconst WG = 64u;\nfn f() {}";
+        let out = specialise(src, &[("TM", "8u".into()), ("WG", "16u".into())]);
+        assert_eq!(out, "const TM: u32 = 8u;\nconst WG = 16u;\nfn f() {}");
+    }
+}

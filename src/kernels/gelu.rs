@@ -1,0 +1,43 @@
+//! GELU (erf form), forward and backward: `shaders/gelu.wgsl`.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::gpu::{grid_1d, Access, KernelSpec, Recorder, Shader, Tensor};
+use crate::kernels::same_shape;
+use crate::Result;
+
+pub const SHADER: Shader = Shader { name: "gelu", source: include_str!("../../shaders/gelu.wgsl") };
+const WG: u32 = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    n: u32,
+    _pad: [u32; 3],
+}
+
+/// y = gelu(x), elementwise.
+pub fn gelu_forward(rec: &mut Recorder, x: &Tensor, y: &Tensor) -> Result<()> {
+    same_shape("gelu_forward", &[("x", x), ("y", y)])?;
+    let kernel = rec.ctx().kernel(&KernelSpec {
+        shader: SHADER,
+        entry: "gelu_forward",
+        bindings: &[Access::Read, Access::ReadWrite, Access::Uniform],
+        consts: &[],
+    })?;
+    let n = x.numel() as u32;
+    rec.dispatch(&kernel, &[x, y], &Params { n, _pad: [0; 3] }, grid_1d(n.div_ceil(WG)))
+}
+
+/// dx = dy * gelu'(x), elementwise.
+pub fn gelu_backward(rec: &mut Recorder, x: &Tensor, dy: &Tensor, dx: &Tensor) -> Result<()> {
+    same_shape("gelu_backward", &[("x", x), ("dy", dy), ("dx", dx)])?;
+    let kernel = rec.ctx().kernel(&KernelSpec {
+        shader: SHADER,
+        entry: "gelu_backward",
+        bindings: &[Access::Read, Access::Read, Access::ReadWrite, Access::Uniform],
+        consts: &[],
+    })?;
+    let n = x.numel() as u32;
+    rec.dispatch(&kernel, &[x, dy, dx], &Params { n, _pad: [0; 3] }, grid_1d(n.div_ceil(WG)))
+}

@@ -1,0 +1,14 @@
+//! autoprog: Vision Transformer training on WGSL kernels through wgpu.
+//!
+//! The core library: the GPU runtime ([`gpu`]), the WGSL kernels and their dispatch
+//! ([`kernels`]), and the CPU twin of every kernel entry point ([`cpu`]). The same crate
+//! compiles natively and to wasm32 (`native` / `web` cfg aliases, see `build.rs`).
+
+pub mod cpu;
+pub mod error;
+pub mod gpu;
+pub mod kernels;
+pub mod tolerance;
+
+pub use error::{Error, Result};
+pub use gpu::{ContextOptions, GpuContext, Recorder, Tensor};

@@ -1,0 +1,80 @@
+//! Numerical comparison with stated tolerances, shared by tests and benchmarks.
+
+/// |a - b| <= abs + rel * |b| elementwise, where `b` is the reference.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Tolerance {
+    pub rel: f64,
+    pub abs: f64,
+}
+
+impl Tolerance {
+    /// Forward kernels against their CPU twins in f32 (issue bar: rel 1e-4, abs 1e-5).
+    pub const FORWARD: Tolerance = Tolerance { rel: 1e-4, abs: 1e-5 };
+    /// Backward kernels against their CPU twins in f32 (issue bar: rel 1e-3).
+    pub const BACKWARD: Tolerance = Tolerance { rel: 1e-3, abs: 1e-5 };
+    /// CPU backward (f64) against central finite differences with step 1e-6: truncation
+    /// error O(h^2) plus rounding O(eps/h) gives about 1e-8 on smooth functions.
+    pub const FINITE_DIFF: Tolerance = Tolerance { rel: 1e-5, abs: 1e-7 };
+
+    /// Whether `actual` is within tolerance of `expected`.
+    pub fn accepts(&self, actual: f64, expected: f64) -> bool {
+        let diff = (actual - expected).abs();
+        diff <= self.abs + self.rel * expected.abs() || (actual.is_nan() && expected.is_nan())
+    }
+
+    /// Compares two slices; on failure returns a report of the first mismatches,
+    /// their indices and the largest difference.
+    pub fn check<A, B>(&self, what: &str, actual: &[A], expected: &[B]) -> Result<(), String>
+    where
+        A: Copy + Into<f64>,
+        B: Copy + Into<f64>,
+    {
+        if actual.len() != expected.len() {
+            return Err(format!(
+                "{what}: length {} but expected {}",
+                actual.len(),
+                expected.len()
+            ));
+        }
+        let mut bad = Vec::new();
+        let mut max_diff = 0f64;
+        let mut max_at = 0;
+        let mut count = 0usize;
+        for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
+            let (a, e): (f64, f64) = (a.into(), e.into());
+            let diff = (a - e).abs();
+            if diff > max_diff || diff.is_nan() {
+                max_diff = diff;
+                max_at = i;
+            }
+            if !self.accepts(a, e) {
+                count += 1;
+                if bad.len() < 8 {
+                    bad.push(format!("  [{i}] got {a:.8e}, expected {e:.8e} (diff {diff:.2e})"));
+                }
+            }
+        }
+        if count == 0 {
+            return Ok(());
+        }
+        Err(format!(
+            "{what}: {count} of {} values outside rel {:e} / abs {:e}; max diff {max_diff:.3e} at [{max_at}]\n{}",
+            actual.len(),
+            self.rel,
+            self.abs,
+            bad.join("\n")
+        ))
+    }
+
+    /// Like [`Tolerance::check`] but panics with the report; for tests.
+    #[track_caller]
+    pub fn assert<A, B>(&self, what: &str, actual: &[A], expected: &[B])
+    where
+        A: Copy + Into<f64>,
+        B: Copy + Into<f64>,
+    {
+        if let Err(report) = self.check(what, actual, expected) {
+            panic!("{report}");
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! Kernel tests: every WGSL entry point against its CPU twin on random shapes, every
+//! CPU backward against finite differences, every shader validated by naga.
+
+mod common;
+mod gelu;
+mod shaders;
