@@ -4,8 +4,11 @@
 //! ([`kernels`]), and the CPU twin of every kernel entry point ([`cpu`]). The same crate
 //! compiles natively and to wasm32 (`native` / `web` cfg aliases, see `build.rs`).
 
+pub mod bench;
 pub mod cpu;
 pub mod error;
+#[cfg(native)]
+pub mod fsutil;
 pub mod gpu;
 pub mod kernels;
 pub mod tolerance;

@@ -30,11 +30,7 @@ impl Tolerance {
         B: Copy + Into<f64>,
     {
         if actual.len() != expected.len() {
-            return Err(format!(
-                "{what}: length {} but expected {}",
-                actual.len(),
-                expected.len()
-            ));
+            return Err(format!("{what}: length {} but expected {}", actual.len(), expected.len()));
         }
         let mut bad = Vec::new();
         let mut max_diff = 0f64;

@@ -3,6 +3,7 @@
 //! Tests compare the GPU against these, and these against finite differences.
 
 pub mod gelu;
+pub mod matmul;
 
 /// The error function to near f64 precision (W. J. Cody's rational approximations
 /// are overkill here; this uses the series for |x| < 3 and a continued fraction beyond).
@@ -43,7 +44,13 @@ mod tests {
     #[test]
     fn erf_matches_known_values() {
         // Reference values from tables of erf.
-        for (x, want) in [(0.0, 0.0), (0.5, 0.520_499_877_813_046_5), (1.0, 0.842_700_792_949_714_9), (2.0, 0.995_322_265_018_952_7), (3.5, 0.999_999_256_901_627_7)] {
+        for (x, want) in [
+            (0.0, 0.0),
+            (0.5, 0.520_499_877_813_046_5),
+            (1.0, 0.842_700_792_949_714_9),
+            (2.0, 0.995_322_265_018_952_7),
+            (3.5, 0.999_999_256_901_627_7),
+        ] {
             assert!((super::erf(x) - want).abs() < 1e-13, "erf({x}) = {}", super::erf(x));
             assert!((super::erf(-x) + want).abs() < 1e-13);
         }

@@ -66,9 +66,7 @@ impl AdapterSummary {
     /// A short file-name-safe key that identifies the adapter and driver, for caches.
     pub fn cache_key(&self) -> String {
         let raw = format!("{}-{}-{}", self.backend, self.name, self.driver_info);
-        raw.chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
-            .collect()
+        raw.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect()
     }
 }
 
@@ -101,6 +99,7 @@ pub struct GpuContext {
     pub(crate) pool: Arc<BufferPool>,
     pub(crate) uniform_pool: Mutex<Vec<wgpu::Buffer>>,
     errors: Arc<Mutex<Vec<String>>>,
+    pub(crate) matmul: crate::kernels::matmul::MatmulState,
 }
 
 pub(crate) fn parse_backend(name: &str) -> Result<wgpu::Backends> {
@@ -163,9 +162,7 @@ impl GpuContext {
         let adapters = Self::enumerate(&instance, backends).await;
         let backend_note = match &opts.backend {
             Some(b) => format!(" for backend {b}"),
-            None => std::env::var("WGPU_BACKEND")
-                .map(|b| format!(" for WGPU_BACKEND={b}"))
-                .unwrap_or_default(),
+            None => std::env::var("WGPU_BACKEND").map(|b| format!(" for WGPU_BACKEND={b}")).unwrap_or_default(),
         };
         if adapters.is_empty() {
             return Err(Error::NoAdapter { backends: backend_note });
@@ -178,10 +175,7 @@ impl GpuContext {
                 adapters
                     .into_iter()
                     .find(|a| a.get_info().name.to_lowercase().contains(&needle))
-                    .ok_or_else(|| Error::AdapterNotFound {
-                        wanted: wanted.clone(),
-                        available: names.join(", "),
-                    })?
+                    .ok_or_else(|| Error::AdapterNotFound { wanted: wanted.clone(), available: names.join(", ") })?
             }
         };
         Self::from_adapter(instance, adapter).await
@@ -199,10 +193,7 @@ impl GpuContext {
                 ..Default::default()
             })
             .await
-            .map_err(|e| Error::RequestDevice {
-                adapter: summary.name.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| Error::RequestDevice { adapter: summary.name.clone(), reason: e.to_string() })?;
         // Validation errors are collected rather than panicking, and surface as
         // `Error::Gpu` from the next submit, readback or kernel build.
         let errors: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -221,6 +212,7 @@ impl GpuContext {
             pool: Arc::new(BufferPool::default()),
             uniform_pool: Mutex::new(Vec::new()),
             errors,
+            matmul: Default::default(),
         })
     }
 

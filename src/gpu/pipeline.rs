@@ -34,6 +34,8 @@ pub struct KernelSpec<'a> {
     pub bindings: &'a [Access],
     /// `const NAME ... = value;` declarations to rewrite, as (NAME, value).
     pub consts: &'a [(&'a str, String)],
+    /// Generated WGSL appended to the specialised source (e.g. unrolled entry points).
+    pub generated: &'a str,
 }
 
 /// A compiled compute pipeline and the bind-group layout it expects.
@@ -63,6 +65,17 @@ pub fn specialise(source: &str, consts: &[(&str, String)]) -> String {
         out.replace_range(eq + 1..end, &format!(" {value}"));
     }
     out
+}
+
+/// A short fingerprint of generated code for the cache key (empty for none).
+fn fingerprint(generated: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    if generated.is_empty() {
+        return String::new();
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    generated.hash(&mut h);
+    format!("#{:016x}", h.finish())
 }
 
 impl PipelineCache {
@@ -98,21 +111,19 @@ impl GpuContext {
     /// The compiled kernel for `spec`, built on first use.
     pub fn kernel(&self, spec: &KernelSpec) -> Result<Arc<Kernel>> {
         let consts: Vec<String> = spec.consts.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let key = format!("{}::{}[{}]", spec.shader.name, spec.entry, consts.join(","));
+        let key = format!("{}::{}[{}]{}", spec.shader.name, spec.entry, consts.join(","), fingerprint(spec.generated));
         if let Some(k) = self.pipelines.kernels.lock().expect("pipeline lock").get(&key) {
             return Ok(k.clone());
         }
-        let source = specialise(spec.shader.source, spec.consts);
+        let source = specialise(spec.shader.source, spec.consts) + spec.generated;
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(spec.shader.name),
             source: wgpu::ShaderSource::Wgsl(source.into()),
         });
-        let entries: Vec<_> =
-            spec.bindings.iter().enumerate().map(|(i, &a)| layout_entry(i as u32, a)).collect();
-        let layout = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some(&key),
-            entries: &entries,
-        });
+        let entries: Vec<_> = spec.bindings.iter().enumerate().map(|(i, &a)| layout_entry(i as u32, a)).collect();
+        let layout = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(&key), entries: &entries });
         let pipeline_layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some(&key),
             bind_group_layouts: &[Some(&layout)],
@@ -131,8 +142,7 @@ impl GpuContext {
             cache: self.pipelines.driver_cache.as_ref(),
         });
         self.take_error(&format!("compiling {key}"))?;
-        let kernel =
-            Arc::new(Kernel { label: key.clone(), pipeline, layout, bindings: spec.bindings.to_vec() });
+        let kernel = Arc::new(Kernel { label: key.clone(), pipeline, layout, bindings: spec.bindings.to_vec() });
         self.pipelines.kernels.lock().expect("pipeline lock").insert(key, kernel.clone());
         Ok(kernel)
     }

@@ -5,9 +5,8 @@ use std::sync::{Arc, Mutex};
 
 /// Usages every tensor buffer carries: bound as storage, filled by uploads and copies,
 /// copied out for readback.
-pub(crate) const TENSOR_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
-    .union(wgpu::BufferUsages::COPY_SRC)
-    .union(wgpu::BufferUsages::COPY_DST);
+pub(crate) const TENSOR_USAGE: wgpu::BufferUsages =
+    wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
 
 /// Idle buffers by size bucket. Buffers return here when the last [`crate::Tensor`]
 /// referring to them is dropped.

@@ -139,7 +139,13 @@ impl Recorder<'_> {
     }
 
     /// Records `kernel` over `tensors` (in binding order) with `params` as its uniform.
-    pub fn dispatch<P: Pod>(&mut self, kernel: &Kernel, tensors: &[&Tensor], params: &P, groups: [u32; 3]) -> Result<()> {
+    pub fn dispatch<P: Pod>(
+        &mut self,
+        kernel: &Kernel,
+        tensors: &[&Tensor],
+        params: &P,
+        groups: [u32; 3],
+    ) -> Result<()> {
         let storage = kernel.bindings.iter().filter(|a| **a != Access::Uniform).count();
         assert_eq!(tensors.len(), storage, "{}: wrong number of tensors", kernel.label);
         let bytes = bytemuck::bytes_of(params);
@@ -197,10 +203,8 @@ impl Recorder<'_> {
             _ => None,
         };
         {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(&kernel.label),
-                timestamp_writes,
-            });
+            let mut pass = encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(&kernel.label), timestamp_writes });
             pass.set_pipeline(&kernel.pipeline);
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(groups[0], groups[1], groups[2]);

@@ -64,10 +64,7 @@ impl Tensor {
     pub fn view(&self, elem_offset: usize, shape: &[usize]) -> Result<Tensor> {
         let numel: usize = shape.iter().product();
         if elem_offset + numel > self.numel() {
-            return Err(Error::shape(
-                "view",
-                format!("{shape:?} at element {elem_offset} overruns {:?}", self.shape),
-            ));
+            return Err(Error::shape("view", format!("{shape:?} at element {elem_offset} overruns {:?}", self.shape)));
         }
         Ok(Tensor { buf: self.buf.clone(), offset: self.offset + elem_offset as u64 * 4, shape: shape.to_vec() })
     }
@@ -86,11 +83,7 @@ impl GpuContext {
         let bytes = (numel.max(1) * 4) as u64;
         self.check_binding(&format!("tensor {label} {shape:?}"), bytes)?;
         let buffer = self.pool.take(&self.device, bytes, label);
-        Ok(Tensor {
-            buf: Arc::new(PooledBuffer::new(buffer, self.pool.clone())),
-            offset: 0,
-            shape: shape.to_vec(),
-        })
+        Ok(Tensor { buf: Arc::new(PooledBuffer::new(buffer, self.pool.clone())), offset: 0, shape: shape.to_vec() })
     }
 
     /// A tensor filled with `data` (f32).

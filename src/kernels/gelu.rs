@@ -6,7 +6,10 @@ use crate::gpu::{grid_1d, Access, KernelSpec, Recorder, Shader, Tensor};
 use crate::kernels::same_shape;
 use crate::Result;
 
-pub const SHADER: Shader = Shader { name: "gelu", source: include_str!("../../shaders/gelu.wgsl") };
+pub const SHADER: Shader = Shader {
+    name: "gelu",
+    source: concat!(include_str!("../../shaders/common.wgsl"), include_str!("../../shaders/gelu.wgsl")),
+};
 const WG: u32 = 256;
 
 #[repr(C)]
@@ -24,6 +27,7 @@ pub fn gelu_forward(rec: &mut Recorder, x: &Tensor, y: &Tensor) -> Result<()> {
         entry: "gelu_forward",
         bindings: &[Access::Read, Access::ReadWrite, Access::Uniform],
         consts: &[],
+        generated: "",
     })?;
     let n = x.numel() as u32;
     rec.dispatch(&kernel, &[x, y], &Params { n, _pad: [0; 3] }, grid_1d(n.div_ceil(WG)))
@@ -37,6 +41,7 @@ pub fn gelu_backward(rec: &mut Recorder, x: &Tensor, dy: &Tensor, dx: &Tensor) -
         entry: "gelu_backward",
         bindings: &[Access::Read, Access::Read, Access::ReadWrite, Access::Uniform],
         consts: &[],
+        generated: "",
     })?;
     let n = x.numel() as u32;
     rec.dispatch(&kernel, &[x, dy, dx], &Params { n, _pad: [0; 3] }, grid_1d(n.div_ceil(WG)))

@@ -3,14 +3,18 @@
 //! point that records a dispatch. Pipelines are built once through the context's cache.
 
 pub mod gelu;
+pub mod matmul;
 
 use crate::gpu::{Shader, Tensor};
 use crate::{Error, Result};
 
 /// Every WGSL file of the crate, for validation and inspection.
 pub fn shaders() -> Vec<Shader> {
-    vec![gelu::SHADER]
+    vec![COMMON, gelu::SHADER, matmul::SHADER]
 }
+
+/// Functions shared by several families (erf, GELU), prepended to their sources.
+pub const COMMON: Shader = Shader { name: "common", source: include_str!("../../shaders/common.wgsl") };
 
 /// Checks that all named tensors have the shape of the first.
 pub(crate) fn same_shape(op: &'static str, tensors: &[(&str, &Tensor)]) -> Result<()> {

@@ -1,1 +1,165 @@
-fn main() {}
+//! `autoprog`: the command-line tool. Results go to stdout, progress and logs to stderr.
+
+use std::process::ExitCode;
+
+use autoprog::bench::{self, BenchOptions, BenchResult};
+use autoprog::gpu::AdapterSummary;
+use autoprog::{ContextOptions, GpuContext};
+use clap::{Args, Parser, Subcommand};
+
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("AUTOPROG_COMMIT"), ")");
+
+#[derive(Parser)]
+#[command(name = "autoprog", version = VERSION, about = "Vision Transformer training with AutoProg on WGSL kernels (wgpu)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct GpuArgs {
+    /// Backend to use: vulkan, metal, dx12 or gl (default: all; or WGPU_BACKEND).
+    #[arg(long)]
+    backend: Option<String>,
+    /// Use the adapter whose name contains this text (see `autoprog info`).
+    #[arg(long)]
+    adapter: Option<String>,
+}
+
+impl GpuArgs {
+    fn options(&self) -> ContextOptions {
+        ContextOptions { backend: self.backend.clone(), adapter: self.adapter.clone() }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the GPU adapters with backend, type, features and key limits, and the one that would be used.
+    #[command(after_help = "Example:\n  autoprog info\n  autoprog info --backend gl --json")]
+    Info {
+        #[command(flatten)]
+        gpu: GpuArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time the kernels on the chosen adapter (matmul at 1024³ and ViT shapes).
+    #[command(
+        after_help = "Example:\n  autoprog bench\n  autoprog bench --json > bench.json\n  autoprog bench --size 512 --reps 3"
+    )]
+    Bench {
+        #[command(flatten)]
+        gpu: GpuArgs,
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Square matmul size(s), repeatable.
+        #[arg(long = "size", default_values_t = [1024usize])]
+        sizes: Vec<usize>,
+        /// Rows of the ViT-shape matmuls (batch x tokens).
+        #[arg(long, default_value_t = 32 * 197)]
+        vit_rows: usize,
+        /// Timed runs per case (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Only log lines, no per-case progress on stderr.
+        #[arg(long)]
+        quiet: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info { gpu, json } => info(&gpu, json),
+        Command::Bench { gpu, json, sizes, vit_rows, reps, quiet } => {
+            let opts = BenchOptions { square: sizes, vit_rows, reps: reps.max(1) };
+            run_bench(&gpu, &opts, json, quiet)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn info(gpu: &GpuArgs, json: bool) -> autoprog::Result<()> {
+    let opts = gpu.options();
+    let adapters = pollster::block_on(GpuContext::adapters(&opts))?;
+    if adapters.is_empty() {
+        return Err(autoprog::Error::NoAdapter { backends: String::new() });
+    }
+    let summaries: Vec<AdapterSummary> = adapters.iter().map(AdapterSummary::from_adapter).collect();
+    let chosen = GpuContext::new_blocking(&opts)?;
+    if json {
+        let out = serde_json::json!({ "adapters": summaries, "chosen": chosen.summary });
+        println!("{}", serde_json::to_string_pretty(&out).expect("serialisable"));
+        return Ok(());
+    }
+    for (i, s) in summaries.iter().enumerate() {
+        let mark = if s.name == chosen.summary.name && s.backend == chosen.summary.backend { "*" } else { " " };
+        println!("{mark} [{i}] {} ({}, {}, driver {} {})", s.name, s.backend, s.device_type, s.driver, s.driver_info);
+        println!("      features: {}", s.features.join(", "));
+        println!(
+            "      limits: storage binding {} MiB, buffer {} MiB, workgroup memory {} KiB, {} invocations/workgroup, {} storage buffers/stage, immediates {} B",
+            s.max_storage_buffer_binding_size >> 20,
+            s.max_buffer_size >> 20,
+            s.max_compute_workgroup_storage_size / 1024,
+            s.max_compute_invocations_per_workgroup,
+            s.max_storage_buffers_per_shader_stage,
+            s.max_immediate_size,
+        );
+        println!("      subgroup size {}..{}", s.subgroup_min_size, s.subgroup_max_size);
+    }
+    println!("* would be used: {} ({})", chosen.summary.name, chosen.summary.backend);
+    Ok(())
+}
+
+fn run_bench(gpu: &GpuArgs, opts: &BenchOptions, json: bool, quiet: bool) -> autoprog::Result<()> {
+    let ctx = GpuContext::new_blocking(&gpu.options())?;
+    eprintln!("adapter: {} ({}, {})", ctx.summary.name, ctx.summary.backend, ctx.summary.device_type);
+    eprintln!("tuning matmul variants for this adapter (cached after the first run)...");
+    let show = |r: &BenchResult| {
+        if !quiet && !json {
+            eprintln!("  {} done", describe(r));
+        }
+    };
+    let results = pollster::block_on(bench::run(&ctx, opts, show))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&results).expect("serialisable"));
+    } else {
+        println!("adapter: {} ({})", ctx.summary.name, ctx.summary.backend);
+        println!(
+            "{:<12} {:>7} {:>7} {:>7} {:>10} {:>10}  {:<24} timer",
+            "kernel", "m", "n", "k", "ms", "GFLOP/s", "variant"
+        );
+        for r in &results {
+            println!(
+                "{:<12} {:>7} {:>7} {:>7} {:>10.3} {:>10.1}  {:<24} {}",
+                r.name,
+                opt(r.m),
+                opt(r.n),
+                opt(r.k),
+                r.ms,
+                r.gflops,
+                r.variant,
+                r.timer
+            );
+        }
+    }
+    Ok(())
+}
+
+fn opt(v: Option<usize>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+fn describe(r: &BenchResult) -> String {
+    match (r.m, r.n, r.k) {
+        (Some(m), Some(n), Some(k)) => format!("{} {m}x{n}x{k}: {:.1} GFLOP/s", r.name, r.gflops),
+        _ => format!("{} {}: {:.3} ms", r.name, r.shape.as_deref().unwrap_or(""), r.ms),
+    }
+}

@@ -1,0 +1,612 @@
+//! Matrix multiply with fused epilogues: `shaders/matmul.wgsl`.
+//!
+//! Two variants: `register` (register tiles, no workgroup memory, no barriers; fastest
+//! on CPU adapters such as lavapipe) and `tiled` (shared-memory tiles for real GPUs).
+//! Which variant and which tile sizes a layout uses is decided per adapter by
+//! [`autotune`], which times candidates at first use and caches the choice on disk
+//! (native) or in memory (web). Until tuned, a per-adapter-type default is used.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use bytemuck::{Pod, Zeroable};
+use serde::{Deserialize, Serialize};
+
+use crate::gpu::{Access, GpuContext, KernelSpec, Recorder, Shader, Tensor};
+use crate::{Error, Result};
+
+pub const SHADER: Shader = Shader {
+    name: "matmul",
+    source: concat!(include_str!("../../shaders/common.wgsl"), include_str!("../../shaders/matmul.wgsl")),
+};
+
+/// Which operands are transposed: C = op(A) op(B).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Layout {
+    /// A [M, K], B [K, N]
+    NN,
+    /// A [M, K], B [N, K]: linear layers (y = x Wᵀ) and input gradients.
+    NT,
+    /// A [K, M], B [K, N]: weight gradients (dW = dyᵀ x).
+    TN,
+}
+
+impl Layout {
+    pub const ALL: [Layout; 3] = [Layout::NN, Layout::NT, Layout::TN];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::NN => "matmul_nn",
+            Layout::NT => "matmul_nt",
+            Layout::TN => "matmul_tn",
+        }
+    }
+    fn transposes(self) -> (bool, bool) {
+        match self {
+            Layout::NN => (false, false),
+            Layout::NT => (false, true),
+            Layout::TN => (true, false),
+        }
+    }
+}
+
+/// A kernel variant and its tile sizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Config {
+    pub variant: Variant,
+    /// Rows and columns per invocation.
+    pub tm: u32,
+    pub tn: u32,
+    /// Workgroup width (columns) and height (rows).
+    pub wx: u32,
+    pub wy: u32,
+    /// K-tile depth (tiled variant only).
+    pub bk: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Variant {
+    Register,
+    Tiled,
+}
+
+impl Config {
+    /// Register tiles: a row of `wx` invocations sharing `tm` rows, `tn` columns each.
+    pub const fn register(tm: u32, tn: u32, wx: u32) -> Self {
+        Config { variant: Variant::Register, tm, tn, wx, wy: 1, bk: 1 }
+    }
+    pub const fn tiled(tm: u32, tn: u32, wx: u32, wy: u32, bk: u32) -> Self {
+        Config { variant: Variant::Tiled, tm, tn, wx, wy, bk }
+    }
+    /// Rows x columns of C covered by one workgroup.
+    pub fn block(&self) -> (u32, u32) {
+        (self.wy * self.tm, self.wx * self.tn)
+    }
+    /// A short name such as `register_8x4_8` or `tiled_4x4_16x16_k16`.
+    pub fn label(&self) -> String {
+        match self.variant {
+            Variant::Register => format!("register_{}x{}_{}", self.tm, self.tn, self.wx),
+            Variant::Tiled => format!("tiled_{}x{}_{}x{}_k{}", self.tm, self.tn, self.wx, self.wy, self.bk),
+        }
+    }
+    fn fits(&self, limits: &wgpu::Limits) -> bool {
+        let invocations = self.wx * self.wy;
+        let (bm, bn) = self.block();
+        let shared = match self.variant {
+            Variant::Register => 0,
+            Variant::Tiled => (bm + bn) * self.bk * 4,
+        };
+        invocations <= limits.max_compute_invocations_per_workgroup
+            && self.wx <= limits.max_compute_workgroup_size_x
+            && self.wy <= limits.max_compute_workgroup_size_y
+            && shared <= limits.max_compute_workgroup_storage_size
+    }
+}
+
+/// Candidates timed by [`autotune`]: register tiles for CPU adapters, shared-memory
+/// tiles (and a few register tiles, which sometimes win on GPUs too) otherwise.
+pub fn candidates(ctx: &GpuContext) -> Vec<Config> {
+    let limits = ctx.limits();
+    let all: Vec<Config> = if ctx.summary.is_cpu() {
+        vec![
+            Config::register(8, 4, 8),
+            Config::register(4, 8, 8),
+            Config::register(8, 8, 8),
+            Config::register(4, 4, 8),
+            Config::register(8, 4, 16),
+            Config::register(16, 4, 8),
+            Config::tiled(4, 4, 16, 16, 16),
+        ]
+    } else {
+        vec![
+            Config::tiled(4, 4, 16, 16, 16),
+            Config::tiled(8, 8, 16, 16, 8),
+            Config::tiled(8, 8, 16, 16, 16),
+            Config::tiled(8, 4, 16, 16, 16),
+            Config::tiled(4, 8, 16, 16, 16),
+            Config::tiled(8, 8, 8, 8, 16),
+            Config::register(4, 4, 64),
+        ]
+    };
+    all.into_iter().filter(|c| c.fits(&limits)).collect()
+}
+
+/// The untuned choice: the first candidate for this adapter type.
+pub fn default_config(ctx: &GpuContext) -> Config {
+    candidates(ctx)[0]
+}
+
+/// Per-layout choices for one adapter (what the disk cache stores).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Tuning {
+    pub adapter: String,
+    pub configs: HashMap<String, Config>,
+}
+
+/// Tuning state kept per context.
+#[derive(Default)]
+pub struct MatmulState {
+    tuned: Mutex<Option<Tuning>>,
+}
+
+/// The fused epilogue: what happens to each accumulated value before it is stored.
+#[derive(Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    /// `+ bias[n]`, shape [N].
+    pub bias: Option<&'a Tensor>,
+    /// Apply GELU (after the bias).
+    pub gelu: bool,
+    /// Also store the value before GELU here (shape of C), for the backward pass.
+    pub pre: Option<&'a Tensor>,
+    /// `+ residual[m, n]` after GELU, shape of C.
+    pub residual: Option<&'a Tensor>,
+    /// `C += result` instead of `C = result` (beta = 1: gradient accumulation).
+    pub accumulate: bool,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    _pad0: u32,
+    lda: u32,
+    ldb: u32,
+    ldc: u32,
+    _pad1: u32,
+    batch_a: u32,
+    batch_b: u32,
+    batch_c: u32,
+    _pad2: u32,
+}
+
+/// Problem size derived from the operand shapes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dims {
+    pub batch: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+}
+
+fn split(t: &Tensor) -> (usize, usize, usize) {
+    let s = t.shape();
+    let r = s.len();
+    let batch = s[..r - 2].iter().product();
+    (batch, s[r - 2], s[r - 1])
+}
+
+/// Checks operand shapes for `layout` and returns the problem size. The last two
+/// dimensions are the matrix; leading dimensions are the batch. An operand without
+/// batch dimensions is shared by the whole batch.
+pub fn dims(layout: Layout, a: &Tensor, b: &Tensor, c: &Tensor) -> Result<Dims> {
+    let op = layout.name();
+    for (name, t) in [("A", a), ("B", b), ("C", c)] {
+        if t.shape().len() < 2 {
+            return Err(Error::shape(op, format!("{name} is {:?}; matmul needs at least 2 dimensions", t.shape())));
+        }
+    }
+    let (ba, a0, a1) = split(a);
+    let (bb, b0, b1) = split(b);
+    let (bc, m, n) = split(c);
+    let (am, ak) = if layout == Layout::TN { (a1, a0) } else { (a0, a1) };
+    let (bk, bn) = if layout == Layout::NT { (b1, b0) } else { (b0, b1) };
+    let shapes = || format!("A {:?}, B {:?}, C {:?}", a.shape(), b.shape(), c.shape());
+    if ak != bk {
+        return Err(Error::shape(op, format!("{}: inner dimensions differ ({ak} vs {bk})", shapes())));
+    }
+    if am != m || bn != n {
+        return Err(Error::shape(op, format!("{}: C must be [{am}, {bn}]", shapes())));
+    }
+    let a_rank_ok = a.shape().len() == 2 || ba == bc;
+    let b_rank_ok = b.shape().len() == 2 || bb == bc;
+    if !a_rank_ok || !b_rank_ok {
+        return Err(Error::shape(op, format!("{}: batch dimensions must match C's or be absent", shapes())));
+    }
+    Ok(Dims { batch: bc, m, n, k: ak })
+}
+
+/// Records C = op(A) op(B) with the fused epilogue, using this adapter's tuned config.
+pub fn matmul(rec: &mut Recorder, layout: Layout, a: &Tensor, b: &Tensor, c: &Tensor, epi: &Epilogue) -> Result<()> {
+    let config = config_for(rec.ctx(), layout);
+    matmul_with(rec, layout, config, a, b, c, epi)
+}
+
+/// The config `matmul` uses for `layout` on this context.
+pub fn config_for(ctx: &GpuContext, layout: Layout) -> Config {
+    let tuned = ctx.matmul.tuned.lock().expect("tuning lock");
+    tuned.as_ref().and_then(|t| t.configs.get(layout.name()).copied()).unwrap_or_else(|| default_config(ctx))
+}
+
+/// [`matmul`] with an explicit variant (tests and tuning).
+pub fn matmul_with(
+    rec: &mut Recorder,
+    layout: Layout,
+    config: Config,
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    epi: &Epilogue,
+) -> Result<()> {
+    let op = layout.name();
+    let d = dims(layout, a, b, c)?;
+    if let Some(bias) = epi.bias {
+        if bias.shape() != [d.n] {
+            return Err(Error::shape(op, format!("bias is {:?} but C has {} columns", bias.shape(), d.n)));
+        }
+    }
+    for (name, t) in [("residual", epi.residual), ("pre", epi.pre)] {
+        if let Some(t) = t {
+            if t.shape() != c.shape() {
+                return Err(Error::shape(op, format!("{name} is {:?} but C is {:?}", t.shape(), c.shape())));
+            }
+        }
+    }
+    if epi.pre.is_some() && !epi.gelu {
+        return Err(Error::invalid(op, "storing the pre-activation only makes sense with gelu"));
+    }
+    if d.m == 0 || d.n == 0 || d.batch == 0 {
+        return Ok(());
+    }
+    let (a_trans, b_trans) = layout.transposes();
+    let flag = |b: bool| b.to_string();
+    let consts = [
+        ("TM", format!("{}u", config.tm)),
+        ("TN", format!("{}u", config.tn)),
+        ("WX", format!("{}u", config.wx)),
+        ("WY", format!("{}u", config.wy)),
+        ("BK", format!("{}u", config.bk)),
+        ("A_TRANS", flag(a_trans)),
+        ("B_TRANS", flag(b_trans)),
+        ("HAS_BIAS", flag(epi.bias.is_some())),
+        ("GELU", flag(epi.gelu)),
+        ("STORE_PRE", flag(epi.pre.is_some())),
+        ("HAS_RESIDUAL", flag(epi.residual.is_some())),
+        ("ACCUMULATE", flag(epi.accumulate)),
+    ];
+    let (entry, generated) = match config.variant {
+        Variant::Register => ("matmul_register", register_source(config, choose_reads(layout, config, &d))),
+        Variant::Tiled => ("matmul_tiled", String::new()),
+    };
+    use Access::*;
+    let kernel = rec.ctx().kernel(&KernelSpec {
+        shader: SHADER,
+        entry,
+        bindings: &[Read, Read, Read, Read, ReadWrite, ReadWrite, Uniform],
+        consts: &consts,
+        generated: &generated,
+    })?;
+    // Unused bindings still need a buffer: bind small placeholders.
+    let placeholder_read = rec.ctx().empty(&[1], "matmul.unused")?;
+    let placeholder_write = rec.ctx().empty(&[1], "matmul.unused_pre")?;
+    let bias = epi.bias.unwrap_or(&placeholder_read);
+    let residual = epi.residual.unwrap_or(&placeholder_read);
+    let pre = epi.pre.unwrap_or(&placeholder_write);
+    let stride = |t: &Tensor, rows: usize, cols: usize| if t.shape().len() == 2 { 0 } else { (rows * cols) as u32 };
+    let (a0, a1) = if layout == Layout::TN { (d.k, d.m) } else { (d.m, d.k) };
+    let (b0, b1) = if layout == Layout::NT { (d.n, d.k) } else { (d.k, d.n) };
+    let params = Params {
+        m: d.m as u32,
+        n: d.n as u32,
+        k: d.k as u32,
+        lda: a1 as u32,
+        ldb: b1 as u32,
+        ldc: d.n as u32,
+        batch_a: stride(a, a0, a1),
+        batch_b: stride(b, b0, b1),
+        batch_c: (d.m * d.n) as u32,
+        ..Zeroable::zeroed()
+    };
+    let (bm, bn) = match config.variant {
+        Variant::Register => (config.tm, config.wx * config.tn),
+        Variant::Tiled => config.block(),
+    };
+    let groups = [(d.n as u32).div_ceil(bn), (d.m as u32).div_ceil(bm), d.batch as u32];
+    rec.dispatch(&kernel, &[a, b, bias, residual, c, pre], &params, groups)
+}
+
+/// Where tuning results live on disk: `$AUTOPROG_CACHE_DIR` or the user cache dir.
+#[cfg(native)]
+pub fn cache_path(ctx: &GpuContext) -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("AUTOPROG_CACHE_DIR")
+        .map(std::path::PathBuf::from)
+        .or_else(|| dirs::cache_dir().map(|d| d.join("autoprog")))?;
+    Some(dir.join(format!("matmul-{}.json", ctx.summary.cache_key())))
+}
+
+/// Square size timed per candidate: big enough to reach steady speed, small enough
+/// to tune in seconds on a CPU adapter.
+fn tuning_size(ctx: &GpuContext) -> usize {
+    if ctx.summary.is_cpu() {
+        384
+    } else {
+        2048
+    }
+}
+
+/// Times one config on an n x n x n problem: median of `reps` GPU-timed runs (wall
+/// time where the adapter has no timestamps), in milliseconds.
+pub async fn time_config(ctx: &GpuContext, layout: Layout, config: Config, dims: Dims, reps: usize) -> Result<f64> {
+    let (ar, ac) = if layout == Layout::TN { (dims.k, dims.m) } else { (dims.m, dims.k) };
+    let (br, bc) = if layout == Layout::NT { (dims.n, dims.k) } else { (dims.k, dims.n) };
+    let fill = |len: usize| (0..len).map(|i| ((i * 7919) % 13) as f32 * 0.01 - 0.06).collect::<Vec<_>>();
+    let a = ctx.upload(&fill(ar * ac), &[ar, ac], "bench.a")?;
+    let b = ctx.upload(&fill(br * bc), &[br, bc], "bench.b")?;
+    let c = ctx.empty(&[dims.m, dims.n], "bench.c")?;
+    let mut times = Vec::with_capacity(reps);
+    // One warm-up run compiles the pipeline and faults in the memory.
+    for rep in 0..=reps {
+        let start = web_time_now();
+        let mut rec = ctx.timed_recorder("bench");
+        matmul_with(&mut rec, layout, config, &a, &b, &c, &Epilogue::default())?;
+        let timing = ctx.submit_timed(rec).await?;
+        let wall = web_time_now() - start;
+        if rep > 0 {
+            times.push(if timing.passes.is_empty() { wall } else { timing.total_ms() });
+        }
+    }
+    Ok(median(&mut times))
+}
+
+/// Median of a non-empty sample.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+/// Milliseconds from an arbitrary origin (wall clock), native and web.
+pub fn web_time_now() -> f64 {
+    #[cfg(native)]
+    {
+        use std::sync::OnceLock;
+        static START: OnceLock<std::time::Instant> = OnceLock::new();
+        START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64() * 1e3
+    }
+    #[cfg(web)]
+    {
+        js_sys::Date::now()
+    }
+}
+
+/// Picks the fastest candidate for every layout by timing them on this adapter, unless
+/// a cached choice exists. Call once at an entry point before heavy work.
+pub async fn autotune(ctx: &GpuContext) -> Result<Tuning> {
+    if let Some(t) = ctx.matmul.tuned.lock().expect("tuning lock").clone() {
+        return Ok(t);
+    }
+    #[cfg(native)]
+    if let Some(t) = load_cached(ctx) {
+        *ctx.matmul.tuned.lock().expect("tuning lock") = Some(t.clone());
+        return Ok(t);
+    }
+    let n = tuning_size(ctx);
+    let dims = Dims { batch: 1, m: n, n, k: n };
+    let mut tuning = Tuning { adapter: ctx.summary.name.clone(), configs: HashMap::new() };
+    for layout in Layout::ALL {
+        let mut best: Option<(f64, Config)> = None;
+        for config in candidates(ctx) {
+            let ms = time_config(ctx, layout, config, dims, 3).await?;
+            log::debug!("{} {}: {:.3} ms", layout.name(), config.label(), ms);
+            if best.is_none_or(|(b, _)| ms < b) {
+                best = Some((ms, config));
+            }
+        }
+        tuning.configs.insert(layout.name().to_string(), best.expect("at least one candidate").1);
+    }
+    #[cfg(native)]
+    save_cached(ctx, &tuning);
+    *ctx.matmul.tuned.lock().expect("tuning lock") = Some(tuning.clone());
+    Ok(tuning)
+}
+
+/// Forgets the in-memory choice (the disk cache stays), so the next `autotune` reloads.
+pub fn reset_tuning(ctx: &GpuContext) {
+    *ctx.matmul.tuned.lock().expect("tuning lock") = None;
+}
+
+#[cfg(native)]
+fn load_cached(ctx: &GpuContext) -> Option<Tuning> {
+    let path = cache_path(ctx)?;
+    let text = std::fs::read_to_string(&path).ok()?;
+    let tuning: Tuning = serde_json::from_str(&text).ok()?;
+    let valid = candidates(ctx);
+    // A cache written by another build may name configs this build no longer offers.
+    let ok = Layout::ALL.iter().all(|l| tuning.configs.get(l.name()).is_some_and(|c| valid.contains(c)));
+    ok.then_some(tuning)
+}
+
+#[cfg(native)]
+fn save_cached(ctx: &GpuContext, tuning: &Tuning) {
+    let Some(path) = cache_path(ctx) else { return };
+    let json = serde_json::to_string_pretty(tuning).expect("tuning serialises");
+    // A failed cache write only costs a re-tune next time.
+    if let Err(e) = crate::fsutil::write_atomic(&path, json.as_bytes()) {
+        log::warn!("could not cache matmul tuning at {}: {e}", path.display());
+    }
+}
+
+/// How the generated register kernel reads its operands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reads {
+    /// Scalar loads: any shape.
+    Scalar,
+    /// B rows contiguous along n, read as vec4 (NN/TN with N % 4 == 0).
+    Vec4N,
+    /// As `Vec4N`, and A rows contiguous along k read as vec4, four k-steps per
+    /// iteration (NN with K % 4 == 0).
+    Vec4NK,
+    /// A and B contiguous along k, read as vec4 four k-steps at a time (NT with K % 4 == 0).
+    Vec4K,
+}
+
+fn choose_reads(layout: Layout, config: Config, d: &Dims) -> Reads {
+    match layout {
+        Layout::NN if d.n % 4 == 0 && d.k % 4 == 0 && config.tn % 4 == 0 => Reads::Vec4NK,
+        Layout::NN | Layout::TN if d.n % 4 == 0 && config.tn % 4 == 0 => Reads::Vec4N,
+        Layout::NT if d.k % 4 == 0 => Reads::Vec4K,
+        _ => Reads::Scalar,
+    }
+}
+
+/// Generates the fully unrolled `matmul_register` entry point.
+///
+/// A workgroup is WX invocations in a row; all of them share the workgroup's TM rows,
+/// so every A address depends only on the workgroup and k. Such loads are uniform,
+/// which CPU adapters execute once per SIMD batch of invocations instead of once per
+/// lane, and B (the divergent operand) is read as wide as the layout allows.
+fn register_source(config: Config, reads: Reads) -> String {
+    use std::fmt::Write;
+    let (tm, tn, wx) = (config.tm, config.tn, config.wx);
+    let mut s = String::new();
+    let w = &mut s;
+    let _ = writeln!(w, "@compute @workgroup_size({wx}, 1)");
+    let _ = writeln!(
+        w,
+        "fn matmul_register(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {{"
+    );
+    let _ = writeln!(w, "    let batch = wg.z;");
+    let _ = writeln!(w, "    let a_base = batch * p.batch_a;");
+    let _ = writeln!(w, "    let b_base = batch * p.batch_b;");
+    let _ = writeln!(w, "    let row0 = wg.y * {tm}u;");
+    for i in 0..tm {
+        let _ = writeln!(w, "    let r{i} = min(row0 + {i}u, p.m - 1u);");
+    }
+    match reads {
+        Reads::Vec4N | Reads::Vec4NK => {
+            let groups = tn / 4;
+            let _ = writeln!(w, "    let g0 = wg.x * {}u + lid.x;", wx * groups);
+            let _ = writeln!(w, "    let ngroups = p.n / 4u;");
+            for j in 0..groups {
+                let _ = writeln!(w, "    let c{j} = min(g0 + {}u, ngroups - 1u);", wx * j);
+            }
+            for i in 0..tm {
+                for j in 0..groups {
+                    let _ = writeln!(w, "    var acc{i}_{j} = vec4<f32>(0.0);");
+                }
+            }
+            let _ = writeln!(w, "    let ldb4 = p.ldb / 4u;");
+            let _ = writeln!(w, "    var bk = b_base / 4u;");
+            if reads == Reads::Vec4NK {
+                let _ = writeln!(w, "    for (var kk = 0u; kk < p.k; kk += 4u) {{");
+                for i in 0..tm {
+                    let _ = writeln!(w, "        let av{i} = a4[(a_base + r{i} * p.lda + kk) / 4u];");
+                }
+                for (q, comp) in ["x", "y", "z", "w"].iter().enumerate() {
+                    for j in 0..groups {
+                        let _ = writeln!(w, "        let bv{j}_{q} = b4[bk + c{j}];");
+                    }
+                    for i in 0..tm {
+                        for j in 0..groups {
+                            let _ = writeln!(
+                                w,
+                                "        acc{i}_{j} = fma(vec4<f32>(av{i}.{comp}), bv{j}_{q}, acc{i}_{j});"
+                            );
+                        }
+                    }
+                    let _ = writeln!(w, "        bk += ldb4;");
+                }
+            } else {
+                let _ = writeln!(w, "    for (var kk = 0u; kk < p.k; kk++) {{");
+                for i in 0..tm {
+                    let _ = writeln!(w, "        let av{i} = vec4<f32>(a[a_base + a_at(r{i}, kk)]);");
+                }
+                for j in 0..groups {
+                    let _ = writeln!(w, "        let bv{j} = b4[bk + c{j}];");
+                }
+                for i in 0..tm {
+                    for j in 0..groups {
+                        let _ = writeln!(w, "        acc{i}_{j} = fma(av{i}, bv{j}, acc{i}_{j});");
+                    }
+                }
+                let _ = writeln!(w, "        bk += ldb4;");
+            }
+            let _ = writeln!(w, "    }}");
+            for i in 0..tm {
+                for j in 0..groups {
+                    for q in 0..4 {
+                        let comp = ["x", "y", "z", "w"][q];
+                        let _ = writeln!(
+                            w,
+                            "    store(batch, row0 + {i}u, (g0 + {}u) * 4u + {q}u, acc{i}_{j}.{comp});",
+                            wx * j
+                        );
+                    }
+                }
+            }
+        }
+        Reads::Vec4K | Reads::Scalar => {
+            let _ = writeln!(w, "    let col0 = wg.x * {}u + lid.x;", wx * tn);
+            for j in 0..tn {
+                let _ = writeln!(w, "    let c{j} = min(col0 + {}u, p.n - 1u);", wx * j);
+            }
+            for i in 0..tm {
+                for j in 0..tn {
+                    let _ = writeln!(w, "    var acc{i}_{j} = 0.0;");
+                }
+            }
+            if reads == Reads::Vec4K {
+                // A is [M, K] and B is [N, K]: both rows are contiguous along k.
+                let _ = writeln!(w, "    for (var kk = 0u; kk < p.k; kk += 4u) {{");
+                for i in 0..tm {
+                    let _ = writeln!(w, "        let av{i} = a4[(a_base + r{i} * p.lda + kk) / 4u];");
+                }
+                for j in 0..tn {
+                    let _ = writeln!(w, "        let bv{j} = b4[(b_base + c{j} * p.ldb + kk) / 4u];");
+                }
+                for i in 0..tm {
+                    for j in 0..tn {
+                        let _ = writeln!(w, "        acc{i}_{j} += dot(av{i}, bv{j});");
+                    }
+                }
+            } else {
+                let _ = writeln!(w, "    for (var kk = 0u; kk < p.k; kk++) {{");
+                for i in 0..tm {
+                    let _ = writeln!(w, "        let av{i} = a[a_base + a_at(r{i}, kk)];");
+                }
+                for j in 0..tn {
+                    let _ = writeln!(w, "        let bv{j} = b[b_base + b_at(kk, c{j})];");
+                }
+                for i in 0..tm {
+                    for j in 0..tn {
+                        let _ = writeln!(w, "        acc{i}_{j} = fma(av{i}, bv{j}, acc{i}_{j});");
+                    }
+                }
+            }
+            let _ = writeln!(w, "    }}");
+            for i in 0..tm {
+                for j in 0..tn {
+                    let _ = writeln!(w, "    store(batch, row0 + {i}u, col0 + {}u, acc{i}_{j});", wx * j);
+                }
+            }
+        }
+    }
+    let _ = writeln!(w, "}}");
+    s
+}

@@ -1,0 +1,181 @@
+use autoprog::cpu;
+use autoprog::kernels::matmul::{self, Config, Epilogue, Layout};
+use autoprog::tolerance::Tolerance;
+use proptest::prelude::*;
+
+use crate::common::*;
+
+/// Every variant the tuner may choose on any adapter type, plus odd tile shapes.
+fn configs() -> Vec<Config> {
+    vec![
+        Config::register(8, 4, 8),
+        Config::register(4, 8, 8),
+        Config::register(16, 4, 8),
+        Config::register(3, 5, 4),
+        Config::tiled(4, 4, 16, 16, 16),
+        Config::tiled(8, 8, 16, 16, 8),
+        Config::tiled(2, 3, 8, 4, 5),
+    ]
+}
+
+struct Case {
+    layout: Layout,
+    batch: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    b_shared: bool,
+    bias: bool,
+    gelu: bool,
+    residual: bool,
+    accumulate: bool,
+}
+
+fn check(case: &Case, config: Config, seed: u64) {
+    let Case { layout, batch, m, n, k, .. } = *case;
+    let mut r = rng(seed);
+    let a = rounded(&random(&mut r, batch * m * k, 1.0));
+    let b_batches = if case.b_shared { 1 } else { batch };
+    let b = rounded(&random(&mut r, b_batches * k * n, 1.0));
+    let bias = rounded(&random(&mut r, n, 1.0));
+    let res = rounded(&random(&mut r, batch * m * n, 1.0));
+    let old = rounded(&random(&mut r, batch * m * n, 1.0));
+    let a_shape = match layout {
+        Layout::TN => vec![batch, k, m],
+        _ => vec![batch, m, k],
+    };
+    let mut b_shape = match layout {
+        Layout::NT => vec![b_batches, n, k],
+        _ => vec![b_batches, k, n],
+    };
+    if case.b_shared {
+        b_shape.remove(0);
+    }
+    let c_shape = [batch, m, n];
+    let (at, bt) = (upload(&a, &a_shape), upload(&b, &b_shape));
+    let bias_t = upload(&bias, &[n]);
+    let res_t = upload(&res, &c_shape);
+    let c = upload(&old, &c_shape);
+    let pre = empty(&c_shape);
+    let epi = Epilogue {
+        bias: case.bias.then_some(&bias_t),
+        gelu: case.gelu,
+        pre: case.gelu.then_some(&pre),
+        residual: case.residual.then_some(&res_t),
+        accumulate: case.accumulate,
+    };
+    run(|rec| matmul::matmul_with(rec, layout, config, &at, &bt, &c, &epi));
+    let (want, want_pre) = cpu::matmul::matmul(
+        layout,
+        batch,
+        m,
+        n,
+        k,
+        &a,
+        false,
+        &b,
+        case.b_shared,
+        &cpu::matmul::Epilogue {
+            bias: case.bias.then_some(&bias[..]),
+            gelu: case.gelu,
+            residual: case.residual.then_some(&res[..]),
+            accumulate: case.accumulate.then_some(&old[..]),
+        },
+    );
+    // Sums of k products of values in [-1, 1]: f32 accumulation error grows like
+    // sqrt(k) * eps * |terms|, so the absolute floor scales with sqrt(k).
+    let tol = Tolerance { rel: 1e-4, abs: 1e-5 * (k as f64).sqrt().max(1.0) * 4.0 };
+    let what = format!("{} {} b{batch} m{m} n{n} k{k}", layout.name(), config.label());
+    tol.assert(&what, &read(&c), &want);
+    if case.gelu {
+        tol.assert(&format!("{what} pre"), &read(&pre), &want_pre);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    #[test]
+    fn matmul_matches_cpu(
+        layout in prop::sample::select(Layout::ALL.to_vec()),
+        config in prop::sample::select(configs()),
+        batch in 1usize..3, m in 1usize..70, n in 1usize..70, k in 1usize..70,
+        b_shared in any::<bool>(), bias in any::<bool>(), gelu in any::<bool>(),
+        residual in any::<bool>(), accumulate in any::<bool>(), seed in any::<u64>(),
+    ) {
+        let case = Case { layout, batch, m, n, k, b_shared, bias, gelu, residual, accumulate };
+        check(&case, config, seed);
+    }
+}
+
+#[test]
+fn matmul_every_variant_and_layout_at_a_vit_shape() {
+    // M = batch * tokens (4 * 65), K = 64, N = 3K: the nano ViT's qkv projection.
+    for config in configs() {
+        for layout in Layout::ALL {
+            let case = Case {
+                layout,
+                batch: 1,
+                m: 260,
+                n: 192,
+                k: 64,
+                b_shared: false,
+                bias: true,
+                gelu: false,
+                residual: false,
+                accumulate: false,
+            };
+            check(&case, config, 11);
+        }
+    }
+}
+
+#[test]
+fn matmul_rejects_bad_shapes() {
+    let c = ctx();
+    let a = c.zeros(&[3, 4], "a").unwrap();
+    let b = c.zeros(&[5, 6], "b").unwrap();
+    let out = c.zeros(&[3, 6], "c").unwrap();
+    let mut rec = c.recorder("bad");
+    let err = matmul::matmul(&mut rec, Layout::NN, &a, &b, &out, &Epilogue::default()).unwrap_err().to_string();
+    assert!(
+        err.contains("matmul_nn") && err.contains("[3, 4]") && err.contains("[5, 6]") && err.contains("4 vs 5"),
+        "{err}"
+    );
+    let bias = c.zeros(&[7], "bias").unwrap();
+    let b = c.zeros(&[4, 6], "b").unwrap();
+    let epi = Epilogue { bias: Some(&bias), ..Default::default() };
+    let err = matmul::matmul(&mut rec, Layout::NN, &a, &b, &out, &epi).unwrap_err().to_string();
+    assert!(err.contains("bias is [7]"), "{err}");
+}
+
+#[test]
+fn matmul_binding_limit_is_a_clear_error() {
+    let c = ctx();
+    let limit = c.limits().max_storage_buffer_binding_size as usize;
+    // One row more than the binding limit allows, never allocated.
+    let rows = limit / 4 / 1024 + 1;
+    let err = c.empty(&[rows, 1024], "activations").unwrap_err().to_string();
+    assert!(err.contains("binds at most") && err.contains("smaller batch"), "{err}");
+}
+
+#[test]
+fn autotune_picks_a_candidate_and_caches_it() {
+    let dir = std::env::temp_dir().join(format!("autoprog-tune-{}", std::process::id()));
+    std::env::set_var("AUTOPROG_CACHE_DIR", &dir);
+    let c = ctx();
+    let tuning = pollster::block_on(matmul::autotune(c)).unwrap();
+    let candidates = matmul::candidates(c);
+    for layout in Layout::ALL {
+        let chosen = tuning.configs[layout.name()];
+        assert!(candidates.contains(&chosen), "{chosen:?}");
+        assert_eq!(matmul::config_for(c, layout), chosen);
+    }
+    let path = matmul::cache_path(c).unwrap();
+    assert!(path.exists(), "{} not written", path.display());
+    // A second tune from a cold context state loads the same choice from disk.
+    matmul::reset_tuning(c);
+    let again = pollster::block_on(matmul::autotune(c)).unwrap();
+    assert_eq!(again.configs, tuning.configs);
+    matmul::reset_tuning(c);
+    let _ = std::fs::remove_dir_all(dir);
+}
