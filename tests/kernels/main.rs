@@ -3,4 +3,6 @@
 
 mod common;
 mod gelu;
+mod patch;
+mod resize;
 mod shaders;
