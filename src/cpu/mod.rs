@@ -4,6 +4,8 @@
 
 pub mod gelu;
 pub mod matmul;
+pub mod patch;
+pub mod resize;
 
 /// The error function to near f64 precision (W. J. Cody's rational approximations
 /// are overkill here; this uses the series for |x| < 3 and a continued fraction beyond).

@@ -49,7 +49,7 @@ impl AdapterSummary {
             features: features.iter_names().map(|(name, _)| name.to_lowercase()).collect(),
             subgroup_min_size: info.subgroup_min_size,
             subgroup_max_size: info.subgroup_max_size,
-            max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size as u64,
+            max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
             max_buffer_size: limits.max_buffer_size,
             max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
             max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
@@ -234,7 +234,7 @@ impl GpuContext {
 
     /// Fails with a clear message if `bytes` cannot be bound as one storage buffer.
     pub fn check_binding(&self, what: &str, bytes: u64) -> Result<()> {
-        let limit = (self.limits().max_storage_buffer_binding_size as u64).min(self.limits().max_buffer_size);
+        let limit = self.limits().max_storage_buffer_binding_size.min(self.limits().max_buffer_size);
         if bytes > limit {
             return Err(Error::BindingTooLarge { what: what.to_string(), bytes, limit });
         }

@@ -4,13 +4,15 @@
 
 pub mod gelu;
 pub mod matmul;
+pub mod patch;
+pub mod resize;
 
 use crate::gpu::{Shader, Tensor};
 use crate::{Error, Result};
 
 /// Every WGSL file of the crate, for validation and inspection.
 pub fn shaders() -> Vec<Shader> {
-    vec![COMMON, gelu::SHADER, matmul::SHADER]
+    vec![COMMON, gelu::SHADER, matmul::SHADER, patch::SHADER, resize::SHADER]
 }
 
 /// Functions shared by several families (erf, GELU), prepended to their sources.

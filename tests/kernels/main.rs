@@ -4,4 +4,6 @@
 mod common;
 mod gelu;
 mod matmul;
+mod patch;
+mod resize;
 mod shaders;

@@ -1,0 +1,72 @@
+//! Patchify: cuts images into flattened patches for the patch embedding: `shaders/patch.wgsl`.
+//! The patch vector is ordered (channel, py, px), the flattening of a Conv2d weight
+//! [C, Ch, P, P], so the patch embedding is a plain matmul with that weight viewed as
+//! [C, Ch·P·P]. There is no backward: images take no gradient.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::gpu::{grid_1d, Access, KernelSpec, Recorder, Shader, Tensor};
+use crate::kernels::expect_shape;
+use crate::{Error, Result};
+
+pub const SHADER: Shader = Shader {
+    name: "patch",
+    source: include_str!("../../shaders/patch.wgsl"),
+};
+const WG: u32 = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    n: u32,
+    ch: u32,
+    h: u32,
+    w: u32,
+    p: u32,
+    grid_w: u32,
+    _pad: [u32; 2],
+}
+
+/// patches [B·Np, Ch·P·P] from images [B, Ch, H, W] with patch size `patch` (P); Np = (H/P)·(W/P),
+/// patches in row-major order over the patch grid. H and W must be multiples of P.
+pub fn patchify(rec: &mut Recorder, images: &Tensor, patches: &Tensor, patch: usize) -> Result<()> {
+    const OP: &str = "patchify";
+    let s = images.shape(); // [B, Ch, H, W]
+    if s.len() != 4 || s.contains(&0) {
+        return Err(Error::shape(
+            OP,
+            format!("images is {s:?}; need [B, Ch, H, W] with all sizes >= 1"),
+        ));
+    }
+    let (b, ch, h, w) = (s[0], s[1], s[2], s[3]);
+    if patch == 0 || h % patch != 0 || w % patch != 0 {
+        return Err(Error::invalid(
+            OP,
+            format!("images {s:?} cannot be cut into {patch}x{patch} patches; the resolution must be a multiple of the patch size"),
+        ));
+    }
+    let np = (h / patch) * (w / patch);
+    expect_shape(OP, "patches", patches, &[b * np, ch * patch * patch])?; // [B·Np, Ch·P·P]
+    let kernel = rec.ctx().kernel(&KernelSpec {
+        shader: SHADER,
+        entry: OP,
+        bindings: &[Access::Read, Access::ReadWrite, Access::Uniform],
+        consts: &[],
+    })?;
+    let n = patches.numel() as u32;
+    let params = Params {
+        n,
+        ch: ch as u32,
+        h: h as u32,
+        w: w as u32,
+        p: patch as u32,
+        grid_w: (w / patch) as u32,
+        _pad: [0; 2],
+    };
+    rec.dispatch(
+        &kernel,
+        &[images, patches],
+        &params,
+        grid_1d(n.div_ceil(WG)),
+    )
+}

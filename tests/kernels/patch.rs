@@ -1,0 +1,101 @@
+use autoprog::cpu;
+use autoprog::kernels::patch;
+use proptest::prelude::*;
+
+use crate::common::*;
+
+/// Patchify on the GPU; a pure gather, so the result must equal the twin exactly.
+fn gpu_patchify(images: &[f64], shape: [usize; 4], p: usize) -> Vec<f64> {
+    let [b, ch, h, w] = shape;
+    let it = upload(images, &shape);
+    let out = empty(&[b * (h / p) * (w / p), ch * p * p]);
+    run(|rec| patch::patchify(rec, &it, &out, p));
+    read(&out).into_iter().map(f64::from).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+    #[test]
+    fn patchify_matches_cpu(b in 1usize..3, ch in 1usize..4, p in 1usize..6, grid_h in 1usize..5,
+                            grid_w in 1usize..5, seed in any::<u64>()) {
+        let shape = [b, ch, grid_h * p, grid_w * p];
+        let images = rounded(&random(&mut rng(seed), shape.iter().product(), 1.0));
+        prop_assert_eq!(gpu_patchify(&images, shape, p), cpu::patch::patchify(&images, shape, p));
+    }
+}
+
+#[test]
+fn patchify_large() {
+    // A 64 px batch at patch 4: many workgroups.
+    let shape = [4, 3, 64, 64];
+    let images = rounded(&random(&mut rng(3), shape.iter().product(), 1.0));
+    assert_eq!(
+        gpu_patchify(&images, shape, 4),
+        cpu::patch::patchify(&images, shape, 4)
+    );
+}
+
+#[test]
+fn patchify_times_weight_is_strided_conv() {
+    // patches . W^T + b with W a Conv2d weight [C, Ch, P, P] viewed as [C, Ch·P·P] must equal the
+    // convolution with kernel P and stride P, output (b, gy, gx) in row-major patch order.
+    let (b, ch, h, w, p, c) = (2, 3, 6, 9, 3, 5);
+    let mut r = rng(5);
+    let images = rounded(&random(&mut r, b * ch * h * w, 1.0));
+    let weight = random(&mut r, c * ch * p * p, 1.0);
+    let bias = random(&mut r, c, 1.0);
+    let patches = gpu_patchify(&images, [b, ch, h, w], p);
+    let k = ch * p * p;
+    for bi in 0..b {
+        for gy in 0..h / p {
+            for gx in 0..w / p {
+                let row = (bi * (h / p) + gy) * (w / p) + gx;
+                for o in 0..c {
+                    let embed = bias[o]
+                        + dot(
+                            &patches[row * k..(row + 1) * k],
+                            &weight[o * k..(o + 1) * k],
+                        );
+                    let mut conv = bias[o];
+                    for ci in 0..ch {
+                        for py in 0..p {
+                            for px in 0..p {
+                                conv += weight[((o * ch + ci) * p + py) * p + px]
+                                    * images[((bi * ch + ci) * h + gy * p + py) * w + gx * p + px];
+                            }
+                        }
+                    }
+                    assert!(
+                        (embed - conv).abs() < 1e-12,
+                        "patch {row} channel {o}: {embed} vs {conv}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn patchify_rejects_bad_input() {
+    let c = ctx();
+    let mut rec = c.recorder("bad");
+    let images = c.zeros(&[1, 3, 10, 10], "images").unwrap();
+    let patches = c.zeros(&[4, 48], "patches").unwrap();
+    let err = patch::patchify(&mut rec, &images, &patches, 4)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("patchify") && err.contains("[1, 3, 10, 10]") && err.contains('4'),
+        "{err}"
+    );
+
+    let images = c.zeros(&[1, 3, 8, 8], "images").unwrap();
+    let err = patch::patchify(&mut rec, &images, &patches, 2)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("patchify") && err.contains("[4, 48]") && err.contains("[16, 12]"),
+        "{err}"
+    );
+    assert!(patch::patchify(&mut rec, &images, &patches, 0).is_err());
+}
