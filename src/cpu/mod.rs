@@ -3,6 +3,7 @@
 //! Tests compare the GPU against these, and these against finite differences.
 
 pub mod gelu;
+pub mod optimizer;
 
 /// The error function to near f64 precision (W. J. Cody's rational approximations
 /// are overkill here; this uses the series for |x| < 3 and a continued fraction beyond).

@@ -3,13 +3,14 @@
 //! point that records a dispatch. Pipelines are built once through the context's cache.
 
 pub mod gelu;
+pub mod optimizer;
 
 use crate::gpu::{Shader, Tensor};
 use crate::{Error, Result};
 
 /// Every WGSL file of the crate, for validation and inspection.
 pub fn shaders() -> Vec<Shader> {
-    vec![gelu::SHADER]
+    vec![gelu::SHADER, optimizer::SHADER]
 }
 
 /// Checks that all named tensors have the shape of the first.

@@ -3,4 +3,5 @@
 
 mod common;
 mod gelu;
+mod optimizer;
 mod shaders;
