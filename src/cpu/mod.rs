@@ -4,6 +4,7 @@
 
 pub mod gelu;
 pub mod matmul;
+pub mod optimizer;
 pub mod patch;
 pub mod resize;
 

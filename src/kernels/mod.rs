@@ -4,6 +4,7 @@
 
 pub mod gelu;
 pub mod matmul;
+pub mod optimizer;
 pub mod patch;
 pub mod resize;
 
@@ -12,7 +13,7 @@ use crate::{Error, Result};
 
 /// Every WGSL file of the crate, for validation and inspection.
 pub fn shaders() -> Vec<Shader> {
-    vec![COMMON, gelu::SHADER, matmul::SHADER, patch::SHADER, resize::SHADER]
+    vec![COMMON, gelu::SHADER, matmul::SHADER, patch::SHADER, resize::SHADER, optimizer::SHADER]
 }
 
 /// Functions shared by several families (erf, GELU), prepended to their sources.

@@ -4,6 +4,7 @@
 mod common;
 mod gelu;
 mod matmul;
+mod optimizer;
 mod patch;
 mod resize;
 mod shaders;
