@@ -8,21 +8,14 @@ pub fn grad_norm_partial(grads: &[f64]) -> Vec<f64> {
     if grads.is_empty() {
         return vec![0.0];
     }
-    grads
-        .chunks(GRAD_NORM_CHUNK)
-        .map(|chunk| chunk.iter().map(|g| g * g).sum())
-        .collect()
+    grads.chunks(GRAD_NORM_CHUNK).map(|chunk| chunk.iter().map(|g| g * g).sum()).collect()
 }
 
 /// `[norm, clip]`: norm = sqrt(sum partials), clip = min(1, max_norm / (norm + 1e-6)),
 /// or 1 when `max_norm <= 0` (PyTorch `clip_grad_norm_`).
 pub fn grad_norm_finish(partials: &[f64], max_norm: f64) -> Vec<f64> {
     let norm = partials.iter().sum::<f64>().sqrt();
-    let clip = if max_norm > 0.0 {
-        (max_norm / (norm + 1e-6)).min(1.0)
-    } else {
-        1.0
-    };
+    let clip = if max_norm > 0.0 { (max_norm / (norm + 1e-6)).min(1.0) } else { 1.0 };
     vec![norm, clip]
 }
 
@@ -33,10 +26,7 @@ pub fn grad_norm(grads: &[f64], max_norm: f64) -> Vec<f64> {
 
 /// One AdamW step; `stats[1]` is the clip factor, weight decay only on `[0, decay_end)`.
 /// Returns the new (params, m, v).
-#[allow(
-    clippy::too_many_arguments,
-    reason = "mirrors the GPU entry point's bindings and scalars"
-)]
+#[allow(clippy::too_many_arguments, reason = "mirrors the GPU entry point's bindings and scalars")]
 pub fn adamw_update(
     params: &[f64],
     grads: &[f64],
@@ -68,11 +58,6 @@ pub fn adamw_update(
 /// `decay * ema + (1 - decay) * params` for each `(ema, decay)`.
 pub fn ema_update(params: &[f64], emas: &[(&[f64], f64)]) -> Vec<Vec<f64>> {
     emas.iter()
-        .map(|&(ema, decay)| {
-            ema.iter()
-                .zip(params)
-                .map(|(e, p)| decay * e + (1.0 - decay) * p)
-                .collect()
-        })
+        .map(|&(ema, decay)| ema.iter().zip(params).map(|(e, p)| decay * e + (1.0 - decay) * p).collect())
         .collect()
 }

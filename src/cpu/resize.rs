@@ -29,12 +29,7 @@ fn cubic_taps(d: usize, input: usize, output: usize) -> [(usize, f64); 4] {
     let inner = |x: f64| ((CUBIC_A + 2.0) * x - (CUBIC_A + 3.0)) * x * x + 1.0;
     let weights = [outer(t + 1.0), inner(t), inner(1.0 - t), outer(2.0 - t)];
     let first = fl as i64 - 1;
-    std::array::from_fn(|k| {
-        (
-            (first + k as i64).clamp(0, input as i64 - 1) as usize,
-            weights[k],
-        )
-    })
+    std::array::from_fn(|k| ((first + k as i64).clamp(0, input as i64 - 1) as usize, weights[k]))
 }
 
 /// y [B, Ch, H2, W2] from x [B, Ch, H, W] (`shape`), bilinear.
@@ -58,12 +53,7 @@ pub fn resize_bilinear(x: &[f64], shape: [usize; 4], out_hw: [usize; 2]) -> Vec<
 }
 
 /// out [Gh2, Gw2, C] from grid [Gh, Gw, C] (`in_hw` = [Gh, Gw]), bicubic, channels last.
-pub fn pos_embed_resize_forward(
-    grid: &[f64],
-    in_hw: [usize; 2],
-    c: usize,
-    out_hw: [usize; 2],
-) -> Vec<f64> {
+pub fn pos_embed_resize_forward(grid: &[f64], in_hw: [usize; 2], c: usize, out_hw: [usize; 2]) -> Vec<f64> {
     let ([gh, gw], [gh2, gw2]) = (in_hw, out_hw);
     let mut out = vec![0.0; gh2 * gw2 * c];
     for oy in 0..gh2 {
@@ -86,12 +76,7 @@ pub fn pos_embed_resize_forward(
 
 /// dgrid [Gh, Gw, C] from dout [Gh2, Gw2, C]: the transpose of the forward, written as a
 /// scatter (the GPU gathers instead, so the two formulations check each other).
-pub fn pos_embed_resize_backward(
-    dout: &[f64],
-    in_hw: [usize; 2],
-    c: usize,
-    out_hw: [usize; 2],
-) -> Vec<f64> {
+pub fn pos_embed_resize_backward(dout: &[f64], in_hw: [usize; 2], c: usize, out_hw: [usize; 2]) -> Vec<f64> {
     let ([gh, gw], [gh2, gw2]) = (in_hw, out_hw);
     let mut dgrid = vec![0.0; gh * gw * c];
     for oy in 0..gh2 {

@@ -468,9 +468,9 @@ enum Reads {
 
 fn choose_reads(layout: Layout, config: Config, d: &Dims) -> Reads {
     match layout {
-        Layout::NN if d.n % 4 == 0 && d.k % 4 == 0 && config.tn % 4 == 0 => Reads::Vec4NK,
-        Layout::NN | Layout::TN if d.n % 4 == 0 && config.tn % 4 == 0 => Reads::Vec4N,
-        Layout::NT if d.k % 4 == 0 => Reads::Vec4K,
+        Layout::NN if d.n.is_multiple_of(4) && d.k.is_multiple_of(4) && config.tn.is_multiple_of(4) => Reads::Vec4NK,
+        Layout::NN | Layout::TN if d.n.is_multiple_of(4) && config.tn.is_multiple_of(4) => Reads::Vec4N,
+        Layout::NT if d.k.is_multiple_of(4) => Reads::Vec4K,
         _ => Reads::Scalar,
     }
 }

@@ -22,10 +22,7 @@ use crate::gpu::{grid_1d, Access, KernelSpec, Recorder, Shader, Tensor};
 use crate::kernels::{expect_shape, same_shape};
 use crate::{Error, Result};
 
-pub const SHADER: Shader = Shader {
-    name: "optimizer",
-    source: include_str!("../../shaders/optimizer.wgsl"),
-};
+pub const SHADER: Shader = Shader { name: "optimizer", source: include_str!("../../shaders/optimizer.wgsl") };
 const WG: u32 = 256;
 /// Gradient elements per partial sum of squares (one workgroup: 256 threads x 16).
 /// Must match `CHUNK` in the WGSL.
@@ -54,13 +51,7 @@ pub struct AdamW {
 impl Default for AdamW {
     /// PyTorch's defaults.
     fn default() -> Self {
-        AdamW {
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 1e-2,
-        }
+        AdamW { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-2 }
     }
 }
 
@@ -116,12 +107,8 @@ struct EmaParams {
 
 /// Arenas are indexed with u32 in the WGSL.
 fn check_len(op: &'static str, t: &Tensor) -> Result<u32> {
-    u32::try_from(t.numel()).map_err(|_| {
-        Error::shape(
-            op,
-            format!("arena {:?} has more than 2^32 - 1 elements", t.shape()),
-        )
-    })
+    u32::try_from(t.numel())
+        .map_err(|_| Error::shape(op, format!("arena {:?} has more than 2^32 - 1 elements", t.shape())))
 }
 
 /// partials[j] = sum of grads[i]^2 over the j-th chunk of [`GRAD_NORM_CHUNK`] elements.
@@ -135,54 +122,32 @@ pub fn grad_norm_partial(rec: &mut Recorder, grads: &Tensor, partials: &Tensor) 
         entry: "grad_norm_partial",
         bindings: &[Access::Read, Access::ReadWrite, Access::Uniform],
         consts: &[],
+        generated: "",
     })?;
-    let params = PartialParams {
-        n,
-        num_partials: num_partials as u32,
-        _pad: [0; 2],
-    };
-    rec.dispatch(
-        &kernel,
-        &[grads, partials],
-        &params,
-        grid_1d(num_partials as u32),
-    )
+    let params = PartialParams { n, num_partials: num_partials as u32, _pad: [0; 2] };
+    rec.dispatch(&kernel, &[grads, partials], &params, grid_1d(num_partials as u32))
 }
 
 /// stats = [norm, clip] with norm = sqrt(sum partials) and, as PyTorch's
 /// `clip_grad_norm_`, clip = min(1, max_norm / (norm + 1e-6)); `max_norm <= 0` disables
 /// clipping (clip = 1). One workgroup.
-pub fn grad_norm_finish(
-    rec: &mut Recorder,
-    partials: &Tensor,
-    stats: &Tensor,
-    max_norm: f32,
-) -> Result<()> {
+pub fn grad_norm_finish(rec: &mut Recorder, partials: &Tensor, stats: &Tensor, max_norm: f32) -> Result<()> {
     let op = "grad_norm_finish";
     if partials.shape().len() != 1 {
-        return Err(Error::shape(
-            op,
-            format!("partials is {:?} but must be 1-D", partials.shape()),
-        ));
+        return Err(Error::shape(op, format!("partials is {:?} but must be 1-D", partials.shape())));
     }
     expect_shape(op, "stats", stats, &[GRAD_STATS_LEN])?;
     if !max_norm.is_finite() {
-        return Err(Error::invalid(
-            op,
-            format!("max_norm {max_norm} must be finite (<= 0 disables clipping)"),
-        ));
+        return Err(Error::invalid(op, format!("max_norm {max_norm} must be finite (<= 0 disables clipping)")));
     }
     let kernel = rec.ctx().kernel(&KernelSpec {
         shader: SHADER,
         entry: "grad_norm_finish",
         bindings: &[Access::Read, Access::ReadWrite, Access::Uniform],
         consts: &[],
+        generated: "",
     })?;
-    let params = FinishParams {
-        num_partials: check_len(op, partials)?,
-        max_norm,
-        _pad: [0; 2],
-    };
+    let params = FinishParams { num_partials: check_len(op, partials)?, max_norm, _pad: [0; 2] };
     rec.dispatch(&kernel, &[partials, stats], &params, [1, 1, 1])
 }
 
@@ -190,13 +155,7 @@ pub fn grad_norm_finish(
 /// (`[GRAD_STATS_LEN]`: norm, clip). `partials` is caller-owned scratch of
 /// [`grad_norm_partials_len`]`(grads.numel())` elements, so that nothing is allocated
 /// (and nothing can alias) while a step is being recorded.
-pub fn grad_norm(
-    rec: &mut Recorder,
-    grads: &Tensor,
-    partials: &Tensor,
-    stats: &Tensor,
-    max_norm: f32,
-) -> Result<()> {
+pub fn grad_norm(rec: &mut Recorder, grads: &Tensor, partials: &Tensor, stats: &Tensor, max_norm: f32) -> Result<()> {
     grad_norm_partial(rec, grads, partials)?;
     grad_norm_finish(rec, partials, stats, max_norm)
 }
@@ -206,10 +165,7 @@ pub fn grad_norm(
 /// `p -= lr wd p; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p -= lr (m/bc1) / (sqrt(v/bc2) + eps)`
 /// with `bc = 1 - beta^step` and `wd = hp.weight_decay` on `[0, decay_end)`, 0 after it
 /// (see the module doc for the arena layout). `step` is 1-based.
-#[allow(
-    clippy::too_many_arguments,
-    reason = "one tensor per WGSL binding plus the step's scalars"
-)]
+#[allow(clippy::too_many_arguments, reason = "one tensor per WGSL binding plus the step's scalars")]
 pub fn adamw_update(
     rec: &mut Recorder,
     grads: &Tensor,
@@ -222,26 +178,17 @@ pub fn adamw_update(
     decay_end: usize,
 ) -> Result<()> {
     let op = "adamw_update";
-    same_shape(
-        op,
-        &[("params", params), ("grads", grads), ("m", m), ("v", v)],
-    )?;
+    same_shape(op, &[("params", params), ("grads", grads), ("m", m), ("v", v)])?;
     expect_shape(op, "stats", stats, &[GRAD_STATS_LEN])?;
     let n = check_len(op, params)?;
     if decay_end > n as usize {
         return Err(Error::invalid(
             op,
-            format!(
-                "decay_end {decay_end} is past the end of the {n}-element arena {:?}",
-                params.shape()
-            ),
+            format!("decay_end {decay_end} is past the end of the {n}-element arena {:?}", params.shape()),
         ));
     }
     if step == 0 {
-        return Err(Error::invalid(
-            op,
-            "step is 1-based; step 0 has no bias correction",
-        ));
+        return Err(Error::invalid(op, "step is 1-based; step 0 has no bias correction"));
     }
     let (bc1, bc2) = hp.bias_corrections(step);
     let kernel = rec.ctx().kernel(&KernelSpec {
@@ -256,6 +203,7 @@ pub fn adamw_update(
             Access::Uniform,
         ],
         consts: &[],
+        generated: "",
     })?;
     let uniform = AdamParams {
         lr: hp.lr as f32,
@@ -271,12 +219,7 @@ pub fn adamw_update(
         decay_end: decay_end as u32,
         _pad: 0,
     };
-    rec.dispatch(
-        &kernel,
-        &[grads, stats, params, m, v],
-        &uniform,
-        grid_1d(n.div_ceil(WG)),
-    )
+    rec.dispatch(&kernel, &[grads, stats, params, m, v], &uniform, grid_1d(n.div_ceil(WG)))
 }
 
 /// `ema = decay * ema + (1 - decay) * params` for each `(ema, decay)`, one dispatch each.
@@ -287,10 +230,7 @@ pub fn ema_update(rec: &mut Recorder, params: &Tensor, emas: &[(&Tensor, f64)]) 
     for &(ema, decay) in emas {
         same_shape(op, &[("params", params), ("ema", ema)])?;
         if !(0.0..=1.0).contains(&decay) {
-            return Err(Error::invalid(
-                op,
-                format!("decay {decay} must lie in [0, 1]"),
-            ));
+            return Err(Error::invalid(op, format!("decay {decay} must lie in [0, 1]")));
         }
     }
     let kernel = rec.ctx().kernel(&KernelSpec {
@@ -298,14 +238,10 @@ pub fn ema_update(rec: &mut Recorder, params: &Tensor, emas: &[(&Tensor, f64)]) 
         entry: "ema_update",
         bindings: &[Access::Read, Access::ReadWrite, Access::Uniform],
         consts: &[],
+        generated: "",
     })?;
     for &(ema, decay) in emas {
-        let uniform = EmaParams {
-            n,
-            decay: decay as f32,
-            one_minus_decay: (1.0 - decay) as f32,
-            _pad: 0,
-        };
+        let uniform = EmaParams { n, decay: decay as f32, one_minus_decay: (1.0 - decay) as f32, _pad: 0 };
         rec.dispatch(&kernel, &[params, ema], &uniform, grid_1d(n.div_ceil(WG)))?;
     }
     Ok(())

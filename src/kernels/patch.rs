@@ -9,10 +9,7 @@ use crate::gpu::{grid_1d, Access, KernelSpec, Recorder, Shader, Tensor};
 use crate::kernels::expect_shape;
 use crate::{Error, Result};
 
-pub const SHADER: Shader = Shader {
-    name: "patch",
-    source: include_str!("../../shaders/patch.wgsl"),
-};
+pub const SHADER: Shader = Shader { name: "patch", source: include_str!("../../shaders/patch.wgsl") };
 const WG: u32 = 256;
 
 #[repr(C)]
@@ -33,10 +30,7 @@ pub fn patchify(rec: &mut Recorder, images: &Tensor, patches: &Tensor, patch: us
     const OP: &str = "patchify";
     let s = images.shape(); // [B, Ch, H, W]
     if s.len() != 4 || s.contains(&0) {
-        return Err(Error::shape(
-            OP,
-            format!("images is {s:?}; need [B, Ch, H, W] with all sizes >= 1"),
-        ));
+        return Err(Error::shape(OP, format!("images is {s:?}; need [B, Ch, H, W] with all sizes >= 1")));
     }
     let (b, ch, h, w) = (s[0], s[1], s[2], s[3]);
     if patch == 0 || h % patch != 0 || w % patch != 0 {
@@ -52,6 +46,7 @@ pub fn patchify(rec: &mut Recorder, images: &Tensor, patches: &Tensor, patch: us
         entry: OP,
         bindings: &[Access::Read, Access::ReadWrite, Access::Uniform],
         consts: &[],
+        generated: "",
     })?;
     let n = patches.numel() as u32;
     let params = Params {
@@ -63,10 +58,5 @@ pub fn patchify(rec: &mut Recorder, images: &Tensor, patches: &Tensor, patch: us
         grid_w: (w / patch) as u32,
         _pad: [0; 2],
     };
-    rec.dispatch(
-        &kernel,
-        &[images, patches],
-        &params,
-        grid_1d(n.div_ceil(WG)),
-    )
+    rec.dispatch(&kernel, &[images, patches], &params, grid_1d(n.div_ceil(WG)))
 }

@@ -7,10 +7,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::gpu::{grid_1d, Access, KernelSpec, Recorder, Shader, Tensor};
 use crate::{Error, Result};
 
-pub const SHADER: Shader = Shader {
-    name: "resize",
-    source: include_str!("../../shaders/resize.wgsl"),
-};
+pub const SHADER: Shader = Shader { name: "resize", source: include_str!("../../shaders/resize.wgsl") };
 const WG: u32 = 256;
 
 #[repr(C)]
@@ -60,6 +57,7 @@ pub fn resize_bilinear(rec: &mut Recorder, x: &Tensor, y: &Tensor) -> Result<()>
         entry: OP,
         bindings: &[Access::Read, Access::ReadWrite, Access::Uniform],
         consts: &[],
+        generated: "",
     })?;
     let n = y.numel() as u32;
     let params = BilinearParams {
@@ -77,12 +75,7 @@ pub fn resize_bilinear(rec: &mut Recorder, x: &Tensor, y: &Tensor) -> Result<()>
 
 /// Checks a source grid [Gh, Gw, C] against a destination grid [Gh2, Gw2, C] and returns the
 /// params with `n` left at 0.
-fn bicubic_params(
-    op: &'static str,
-    grid: &Tensor,
-    out: &Tensor,
-    names: [&str; 2],
-) -> Result<BicubicParams> {
+fn bicubic_params(op: &'static str, grid: &Tensor, out: &Tensor, names: [&str; 2]) -> Result<BicubicParams> {
     let (gs, os) = (grid.shape(), out.shape());
     if gs.len() != 3 || os.len() != 3 || gs[2] != os[2] || gs.contains(&0) || os.contains(&0) {
         return Err(Error::shape(
@@ -117,14 +110,10 @@ pub fn pos_embed_resize_forward(rec: &mut Recorder, grid: &Tensor, out: &Tensor)
         entry: OP,
         bindings: &[Access::Read, Access::ReadWrite, Access::Uniform],
         consts: &[],
+        generated: "",
     })?;
     params.n = out.numel() as u32;
-    rec.dispatch(
-        &kernel,
-        &[grid, out],
-        &params,
-        grid_1d(params.n.div_ceil(WG)),
-    )
+    rec.dispatch(&kernel, &[grid, out], &params, grid_1d(params.n.div_ceil(WG)))
 }
 
 /// Gradient of [`pos_embed_resize_forward`]: `dgrid` [Gh, Gw, C] from `dout` [Gh2, Gw2, C].
@@ -138,12 +127,8 @@ pub fn pos_embed_resize_backward(rec: &mut Recorder, dout: &Tensor, dgrid: &Tens
         entry: OP,
         bindings: &[Access::Read, Access::ReadWrite, Access::Uniform],
         consts: &[],
+        generated: "",
     })?;
     params.n = dgrid.numel() as u32;
-    rec.dispatch(
-        &kernel,
-        &[dout, dgrid],
-        &params,
-        grid_1d(params.n.div_ceil(WG)),
-    )
+    rec.dispatch(&kernel, &[dout, dgrid], &params, grid_1d(params.n.div_ceil(WG)))
 }

@@ -40,18 +40,9 @@ fn check_step(n: usize, seed: u64) {
     // Expected norm of U(-1, 1) grads is sqrt(n / 3): half of it clips, twice it does not, 0 disables.
     let typical = (n as f64 / 3.0).sqrt();
     let max_norm = [0.0, 0.5 * typical, 2.0 * typical][r.random_range(0..3usize)] as f32;
-    let hp = AdamW {
-        lr: 3e-3,
-        weight_decay: 0.05,
-        ..AdamW::default()
-    };
+    let hp = AdamW { lr: 3e-3, weight_decay: 0.05, ..AdamW::default() };
 
-    let (pt, gt, mt, vt) = (
-        upload(&params, &[n]),
-        upload(&grads, &[n]),
-        upload(&m, &[n]),
-        upload(&v, &[n]),
-    );
+    let (pt, gt, mt, vt) = (upload(&params, &[n]), upload(&grads, &[n]), upload(&m, &[n]), upload(&v, &[n]));
     let (slow_t, fast_t) = (upload(&ema_slow, &[n]), upload(&ema_fast, &[n]));
     let (partials, stats) = (partials_for(n), empty(&[GRAD_STATS_LEN]));
     run(|rec| {
@@ -100,25 +91,14 @@ fn adamw_five_step_trajectory_matches_cpu() {
     let scales = [0.01, 1.0, 0.05, 2.0, 0.5];
     let mut r = rng(11);
     let mut params = rounded(&random(&mut r, n, 1.0));
-    let grads: Vec<Vec<f64>> = scales
-        .iter()
-        .map(|&s| rounded(&random(&mut r, n, s)))
-        .collect();
+    let grads: Vec<Vec<f64>> = scales.iter().map(|&s| rounded(&random(&mut r, n, s))).collect();
     let ema0 = params.clone();
-    let (pt, mt, vt, ema_t) = (
-        upload(&params, &[n]),
-        ctx().zeros(&[n], "m").unwrap(),
-        ctx().zeros(&[n], "v").unwrap(),
-        upload(&ema0, &[n]),
-    );
+    let (pt, mt, vt, ema_t) =
+        (upload(&params, &[n]), ctx().zeros(&[n], "m").unwrap(), ctx().zeros(&[n], "v").unwrap(), upload(&ema0, &[n]));
     let grad_ts: Vec<Tensor> = grads.iter().map(|g| upload(g, &[n])).collect();
     let (partials, stats) = (partials_for(n), empty(&[GRAD_STATS_LEN]));
     // A warmup-like schedule: the learning rate changes every step.
-    let hp_at = |step: u32| AdamW {
-        lr: 1e-2 * step as f64 / 5.0,
-        weight_decay: 0.1,
-        ..AdamW::default()
-    };
+    let hp_at = |step: u32| AdamW { lr: 1e-2 * step as f64 / 5.0, weight_decay: 0.1, ..AdamW::default() };
 
     // All five steps in ONE submission: the clip factor never visits the CPU.
     run(|rec| {
@@ -138,22 +118,10 @@ fn adamw_five_step_trajectory_matches_cpu() {
         let step = k as u32 + 1;
         stats_cpu = cpu::optimizer::grad_norm(g, max_norm as f64);
         clips.push(stats_cpu[1]);
-        (params, m, v) = cpu::optimizer::adamw_update(
-            &params,
-            g,
-            &m,
-            &v,
-            &stats_cpu,
-            &hp_at(step),
-            step,
-            decay_end,
-        );
+        (params, m, v) = cpu::optimizer::adamw_update(&params, g, &m, &v, &stats_cpu, &hp_at(step), step, decay_end);
         ema = cpu::optimizer::ema_update(&params, &[(&ema, 0.99)]).remove(0);
     }
-    assert!(
-        clips.iter().any(|&c| c < 0.5) && clips.contains(&1.0),
-        "clip factors {clips:?}"
-    );
+    assert!(clips.iter().any(|&c| c < 0.5) && clips.contains(&1.0), "clip factors {clips:?}");
     Tolerance::FORWARD.assert("last step's grad_norm", &read(&stats), &stats_cpu);
     Tolerance::FORWARD.assert("params after 5 steps", &read(&pt), &params);
     Tolerance::FORWARD.assert("m after 5 steps", &read(&mt), &m);
@@ -168,25 +136,12 @@ fn grad_norm_clips_like_clip_grad_norm() {
     let grads = vec![0.5; n];
     let gt = upload(&grads, &[n]);
     let partials = partials_for(n);
-    for (max_norm, want_clip) in [
-        (1.0f32, 1.0 / (100.0 + 1e-6)),
-        (1000.0, 1.0),
-        (0.0, 1.0),
-        (-1.0, 1.0),
-    ] {
+    for (max_norm, want_clip) in [(1.0f32, 1.0 / (100.0 + 1e-6)), (1000.0, 1.0), (0.0, 1.0), (-1.0, 1.0)] {
         let stats = empty(&[GRAD_STATS_LEN]);
         run(|rec| optimizer::grad_norm(rec, &gt, &partials, &stats, max_norm));
         let got = read(&stats);
-        Tolerance::FORWARD.assert(
-            &format!("grad_norm with max_norm {max_norm}"),
-            &got,
-            &[100.0, want_clip],
-        );
-        Tolerance::FORWARD.assert(
-            "twin",
-            &got,
-            &cpu::optimizer::grad_norm(&grads, max_norm as f64),
-        );
+        Tolerance::FORWARD.assert(&format!("grad_norm with max_norm {max_norm}"), &got, &[100.0, want_clip]);
+        Tolerance::FORWARD.assert("twin", &got, &cpu::optimizer::grad_norm(&grads, max_norm as f64));
     }
 }
 
@@ -202,10 +157,7 @@ fn grad_norm_is_deterministic() {
             (bits(&partials), bits(&stats))
         })
         .collect();
-    assert_eq!(
-        runs[0], runs[1],
-        "two runs of grad_norm differ in their bits"
-    );
+    assert_eq!(runs[0], runs[1], "two runs of grad_norm differ in their bits");
 }
 
 #[test]
@@ -214,36 +166,18 @@ fn adamw_decays_only_before_decay_end() {
     // before decay_end, and bit-identical parameters after it.
     let n = 2_500;
     let params = rounded(&random(&mut rng(9), n, 1.0));
-    let hp = AdamW {
-        lr: 1e-2,
-        weight_decay: 0.1,
-        ..AdamW::default()
-    };
+    let hp = AdamW { lr: 1e-2, weight_decay: 0.1, ..AdamW::default() };
     let stats = upload(&[0.0, 1.0], &[GRAD_STATS_LEN]);
     let grads = ctx().zeros(&[n], "grads").unwrap();
     for decay_end in [0, 1_000, n] {
-        let (pt, mt, vt) = (
-            upload(&params, &[n]),
-            ctx().zeros(&[n], "m").unwrap(),
-            ctx().zeros(&[n], "v").unwrap(),
-        );
+        let (pt, mt, vt) = (upload(&params, &[n]), ctx().zeros(&[n], "m").unwrap(), ctx().zeros(&[n], "v").unwrap());
         run(|rec| optimizer::adamw_update(rec, &grads, &stats, &pt, &mt, &vt, &hp, 1, decay_end));
         let got = read(&pt);
-        let decayed: Vec<f64> = params[..decay_end]
-            .iter()
-            .map(|p| p * (1.0 - 1e-3))
-            .collect();
+        let decayed: Vec<f64> = params[..decay_end].iter().map(|p| p * (1.0 - 1e-3)).collect();
         Tolerance::FORWARD.assert("decayed region", &got[..decay_end], &decayed);
         let untouched: Vec<f32> = params[decay_end..].iter().map(|&p| p as f32).collect();
-        assert_eq!(
-            &got[decay_end..],
-            &untouched[..],
-            "non-decayed region changed (decay_end {decay_end})"
-        );
-        assert!(
-            read(&mt).iter().chain(&read(&vt)).all(|&x| x == 0.0),
-            "moments moved without gradients"
-        );
+        assert_eq!(&got[decay_end..], &untouched[..], "non-decayed region changed (decay_end {decay_end})");
+        assert!(read(&mt).iter().chain(&read(&vt)).all(|&x| x == 0.0), "moments moved without gradients");
     }
 }
 
@@ -275,65 +209,29 @@ fn ema_update_tracks_two_decays() {
 fn optimizer_rejects_bad_input() {
     let c = ctx();
     let n = 100;
-    let (p, g, v) = (
-        c.zeros(&[n], "p").unwrap(),
-        c.zeros(&[n], "g").unwrap(),
-        c.zeros(&[n], "v").unwrap(),
-    );
+    let (p, g, v) = (c.zeros(&[n], "p").unwrap(), c.zeros(&[n], "g").unwrap(), c.zeros(&[n], "v").unwrap());
     let m_short = c.zeros(&[n - 1], "m").unwrap();
     let m = c.zeros(&[n], "m").unwrap();
     let stats = c.zeros(&[GRAD_STATS_LEN], "stats").unwrap();
     let hp = AdamW::default();
     let mut rec = c.recorder("bad");
 
-    let err = optimizer::adamw_update(&mut rec, &g, &stats, &p, &m_short, &v, &hp, 1, 0)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("adamw_update") && err.contains("[99]") && err.contains("[100]"),
-        "{err}"
-    );
-    let err = optimizer::adamw_update(&mut rec, &g, &stats, &p, &m, &v, &hp, 1, n + 1)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("adamw_update") && err.contains("decay_end 101"),
-        "{err}"
-    );
-    let err = optimizer::adamw_update(&mut rec, &g, &stats, &p, &m, &v, &hp, 0, 0)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("adamw_update") && err.contains("step"),
-        "{err}"
-    );
+    let err = optimizer::adamw_update(&mut rec, &g, &stats, &p, &m_short, &v, &hp, 1, 0).unwrap_err().to_string();
+    assert!(err.contains("adamw_update") && err.contains("[99]") && err.contains("[100]"), "{err}");
+    let err = optimizer::adamw_update(&mut rec, &g, &stats, &p, &m, &v, &hp, 1, n + 1).unwrap_err().to_string();
+    assert!(err.contains("adamw_update") && err.contains("decay_end 101"), "{err}");
+    let err = optimizer::adamw_update(&mut rec, &g, &stats, &p, &m, &v, &hp, 0, 0).unwrap_err().to_string();
+    assert!(err.contains("adamw_update") && err.contains("step"), "{err}");
     let wrong_stats = c.zeros(&[3], "stats").unwrap();
-    let err = optimizer::adamw_update(&mut rec, &g, &wrong_stats, &p, &m, &v, &hp, 1, 0)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("adamw_update") && err.contains("stats is [3]"),
-        "{err}"
-    );
+    let err = optimizer::adamw_update(&mut rec, &g, &wrong_stats, &p, &m, &v, &hp, 1, 0).unwrap_err().to_string();
+    assert!(err.contains("adamw_update") && err.contains("stats is [3]"), "{err}");
 
     let wrong_partials = c.zeros(&[7], "partials").unwrap();
-    let err = optimizer::grad_norm(&mut rec, &g, &wrong_partials, &stats, 1.0)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("grad_norm_partial") && err.contains("[7]") && err.contains("[1]"),
-        "{err}"
-    );
+    let err = optimizer::grad_norm(&mut rec, &g, &wrong_partials, &stats, 1.0).unwrap_err().to_string();
+    assert!(err.contains("grad_norm_partial") && err.contains("[7]") && err.contains("[1]"), "{err}");
 
-    let err = optimizer::ema_update(&mut rec, &p, &[(&m, 0.9), (&m_short, 0.9)])
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("ema_update") && err.contains("[99]") && err.contains("[100]"),
-        "{err}"
-    );
-    let err = optimizer::ema_update(&mut rec, &p, &[(&m, 1.5)])
-        .unwrap_err()
-        .to_string();
+    let err = optimizer::ema_update(&mut rec, &p, &[(&m, 0.9), (&m_short, 0.9)]).unwrap_err().to_string();
+    assert!(err.contains("ema_update") && err.contains("[99]") && err.contains("[100]"), "{err}");
+    let err = optimizer::ema_update(&mut rec, &p, &[(&m, 1.5)]).unwrap_err().to_string();
     assert!(err.contains("ema_update") && err.contains("1.5"), "{err}");
 }

@@ -29,10 +29,7 @@ fn patchify_large() {
     // A 64 px batch at patch 4: many workgroups.
     let shape = [4, 3, 64, 64];
     let images = rounded(&random(&mut rng(3), shape.iter().product(), 1.0));
-    assert_eq!(
-        gpu_patchify(&images, shape, 4),
-        cpu::patch::patchify(&images, shape, 4)
-    );
+    assert_eq!(gpu_patchify(&images, shape, 4), cpu::patch::patchify(&images, shape, 4));
 }
 
 #[test]
@@ -51,11 +48,7 @@ fn patchify_times_weight_is_strided_conv() {
             for gx in 0..w / p {
                 let row = (bi * (h / p) + gy) * (w / p) + gx;
                 for o in 0..c {
-                    let embed = bias[o]
-                        + dot(
-                            &patches[row * k..(row + 1) * k],
-                            &weight[o * k..(o + 1) * k],
-                        );
+                    let embed = bias[o] + dot(&patches[row * k..(row + 1) * k], &weight[o * k..(o + 1) * k]);
                     let mut conv = bias[o];
                     for ci in 0..ch {
                         for py in 0..p {
@@ -65,10 +58,7 @@ fn patchify_times_weight_is_strided_conv() {
                             }
                         }
                     }
-                    assert!(
-                        (embed - conv).abs() < 1e-12,
-                        "patch {row} channel {o}: {embed} vs {conv}"
-                    );
+                    assert!((embed - conv).abs() < 1e-12, "patch {row} channel {o}: {embed} vs {conv}");
                 }
             }
         }
@@ -81,21 +71,11 @@ fn patchify_rejects_bad_input() {
     let mut rec = c.recorder("bad");
     let images = c.zeros(&[1, 3, 10, 10], "images").unwrap();
     let patches = c.zeros(&[4, 48], "patches").unwrap();
-    let err = patch::patchify(&mut rec, &images, &patches, 4)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("patchify") && err.contains("[1, 3, 10, 10]") && err.contains('4'),
-        "{err}"
-    );
+    let err = patch::patchify(&mut rec, &images, &patches, 4).unwrap_err().to_string();
+    assert!(err.contains("patchify") && err.contains("[1, 3, 10, 10]") && err.contains('4'), "{err}");
 
     let images = c.zeros(&[1, 3, 8, 8], "images").unwrap();
-    let err = patch::patchify(&mut rec, &images, &patches, 2)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("patchify") && err.contains("[4, 48]") && err.contains("[16, 12]"),
-        "{err}"
-    );
+    let err = patch::patchify(&mut rec, &images, &patches, 2).unwrap_err().to_string();
+    assert!(err.contains("patchify") && err.contains("[4, 48]") && err.contains("[16, 12]"), "{err}");
     assert!(patch::patchify(&mut rec, &images, &patches, 0).is_err());
 }

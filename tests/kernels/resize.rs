@@ -12,25 +12,15 @@ fn check_bilinear(shape: [usize; 4], out_hw: [usize; 2], seed: u64) {
     let y = empty(&[b, ch, out_hw[0], out_hw[1]]);
     run(|rec| resize::resize_bilinear(rec, &xt, &y));
     let what = format!("resize_bilinear {shape:?} -> {out_hw:?}");
-    Tolerance::FORWARD.assert(
-        &what,
-        &read(&y),
-        &cpu::resize::resize_bilinear(&x, shape, out_hw),
-    );
+    Tolerance::FORWARD.assert(&what, &read(&y), &cpu::resize::resize_bilinear(&x, shape, out_hw));
 }
 
 fn check_pos_embed(in_hw: [usize; 2], c: usize, out_hw: [usize; 2], seed: u64) {
     let mut r = rng(seed);
     let grid = rounded(&random(&mut r, in_hw[0] * in_hw[1] * c, 1.0));
     let dout = rounded(&random(&mut r, out_hw[0] * out_hw[1] * c, 1.0));
-    let (gt, dt) = (
-        upload(&grid, &[in_hw[0], in_hw[1], c]),
-        upload(&dout, &[out_hw[0], out_hw[1], c]),
-    );
-    let (out, dgrid) = (
-        empty(&[out_hw[0], out_hw[1], c]),
-        empty(&[in_hw[0], in_hw[1], c]),
-    );
+    let (gt, dt) = (upload(&grid, &[in_hw[0], in_hw[1], c]), upload(&dout, &[out_hw[0], out_hw[1], c]));
+    let (out, dgrid) = (empty(&[out_hw[0], out_hw[1], c]), empty(&[in_hw[0], in_hw[1], c]));
     run(|rec| {
         resize::pos_embed_resize_forward(rec, &gt, &out)?;
         resize::pos_embed_resize_backward(rec, &dt, &dgrid)
@@ -86,15 +76,9 @@ fn pos_embed_resize_backward_matches_finite_differences() {
         let grid = random(&mut r, in_hw[0] * in_hw[1] * c, 1.0);
         let w = random(&mut r, out_hw[0] * out_hw[1] * c, 1.0);
         let analytic = cpu::resize::pos_embed_resize_backward(&w, in_hw, c, out_hw);
-        let loss = |g: &[f64]| {
-            dot(
-                &w,
-                &cpu::resize::pos_embed_resize_forward(g, in_hw, c, out_hw),
-            )
-        };
+        let loss = |g: &[f64]| dot(&w, &cpu::resize::pos_embed_resize_forward(g, in_hw, c, out_hw));
         let numeric = numeric_grad(loss, &grid, 1e-6);
-        let what =
-            format!("pos_embed_resize_backward {in_hw:?} -> {out_hw:?} vs finite differences");
+        let what = format!("pos_embed_resize_backward {in_hw:?} -> {out_hw:?} vs finite differences");
         Tolerance::FINITE_DIFF.assert(&what, &analytic, &numeric);
     }
 }
@@ -128,20 +112,12 @@ fn resize_bilinear_known_values() {
         3.0, 3.25, 3.75, 4.0,
     ];
     assert_eq!(cpu::resize::resize_bilinear(&x, [1, 1, 2, 2], [4, 4]), want);
-    Tolerance::FORWARD.assert(
-        "resize_bilinear 2x2 -> 4x4",
-        &gpu_bilinear(&x, [2, 2], [4, 4]),
-        &want,
-    );
+    Tolerance::FORWARD.assert("resize_bilinear 2x2 -> 4x4", &gpu_bilinear(&x, [2, 2], [4, 4]), &want);
     // Downscaling 4 -> 2 samples at (d + 0.5) * 2 - 0.5 = 0.5, 2.5: the mean of each 2x2 block.
     let x: Vec<f64> = (0..16).map(f64::from).collect();
     let want = [2.5, 4.5, 10.5, 12.5];
     assert_eq!(cpu::resize::resize_bilinear(&x, [1, 1, 4, 4], [2, 2]), want);
-    Tolerance::FORWARD.assert(
-        "resize_bilinear 4x4 -> 2x2",
-        &gpu_bilinear(&x, [4, 4], [2, 2]),
-        &want,
-    );
+    Tolerance::FORWARD.assert("resize_bilinear 4x4 -> 2x2", &gpu_bilinear(&x, [4, 4], [2, 2]), &want);
 }
 
 #[test]
@@ -155,41 +131,22 @@ fn pos_embed_resize_known_values() {
     let e = [-0.10546875, 0.2265625, 0.7734375, 1.10546875];
     let want: Vec<f64> = (0..16).map(|i| 1.0 + e[i % 4] + 2.0 * e[i / 4]).collect();
     assert_eq!(want[..4], [0.68359375, 1.015625, 1.5625, 1.89453125]);
-    Tolerance {
-        rel: 1e-12,
-        abs: 1e-12,
-    }
-    .assert(
+    Tolerance { rel: 1e-12, abs: 1e-12 }.assert(
         "pos_embed_resize_forward twin 2x2 -> 4x4",
         &cpu::resize::pos_embed_resize_forward(&x, [2, 2], 1, [4, 4]),
         &want,
     );
-    Tolerance::FORWARD.assert(
-        "pos_embed_resize_forward 2x2 -> 4x4",
-        &gpu_bicubic(&x, [2, 2], [4, 4]),
-        &want,
-    );
+    Tolerance::FORWARD.assert("pos_embed_resize_forward 2x2 -> 4x4", &gpu_bicubic(&x, [2, 2], [4, 4]), &want);
 }
 
 #[test]
 fn identity_resize_returns_input_exactly() {
     let x = rounded(&random(&mut rng(21), 5 * 7, 3.0));
     let exact = |v: Vec<f32>| v.iter().map(|&a| f64::from(a)).collect::<Vec<_>>();
-    assert_eq!(
-        exact(gpu_bilinear(&x, [5, 7], [5, 7])),
-        x,
-        "resize_bilinear"
-    );
-    assert_eq!(
-        exact(gpu_bicubic(&x, [5, 7], [5, 7])),
-        x,
-        "pos_embed_resize_forward"
-    );
+    assert_eq!(exact(gpu_bilinear(&x, [5, 7], [5, 7])), x, "resize_bilinear");
+    assert_eq!(exact(gpu_bicubic(&x, [5, 7], [5, 7])), x, "pos_embed_resize_forward");
     assert_eq!(cpu::resize::resize_bilinear(&x, [1, 1, 5, 7], [5, 7]), x);
-    assert_eq!(
-        cpu::resize::pos_embed_resize_forward(&x, [5, 7], 1, [5, 7]),
-        x
-    );
+    assert_eq!(cpu::resize::pos_embed_resize_forward(&x, [5, 7], 1, [5, 7]), x);
     // Its gradient is the identity too.
     let dt = upload(&x, &[5, 7, 1]);
     let dgrid = empty(&[5, 7, 1]);
@@ -203,43 +160,23 @@ fn resize_rejects_bad_shapes() {
     let mut rec = c.recorder("bad");
     let x = c.zeros(&[2, 3, 8, 8], "x").unwrap();
     let y = c.zeros(&[2, 4, 6, 6], "y").unwrap();
-    let err = resize::resize_bilinear(&mut rec, &x, &y)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("resize_bilinear")
-            && err.contains("[2, 3, 8, 8]")
-            && err.contains("[2, 4, 6, 6]"),
-        "{err}"
-    );
+    let err = resize::resize_bilinear(&mut rec, &x, &y).unwrap_err().to_string();
+    assert!(err.contains("resize_bilinear") && err.contains("[2, 3, 8, 8]") && err.contains("[2, 4, 6, 6]"), "{err}");
 
     let grid = c.zeros(&[4, 4, 8], "grid").unwrap();
     let out = c.zeros(&[6, 6, 16], "out").unwrap();
-    let err = resize::pos_embed_resize_forward(&mut rec, &grid, &out)
-        .unwrap_err()
-        .to_string();
+    let err = resize::pos_embed_resize_forward(&mut rec, &grid, &out).unwrap_err().to_string();
     assert!(
-        err.contains("pos_embed_resize_forward")
-            && err.contains("[4, 4, 8]")
-            && err.contains("[6, 6, 16]"),
+        err.contains("pos_embed_resize_forward") && err.contains("[4, 4, 8]") && err.contains("[6, 6, 16]"),
         "{err}"
     );
-    let err = resize::pos_embed_resize_backward(&mut rec, &out, &grid)
-        .unwrap_err()
-        .to_string();
+    let err = resize::pos_embed_resize_backward(&mut rec, &out, &grid).unwrap_err().to_string();
     assert!(
-        err.contains("pos_embed_resize_backward")
-            && err.contains("[4, 4, 8]")
-            && err.contains("[6, 6, 16]"),
+        err.contains("pos_embed_resize_backward") && err.contains("[4, 4, 8]") && err.contains("[6, 6, 16]"),
         "{err}"
     );
 
     let flat = c.zeros(&[16, 8], "flat").unwrap();
-    let err = resize::pos_embed_resize_forward(&mut rec, &flat, &out)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("pos_embed_resize_forward") && err.contains("[16, 8]"),
-        "{err}"
-    );
+    let err = resize::pos_embed_resize_forward(&mut rec, &flat, &out).unwrap_err().to_string();
+    assert!(err.contains("pos_embed_resize_forward") && err.contains("[16, 8]"), "{err}");
 }
