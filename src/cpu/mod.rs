@@ -2,6 +2,7 @@
 //! (max-subtracted softmax), never optimised. Same names as the WGSL entry points.
 //! Tests compare the GPU against these, and these against finite differences.
 
+pub mod attention;
 pub mod gelu;
 
 /// The error function to near f64 precision (W. J. Cody's rational approximations

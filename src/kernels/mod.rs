@@ -2,6 +2,7 @@
 //! params struct matching the WGSL uniform, shape checks, and one function per entry
 //! point that records a dispatch. Pipelines are built once through the context's cache.
 
+pub mod attention;
 pub mod gelu;
 
 use crate::gpu::{Shader, Tensor};
@@ -9,7 +10,7 @@ use crate::{Error, Result};
 
 /// Every WGSL file of the crate, for validation and inspection.
 pub fn shaders() -> Vec<Shader> {
-    vec![gelu::SHADER]
+    vec![gelu::SHADER, attention::SHADER]
 }
 
 /// Checks that all named tensors have the shape of the first.
