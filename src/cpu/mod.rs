@@ -2,6 +2,7 @@
 //! (max-subtracted softmax), never optimised. Same names as the WGSL entry points.
 //! Tests compare the GPU against these, and these against finite differences.
 
+pub mod attention;
 pub mod gelu;
 pub mod matmul;
 pub mod optimizer;

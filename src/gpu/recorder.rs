@@ -35,6 +35,8 @@ pub struct Recorder<'a> {
     ctx: &'a GpuContext,
     encoder: Option<wgpu::CommandEncoder>,
     uniforms: Vec<wgpu::Buffer>,
+    /// Scratch tensors of recorded dispatches, held until the recorder drops (after submit).
+    kept: Vec<Tensor>,
     timer: Option<Timer>,
 }
 
@@ -45,6 +47,7 @@ impl GpuContext {
             ctx: self,
             encoder: Some(self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })),
             uniforms: Vec::new(),
+            kept: Vec::new(),
             timer: None,
         }
     }
@@ -211,6 +214,13 @@ impl Recorder<'_> {
         }
         self.uniforms.push(uniform);
         Ok(())
+    }
+
+    /// Holds a scratch tensor until this recorder drops. Its buffer would otherwise return
+    /// to the pool at once, and an upload into a reuse of it (queue writes run before the
+    /// not-yet-submitted commands) could overwrite it before the recorded dispatches read it.
+    pub fn keep(&mut self, t: Tensor) {
+        self.kept.push(t);
     }
 
     /// Records a copy of `src` into `dst` (same element count).

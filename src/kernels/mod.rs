@@ -2,6 +2,7 @@
 //! params struct matching the WGSL uniform, shape checks, and one function per entry
 //! point that records a dispatch. Pipelines are built once through the context's cache.
 
+pub mod attention;
 pub mod gelu;
 pub mod matmul;
 pub mod optimizer;
@@ -13,7 +14,7 @@ use crate::{Error, Result};
 
 /// Every WGSL file of the crate, for validation and inspection.
 pub fn shaders() -> Vec<Shader> {
-    vec![COMMON, gelu::SHADER, matmul::SHADER, patch::SHADER, resize::SHADER, optimizer::SHADER]
+    vec![COMMON, gelu::SHADER, matmul::SHADER, patch::SHADER, resize::SHADER, optimizer::SHADER, attention::SHADER]
 }
 
 /// Functions shared by several families (erf, GELU), prepended to their sources.

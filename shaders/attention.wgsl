@@ -1,0 +1,247 @@
+// Fused multi-head self-attention, FlashAttention-2 style: the N x N score matrix is never
+// stored; every kernel recomputes the scores it needs from q, k and the saved row log-sum-exp.
+//
+// Layouts (no permute kernels around attention in the ViT):
+//   qkv  [B, N, 3, NH, HS]  the qkv linear's output; q, k, v of head h at [.., 0|1|2, h, :]
+//   out  [B, N, NH, HS]     feeds the proj linear directly; dout has the same layout
+//   lse  [B, NH, N]         natural-log sum of exp(scores) per query row (0 where undefined)
+//   d    [B, NH, N]         rowsum(dout * out), the backward preprocess
+//   dqkv [B, N, 3, NH, HS]  same layout as qkv
+//   key_mask  [B, N]  u32, 0 = masked key (padding); head_mask [NH], bits 0 = masked head.
+//   Without a mask the host binds a placeholder and clears the has_* flag.
+//
+// Mapping: one invocation per query row (forward, dq, preprocess) or per key row (dk/dv),
+// holding its rows and accumulators in private arrays of exactly HS floats. Workgroups are
+// (batch, head, block of WG rows), so all invocations of a workgroup read the same k/v (or
+// q/dout) row at the same time. No workgroup memory and no barriers: barriers are coroutine
+// switches on lavapipe, and at ViT sizes (N <= 257, HS = 64) the per-row loop is cheap.
+
+struct Params {
+    b: u32,
+    n: u32,
+    nh: u32,
+    scale: f32,
+    has_key_mask: u32,
+    has_head_mask: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+const WG: u32 = 64u;
+// Head size; the host specialises it per call so private arrays are exactly one row.
+const HS: u32 = 64u;
+// Running-max start value: finite so that exp(start - s) is 0, never NaN.
+const NEG_BIG: f32 = -3.0e38;
+
+// The row (batch, head, index) an invocation owns, or valid = false past the end.
+struct Row {
+    b: u32,
+    h: u32,
+    bh: u32,
+    i: u32,
+    valid: bool,
+}
+
+fn row_of(wg: vec3<u32>, nwg: vec3<u32>, lid: u32, b: u32, n: u32, nh: u32) -> Row {
+    let blocks = (n + WG - 1u) / WG;
+    let wgi = wg.x + wg.y * nwg.x;
+    let bh = wgi / blocks;
+    let i = (wgi % blocks) * WG + lid;
+    return Row(bh / nh, bh % nh, bh, i, bh < b * nh && i < n);
+}
+
+// ---------------------------------------------------------------------------------------
+// Forward: out = softmax(q k^T * scale, masked keys dropped) v, lse = log sum exp.
+
+@group(0) @binding(0) var<storage, read> f_qkv: array<f32>;
+@group(0) @binding(1) var<storage, read> f_key_mask: array<u32>;
+@group(0) @binding(2) var<storage, read> f_head_mask: array<u32>;
+@group(0) @binding(3) var<storage, read_write> f_out: array<f32>;
+@group(0) @binding(4) var<storage, read_write> f_lse: array<f32>;
+@group(0) @binding(5) var<uniform> fp: Params;
+
+@compute @workgroup_size(WG)
+fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let r = row_of(wg, nwg, lid, fp.b, fp.n, fp.nh);
+    if (!r.valid) {
+        return;
+    }
+    let c = fp.nh * HS;
+    let token = r.b * fp.n + r.i;
+    let o_base = token * c + r.h * HS;
+    let lse_at = r.bh * fp.n + r.i;
+    var acc: array<f32, HS>;
+    var m = NEG_BIG;
+    var l = 0.0;
+    if (fp.has_head_mask == 0u || f_head_mask[r.h] != 0u) {
+        var q: array<f32, HS>;
+        let q_base = token * 3u * c + r.h * HS;
+        for (var d = 0u; d < HS; d++) {
+            q[d] = f_qkv[q_base + d];
+        }
+        for (var j = 0u; j < fp.n; j++) {
+            if (fp.has_key_mask != 0u && f_key_mask[r.b * fp.n + j] == 0u) {
+                continue;
+            }
+            let k_base = (r.b * fp.n + j) * 3u * c + c + r.h * HS;
+            let v_base = k_base + c;
+            var s = 0.0;
+            for (var d = 0u; d < HS; d++) {
+                s += q[d] * f_qkv[k_base + d];
+            }
+            s *= fp.scale;
+            // Online softmax: rescale only when the running max grows (rare after the first keys).
+            if (s > m) {
+                let corr = exp(m - s);
+                l *= corr;
+                for (var d = 0u; d < HS; d++) {
+                    acc[d] *= corr;
+                }
+                m = s;
+            }
+            let pj = exp(s - m);
+            l += pj;
+            for (var d = 0u; d < HS; d++) {
+                acc[d] += pj * f_qkv[v_base + d];
+            }
+        }
+    }
+    // l == 0: masked head or no unmasked key; the output is defined as zeros, lse as 0.
+    let inv = select(0.0, 1.0 / l, l > 0.0);
+    for (var d = 0u; d < HS; d++) {
+        f_out[o_base + d] = acc[d] * inv;
+    }
+    f_lse[lse_at] = select(0.0, m + log(l), l > 0.0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward preprocess: d[b, h, i] = sum_d dout[b, i, h, d] * out[b, i, h, d].
+
+@group(0) @binding(0) var<storage, read> p_out: array<f32>;
+@group(0) @binding(1) var<storage, read> p_dout: array<f32>;
+@group(0) @binding(2) var<storage, read_write> p_d: array<f32>;
+@group(0) @binding(3) var<uniform> pp: Params;
+
+@compute @workgroup_size(WG)
+fn attention_backward_preprocess(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                                 @builtin(local_invocation_index) lid: u32) {
+    let r = row_of(wg, nwg, lid, pp.b, pp.n, pp.nh);
+    if (!r.valid) {
+        return;
+    }
+    let base = ((r.b * pp.n + r.i) * pp.nh + r.h) * HS;
+    var acc = 0.0;
+    for (var d = 0u; d < HS; d++) {
+        acc += p_dout[base + d] * p_out[base + d];
+    }
+    p_d[r.bh * pp.n + r.i] = acc;
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward, shared by dk/dv and dq. With s = q k^T * scale, p = exp(s - lse),
+// dp = dout v^T and ds = p (dp - d):  dv = p^T dout, dk = ds^T q * scale, dq = ds k * scale.
+
+@group(0) @binding(0) var<storage, read> b_qkv: array<f32>;
+@group(0) @binding(1) var<storage, read> b_dout: array<f32>;
+@group(0) @binding(2) var<storage, read> b_lse: array<f32>;
+@group(0) @binding(3) var<storage, read> b_d: array<f32>;
+@group(0) @binding(4) var<storage, read> b_key_mask: array<u32>;
+@group(0) @binding(5) var<storage, read> b_head_mask: array<u32>;
+@group(0) @binding(6) var<storage, read_write> b_dqkv: array<f32>;
+@group(0) @binding(7) var<uniform> bp: Params;
+
+// One invocation per key row j: loops over all query rows, writes the k and v slots of dqkv.
+@compute @workgroup_size(WG)
+fn attention_backward_dkdv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                           @builtin(local_invocation_index) lid: u32) {
+    let r = row_of(wg, nwg, lid, bp.b, bp.n, bp.nh);
+    if (!r.valid) {
+        return;
+    }
+    let c = bp.nh * HS;
+    let k_base = (r.b * bp.n + r.i) * 3u * c + c + r.h * HS;
+    let v_base = k_base + c;
+    var dk: array<f32, HS>;
+    var dv: array<f32, HS>;
+    let head_on = bp.has_head_mask == 0u || b_head_mask[r.h] != 0u;
+    let key_on = bp.has_key_mask == 0u || b_key_mask[r.b * bp.n + r.i] != 0u;
+    // A masked key gets no probability and a masked head no output: both gradients stay zero.
+    if (head_on && key_on) {
+        var k: array<f32, HS>;
+        var v: array<f32, HS>;
+        for (var d = 0u; d < HS; d++) {
+            k[d] = b_qkv[k_base + d];
+            v[d] = b_qkv[v_base + d];
+        }
+        // Key j is unmasked, so every query row of this batch has a finite lse.
+        for (var i = 0u; i < bp.n; i++) {
+            let q_base = (r.b * bp.n + i) * 3u * c + r.h * HS;
+            let o_base = (r.b * bp.n + i) * c + r.h * HS;
+            var s = 0.0;
+            var dp = 0.0;
+            for (var d = 0u; d < HS; d++) {
+                s += b_qkv[q_base + d] * k[d];
+                dp += b_dout[o_base + d] * v[d];
+            }
+            let at = r.bh * bp.n + i;
+            let pij = exp(s * bp.scale - b_lse[at]);
+            let ds = pij * (dp - b_d[at]);
+            for (var d = 0u; d < HS; d++) {
+                dv[d] += pij * b_dout[o_base + d];
+                dk[d] += ds * b_qkv[q_base + d];
+            }
+        }
+    }
+    for (var d = 0u; d < HS; d++) {
+        b_dqkv[k_base + d] = dk[d] * bp.scale;
+        b_dqkv[v_base + d] = dv[d];
+    }
+}
+
+// One invocation per query row i: loops over all unmasked keys, writes the q slot of dqkv.
+@compute @workgroup_size(WG)
+fn attention_backward_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                         @builtin(local_invocation_index) lid: u32) {
+    let r = row_of(wg, nwg, lid, bp.b, bp.n, bp.nh);
+    if (!r.valid) {
+        return;
+    }
+    let c = bp.nh * HS;
+    let q_base = (r.b * bp.n + r.i) * 3u * c + r.h * HS;
+    var dq: array<f32, HS>;
+    if (bp.has_head_mask == 0u || b_head_mask[r.h] != 0u) {
+        var q: array<f32, HS>;
+        var dout: array<f32, HS>;
+        let o_base = (r.b * bp.n + r.i) * c + r.h * HS;
+        for (var d = 0u; d < HS; d++) {
+            q[d] = b_qkv[q_base + d];
+            dout[d] = b_dout[o_base + d];
+        }
+        let at = r.bh * bp.n + r.i;
+        let lse_i = b_lse[at];
+        let d_i = b_d[at];
+        // A row without unmasked keys skips every key and keeps dq = 0.
+        for (var j = 0u; j < bp.n; j++) {
+            if (bp.has_key_mask != 0u && b_key_mask[r.b * bp.n + j] == 0u) {
+                continue;
+            }
+            let k_base = (r.b * bp.n + j) * 3u * c + c + r.h * HS;
+            let v_base = k_base + c;
+            var s = 0.0;
+            var dp = 0.0;
+            for (var d = 0u; d < HS; d++) {
+                s += q[d] * b_qkv[k_base + d];
+                dp += dout[d] * b_qkv[v_base + d];
+            }
+            let pij = exp(s * bp.scale - lse_i);
+            let ds = pij * (dp - d_i);
+            for (var d = 0u; d < HS; d++) {
+                dq[d] += ds * b_qkv[k_base + d];
+            }
+        }
+    }
+    for (var d = 0u; d < HS; d++) {
+        b_dqkv[q_base + d] = dq[d] * bp.scale;
+    }
+}

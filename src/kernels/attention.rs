@@ -1,0 +1,284 @@
+//! Fused multi-head self-attention (FlashAttention-2 style), forward and backward by
+//! recomputation: `shaders/attention.wgsl`. Nothing of size N x N is ever stored.
+//!
+//! Layouts match the ViT's linears so no permutes are needed: `qkv` [B, N, 3·C] (timm's
+//! [B, N, 3, NH, HS] ordering, C = NH·HS), `out` and `dout` [B, N, C] (or [B, N, NH, HS]),
+//! `lse` and `d` [B, NH, N]. NH is read from `lse` (or `d`); HS = C / NH, 1..=128, any
+//! value (no multiple-of-4 requirement: kernels are specialised per HS).
+//!
+//! Masks: `key_mask` u32 [B, N] (0 = padded key, ignored by every query of that image);
+//! `head_mask` [NH], u32 or f32 (a zero bit pattern masks the head: its output and all
+//! its gradients are zero). Query rows with no unmasked key output zeros and lse 0.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::gpu::{grid_1d, Access, KernelSpec, Recorder, Shader, Tensor};
+use crate::kernels::expect_shape;
+use crate::{Error, Result};
+
+pub const SHADER: Shader = Shader { name: "attention", source: include_str!("../../shaders/attention.wgsl") };
+/// Rows (query or key) per workgroup; must match `WG` in the shader.
+const WG: u32 = 64;
+/// Largest head size: each invocation keeps up to four rows of HS floats in private memory.
+pub const MAX_HEAD_SIZE: usize = 128;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    b: u32,
+    n: u32,
+    nh: u32,
+    scale: f32,
+    has_key_mask: u32,
+    has_head_mask: u32,
+    _pad: [u32; 2],
+}
+
+/// The scalar and the optional masks every attention entry point takes.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionOptions<'a> {
+    /// Multiplies the scores q·k before the softmax, usually 1 / sqrt(HS).
+    pub scale: f32,
+    /// u32 [B, N]: 1 keeps key j of image b, 0 masks it. None: every key is kept.
+    pub key_mask: Option<&'a Tensor>,
+    /// [NH], u32 1/0 or f32 1.0/0.0: a zero masks the whole head. None: every head is on.
+    pub head_mask: Option<&'a Tensor>,
+}
+
+impl<'a> AttentionOptions<'a> {
+    /// No masks.
+    pub fn new(scale: f32) -> Self {
+        AttentionOptions { scale, key_mask: None, head_mask: None }
+    }
+    pub fn with_key_mask(self, key_mask: &'a Tensor) -> Self {
+        AttentionOptions { key_mask: Some(key_mask), ..self }
+    }
+    pub fn with_head_mask(self, head_mask: &'a Tensor) -> Self {
+        AttentionOptions { head_mask: Some(head_mask), ..self }
+    }
+}
+
+/// B, N, NH, HS of one call, checked against every tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Dims {
+    b: usize,
+    n: usize,
+    nh: usize,
+    hs: usize,
+}
+
+impl Dims {
+    /// Reads B, NH, N from a [B, NH, N] tensor (`lse` or `d`) and HS from a [B, N, k·C]
+    /// tensor whose last axes may also be split as [k, NH, HS] (k = 3 for qkv, 1 for out).
+    fn from(op: &'static str, rows: (&str, &Tensor), wide: (&str, &Tensor), k: usize) -> Result<Dims> {
+        let (rows_name, rows) = rows;
+        let (wide_name, wide) = wide;
+        let &[b, nh, n] = rows.shape() else {
+            return Err(Error::shape(op, format!("{rows_name} is {:?} but must be [B, NH, N]", rows.shape())));
+        };
+        let split = if k == 1 { "[B, N, NH, HS]" } else { "[B, N, 3, NH, HS]" };
+        let bad = || {
+            Error::shape(
+                op,
+                format!(
+                    "{wide_name} is {:?} but {rows_name} {:?} gives B = {b}, NH = {nh}, N = {n}: \
+                     {wide_name} must be [B, N, {k}·NH·HS] or {split}",
+                    wide.shape(),
+                    rows.shape()
+                ),
+            )
+        };
+        let shape = wide.shape();
+        if shape.len() < 3 || shape[0] != b || shape[1] != n || nh == 0 {
+            return Err(bad());
+        }
+        let hs = match shape[2..] {
+            [w] if w % (k * nh) == 0 => w / (k * nh),
+            [kk, h, hs] if k > 1 && kk == k && h == nh => hs,
+            [h, hs] if k == 1 && h == nh => hs,
+            _ => return Err(bad()),
+        };
+        if hs == 0 || hs > MAX_HEAD_SIZE {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "{wide_name} {shape:?} with NH = {nh} gives head size HS = {hs}; supported is 1..={MAX_HEAD_SIZE}"
+                ),
+            ));
+        }
+        Ok(Dims { b, n, nh, hs })
+    }
+
+    /// A [B, N, k·C] tensor (or its split form) of these dimensions.
+    fn check_wide(&self, op: &'static str, name: &str, t: &Tensor, k: usize) -> Result<()> {
+        let Dims { b, n, nh, hs } = *self;
+        let flat = [b, n, k * nh * hs];
+        let ok =
+            t.shape() == flat || (k == 1 && t.shape() == [b, n, nh, hs]) || (k == 3 && t.shape() == [b, n, 3, nh, hs]);
+        if !ok {
+            return Err(Error::shape(op, format!("{name} is {:?} but must be {flat:?}", t.shape())));
+        }
+        Ok(())
+    }
+
+    fn check_masks(&self, op: &'static str, opts: &AttentionOptions) -> Result<()> {
+        if let Some(m) = opts.key_mask {
+            expect_shape(op, "key_mask", m, &[self.b, self.n])?;
+        }
+        if let Some(m) = opts.head_mask {
+            expect_shape(op, "head_mask", m, &[self.nh])?;
+        }
+        Ok(())
+    }
+
+    fn params(&self, opts: &AttentionOptions) -> Params {
+        Params {
+            b: self.b as u32,
+            n: self.n as u32,
+            nh: self.nh as u32,
+            scale: opts.scale,
+            has_key_mask: opts.key_mask.is_some() as u32,
+            has_head_mask: opts.head_mask.is_some() as u32,
+            _pad: [0; 2],
+        }
+    }
+
+    /// One invocation per (batch, head, row); workgroups never straddle a (batch, head).
+    fn groups(&self) -> [u32; 3] {
+        grid_1d((self.b * self.nh) as u32 * (self.n as u32).div_ceil(WG))
+    }
+}
+
+fn spec<'a>(entry: &'a str, bindings: &'a [Access], hs: &'a [(&'a str, String)]) -> KernelSpec<'a> {
+    KernelSpec { shader: SHADER, entry, bindings, consts: hs, generated: "" }
+}
+
+/// out = softmax(q kᵀ · scale, masked keys dropped) v per (image, head), and the row
+/// log-sum-exp for the backward pass. qkv [B, N, 3C] → out [B, N, C], lse [B, NH, N].
+pub fn attention_forward(
+    rec: &mut Recorder,
+    qkv: &Tensor,
+    opts: &AttentionOptions,
+    out: &Tensor,
+    lse: &Tensor,
+) -> Result<()> {
+    const OP: &str = "attention_forward";
+    let dims = Dims::from(OP, ("lse", lse), ("qkv", qkv), 3)?;
+    dims.check_wide(OP, "out", out, 1)?;
+    dims.check_masks(OP, opts)?;
+    let consts = [("HS", format!("{}u", dims.hs))];
+    let kernel = rec.ctx().kernel(&spec(
+        OP,
+        &[Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite, Access::Uniform],
+        &consts,
+    ))?;
+    // An absent mask binds qkv as a placeholder the shader never reads (its flag is 0).
+    let key_mask = opts.key_mask.unwrap_or(qkv);
+    let head_mask = opts.head_mask.unwrap_or(qkv);
+    rec.dispatch(&kernel, &[qkv, key_mask, head_mask, out, lse], &dims.params(opts), dims.groups())
+}
+
+/// d = rowsum(dout ∘ out): out, dout [B, N, C] → d [B, NH, N].
+pub fn attention_backward_preprocess(rec: &mut Recorder, out: &Tensor, dout: &Tensor, d: &Tensor) -> Result<()> {
+    const OP: &str = "attention_backward_preprocess";
+    let dims = Dims::from(OP, ("d", d), ("out", out), 1)?;
+    dims.check_wide(OP, "dout", dout, 1)?;
+    let consts = [("HS", format!("{}u", dims.hs))];
+    let kernel =
+        rec.ctx().kernel(&spec(OP, &[Access::Read, Access::Read, Access::ReadWrite, Access::Uniform], &consts))?;
+    let params = dims.params(&AttentionOptions::new(1.0));
+    rec.dispatch(&kernel, &[out, dout, d], &params, dims.groups())
+}
+
+/// Shared binding of the two gradient kernels, which write disjoint slots of dqkv.
+#[allow(clippy::too_many_arguments, reason = "one tensor per binding of the shader, plus the entry")]
+fn record_gradient(
+    op: &'static str,
+    rec: &mut Recorder,
+    qkv: &Tensor,
+    dout: &Tensor,
+    lse: &Tensor,
+    d: &Tensor,
+    opts: &AttentionOptions,
+    dqkv: &Tensor,
+) -> Result<()> {
+    let dims = Dims::from(op, ("lse", lse), ("qkv", qkv), 3)?;
+    dims.check_wide(op, "dout", dout, 1)?;
+    dims.check_wide(op, "dqkv", dqkv, 3)?;
+    expect_shape(op, "d", d, lse.shape())?;
+    dims.check_masks(op, opts)?;
+    let consts = [("HS", format!("{}u", dims.hs))];
+    let kernel = rec.ctx().kernel(&spec(
+        op,
+        &[
+            Access::Read,
+            Access::Read,
+            Access::Read,
+            Access::Read,
+            Access::Read,
+            Access::Read,
+            Access::ReadWrite,
+            Access::Uniform,
+        ],
+        &consts,
+    ))?;
+    let key_mask = opts.key_mask.unwrap_or(qkv);
+    let head_mask = opts.head_mask.unwrap_or(qkv);
+    rec.dispatch(&kernel, &[qkv, dout, lse, d, key_mask, head_mask, dqkv], &dims.params(opts), dims.groups())
+}
+
+/// The k and v slots of dqkv [B, N, 3C]: dv = pᵀ dout, dk = dsᵀ q · scale, one invocation
+/// per key looping over all queries. The q slot is left untouched.
+pub fn attention_backward_dkdv(
+    rec: &mut Recorder,
+    qkv: &Tensor,
+    dout: &Tensor,
+    lse: &Tensor,
+    d: &Tensor,
+    opts: &AttentionOptions,
+    dqkv: &Tensor,
+) -> Result<()> {
+    record_gradient("attention_backward_dkdv", rec, qkv, dout, lse, d, opts, dqkv)
+}
+
+/// The q slot of dqkv [B, N, 3C]: dq = ds k · scale, one invocation per query looping over
+/// all keys. The k and v slots are left untouched.
+pub fn attention_backward_dq(
+    rec: &mut Recorder,
+    qkv: &Tensor,
+    dout: &Tensor,
+    lse: &Tensor,
+    d: &Tensor,
+    opts: &AttentionOptions,
+    dqkv: &Tensor,
+) -> Result<()> {
+    record_gradient("attention_backward_dq", rec, qkv, dout, lse, d, opts, dqkv)
+}
+
+/// Shape of the one scratch tensor [`attention_backward`] allocates: d [B, NH, N], the
+/// same as lse (so never N x N).
+pub fn backward_scratch_shape(lse: &Tensor) -> Vec<usize> {
+    lse.shape().to_vec()
+}
+
+/// The whole backward pass: dqkv [B, N, 3C] (every slot written) from the forward's
+/// inputs and outputs. Allocates d [B, NH, N] from the pool, held by `rec` until it is submitted.
+pub fn attention_backward(
+    rec: &mut Recorder,
+    qkv: &Tensor,
+    out: &Tensor,
+    dout: &Tensor,
+    lse: &Tensor,
+    opts: &AttentionOptions,
+    dqkv: &Tensor,
+) -> Result<()> {
+    const OP: &str = "attention_backward";
+    let dims = Dims::from(OP, ("lse", lse), ("qkv", qkv), 3)?;
+    dims.check_wide(OP, "out", out, 1)?;
+    let d = rec.ctx().empty(&backward_scratch_shape(lse), "attention.d")?; // [B, NH, N]
+    attention_backward_preprocess(rec, out, dout, &d)?;
+    attention_backward_dkdv(rec, qkv, dout, lse, &d, opts, dqkv)?;
+    attention_backward_dq(rec, qkv, dout, lse, &d, opts, dqkv)?;
+    rec.keep(d);
+    Ok(())
+}
