@@ -4,7 +4,8 @@
 
 use serde::Serialize;
 
-use crate::gpu::GpuContext;
+use crate::gpu::{GpuContext, Recorder};
+use crate::kernels::attention::{self, AttentionOptions};
 use crate::kernels::matmul::{self, Dims, Layout};
 use crate::Result;
 
@@ -37,12 +38,14 @@ pub struct BenchOptions {
     pub vit_rows: usize,
     /// Timed repetitions per case (after one warm-up run).
     pub reps: usize,
+    /// Batch of the attention cases (3 heads of size 64, DeiT-Ti's attention).
+    pub attention_batch: usize,
 }
 
 impl BenchOptions {
     /// The cases the issue asks for: 1024³ and ViT shapes (batch 32 x 197 tokens).
     pub fn standard() -> Self {
-        BenchOptions { square: vec![1024], vit_rows: 32 * 197, reps: 5 }
+        BenchOptions { square: vec![1024], vit_rows: 32 * 197, reps: 5, attention_batch: 32 }
     }
 }
 
@@ -52,6 +55,79 @@ fn timer_name(ctx: &GpuContext) -> &'static str {
     } else {
         "wall-clock"
     }
+}
+
+/// Runs `record` once to warm up (compiling pipelines, faulting in memory), then
+/// `reps` times, each as its own submission; returns the median in milliseconds: the
+/// sum of the GPU timestamps of its dispatches, or wall time without timestamps.
+pub async fn time_ms(ctx: &GpuContext, reps: usize, record: impl Fn(&mut Recorder) -> Result<()>) -> Result<f64> {
+    let mut times = Vec::with_capacity(reps);
+    for rep in 0..=reps {
+        let start = now_ms();
+        let mut rec = ctx.timed_recorder("bench");
+        record(&mut rec)?;
+        let timing = ctx.submit_timed(rec).await?;
+        let wall = now_ms() - start;
+        if rep > 0 {
+            times.push(if timing.passes.is_empty() { wall } else { timing.total_ms() });
+        }
+    }
+    Ok(median(&mut times))
+}
+
+/// Median of a non-empty sample.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+/// Milliseconds from an arbitrary origin (wall clock), native and web.
+pub fn now_ms() -> f64 {
+    #[cfg(native)]
+    {
+        use std::sync::OnceLock;
+        static START: OnceLock<std::time::Instant> = OnceLock::new();
+        START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64() * 1e3
+    }
+    #[cfg(web)]
+    {
+        js_sys::Date::now()
+    }
+}
+
+/// Times fused attention forward and backward on qkv [B, N, 3·NH·HS]. FLOPs follow the
+/// FlashAttention convention: forward 4·B·NH·N²·HS (QKᵀ and PV), backward 2.5× that.
+pub async fn bench_attention(ctx: &GpuContext, b: usize, nh: usize, n: usize, hs: usize, reps: usize) -> Result<[BenchResult; 2]> {
+    let c = nh * hs;
+    let fill = |len: usize| (0..len).map(|i| ((i * 7919) % 17) as f32 * 0.02 - 0.16).collect::<Vec<_>>();
+    let qkv = ctx.upload(&fill(b * n * 3 * c), &[b, n, 3 * c], "bench.qkv")?;
+    let dout = ctx.upload(&fill(b * n * c), &[b, n, c], "bench.dout")?;
+    let out = ctx.empty(&[b, n, c], "bench.out")?;
+    let lse = ctx.empty(&[b, nh, n], "bench.lse")?;
+    let dqkv = ctx.empty(&[b, n, 3 * c], "bench.dqkv")?;
+    let opts = AttentionOptions::new(1.0 / (hs as f32).sqrt());
+    let fwd_ms = time_ms(ctx, reps, |rec| attention::attention_forward(rec, &qkv, &opts, &out, &lse)).await?;
+    let bwd_ms =
+        time_ms(ctx, reps, |rec| attention::attention_backward(rec, &qkv, &out, &dout, &lse, &opts, &dqkv)).await?;
+    let fwd_flops = 4.0 * (b * nh * n * n * hs) as f64;
+    let shape = format!("B{b} NH{nh} N{n} HS{hs}");
+    let result = |name: &str, ms: f64, flops: f64| BenchResult {
+        name: name.to_string(),
+        m: None,
+        n: None,
+        k: None,
+        shape: Some(shape.clone()),
+        ms,
+        gflops: flops / (ms * 1e6),
+        variant: "row-per-invocation".to_string(),
+        timer: timer_name(ctx),
+    };
+    Ok([result("attention_forward", fwd_ms, fwd_flops), result("attention_backward", bwd_ms, 2.5 * fwd_flops)])
 }
 
 /// Times one matmul problem with the tuned config.
@@ -95,6 +171,12 @@ pub async fn run(
         let r = bench_matmul(ctx, layout, dims, opts.reps).await?;
         progress(&r);
         results.push(r);
+    }
+    for n in [65, 197] {
+        for r in bench_attention(ctx, opts.attention_batch, 3, n, 64, opts.reps).await? {
+            progress(&r);
+            results.push(r);
+        }
     }
     Ok(results)
 }

@@ -150,7 +150,11 @@ impl GpuContext {
                 .into_iter()
                 .collect()
         };
-        adapters.sort_by_key(|a| type_rank(a.get_info().device_type));
+        // Best type first; among equals, native APIs before GL (stable otherwise).
+        adapters.sort_by_key(|a| {
+            let info = a.get_info();
+            (type_rank(info.device_type), info.backend == wgpu::Backend::Gl)
+        });
         adapters
     }
 

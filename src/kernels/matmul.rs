@@ -346,8 +346,7 @@ fn tuning_size(ctx: &GpuContext) -> usize {
     }
 }
 
-/// Times one config on an n x n x n problem: median of `reps` GPU-timed runs (wall
-/// time where the adapter has no timestamps), in milliseconds.
+/// Times one config on a `dims` problem (see [`crate::bench::time_ms`]), in milliseconds.
 pub async fn time_config(ctx: &GpuContext, layout: Layout, config: Config, dims: Dims, reps: usize) -> Result<f64> {
     let (ar, ac) = if layout == Layout::TN { (dims.k, dims.m) } else { (dims.m, dims.k) };
     let (br, bc) = if layout == Layout::NT { (dims.n, dims.k) } else { (dims.k, dims.n) };
@@ -355,44 +354,7 @@ pub async fn time_config(ctx: &GpuContext, layout: Layout, config: Config, dims:
     let a = ctx.upload(&fill(ar * ac), &[ar, ac], "bench.a")?;
     let b = ctx.upload(&fill(br * bc), &[br, bc], "bench.b")?;
     let c = ctx.empty(&[dims.m, dims.n], "bench.c")?;
-    let mut times = Vec::with_capacity(reps);
-    // One warm-up run compiles the pipeline and faults in the memory.
-    for rep in 0..=reps {
-        let start = web_time_now();
-        let mut rec = ctx.timed_recorder("bench");
-        matmul_with(&mut rec, layout, config, &a, &b, &c, &Epilogue::default())?;
-        let timing = ctx.submit_timed(rec).await?;
-        let wall = web_time_now() - start;
-        if rep > 0 {
-            times.push(if timing.passes.is_empty() { wall } else { timing.total_ms() });
-        }
-    }
-    Ok(median(&mut times))
-}
-
-/// Median of a non-empty sample.
-pub fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    }
-}
-
-/// Milliseconds from an arbitrary origin (wall clock), native and web.
-pub fn web_time_now() -> f64 {
-    #[cfg(native)]
-    {
-        use std::sync::OnceLock;
-        static START: OnceLock<std::time::Instant> = OnceLock::new();
-        START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64() * 1e3
-    }
-    #[cfg(web)]
-    {
-        js_sys::Date::now()
-    }
+    crate::bench::time_ms(ctx, reps, |rec| matmul_with(rec, layout, config, &a, &b, &c, &Epilogue::default())).await
 }
 
 /// Picks the fastest candidate for every layout by timing them on this adapter, unless

@@ -59,6 +59,9 @@ enum Command {
         /// Rows of the ViT-shape matmuls (batch x tokens).
         #[arg(long, default_value_t = 32 * 197)]
         vit_rows: usize,
+        /// Batch of the attention cases (3 heads of size 64).
+        #[arg(long, default_value_t = 32)]
+        attention_batch: usize,
         /// Timed runs per case (the median is reported).
         #[arg(long, default_value_t = 5)]
         reps: usize,
@@ -72,8 +75,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info { gpu, json } => info(&gpu, json),
-        Command::Bench { gpu, json, sizes, vit_rows, reps, quiet } => {
-            let opts = BenchOptions { square: sizes, vit_rows, reps: reps.max(1) };
+        Command::Bench { gpu, json, sizes, vit_rows, attention_batch, reps, quiet } => {
+            let opts = BenchOptions { square: sizes, vit_rows, reps: reps.max(1), attention_batch };
             run_bench(&gpu, &opts, json, quiet)
         }
     };
@@ -132,29 +135,16 @@ fn run_bench(gpu: &GpuArgs, opts: &BenchOptions, json: bool, quiet: bool) -> aut
         println!("{}", serde_json::to_string_pretty(&results).expect("serialisable"));
     } else {
         println!("adapter: {} ({})", ctx.summary.name, ctx.summary.backend);
-        println!(
-            "{:<12} {:>7} {:>7} {:>7} {:>10} {:>10}  {:<24} timer",
-            "kernel", "m", "n", "k", "ms", "GFLOP/s", "variant"
-        );
+        println!("{:<20} {:<24} {:>10} {:>10}  {:<24} timer", "kernel", "shape", "ms", "GFLOP/s", "variant");
         for r in &results {
-            println!(
-                "{:<12} {:>7} {:>7} {:>7} {:>10.3} {:>10.1}  {:<24} {}",
-                r.name,
-                opt(r.m),
-                opt(r.n),
-                opt(r.k),
-                r.ms,
-                r.gflops,
-                r.variant,
-                r.timer
-            );
+            let shape = match (r.m, r.n, r.k) {
+                (Some(m), Some(n), Some(k)) => format!("m{m} n{n} k{k}"),
+                _ => r.shape.clone().unwrap_or_default(),
+            };
+            println!("{:<20} {:<24} {:>10.3} {:>10.1}  {:<24} {}", r.name, shape, r.ms, r.gflops, r.variant, r.timer);
         }
     }
     Ok(())
-}
-
-fn opt(v: Option<usize>) -> String {
-    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
 }
 
 fn describe(r: &BenchResult) -> String {

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Every test: formatting, lints, all tests in release mode on lavapipe (Vulkan on the
+# CPU) and the kernel tests again on wgpu's GL backend (llvmpipe), and the wasm32
+# build of the viewer. Installs what is missing when run as root on Debian/Ubuntu.
+set -euo pipefail
+cd "$(dirname "$0")"
+source scripts/env.sh
+start=$(date +%s)
+
+say "checking prerequisites"
+need_software_vulkan
+install_packages libegl1 libgl1-mesa-dri
+if ! rustup target list --installed | grep -q wasm32-unknown-unknown; then
+    say "adding the wasm32-unknown-unknown target"
+    rustup target add wasm32-unknown-unknown
+fi
+rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+
+say "cargo clippy (all targets, warnings are errors)"
+cargo clippy --release --workspace --all-targets -q -- -D warnings
+
+icd=$(lavapipe_icd)
+[ -n "$icd" ] || { echo "error: lavapipe's ICD manifest not found under /usr/share/vulkan/icd.d" >&2; exit 1; }
+
+say "tests on Vulkan lavapipe ($icd)"
+VK_DRIVER_FILES="$icd" WGPU_BACKEND=vulkan cargo test --release --workspace
+
+say "kernel tests on the GL backend (llvmpipe)"
+# One thread: wgpu's GL backend serialises on one context lock, and many waiting
+# threads on 2 cores can exceed its lock timeout.
+WGPU_BACKEND=gl cargo test --release -p autoprog --test kernels -- --test-threads=1
+
+say "wasm32 build of the viewer"
+www/build.sh
+
+say "all checks passed in $(( $(date +%s) - start )) s"
