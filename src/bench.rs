@@ -102,7 +102,14 @@ pub fn now_ms() -> f64 {
 
 /// Times fused attention forward and backward on qkv [B, N, 3·NH·HS]. FLOPs follow the
 /// FlashAttention convention: forward 4·B·NH·N²·HS (QKᵀ and PV), backward 2.5× that.
-pub async fn bench_attention(ctx: &GpuContext, b: usize, nh: usize, n: usize, hs: usize, reps: usize) -> Result<[BenchResult; 2]> {
+pub async fn bench_attention(
+    ctx: &GpuContext,
+    b: usize,
+    nh: usize,
+    n: usize,
+    hs: usize,
+    reps: usize,
+) -> Result<[BenchResult; 2]> {
     let c = nh * hs;
     let fill = |len: usize| (0..len).map(|i| ((i * 7919) % 17) as f32 * 0.02 - 0.16).collect::<Vec<_>>();
     let qkv = ctx.upload(&fill(b * n * 3 * c), &[b, n, 3 * c], "bench.qkv")?;

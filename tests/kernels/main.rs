@@ -8,4 +8,5 @@ mod matmul;
 mod optimizer;
 mod patch;
 mod resize;
+mod runtime;
 mod shaders;

@@ -72,6 +72,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    quiet_egl();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info { gpu, json } => info(&gpu, json),
@@ -85,6 +86,18 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Mesa's EGL (used when wgpu probes the GL backend) prints a harmless but alarming
+/// "XDG_RUNTIME_DIR is invalid" line when the variable is unset, as on servers and CI.
+fn quiet_egl() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        let dir = std::env::temp_dir().join(format!("autoprog-runtime-{}", std::process::id()));
+        if std::fs::create_dir_all(&dir).is_ok() {
+            // Still single-threaded here: nothing else reads the environment concurrently.
+            std::env::set_var("XDG_RUNTIME_DIR", &dir);
         }
     }
 }

@@ -1,0 +1,75 @@
+//! The GPU runtime: pooling, elastic reuse of pipelines, error paths.
+
+use autoprog::kernels::attention::{self, AttentionOptions};
+use autoprog::kernels::matmul::{self, Epilogue, Layout};
+use autoprog::{ContextOptions, Error, GpuContext};
+
+use crate::common::*;
+
+#[test]
+fn sub_networks_reuse_the_same_pipelines() {
+    // One attention and one linear layer at three token counts (three resolutions of
+    // one supernet) and with and without token and head masks: after the first
+    // sub-network, nothing new is compiled.
+    let c = ctx();
+    let (heads, head_size) = (2, 8);
+    let width = heads * head_size;
+    let record = |tokens: usize, masked: bool| {
+        let batch = 2;
+        let qkv = c.zeros(&[batch, tokens, 3 * width], "qkv").unwrap();
+        let out = c.empty(&[batch, tokens, width], "out").unwrap();
+        let lse = c.empty(&[batch, heads, tokens], "lse").unwrap();
+        let keep: Vec<u32> = (0..batch * tokens).map(|i| (i % 3 != 0) as u32).collect();
+        let key_mask = c.upload_u32(&keep, &[batch, tokens], "keep").unwrap();
+        let head_mask = c.upload_u32(&[1, 0], &[heads], "heads").unwrap();
+        let w = c.zeros(&[width, width], "w").unwrap();
+        let y = c.empty(&[batch * tokens, width], "y").unwrap();
+        let mut opts = AttentionOptions::new(0.3);
+        if masked {
+            opts = opts.with_key_mask(&key_mask).with_head_mask(&head_mask);
+        }
+        run(|rec| {
+            attention::attention_forward(rec, &qkv, &opts, &out, &lse)?;
+            let x = out.reshape(&[batch * tokens, width])?;
+            matmul::matmul(rec, Layout::NT, &x, &w, &y, &Epilogue::default())
+        });
+    };
+    record(17, false);
+    record(17, true);
+    let compiled = c.pipeline_count();
+    for tokens in [5, 17, 65] {
+        for masked in [false, true] {
+            record(tokens, masked);
+        }
+    }
+    assert_eq!(c.pipeline_count(), compiled, "a sub-network compiled new pipelines");
+}
+
+#[test]
+fn pooled_buffers_are_reused() {
+    let c = GpuContext::new_blocking(&ContextOptions::default()).expect("adapter");
+    let first = c.empty(&[1000], "a").unwrap();
+    drop(first);
+    assert_eq!(c.pool_stats().0, 1);
+    let _again = c.empty(&[990], "b").unwrap();
+    assert_eq!(c.pool_stats().0, 0, "a same-bucket allocation should take the pooled buffer");
+    c.trim_pool();
+}
+
+#[test]
+fn unknown_backend_and_missing_adapter_are_errors_not_panics() {
+    let err = GpuContext::new_blocking(&ContextOptions { backend: Some("glide".into()), adapter: None }).err().unwrap();
+    assert!(matches!(err, Error::UnknownBackend(_)), "{err}");
+    let err =
+        GpuContext::new_blocking(&ContextOptions { backend: None, adapter: Some("no-such-gpu".into()) }).err().unwrap();
+    assert!(err.to_string().contains("no-such-gpu") && err.to_string().contains("available"), "{err}");
+}
+
+#[test]
+fn writes_aliasing_a_read_are_rejected() {
+    let c = ctx();
+    let x = c.zeros(&[8], "x").unwrap();
+    let mut rec = c.recorder("alias");
+    let err = autoprog::kernels::gelu::gelu_forward(&mut rec, &x, &x).unwrap_err().to_string();
+    assert!(err.contains("share a buffer"), "{err}");
+}
