@@ -94,7 +94,7 @@ fn main() -> ExitCode {
 /// "XDG_RUNTIME_DIR is invalid" line when the variable is unset, as on servers and CI.
 fn quiet_egl() {
     if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
-        let dir = std::env::temp_dir().join(format!("autoprog-runtime-{}", std::process::id()));
+        let dir = std::env::temp_dir().join("autoprog-runtime");
         if std::fs::create_dir_all(&dir).is_ok() {
             // Still single-threaded here: nothing else reads the environment concurrently.
             std::env::set_var("XDG_RUNTIME_DIR", &dir);
