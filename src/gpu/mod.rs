@@ -10,7 +10,7 @@ mod recorder;
 mod tensor;
 
 pub use context::{AdapterSummary, ContextOptions, GpuContext};
-pub use pipeline::{Access, Kernel, KernelSpec, Shader};
+pub use pipeline::{specialise, Access, Kernel, KernelSpec, Shader};
 pub use pool::BufferPool;
 pub use recorder::{Recorder, Timing};
 pub use tensor::Tensor;

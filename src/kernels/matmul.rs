@@ -414,6 +414,22 @@ fn save_cached(ctx: &GpuContext, tuning: &Tuning) {
     }
 }
 
+/// Full sources of generated register kernels (every read mode, a spread of tile
+/// shapes), for validation by naga in the tests.
+pub fn generated_sources() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for config in [Config::register(8, 4, 8), Config::register(16, 8, 8), Config::register(3, 5, 4)] {
+        for reads in [Reads::Scalar, Reads::Vec4N, Reads::Vec4NK, Reads::Vec4K] {
+            if matches!(reads, Reads::Vec4N | Reads::Vec4NK) && !config.tn.is_multiple_of(4) {
+                continue;
+            }
+            let source = crate::gpu::specialise(SHADER.source, &[]) + &register_source(config, reads);
+            out.push((format!("{} {reads:?}", config.label()), source));
+        }
+    }
+    out
+}
+
 /// How the generated register kernel reads its operands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Reads {

@@ -1,13 +1,26 @@
 //! Every WGSL file parses and validates with naga (the compiler wgpu uses).
 
+fn validate(name: &str, source: &str) {
+    let module =
+        naga::front::wgsl::parse_str(source).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+}
+
 #[test]
 fn every_shader_validates() {
+    // Capabilities::empty(): the kernels must not need anything beyond core WGSL, so
+    // they run on every adapter including browsers.
     for shader in autoprog::kernels::shaders() {
-        let module = naga::front::wgsl::parse_str(shader.source)
-            .unwrap_or_else(|e| panic!("{}.wgsl: {}", shader.name, e.emit_to_string(shader.source)));
-        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
-            .validate(&module)
-            .unwrap_or_else(|e| panic!("{}.wgsl: {}", shader.name, e.emit_to_string(shader.source)));
+        validate(&format!("{}.wgsl", shader.name), shader.source);
+    }
+}
+
+#[test]
+fn generated_matmul_kernels_validate() {
+    for (name, source) in autoprog::kernels::matmul::generated_sources() {
+        validate(&name, &source);
     }
 }
 
