@@ -3,8 +3,11 @@
 //! Tests compare the GPU against these, and these against finite differences.
 
 pub mod attention;
+pub mod cross_entropy;
 pub mod gelu;
+pub mod layernorm;
 pub mod matmul;
+pub mod ops;
 pub mod optimizer;
 pub mod patch;
 pub mod resize;

@@ -3,18 +3,32 @@
 //! point that records a dispatch. Pipelines are built once through the context's cache.
 
 pub mod attention;
+pub mod cross_entropy;
 pub mod gelu;
+pub mod layernorm;
 pub mod matmul;
+pub mod ops;
 pub mod optimizer;
 pub mod patch;
 pub mod resize;
 
-use crate::gpu::{Shader, Tensor};
+use crate::gpu::{GpuContext, Shader, Tensor};
 use crate::{Error, Result};
 
 /// Every WGSL file of the crate, for validation and inspection.
 pub fn shaders() -> Vec<Shader> {
-    vec![COMMON, gelu::SHADER, matmul::SHADER, patch::SHADER, resize::SHADER, optimizer::SHADER, attention::SHADER]
+    vec![
+        COMMON,
+        gelu::SHADER,
+        matmul::SHADER,
+        patch::SHADER,
+        resize::SHADER,
+        optimizer::SHADER,
+        attention::SHADER,
+        layernorm::SHADER,
+        cross_entropy::SHADER,
+        ops::SHADER,
+    ]
 }
 
 /// Functions shared by several families (erf, GELU), prepended to their sources.
@@ -40,4 +54,79 @@ pub(crate) fn expect_shape(op: &'static str, name: &str, t: &Tensor, shape: &[us
         return Err(Error::shape(op, format!("{name} is {:?} but must be {shape:?}", t.shape())));
     }
     Ok(())
+}
+
+/// Loop iterations one shader invocation may run, over all its loops together. lavapipe and
+/// llvmpipe (Mesa's gallivm) stop an invocation's loops after 65535 iterations in total
+/// (`LP_MAX_TGSI_LOOP_ITERATIONS`) and silently skip the rest. Kernels whose loops grow with
+/// the input keep each invocation below this budget, with margin, and reject sizes that would
+/// exceed it ([`check_loop_budget`]).
+pub const LOOP_BUDGET: usize = 60_000;
+
+/// Fails when an invocation of `op` would run more than [`LOOP_BUDGET`] loop iterations.
+pub(crate) fn check_loop_budget(op: &'static str, iterations: usize, what: impl FnOnce() -> String) -> Result<()> {
+    if iterations > LOOP_BUDGET {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "{} needs {iterations} loop iterations in one invocation; kernels stay under {LOOP_BUDGET} \
+                 because software GPUs (lavapipe, llvmpipe) silently stop after 65535",
+                what()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// How a row kernel (LayerNorm, softmax cross-entropy) spreads one row over invocations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowSplit {
+    /// One invocation per row with plain loops and no barriers: for CPU adapters (lavapipe,
+    /// llvmpipe, SwiftShader), where a workgroup barrier is a coroutine switch.
+    Invocation,
+    /// A workgroup of [`ROW_WORKGROUP`] invocations per row, partial sums through workgroup
+    /// memory: for GPUs, where adjacent invocations then load adjacent values.
+    Workgroup,
+}
+
+/// Invocations per workgroup of the row kernels (their shaders' `WG`).
+pub const ROW_WORKGROUP: usize = 64;
+
+impl RowSplit {
+    /// Invocations that share a row (the shaders' `THREADS_PER_ROW`).
+    pub fn threads_per_row(self) -> usize {
+        match self {
+            RowSplit::Invocation => 1,
+            RowSplit::Workgroup => ROW_WORKGROUP,
+        }
+    }
+
+    /// Rows one workgroup handles side by side.
+    pub fn rows_per_workgroup(self) -> usize {
+        ROW_WORKGROUP / self.threads_per_row()
+    }
+
+    /// Loop iterations one invocation spends on one row of `cols` values, for a kernel that
+    /// makes `passes` passes over the row and `sums` row reductions (a loop of t trips
+    /// counts t + 1 against the software-GPU budget, see [`LOOP_BUDGET`]).
+    pub fn iterations_per_row(self, cols: usize, passes: usize, sums: usize) -> usize {
+        let t = self.threads_per_row();
+        let reduction = if t == 1 { 0 } else { t + 1 };
+        passes * (cols.div_ceil(t) + 1) + sums * reduction + 1
+    }
+
+    /// The split for rows of `cols` values on `ctx`'s adapter: one invocation per row on CPU
+    /// adapters while its loops stay well inside the budget, a workgroup per row otherwise.
+    pub fn for_rows(ctx: &GpuContext, cols: usize) -> RowSplit {
+        if ctx.summary.is_cpu() && RowSplit::Invocation.iterations_per_row(cols, 3, 0) * 8 <= LOOP_BUDGET {
+            RowSplit::Invocation
+        } else {
+            RowSplit::Workgroup
+        }
+    }
+
+    /// The `consts` entry that specialises a row shader for this split.
+    pub(crate) fn shader_const(self) -> [(&'static str, String); 1] {
+        [("THREADS_PER_ROW", format!("{}u", self.threads_per_row()))]
+    }
 }

@@ -3,8 +3,11 @@
 
 mod attention;
 mod common;
+mod cross_entropy;
 mod gelu;
+mod layernorm;
 mod matmul;
+mod ops;
 mod optimizer;
 mod patch;
 mod resize;
