@@ -27,11 +27,13 @@ struct Params {
     m: u32,
     n: u32,
     k: u32,
-    _pad0: u32,
+    // Element offsets of the first k-column of A and k-row of B: the host splits very
+    // long K into chunks (CPU adapters cap loop iterations per invocation).
+    a_offset: u32,
     lda: u32,
     ldb: u32,
     ldc: u32,
-    _pad1: u32,
+    b_offset: u32,
     // Elements between consecutive batch items; 0 broadcasts one matrix to the whole batch.
     batch_a: u32,
     batch_b: u32,
@@ -106,8 +108,8 @@ var<workgroup> tile_b: array<f32, BK * BN>;
 fn matmul_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
                 @builtin(local_invocation_index) li: u32) {
     let batch = wg.z;
-    let a_base = batch * p.batch_a;
-    let b_base = batch * p.batch_b;
+    let a_base = batch * p.batch_a + p.a_offset;
+    let b_base = batch * p.batch_b + p.b_offset;
     let m0 = wg.y * BM;
     let n0 = wg.x * BN;
     var acc: array<f32, TM * TN>;

@@ -12,8 +12,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::gpu::{grid_1d, Access, KernelSpec, Recorder, Shader, Tensor};
-use crate::kernels::expect_shape;
+use crate::gpu::{grid_1d, Access, GpuContext, KernelSpec, Recorder, Shader, Tensor};
+use crate::kernels::{check_loop_budget, expect_shape};
 use crate::{Error, Result};
 
 pub const SHADER: Shader = Shader { name: "attention", source: include_str!("../../shaders/attention.wgsl") };
@@ -143,6 +143,18 @@ impl Dims {
         }
     }
 
+    /// Every kernel here loops over all N keys (or queries) per invocation, with up to
+    /// three HS-long loops per step. CPU adapters silently stop after 65535 loop
+    /// iterations per invocation, so there such lengths are refused (about N > 300 at
+    /// HS = 64; ViT-S/16 at 224 px has N = 197).
+    fn check_loop_budget(&self, ctx: &GpuContext, op: &'static str) -> Result<()> {
+        if !ctx.summary.is_cpu() {
+            return Ok(());
+        }
+        let iterations = self.n * (3 * self.hs + 1) + 3 * self.hs;
+        check_loop_budget(op, iterations, || format!("N = {} tokens at head size {} on a CPU adapter", self.n, self.hs))
+    }
+
     /// One invocation per (batch, head, row); workgroups never straddle a (batch, head).
     fn groups(&self) -> [u32; 3] {
         grid_1d((self.b * self.nh) as u32 * (self.n as u32).div_ceil(WG))
@@ -166,6 +178,7 @@ pub fn attention_forward(
     let dims = Dims::from(OP, ("lse", lse), ("qkv", qkv), 3)?;
     dims.check_wide(OP, "out", out, 1)?;
     dims.check_masks(OP, opts)?;
+    dims.check_loop_budget(rec.ctx(), OP)?;
     let consts = [("HS", format!("{}u", dims.hs))];
     let kernel = rec.ctx().kernel(&spec(
         OP,
@@ -207,6 +220,7 @@ fn record_gradient(
     dims.check_wide(op, "dqkv", dqkv, 3)?;
     expect_shape(op, "d", d, lse.shape())?;
     dims.check_masks(op, opts)?;
+    dims.check_loop_budget(rec.ctx(), op)?;
     let consts = [("HS", format!("{}u", dims.hs))];
     let kernel = rec.ctx().kernel(&spec(
         op,

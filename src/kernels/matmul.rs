@@ -13,6 +13,7 @@ use bytemuck::{Pod, Zeroable};
 use serde::{Deserialize, Serialize};
 
 use crate::gpu::{Access, GpuContext, KernelSpec, Recorder, Shader, Tensor};
+use crate::kernels::LOOP_BUDGET;
 use crate::{Error, Result};
 
 pub const SHADER: Shader = Shader {
@@ -171,11 +172,11 @@ struct Params {
     m: u32,
     n: u32,
     k: u32,
-    _pad0: u32,
+    a_offset: u32,
     lda: u32,
     ldb: u32,
     ldc: u32,
-    _pad1: u32,
+    b_offset: u32,
     batch_a: u32,
     batch_b: u32,
     batch_c: u32,
@@ -291,13 +292,14 @@ pub fn matmul_with(
         Variant::Tiled => ("matmul_tiled", String::new()),
     };
     use Access::*;
-    let kernel = rec.ctx().kernel(&KernelSpec {
+    let spec = KernelSpec {
         shader: SHADER,
         entry,
         bindings: &[Read, Read, Read, Read, ReadWrite, ReadWrite, Uniform],
         consts: &consts,
         generated: &generated,
-    })?;
+    };
+    let kernel = rec.ctx().kernel(&spec)?;
     // Unused bindings still need a buffer: bind small placeholders.
     let placeholder_read = rec.ctx().empty(&[1], "matmul.unused")?;
     let placeholder_write = rec.ctx().empty(&[1], "matmul.unused_pre")?;
@@ -324,7 +326,64 @@ pub fn matmul_with(
         Variant::Tiled => config.block(),
     };
     let groups = [(d.n as u32).div_ceil(bn), (d.m as u32).div_ceil(bm), d.batch as u32];
-    rec.dispatch(&kernel, &[a, b, bias, residual, c, pre], &params, groups)
+    let chunk = k_chunk(rec.ctx(), config, d.k);
+    if chunk >= d.k {
+        return rec.dispatch(&kernel, &[a, b, bias, residual, c, pre], &params, groups);
+    }
+    // CPU adapters stop a shader's loops after 65535 iterations: split K and let every
+    // chunk after the first accumulate into C.
+    if epi.bias.is_some() || epi.gelu || epi.residual.is_some() {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "K = {} is too long for one pass on this adapter, and only a plain or accumulating matmul can be split",
+                d.k
+            ),
+        ));
+    }
+    let plain = KernelSpec { consts: &consts_accumulating(&consts), ..spec };
+    let accumulating = rec.ctx().kernel(&plain)?;
+    let (a_trans, b_trans) = layout.transposes();
+    for k0 in (0..d.k).step_by(chunk) {
+        let kernel = if k0 == 0 { &kernel } else { &accumulating };
+        let p = Params {
+            k: (chunk.min(d.k - k0)) as u32,
+            a_offset: (if a_trans { k0 * a1 } else { k0 }) as u32,
+            b_offset: (if b_trans { k0 } else { k0 * b1 }) as u32,
+            ..params
+        };
+        rec.dispatch(kernel, &[a, b, bias, residual, c, pre], &p, groups)?;
+    }
+    Ok(())
+}
+
+/// `consts` with ACCUMULATE switched on.
+fn consts_accumulating(consts: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
+    consts.iter().map(|(k, v)| (*k, if *k == "ACCUMULATE" { "true".to_string() } else { v.clone() })).collect()
+}
+
+/// The longest K one dispatch may run. CPU adapters (Mesa's lavapipe and llvmpipe)
+/// silently end a shader's loops after 65535 iterations per invocation; chunks are
+/// multiples of 64 so that vec4 reads stay aligned.
+fn k_chunk(ctx: &GpuContext, config: Config, k: usize) -> usize {
+    if !ctx.summary.is_cpu() {
+        return k;
+    }
+    let per_k = match config.variant {
+        // The k loop, a quarter of it with vec4 reads: count it fully to stay simple.
+        Variant::Register => 1.0,
+        // Per k-tile: the two staging loops, then BK steps of the TM x TN loops.
+        Variant::Tiled => {
+            let threads = (config.wx * config.wy) as f64;
+            let (bm, bn) = config.block();
+            let staging = ((bm * config.bk) as f64 / threads).ceil() + ((bn * config.bk) as f64 / threads).ceil();
+            let inner = config.bk as f64 * (1.0 + (config.tm + config.tn + config.tm * (1 + config.tn)) as f64);
+            (1.0 + staging + inner) / config.bk as f64
+        }
+    };
+    let store = (config.tm * (1 + config.tn)) as f64;
+    let chunk = ((LOOP_BUDGET as f64 - store) / per_k) as usize;
+    (chunk / 64 * 64).max(64)
 }
 
 /// Where tuning results live on disk: `$AUTOPROG_CACHE_DIR` or the user cache dir.
@@ -470,8 +529,8 @@ fn register_source(config: Config, reads: Reads) -> String {
         "fn matmul_register(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {{"
     );
     let _ = writeln!(w, "    let batch = wg.z;");
-    let _ = writeln!(w, "    let a_base = batch * p.batch_a;");
-    let _ = writeln!(w, "    let b_base = batch * p.batch_b;");
+    let _ = writeln!(w, "    let a_base = batch * p.batch_a + p.a_offset;");
+    let _ = writeln!(w, "    let b_base = batch * p.batch_b + p.b_offset;");
     let _ = writeln!(w, "    let row0 = wg.y * {tm}u;");
     for i in 0..tm {
         let _ = writeln!(w, "    let r{i} = min(row0 + {i}u, p.m - 1u);");

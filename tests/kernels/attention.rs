@@ -315,3 +315,27 @@ fn attention_backward_allocates_nothing_n_by_n() {
     assert_eq!(count, 1, "attention_backward allocated {count} tensors; only d [B, NH, N] is expected");
     assert!(bytes <= 2 * (b * nh * n * 4) as u64 && bytes < (n * n * 4) as u64, "scratch of {bytes} bytes");
 }
+
+#[test]
+fn attention_too_long_for_a_cpu_adapter_is_an_error_not_a_wrong_answer() {
+    // CPU adapters end a shader's loops after 65535 iterations per invocation.
+    let c = ctx();
+    let (n, hs) = (400, 64);
+    let qkv = c.zeros(&[1, n, 3 * hs], "qkv").unwrap();
+    let out = c.empty(&[1, n, hs], "out").unwrap();
+    let lse = c.empty(&[1, 1, n], "lse").unwrap();
+    let mut rec = c.recorder("long");
+    let result = autoprog::kernels::attention::attention_forward(
+        &mut rec,
+        &qkv,
+        &autoprog::kernels::attention::AttentionOptions::new(0.1),
+        &out,
+        &lse,
+    );
+    if c.summary.is_cpu() {
+        let err = result.unwrap_err().to_string();
+        assert!(err.contains("N = 400") && err.contains("65535"), "{err}");
+    } else {
+        result.expect("GPUs have no loop cap");
+    }
+}

@@ -179,3 +179,26 @@ fn autotune_picks_a_candidate_and_caches_it() {
     matmul::reset_tuning(c);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn matmul_long_k_is_split_on_cpu_adapters() {
+    // Weight gradients reduce over batch x tokens, which can pass the 65535 loop
+    // iterations a CPU adapter runs per invocation; the host splits K there.
+    for config in [Config::register(8, 4, 8), Config::tiled(4, 4, 16, 16, 16)] {
+        for (layout, k) in [(Layout::TN, 70_001), (Layout::NN, 70_000), (Layout::NT, 66_000)] {
+            let case = Case {
+                layout,
+                batch: 1,
+                m: 5,
+                n: 8,
+                k,
+                b_shared: false,
+                bias: false,
+                gelu: false,
+                residual: false,
+                accumulate: true,
+            };
+            check(&case, config, 5);
+        }
+    }
+}
