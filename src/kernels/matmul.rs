@@ -111,12 +111,13 @@ pub fn candidates(ctx: &GpuContext) -> Vec<Config> {
     let limits = ctx.limits();
     let all: Vec<Config> = if ctx.summary.is_cpu() {
         vec![
-            Config::register(8, 4, 8),
-            Config::register(4, 8, 8),
+            // Large tiles win on lavapipe: every load there is a per-lane loop, so
+            // loads per multiply-add matter more than register spills.
+            Config::register(16, 16, 8),
+            Config::register(16, 32, 8),
+            Config::register(32, 16, 8),
+            Config::register(16, 8, 8),
             Config::register(8, 8, 8),
-            Config::register(4, 4, 8),
-            Config::register(8, 4, 16),
-            Config::register(16, 4, 8),
             Config::tiled(4, 4, 16, 16, 16),
         ]
     } else {
@@ -287,6 +288,7 @@ pub fn matmul_with(
         ("HAS_RESIDUAL", flag(epi.residual.is_some())),
         ("ACCUMULATE", flag(epi.accumulate)),
     ];
+    let config = fit_scalar_reads(layout, config, &d);
     let (entry, generated) = match config.variant {
         Variant::Register => ("matmul_register", register_source(config, choose_reads(layout, config, &d))),
         Variant::Tiled => ("matmul_tiled", String::new()),
@@ -399,7 +401,7 @@ pub fn cache_path(ctx: &GpuContext) -> Option<std::path::PathBuf> {
 /// to tune in seconds on a CPU adapter.
 fn tuning_size(ctx: &GpuContext) -> usize {
     if ctx.summary.is_cpu() {
-        384
+        512
     } else {
         2048
     }
@@ -489,6 +491,23 @@ pub fn generated_sources() -> Vec<(String, String)> {
     out
 }
 
+/// Writes the epilogue: the accumulators go into a private array, then one loop
+/// stores them through `store()`. Unrolling `store()` per output would multiply the
+/// epilogue code (bias, GELU, residual) by TM x TN and make compilation very slow.
+/// `column` is the WGSL expression of output column j.
+fn write_epilogue(w: &mut String, tm: u32, tn: u32, outputs: &[String], column: &str) {
+    use std::fmt::Write;
+    let _ = writeln!(w, "    var out: array<f32, {}>;", tm * tn);
+    for (e, value) in outputs.iter().enumerate() {
+        let _ = writeln!(w, "    out[{e}] = {value};");
+    }
+    let _ = writeln!(w, "    for (var e = 0u; e < {}u; e++) {{", tm * tn);
+    let _ = writeln!(w, "        let i = e / {tn}u;");
+    let _ = writeln!(w, "        let j = e % {tn}u;");
+    let _ = writeln!(w, "        store(batch, row0 + i, {column}, out[e]);");
+    let _ = writeln!(w, "    }}");
+}
+
 /// How the generated register kernel reads its operands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Reads {
@@ -509,6 +528,17 @@ fn choose_reads(layout: Layout, config: Config, d: &Dims) -> Reads {
         Layout::NN | Layout::TN if d.n.is_multiple_of(4) && config.tn.is_multiple_of(4) => Reads::Vec4N,
         Layout::NT if d.k.is_multiple_of(4) => Reads::Vec4K,
         _ => Reads::Scalar,
+    }
+}
+
+/// Shapes that allow no vec4 reads get at most an 8 x 8 register tile: with scalar
+/// reads a large tile gains little and takes CPU adapters seconds to compile (every
+/// load there expands to a per-lane loop).
+fn fit_scalar_reads(layout: Layout, config: Config, d: &Dims) -> Config {
+    if config.variant == Variant::Register && choose_reads(layout, config, d) == Reads::Scalar {
+        Config::register(config.tm.min(8), config.tn.min(8), config.wx)
+    } else {
+        config
     }
 }
 
@@ -585,18 +615,13 @@ fn register_source(config: Config, reads: Reads) -> String {
                 let _ = writeln!(w, "        bk += ldb4;");
             }
             let _ = writeln!(w, "    }}");
-            for i in 0..tm {
-                for j in 0..groups {
-                    for q in 0..4 {
-                        let comp = ["x", "y", "z", "w"][q];
-                        let _ = writeln!(
-                            w,
-                            "    store(batch, row0 + {i}u, (g0 + {}u) * 4u + {q}u, acc{i}_{j}.{comp});",
-                            wx * j
-                        );
-                    }
-                }
-            }
+            let outputs: Vec<String> = (0..tm)
+                .flat_map(|i| {
+                    (0..groups * 4).map(move |j| format!("acc{i}_{}.{}", j / 4, ["x", "y", "z", "w"][(j % 4) as usize]))
+                })
+                .collect();
+            let column = format!("(g0 + {wx}u * (j / 4u)) * 4u + j % 4u");
+            write_epilogue(w, tm, tn, &outputs, &column);
         }
         Reads::Vec4K | Reads::Scalar => {
             let _ = writeln!(w, "    let col0 = wg.x * {}u + lid.x;", wx * tn);
@@ -637,11 +662,8 @@ fn register_source(config: Config, reads: Reads) -> String {
                 }
             }
             let _ = writeln!(w, "    }}");
-            for i in 0..tm {
-                for j in 0..tn {
-                    let _ = writeln!(w, "    store(batch, row0 + {i}u, col0 + {}u, acc{i}_{j});", wx * j);
-                }
-            }
+            let outputs: Vec<String> = (0..tm).flat_map(|i| (0..tn).map(move |j| format!("acc{i}_{j}"))).collect();
+            write_epilogue(w, tm, tn, &outputs, &format!("col0 + {wx}u * j"));
         }
     }
     let _ = writeln!(w, "}}");

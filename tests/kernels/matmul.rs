@@ -5,12 +5,13 @@ use proptest::prelude::*;
 
 use crate::common::*;
 
-/// Every variant the tuner may choose on any adapter type, plus odd tile shapes.
+/// Variants the tuner chooses from on CPU adapters and GPUs, plus odd tile shapes.
 fn configs() -> Vec<Config> {
     vec![
+        Config::register(16, 16, 8),
+        Config::register(16, 32, 8),
+        Config::register(32, 16, 8),
         Config::register(8, 4, 8),
-        Config::register(4, 8, 8),
-        Config::register(16, 4, 8),
         Config::register(3, 5, 4),
         Config::tiled(4, 4, 16, 16, 16),
         Config::tiled(8, 8, 16, 16, 8),
