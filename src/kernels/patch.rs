@@ -1,12 +1,15 @@
 //! Patchify: cuts images into flattened patches for the patch embedding: `shaders/patch.wgsl`.
 //! The patch vector is ordered (channel, py, px), the flattening of a Conv2d weight
 //! [C, Ch, P, P], so the patch embedding is a plain matmul with that weight viewed as
-//! [C, Ch·P·P]. There is no backward: images take no gradient.
+//! [C, Ch·P·P]. `patchify` has no backward (images take no gradient); the embedding's
+//! weight and bias gradients are a matmul and a column sum.
 
 use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{grid_1d, Access, KernelSpec, Recorder, Shader, Tensor};
 use crate::kernels::expect_shape;
+use crate::kernels::matmul::{matmul, Epilogue, Layout};
+use crate::kernels::ops::column_sum;
 use crate::{Error, Result};
 
 pub const SHADER: Shader = Shader { name: "patch", source: include_str!("../../shaders/patch.wgsl") };
@@ -59,4 +62,60 @@ pub fn patchify(rec: &mut Recorder, images: &Tensor, patches: &Tensor, patch: us
         _pad: [0; 2],
     };
     rec.dispatch(&kernel, &[images, patches], &params, grid_1d(n.div_ceil(WG)))
+}
+
+/// The patch embedding (timm's `patch_embed.proj`, a P×P convolution with stride P):
+/// out [B·Np, C] = patchify(images) · Wᵀ + bias, with W = weight [C, Ch, P, P] and bias [C].
+/// `patches` [B·Np, Ch·P·P] is scratch that the backward pass reads again.
+pub fn patch_embed_forward(
+    rec: &mut Recorder,
+    images: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    patches: &Tensor,
+    out: &Tensor,
+) -> Result<()> {
+    let (c, patch) = conv_weight("patch_embed_forward", weight, images)?;
+    patchify(rec, images, patches, patch)?;
+    let w = weight.reshape(&[c, patches.shape()[1]])?; // [C, Ch·P·P]
+    let epilogue = Epilogue { bias: Some(bias), ..Default::default() };
+    matmul(rec, Layout::NT, patches, &w, out, &epilogue)
+}
+
+/// Gradients of the patch embedding: dweight [C, Ch, P, P] = doutᵀ · patches and
+/// dbias [C] = column sums of dout [B·Np, C]; added to the existing values when
+/// `accumulate`.
+pub fn patch_embed_backward(
+    rec: &mut Recorder,
+    patches: &Tensor,
+    dout: &Tensor,
+    dweight: &Tensor,
+    dbias: &Tensor,
+    accumulate: bool,
+) -> Result<()> {
+    const OP: &str = "patch_embed_backward";
+    let s = dweight.shape();
+    if s.len() != 4 || s[1] * s[2] * s[3] != patches.shape().get(1).copied().unwrap_or(0) {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "dweight is {s:?} but patches are {:?}; dweight must be [C, Ch, P, P] with Ch·P·P patch values",
+                patches.shape()
+            ),
+        ));
+    }
+    let dw = dweight.reshape(&[s[0], s[1] * s[2] * s[3]])?; // [C, Ch·P·P]
+    matmul(rec, Layout::TN, dout, patches, &dw, &Epilogue { accumulate, ..Default::default() })?;
+    column_sum(rec, dout, dbias, accumulate)
+}
+
+/// (C, P) of a Conv2d weight [C, Ch, P, P] that matches the images' channels.
+fn conv_weight(op: &'static str, weight: &Tensor, images: &Tensor) -> Result<(usize, usize)> {
+    match (weight.shape(), images.shape()) {
+        (&[c, ch, p, q], &[_, ich, _, _]) if p == q && ch == ich && c > 0 && p > 0 => Ok((c, p)),
+        (w, i) => Err(Error::shape(
+            op,
+            format!("weight is {w:?} and images {i:?}; weight must be [C, Ch, P, P] with the images' Ch channels"),
+        )),
+    }
 }

@@ -1,5 +1,6 @@
 use autoprog::cpu;
 use autoprog::kernels::patch;
+use autoprog::tolerance::Tolerance;
 use proptest::prelude::*;
 
 use crate::common::*;
@@ -78,4 +79,60 @@ fn patchify_rejects_bad_input() {
     let err = patch::patchify(&mut rec, &images, &patches, 2).unwrap_err().to_string();
     assert!(err.contains("patchify") && err.contains("[4, 48]") && err.contains("[16, 12]"), "{err}");
     assert!(patch::patchify(&mut rec, &images, &patches, 0).is_err());
+}
+
+#[test]
+fn patch_embed_matches_the_convolution() {
+    use autoprog::kernels::patch::{patch_embed_backward, patch_embed_forward};
+    let mut r = rng(21);
+    let (b, ch, res, p, c) = (2, 3, 12, 4, 10);
+    let np = (res / p) * (res / p);
+    let images = rounded(&random(&mut r, b * ch * res * res, 1.0));
+    let weight = rounded(&random(&mut r, c * ch * p * p, 0.2));
+    let bias = rounded(&random(&mut r, c, 0.5));
+    let dout = rounded(&random(&mut r, b * np * c, 1.0));
+    let (it, wt, bt, dt) = (
+        upload(&images, &[b, ch, res, res]),
+        upload(&weight, &[c, ch, p, p]),
+        upload(&bias, &[c]),
+        upload(&dout, &[b * np, c]),
+    );
+    let patches = empty(&[b * np, ch * p * p]);
+    let out = empty(&[b * np, c]);
+    let (dw, db) = (empty(&[c, ch, p, p]), empty(&[c]));
+    run(|rec| {
+        patch_embed_forward(rec, &it, &wt, &bt, &patches, &out)?;
+        patch_embed_backward(rec, &patches, &dt, &dw, &db, false)
+    });
+    let shape = [b, ch, res, res];
+    Tolerance::FORWARD.assert(
+        "patch_embed_forward",
+        &read(&out),
+        &cpu::patch::patch_embed_forward(&images, shape, &weight, &bias, p),
+    );
+    let (want_dw, want_db) = cpu::patch::patch_embed_backward(&images, shape, &dout, c, p);
+    Tolerance::BACKWARD.assert("patch_embed_backward dweight", &read(&dw), &want_dw);
+    Tolerance::BACKWARD.assert("patch_embed_backward dbias", &read(&db), &want_db);
+}
+
+#[test]
+fn patch_embed_backward_matches_finite_differences() {
+    let mut r = rng(22);
+    let (b, ch, res, p, c) = (1, 2, 4, 2, 3);
+    let images = random(&mut r, b * ch * res * res, 1.0);
+    let weight = random(&mut r, c * ch * p * p, 0.5);
+    let bias = random(&mut r, c, 0.5);
+    let np = (res / p) * (res / p);
+    let upstream = random(&mut r, b * np * c, 1.0);
+    let shape = [b, ch, res, res];
+    let (dw, db) = cpu::patch::patch_embed_backward(&images, shape, &upstream, c, p);
+    let numeric_w =
+        numeric_grad(|w| dot(&upstream, &cpu::patch::patch_embed_forward(&images, shape, w, &bias, p)), &weight, 1e-6);
+    let numeric_b = numeric_grad(
+        |bb| dot(&upstream, &cpu::patch::patch_embed_forward(&images, shape, &weight, bb, p)),
+        &bias,
+        1e-6,
+    );
+    Tolerance::FINITE_DIFF.assert("dweight vs finite differences", &dw, &numeric_w);
+    Tolerance::FINITE_DIFF.assert("dbias vs finite differences", &db, &numeric_b);
 }
