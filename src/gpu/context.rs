@@ -25,6 +25,8 @@ pub struct AdapterSummary {
     pub driver: String,
     pub driver_info: String,
     pub features: Vec<String>,
+    /// The optional features the device was opened with (empty before a device exists).
+    pub enabled_features: Vec<String>,
     pub subgroup_min_size: u32,
     pub subgroup_max_size: u32,
     pub max_storage_buffer_binding_size: u64,
@@ -47,6 +49,7 @@ impl AdapterSummary {
             driver: info.driver,
             driver_info: info.driver_info,
             features: features.iter_names().map(|(name, _)| name.to_lowercase()).collect(),
+            enabled_features: Vec::new(),
             subgroup_min_size: info.subgroup_min_size,
             subgroup_max_size: info.subgroup_max_size,
             max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
@@ -187,8 +190,11 @@ impl GpuContext {
 
     /// Opens the device on a given adapter.
     pub async fn from_adapter(instance: wgpu::Instance, adapter: wgpu::Adapter) -> Result<Self> {
-        let summary = AdapterSummary::from_adapter(&adapter);
         let features = adapter.features() & WANTED_FEATURES;
+        let summary = AdapterSummary {
+            enabled_features: features.iter_names().map(|(name, _)| name.to_lowercase()).collect(),
+            ..AdapterSummary::from_adapter(&adapter)
+        };
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("autoprog"),

@@ -28,6 +28,22 @@ impl Timing {
     pub fn total_ms(&self) -> f64 {
         self.passes.iter().map(|(_, ms)| ms).sum()
     }
+
+    /// Time per kernel, summed over its dispatches, slowest first: (label, ms, dispatches).
+    pub fn by_kernel(&self) -> Vec<(String, f64, usize)> {
+        let mut totals: Vec<(String, f64, usize)> = Vec::new();
+        for (label, ms) in &self.passes {
+            match totals.iter_mut().find(|(l, _, _)| l == label) {
+                Some(entry) => {
+                    entry.1 += ms;
+                    entry.2 += 1;
+                }
+                None => totals.push((label.clone(), *ms, 1)),
+            }
+        }
+        totals.sort_by(|a, b| b.1.total_cmp(&a.1));
+        totals
+    }
 }
 
 /// Records dispatches for one submission.

@@ -73,3 +73,24 @@ fn writes_aliasing_a_read_are_rejected() {
     let err = autoprog::kernels::gelu::gelu_forward(&mut rec, &x, &x).unwrap_err().to_string();
     assert!(err.contains("share a buffer"), "{err}");
 }
+
+#[test]
+fn timed_recordings_report_every_dispatch() {
+    let c = ctx();
+    let x = c.zeros(&[4096], "x").unwrap();
+    let y = c.empty(&[4096], "y").unwrap();
+    let mut rec = c.timed_recorder("timed");
+    for _ in 0..3 {
+        autoprog::kernels::gelu::gelu_forward(&mut rec, &x, &y).unwrap();
+    }
+    let timing = pollster::block_on(c.submit_timed(rec)).unwrap();
+    if c.has(wgpu::Features::TIMESTAMP_QUERY) {
+        assert_eq!(timing.passes.len(), 3);
+        let kernels = timing.by_kernel();
+        assert_eq!(kernels.len(), 1);
+        assert_eq!(kernels[0].2, 3);
+        assert!(kernels[0].1 >= 0.0 && (kernels[0].1 - timing.total_ms()).abs() < 1e-9);
+    } else {
+        assert!(timing.passes.is_empty());
+    }
+}

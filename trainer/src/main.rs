@@ -131,12 +131,14 @@ fn info(gpu: &GpuArgs, json: bool) -> autoprog::Result<()> {
         println!("      subgroup size {}..{}", s.subgroup_min_size, s.subgroup_max_size);
     }
     println!("* would be used: {} ({})", chosen.summary.name, chosen.summary.backend);
+    println!("  optional features it would use: {}", chosen.summary.enabled_features.join(", "));
     Ok(())
 }
 
 fn run_bench(gpu: &GpuArgs, opts: &BenchOptions, json: bool, quiet: bool) -> autoprog::Result<()> {
     let ctx = GpuContext::new_blocking(&gpu.options())?;
     eprintln!("adapter: {} ({}, {})", ctx.summary.name, ctx.summary.backend, ctx.summary.device_type);
+    eprintln!("optional features in use: {}", ctx.summary.enabled_features.join(", "));
     eprintln!("tuning matmul variants for this adapter (cached after the first run)...");
     let show = |r: &BenchResult| {
         if !quiet && !json {
