@@ -407,15 +407,23 @@ fn tuning_size(ctx: &GpuContext) -> usize {
     }
 }
 
-/// Times one config on a `dims` problem (see [`crate::bench::time_ms`]), in milliseconds.
-pub async fn time_config(ctx: &GpuContext, layout: Layout, config: Config, dims: Dims, reps: usize) -> Result<f64> {
+/// Times one config on a `dims` problem: `reps` samples in milliseconds (see
+/// [`crate::bench::time_samples`]).
+pub async fn time_config(
+    ctx: &GpuContext,
+    layout: Layout,
+    config: Config,
+    dims: Dims,
+    reps: usize,
+) -> Result<Vec<f64>> {
     let (ar, ac) = if layout == Layout::TN { (dims.k, dims.m) } else { (dims.m, dims.k) };
     let (br, bc) = if layout == Layout::NT { (dims.n, dims.k) } else { (dims.k, dims.n) };
     let fill = |len: usize| (0..len).map(|i| ((i * 7919) % 13) as f32 * 0.01 - 0.06).collect::<Vec<_>>();
     let a = ctx.upload(&fill(ar * ac), &[ar, ac], "bench.a")?;
     let b = ctx.upload(&fill(br * bc), &[br, bc], "bench.b")?;
     let c = ctx.empty(&[dims.m, dims.n], "bench.c")?;
-    crate::bench::time_ms(ctx, reps, |rec| matmul_with(rec, layout, config, &a, &b, &c, &Epilogue::default())).await
+    crate::bench::time_samples(ctx, reps, |rec| matmul_with(rec, layout, config, &a, &b, &c, &Epilogue::default()))
+        .await
 }
 
 /// Picks the fastest candidate for every layout by timing them on this adapter, unless
@@ -435,7 +443,10 @@ pub async fn autotune(ctx: &GpuContext) -> Result<Tuning> {
     for layout in Layout::ALL {
         let mut best: Option<(f64, Config)> = None;
         for config in candidates(ctx) {
-            let ms = time_config(ctx, layout, config, dims, 3).await?;
+            // The fastest of several runs: interference from other work on the
+            // machine only ever slows a run down, so the minimum is the steadiest.
+            let samples = time_config(ctx, layout, config, dims, 5).await?;
+            let ms = samples.iter().copied().fold(f64::INFINITY, f64::min);
             log::debug!("{} {}: {:.3} ms", layout.name(), config.label(), ms);
             if best.is_none_or(|(b, _)| ms < b) {
                 best = Some((ms, config));

@@ -63,7 +63,7 @@ enum Command {
         #[arg(long, default_value_t = 32)]
         attention_batch: usize,
         /// Timed runs per case (the median is reported).
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 9)]
         reps: usize,
         /// Only log lines, no per-case progress on stderr.
         #[arg(long)]
@@ -150,13 +150,19 @@ fn run_bench(gpu: &GpuArgs, opts: &BenchOptions, json: bool, quiet: bool) -> aut
         println!("{}", serde_json::to_string_pretty(&results).expect("serialisable"));
     } else {
         println!("adapter: {} ({})", ctx.summary.name, ctx.summary.backend);
-        println!("{:<20} {:<24} {:>10} {:>10}  {:<24} timer", "kernel", "shape", "ms", "GFLOP/s", "variant");
+        println!(
+            "{:<20} {:<20} {:>10} {:>10} {:>10}  {:<18} timer",
+            "kernel", "shape", "median ms", "GFLOP/s", "best ms", "variant"
+        );
         for r in &results {
             let shape = match (r.m, r.n, r.k) {
                 (Some(m), Some(n), Some(k)) => format!("m{m} n{n} k{k}"),
                 _ => r.shape.clone().unwrap_or_default(),
             };
-            println!("{:<20} {:<24} {:>10.3} {:>10.1}  {:<24} {}", r.name, shape, r.ms, r.gflops, r.variant, r.timer);
+            println!(
+                "{:<20} {:<20} {:>10.3} {:>10.1} {:>10.3}  {:<18} {}",
+                r.name, shape, r.ms, r.gflops, r.min_ms, r.variant, r.timer
+            );
         }
     }
     Ok(())
