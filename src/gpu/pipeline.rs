@@ -38,6 +38,13 @@ pub struct KernelSpec<'a> {
     pub generated: &'a str,
 }
 
+impl<'a> KernelSpec<'a> {
+    /// An entry point compiled as written, without specialisation.
+    pub fn new(shader: Shader, entry: &'a str, bindings: &'a [Access]) -> Self {
+        KernelSpec { shader, entry, bindings, consts: &[], generated: "" }
+    }
+}
+
 /// A compiled compute pipeline and the bind-group layout it expects.
 pub struct Kernel {
     pub label: String,

@@ -22,13 +22,11 @@ struct Params {
 /// y = gelu(x), elementwise.
 pub fn gelu_forward(rec: &mut Recorder, x: &Tensor, y: &Tensor) -> Result<()> {
     same_shape("gelu_forward", &[("x", x), ("y", y)])?;
-    let kernel = rec.ctx().kernel(&KernelSpec {
-        shader: SHADER,
-        entry: "gelu_forward",
-        bindings: &[Access::Read, Access::ReadWrite, Access::Uniform],
-        consts: &[],
-        generated: "",
-    })?;
+    let kernel = rec.ctx().kernel(&KernelSpec::new(
+        SHADER,
+        "gelu_forward",
+        &[Access::Read, Access::ReadWrite, Access::Uniform],
+    ))?;
     let n = x.numel() as u32;
     rec.dispatch(&kernel, &[x, y], &Params { n, _pad: [0; 3] }, grid_1d(n.div_ceil(WG)))
 }
@@ -36,13 +34,11 @@ pub fn gelu_forward(rec: &mut Recorder, x: &Tensor, y: &Tensor) -> Result<()> {
 /// dx = dy * gelu'(x), elementwise.
 pub fn gelu_backward(rec: &mut Recorder, x: &Tensor, dy: &Tensor, dx: &Tensor) -> Result<()> {
     same_shape("gelu_backward", &[("x", x), ("dy", dy), ("dx", dx)])?;
-    let kernel = rec.ctx().kernel(&KernelSpec {
-        shader: SHADER,
-        entry: "gelu_backward",
-        bindings: &[Access::Read, Access::Read, Access::ReadWrite, Access::Uniform],
-        consts: &[],
-        generated: "",
-    })?;
+    let kernel = rec.ctx().kernel(&KernelSpec::new(
+        SHADER,
+        "gelu_backward",
+        &[Access::Read, Access::Read, Access::ReadWrite, Access::Uniform],
+    ))?;
     let n = x.numel() as u32;
     rec.dispatch(&kernel, &[x, dy, dx], &Params { n, _pad: [0; 3] }, grid_1d(n.div_ceil(WG)))
 }

@@ -272,13 +272,11 @@ pub fn layernorm_param_grad(
     check_loop_budget(OP, num_partials.div_ceil(PARAM_GRAD_LANES) + PARAM_GRAD_LANES + 2, || {
         format!("summing {num_partials} partial rows")
     })?;
-    let kernel = rec.ctx().kernel(&KernelSpec {
-        shader: SHADER,
-        entry: "layernorm_param_grad",
-        bindings: &[Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite, Access::Uniform],
-        consts: &[],
-        generated: "",
-    })?;
+    let kernel = rec.ctx().kernel(&KernelSpec::new(
+        SHADER,
+        "layernorm_param_grad",
+        &[Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite, Access::Uniform],
+    ))?;
     let params = ParamGradParams {
         num_partials: num_partials as u32,
         cols: cols as u32,

@@ -69,7 +69,7 @@ struct GatherParams {
 }
 
 fn kernel(rec: &Recorder, entry: &'static str, bindings: &[Access]) -> Result<Arc<Kernel>> {
-    rec.ctx().kernel(&KernelSpec { shader: SHADER, entry, bindings, consts: &[], generated: "" })
+    rec.ctx().kernel(&KernelSpec::new(SHADER, entry, bindings))
 }
 
 fn groups(elements: usize) -> [u32; 3] {

@@ -117,13 +117,11 @@ pub fn grad_norm_partial(rec: &mut Recorder, grads: &Tensor, partials: &Tensor) 
     let n = check_len(op, grads)?;
     let num_partials = grad_norm_partials_len(n as usize);
     expect_shape(op, "partials", partials, &[num_partials])?;
-    let kernel = rec.ctx().kernel(&KernelSpec {
-        shader: SHADER,
-        entry: "grad_norm_partial",
-        bindings: &[Access::Read, Access::ReadWrite, Access::Uniform],
-        consts: &[],
-        generated: "",
-    })?;
+    let kernel = rec.ctx().kernel(&KernelSpec::new(
+        SHADER,
+        "grad_norm_partial",
+        &[Access::Read, Access::ReadWrite, Access::Uniform],
+    ))?;
     let params = PartialParams { n, num_partials: num_partials as u32, _pad: [0; 2] };
     rec.dispatch(&kernel, &[grads, partials], &params, grid_1d(num_partials as u32))
 }
@@ -140,13 +138,11 @@ pub fn grad_norm_finish(rec: &mut Recorder, partials: &Tensor, stats: &Tensor, m
     if !max_norm.is_finite() {
         return Err(Error::invalid(op, format!("max_norm {max_norm} must be finite (<= 0 disables clipping)")));
     }
-    let kernel = rec.ctx().kernel(&KernelSpec {
-        shader: SHADER,
-        entry: "grad_norm_finish",
-        bindings: &[Access::Read, Access::ReadWrite, Access::Uniform],
-        consts: &[],
-        generated: "",
-    })?;
+    let kernel = rec.ctx().kernel(&KernelSpec::new(
+        SHADER,
+        "grad_norm_finish",
+        &[Access::Read, Access::ReadWrite, Access::Uniform],
+    ))?;
     let params = FinishParams { num_partials: check_len(op, partials)?, max_norm, _pad: [0; 2] };
     rec.dispatch(&kernel, &[partials, stats], &params, [1, 1, 1])
 }
@@ -191,20 +187,11 @@ pub fn adamw_update(
         return Err(Error::invalid(op, "step is 1-based; step 0 has no bias correction"));
     }
     let (bc1, bc2) = hp.bias_corrections(step);
-    let kernel = rec.ctx().kernel(&KernelSpec {
-        shader: SHADER,
-        entry: "adamw_update",
-        bindings: &[
-            Access::Read,
-            Access::Read,
-            Access::ReadWrite,
-            Access::ReadWrite,
-            Access::ReadWrite,
-            Access::Uniform,
-        ],
-        consts: &[],
-        generated: "",
-    })?;
+    let kernel = rec.ctx().kernel(&KernelSpec::new(
+        SHADER,
+        "adamw_update",
+        &[Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite, Access::ReadWrite, Access::Uniform],
+    ))?;
     let uniform = AdamParams {
         lr: hp.lr as f32,
         beta1: hp.beta1 as f32,
@@ -233,13 +220,11 @@ pub fn ema_update(rec: &mut Recorder, params: &Tensor, emas: &[(&Tensor, f64)]) 
             return Err(Error::invalid(op, format!("decay {decay} must lie in [0, 1]")));
         }
     }
-    let kernel = rec.ctx().kernel(&KernelSpec {
-        shader: SHADER,
-        entry: "ema_update",
-        bindings: &[Access::Read, Access::ReadWrite, Access::Uniform],
-        consts: &[],
-        generated: "",
-    })?;
+    let kernel = rec.ctx().kernel(&KernelSpec::new(
+        SHADER,
+        "ema_update",
+        &[Access::Read, Access::ReadWrite, Access::Uniform],
+    ))?;
     for &(ema, decay) in emas {
         let uniform = EmaParams { n, decay: decay as f32, one_minus_decay: (1.0 - decay) as f32, _pad: 0 };
         rec.dispatch(&kernel, &[params, ema], &uniform, grid_1d(n.div_ceil(WG)))?;

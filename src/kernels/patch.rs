@@ -44,13 +44,7 @@ pub fn patchify(rec: &mut Recorder, images: &Tensor, patches: &Tensor, patch: us
     }
     let np = (h / patch) * (w / patch);
     expect_shape(OP, "patches", patches, &[b * np, ch * patch * patch])?; // [B·Np, Ch·P·P]
-    let kernel = rec.ctx().kernel(&KernelSpec {
-        shader: SHADER,
-        entry: OP,
-        bindings: &[Access::Read, Access::ReadWrite, Access::Uniform],
-        consts: &[],
-        generated: "",
-    })?;
+    let kernel = rec.ctx().kernel(&KernelSpec::new(SHADER, OP, &[Access::Read, Access::ReadWrite, Access::Uniform]))?;
     let n = patches.numel() as u32;
     let params = Params {
         n,

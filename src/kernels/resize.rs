@@ -52,13 +52,7 @@ pub fn resize_bilinear(rec: &mut Recorder, x: &Tensor, y: &Tensor) -> Result<()>
             format!("x is {xs:?} and y is {ys:?}; need x [B, Ch, H, W] and y [B, Ch, H2, W2], all sizes >= 1"),
         ));
     }
-    let kernel = rec.ctx().kernel(&KernelSpec {
-        shader: SHADER,
-        entry: OP,
-        bindings: &[Access::Read, Access::ReadWrite, Access::Uniform],
-        consts: &[],
-        generated: "",
-    })?;
+    let kernel = rec.ctx().kernel(&KernelSpec::new(SHADER, OP, &[Access::Read, Access::ReadWrite, Access::Uniform]))?;
     let n = y.numel() as u32;
     let params = BilinearParams {
         n,
@@ -105,13 +99,7 @@ fn bicubic_params(op: &'static str, grid: &Tensor, out: &Tensor, names: [&str; 2
 pub fn pos_embed_resize_forward(rec: &mut Recorder, grid: &Tensor, out: &Tensor) -> Result<()> {
     const OP: &str = "pos_embed_resize_forward";
     let mut params = bicubic_params(OP, grid, out, ["grid", "out"])?; // [Gh, Gw, C] -> [Gh2, Gw2, C]
-    let kernel = rec.ctx().kernel(&KernelSpec {
-        shader: SHADER,
-        entry: OP,
-        bindings: &[Access::Read, Access::ReadWrite, Access::Uniform],
-        consts: &[],
-        generated: "",
-    })?;
+    let kernel = rec.ctx().kernel(&KernelSpec::new(SHADER, OP, &[Access::Read, Access::ReadWrite, Access::Uniform]))?;
     params.n = out.numel() as u32;
     rec.dispatch(&kernel, &[grid, out], &params, grid_1d(params.n.div_ceil(WG)))
 }
@@ -122,13 +110,7 @@ pub fn pos_embed_resize_forward(rec: &mut Recorder, grid: &Tensor, out: &Tensor)
 pub fn pos_embed_resize_backward(rec: &mut Recorder, dout: &Tensor, dgrid: &Tensor) -> Result<()> {
     const OP: &str = "pos_embed_resize_backward";
     let mut params = bicubic_params(OP, dgrid, dout, ["dgrid", "dout"])?;
-    let kernel = rec.ctx().kernel(&KernelSpec {
-        shader: SHADER,
-        entry: OP,
-        bindings: &[Access::Read, Access::ReadWrite, Access::Uniform],
-        consts: &[],
-        generated: "",
-    })?;
+    let kernel = rec.ctx().kernel(&KernelSpec::new(SHADER, OP, &[Access::Read, Access::ReadWrite, Access::Uniform]))?;
     params.n = dgrid.numel() as u32;
     rec.dispatch(&kernel, &[dout, dgrid], &params, grid_1d(params.n.div_ceil(WG)))
 }
