@@ -83,9 +83,11 @@ fn check(case: &Case, config: Config, seed: u64) {
             accumulate: case.accumulate.then_some(&old[..]),
         },
     );
-    // Sums of k products of values in [-1, 1]: f32 accumulation error grows like
-    // sqrt(k) * eps * |terms|, so the absolute floor scales with sqrt(k).
-    let tol = Tolerance { rel: 1e-4, abs: 1e-5 * (k as f64).sqrt().max(1.0) * 4.0 };
+    // The bar (rel 1e-4, abs 1e-5) up to k = 1024. Beyond, a sum of k products
+    // of values in [-1, 1] carries f32 rounding error growing like sqrt(k) * eps, so
+    // the absolute floor grows with sqrt(k) (the long-K test, k ~ 70000: abs 8e-5).
+    let abs = Tolerance::FORWARD.abs * ((k as f64) / 1024.0).sqrt().max(1.0);
+    let tol = Tolerance { rel: Tolerance::FORWARD.rel, abs };
     let what = format!("{} {} b{batch} m{m} n{n} k{k}", layout.name(), config.label());
     tol.assert(&what, &read(&c), &want);
     if case.gelu {
