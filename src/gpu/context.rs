@@ -103,6 +103,7 @@ pub struct GpuContext {
     pub(crate) uniform_pool: Mutex<Vec<wgpu::Buffer>>,
     errors: Arc<Mutex<Vec<String>>>,
     pub(crate) matmul: crate::kernels::matmul::MatmulState,
+    placeholders: std::sync::OnceLock<[crate::Tensor; 2]>,
 }
 
 pub(crate) fn parse_backend(name: &str) -> Result<wgpu::Backends> {
@@ -223,6 +224,7 @@ impl GpuContext {
             uniform_pool: Mutex::new(Vec::new()),
             errors,
             matmul: Default::default(),
+            placeholders: Default::default(),
         })
     }
 
@@ -249,6 +251,16 @@ impl GpuContext {
             return Err(Error::BindingTooLarge { what: what.to_string(), bytes, limit });
         }
         Ok(())
+    }
+
+    /// A one-element tensor to bind where a kernel's optional input (`writable = false`)
+    /// or output (`writable = true`) is unused. Created once; the two never alias.
+    pub fn placeholder(&self, writable: bool) -> Result<crate::Tensor> {
+        if self.placeholders.get().is_none() {
+            let pair = [self.zeros(&[1], "unused.read")?, self.zeros(&[1], "unused.write")?];
+            let _ = self.placeholders.set(pair);
+        }
+        Ok(self.placeholders.get().expect("just set")[writable as usize].clone())
     }
 
     /// Returns the first GPU validation error raised since the last call, if any.

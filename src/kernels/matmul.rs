@@ -302,9 +302,9 @@ pub fn matmul_with(
         generated: &generated,
     };
     let kernel = rec.ctx().kernel(&spec)?;
-    // Unused bindings still need a buffer: bind small placeholders.
-    let placeholder_read = rec.ctx().empty(&[1], "matmul.unused")?;
-    let placeholder_write = rec.ctx().empty(&[1], "matmul.unused_pre")?;
+    // Unused bindings still need a buffer.
+    let placeholder_read = rec.ctx().placeholder(false)?;
+    let placeholder_write = rec.ctx().placeholder(true)?;
     let bias = epi.bias.unwrap_or(&placeholder_read);
     let residual = epi.residual.unwrap_or(&placeholder_read);
     let pre = epi.pre.unwrap_or(&placeholder_write);
