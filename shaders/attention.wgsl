@@ -11,7 +11,7 @@
 //   Without a mask the host binds a placeholder and clears the has_* flag.
 //
 // Mapping: one invocation per query row (forward, dq, preprocess) or per key row (dk/dv),
-// holding its rows and accumulators in private arrays of exactly HS floats. Workgroups are
+// holding its rows and accumulators in private arrays of exactly one row. Workgroups are
 // (batch, head, block of WG rows), so all invocations of a workgroup read the same k/v (or
 // q/dout) row at the same time. No workgroup memory and no barriers: barriers are coroutine
 // switches on lavapipe, and at ViT sizes (N <= 257, HS = 64) the per-row loop is cheap.
@@ -30,6 +30,13 @@ struct Params {
 const WG: u32 = 64u;
 // Head size; the host specialises it per call so private arrays are exactly one row.
 const HS: u32 = 64u;
+// Rows are read and written in Lanes of LANES floats: vec4 when HS % 4 == 0 (every row then
+// starts 16-byte aligned), else f32; the host specialises both. On lavapipe every storage
+// load is a loop over the SIMD lanes, so one vec4 load costs about what one f32 load does.
+alias Lane = vec4<f32>;
+const LANES: u32 = 4u;
+// Lanes per row of one head.
+const HL: u32 = HS / LANES;
 // Running-max start value: finite so that exp(start - s) is 0, never NaN.
 const NEG_BIG: f32 = -3.0e38;
 
@@ -50,13 +57,19 @@ fn row_of(wg: vec3<u32>, nwg: vec3<u32>, lid: u32, b: u32, n: u32, nh: u32) -> R
     return Row(bh / nh, bh % nh, bh, i, bh < b * nh && i < n);
 }
 
+// Sum of the floats in a Lane (for f32, vec4(x) splats and .x is x itself).
+fn lane_sum(x: Lane) -> f32 {
+    let v = vec4<f32>(x);
+    return select(v.x, (v.x + v.y) + (v.z + v.w), LANES == 4u);
+}
+
 // ---------------------------------------------------------------------------------------
 // Forward: out = softmax(q k^T * scale, masked keys dropped) v, lse = log sum exp.
 
-@group(0) @binding(0) var<storage, read> f_qkv: array<f32>;
+@group(0) @binding(0) var<storage, read> f_qkv: array<Lane>;
 @group(0) @binding(1) var<storage, read> f_key_mask: array<u32>;
 @group(0) @binding(2) var<storage, read> f_head_mask: array<u32>;
-@group(0) @binding(3) var<storage, read_write> f_out: array<f32>;
+@group(0) @binding(3) var<storage, read_write> f_out: array<Lane>;
 @group(0) @binding(4) var<storage, read_write> f_lse: array<f32>;
 @group(0) @binding(5) var<uniform> fp: Params;
 
@@ -67,49 +80,49 @@ fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     if (!r.valid) {
         return;
     }
-    let c = fp.nh * HS;
+    let c = fp.nh * HL; // lanes per token of out
     let token = r.b * fp.n + r.i;
-    let o_base = token * c + r.h * HS;
+    let o_base = token * c + r.h * HL;
     let lse_at = r.bh * fp.n + r.i;
-    var acc: array<f32, HS>;
+    var acc: array<Lane, HL>;
     var m = NEG_BIG;
     var l = 0.0;
     if (fp.has_head_mask == 0u || f_head_mask[r.h] != 0u) {
-        var q: array<f32, HS>;
-        let q_base = token * 3u * c + r.h * HS;
-        for (var d = 0u; d < HS; d++) {
+        var q: array<Lane, HL>;
+        let q_base = token * 3u * c + r.h * HL;
+        for (var d = 0u; d < HL; d++) {
             q[d] = f_qkv[q_base + d];
         }
         for (var j = 0u; j < fp.n; j++) {
             if (fp.has_key_mask != 0u && f_key_mask[r.b * fp.n + j] == 0u) {
                 continue;
             }
-            let k_base = (r.b * fp.n + j) * 3u * c + c + r.h * HS;
+            let k_base = (r.b * fp.n + j) * 3u * c + c + r.h * HL;
             let v_base = k_base + c;
-            var s = 0.0;
-            for (var d = 0u; d < HS; d++) {
-                s += q[d] * f_qkv[k_base + d];
+            var qk = Lane(0.0);
+            for (var d = 0u; d < HL; d++) {
+                qk += q[d] * f_qkv[k_base + d];
             }
-            s *= fp.scale;
+            let s = lane_sum(qk) * fp.scale;
             // Online softmax: rescale only when the running max grows (rare after the first keys).
             if (s > m) {
                 let corr = exp(m - s);
                 l *= corr;
-                for (var d = 0u; d < HS; d++) {
+                for (var d = 0u; d < HL; d++) {
                     acc[d] *= corr;
                 }
                 m = s;
             }
             let pj = exp(s - m);
             l += pj;
-            for (var d = 0u; d < HS; d++) {
+            for (var d = 0u; d < HL; d++) {
                 acc[d] += pj * f_qkv[v_base + d];
             }
         }
     }
     // l == 0: masked head or no unmasked key; the output is defined as zeros, lse as 0.
     let inv = select(0.0, 1.0 / l, l > 0.0);
-    for (var d = 0u; d < HS; d++) {
+    for (var d = 0u; d < HL; d++) {
         f_out[o_base + d] = acc[d] * inv;
     }
     f_lse[lse_at] = select(0.0, m + log(l), l > 0.0);
@@ -118,8 +131,8 @@ fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
 // ---------------------------------------------------------------------------------------
 // Backward preprocess: d[b, h, i] = sum_d dout[b, i, h, d] * out[b, i, h, d].
 
-@group(0) @binding(0) var<storage, read> p_out: array<f32>;
-@group(0) @binding(1) var<storage, read> p_dout: array<f32>;
+@group(0) @binding(0) var<storage, read> p_out: array<Lane>;
+@group(0) @binding(1) var<storage, read> p_dout: array<Lane>;
 @group(0) @binding(2) var<storage, read_write> p_d: array<f32>;
 @group(0) @binding(3) var<uniform> pp: Params;
 
@@ -130,25 +143,25 @@ fn attention_backward_preprocess(@builtin(workgroup_id) wg: vec3<u32>, @builtin(
     if (!r.valid) {
         return;
     }
-    let base = ((r.b * pp.n + r.i) * pp.nh + r.h) * HS;
-    var acc = 0.0;
-    for (var d = 0u; d < HS; d++) {
+    let base = ((r.b * pp.n + r.i) * pp.nh + r.h) * HL;
+    var acc = Lane(0.0);
+    for (var d = 0u; d < HL; d++) {
         acc += p_dout[base + d] * p_out[base + d];
     }
-    p_d[r.bh * pp.n + r.i] = acc;
+    p_d[r.bh * pp.n + r.i] = lane_sum(acc);
 }
 
 // ---------------------------------------------------------------------------------------
 // Backward, shared by dk/dv and dq. With s = q k^T * scale, p = exp(s - lse),
 // dp = dout v^T and ds = p (dp - d):  dv = p^T dout, dk = ds^T q * scale, dq = ds k * scale.
 
-@group(0) @binding(0) var<storage, read> b_qkv: array<f32>;
-@group(0) @binding(1) var<storage, read> b_dout: array<f32>;
+@group(0) @binding(0) var<storage, read> b_qkv: array<Lane>;
+@group(0) @binding(1) var<storage, read> b_dout: array<Lane>;
 @group(0) @binding(2) var<storage, read> b_lse: array<f32>;
 @group(0) @binding(3) var<storage, read> b_d: array<f32>;
 @group(0) @binding(4) var<storage, read> b_key_mask: array<u32>;
 @group(0) @binding(5) var<storage, read> b_head_mask: array<u32>;
-@group(0) @binding(6) var<storage, read_write> b_dqkv: array<f32>;
+@group(0) @binding(6) var<storage, read_write> b_dqkv: array<Lane>;
 @group(0) @binding(7) var<uniform> bp: Params;
 
 // One invocation per key row j: loops over all query rows, writes the k and v slots of dqkv.
@@ -159,41 +172,41 @@ fn attention_backward_dkdv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wo
     if (!r.valid) {
         return;
     }
-    let c = bp.nh * HS;
-    let k_base = (r.b * bp.n + r.i) * 3u * c + c + r.h * HS;
+    let c = bp.nh * HL;
+    let k_base = (r.b * bp.n + r.i) * 3u * c + c + r.h * HL;
     let v_base = k_base + c;
-    var dk: array<f32, HS>;
-    var dv: array<f32, HS>;
+    var dk: array<Lane, HL>;
+    var dv: array<Lane, HL>;
     let head_on = bp.has_head_mask == 0u || b_head_mask[r.h] != 0u;
     let key_on = bp.has_key_mask == 0u || b_key_mask[r.b * bp.n + r.i] != 0u;
     // A masked key gets no probability and a masked head no output: both gradients stay zero.
     if (head_on && key_on) {
-        var k: array<f32, HS>;
-        var v: array<f32, HS>;
-        for (var d = 0u; d < HS; d++) {
+        var k: array<Lane, HL>;
+        var v: array<Lane, HL>;
+        for (var d = 0u; d < HL; d++) {
             k[d] = b_qkv[k_base + d];
             v[d] = b_qkv[v_base + d];
         }
         // Key j is unmasked, so every query row of this batch has a finite lse.
         for (var i = 0u; i < bp.n; i++) {
-            let q_base = (r.b * bp.n + i) * 3u * c + r.h * HS;
-            let o_base = (r.b * bp.n + i) * c + r.h * HS;
-            var s = 0.0;
-            var dp = 0.0;
-            for (var d = 0u; d < HS; d++) {
-                s += b_qkv[q_base + d] * k[d];
-                dp += b_dout[o_base + d] * v[d];
+            let q_base = (r.b * bp.n + i) * 3u * c + r.h * HL;
+            let o_base = (r.b * bp.n + i) * c + r.h * HL;
+            var qk = Lane(0.0);
+            var dov = Lane(0.0);
+            for (var d = 0u; d < HL; d++) {
+                qk += b_qkv[q_base + d] * k[d];
+                dov += b_dout[o_base + d] * v[d];
             }
             let at = r.bh * bp.n + i;
-            let pij = exp(s * bp.scale - b_lse[at]);
-            let ds = pij * (dp - b_d[at]);
-            for (var d = 0u; d < HS; d++) {
+            let pij = exp(lane_sum(qk) * bp.scale - b_lse[at]);
+            let ds = pij * (lane_sum(dov) - b_d[at]);
+            for (var d = 0u; d < HL; d++) {
                 dv[d] += pij * b_dout[o_base + d];
                 dk[d] += ds * b_qkv[q_base + d];
             }
         }
     }
-    for (var d = 0u; d < HS; d++) {
+    for (var d = 0u; d < HL; d++) {
         b_dqkv[k_base + d] = dk[d] * bp.scale;
         b_dqkv[v_base + d] = dv[d];
     }
@@ -207,14 +220,14 @@ fn attention_backward_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_work
     if (!r.valid) {
         return;
     }
-    let c = bp.nh * HS;
-    let q_base = (r.b * bp.n + r.i) * 3u * c + r.h * HS;
-    var dq: array<f32, HS>;
+    let c = bp.nh * HL;
+    let q_base = (r.b * bp.n + r.i) * 3u * c + r.h * HL;
+    var dq: array<Lane, HL>;
     if (bp.has_head_mask == 0u || b_head_mask[r.h] != 0u) {
-        var q: array<f32, HS>;
-        var dout: array<f32, HS>;
-        let o_base = (r.b * bp.n + r.i) * c + r.h * HS;
-        for (var d = 0u; d < HS; d++) {
+        var q: array<Lane, HL>;
+        var dout: array<Lane, HL>;
+        let o_base = (r.b * bp.n + r.i) * c + r.h * HL;
+        for (var d = 0u; d < HL; d++) {
             q[d] = b_qkv[q_base + d];
             dout[d] = b_dout[o_base + d];
         }
@@ -226,22 +239,22 @@ fn attention_backward_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_work
             if (bp.has_key_mask != 0u && b_key_mask[r.b * bp.n + j] == 0u) {
                 continue;
             }
-            let k_base = (r.b * bp.n + j) * 3u * c + c + r.h * HS;
+            let k_base = (r.b * bp.n + j) * 3u * c + c + r.h * HL;
             let v_base = k_base + c;
-            var s = 0.0;
-            var dp = 0.0;
-            for (var d = 0u; d < HS; d++) {
-                s += q[d] * b_qkv[k_base + d];
-                dp += dout[d] * b_qkv[v_base + d];
+            var qk = Lane(0.0);
+            var dov = Lane(0.0);
+            for (var d = 0u; d < HL; d++) {
+                qk += q[d] * b_qkv[k_base + d];
+                dov += dout[d] * b_qkv[v_base + d];
             }
-            let pij = exp(s * bp.scale - lse_i);
-            let ds = pij * (dp - d_i);
-            for (var d = 0u; d < HS; d++) {
+            let pij = exp(lane_sum(qk) * bp.scale - lse_i);
+            let ds = pij * (lane_sum(dov) - d_i);
+            for (var d = 0u; d < HL; d++) {
                 dq[d] += ds * b_qkv[k_base + d];
             }
         }
     }
-    for (var d = 0u; d < HS; d++) {
+    for (var d = 0u; d < HL; d++) {
         b_dqkv[q_base + d] = dq[d] * bp.scale;
     }
 }

@@ -58,7 +58,8 @@ pub(crate) struct PipelineCache {
     driver_cache: Option<wgpu::PipelineCache>,
 }
 
-/// Rewrites `const NAME: T = old;` (or `const NAME = old;`) to the given value.
+/// Rewrites `const NAME: T = old;` (or `const NAME = old;`) to the given value, or the
+/// type of `alias NAME = old;` (for kernels whose element type depends on the shape).
 /// Panics when a name is missing: the shader and its binding disagree, a programmer error.
 pub fn specialise(source: &str, consts: &[(&str, String)]) -> String {
     let mut out = source.to_string();
@@ -66,6 +67,7 @@ pub fn specialise(source: &str, consts: &[(&str, String)]) -> String {
         let start = out
             .find(&format!("const {name}:"))
             .or_else(|| out.find(&format!("const {name} ")))
+            .or_else(|| out.find(&format!("alias {name} ")))
             .unwrap_or_else(|| panic!("shader has no `const {name}` to specialise"));
         let eq = start + out[start..].find('=').expect("const has a value");
         let end = eq + out[eq..].find(';').expect("const ends with ;");

@@ -4,7 +4,7 @@
 //! Layouts match the ViT's linears so no permutes are needed: `qkv` [B, N, 3·C] (timm's
 //! [B, N, 3, NH, HS] ordering, C = NH·HS), `out` and `dout` [B, N, C] (or [B, N, NH, HS]),
 //! `lse` and `d` [B, NH, N]. NH is read from `lse` (or `d`); HS = C / NH, 1..=128, any
-//! value (no multiple-of-4 requirement: kernels are specialised per HS).
+//! value (kernels are specialised per HS; rows are read as vec4 when HS % 4 == 0).
 //!
 //! Masks: `key_mask` u32 [B, N] (0 = padded key, ignored by every query of that image);
 //! `head_mask` [NH], u32 or f32 (a zero bit pattern masks the head: its output and all
@@ -131,6 +131,21 @@ impl Dims {
         Ok(())
     }
 
+    /// Floats per storage load: rows are read as vec4 when every row is 16-byte aligned.
+    fn lanes(&self) -> usize {
+        if self.hs.is_multiple_of(4) {
+            4
+        } else {
+            1
+        }
+    }
+
+    /// The shader's specialisation: head size and the element type rows are read in.
+    fn consts(&self) -> [(&'static str, String); 3] {
+        let lane = if self.lanes() == 4 { "vec4<f32>" } else { "f32" };
+        [("HS", format!("{}u", self.hs)), ("LANES", format!("{}u", self.lanes())), ("Lane", lane.to_string())]
+    }
+
     fn params(&self, opts: &AttentionOptions) -> Params {
         Params {
             b: self.b as u32,
@@ -146,7 +161,8 @@ impl Dims {
     /// Every kernel here loops over all N keys (or queries) per invocation, with up to
     /// three HS-long loops per step. CPU adapters silently stop after 65535 loop
     /// iterations per invocation, so there such lengths are refused (about N > 300 at
-    /// HS = 64; ViT-S/16 at 224 px has N = 197).
+    /// HS = 64; ViT-S/16 at 224 px has N = 197). Counted per float even where rows are
+    /// read as vec4 (a quarter of the iterations): a margin, and one limit for every HS.
     fn check_loop_budget(&self, ctx: &GpuContext, op: &'static str) -> Result<()> {
         if !ctx.summary.is_cpu() {
             return Ok(());
@@ -161,8 +177,8 @@ impl Dims {
     }
 }
 
-fn spec<'a>(entry: &'a str, bindings: &'a [Access], hs: &'a [(&'a str, String)]) -> KernelSpec<'a> {
-    KernelSpec { shader: SHADER, entry, bindings, consts: hs, generated: "" }
+fn spec<'a>(entry: &'a str, bindings: &'a [Access], consts: &'a [(&'a str, String)]) -> KernelSpec<'a> {
+    KernelSpec { shader: SHADER, entry, bindings, consts, generated: "" }
 }
 
 /// out = softmax(q kᵀ · scale, masked keys dropped) v per (image, head), and the row
@@ -179,7 +195,7 @@ pub fn attention_forward(
     dims.check_wide(OP, "out", out, 1)?;
     dims.check_masks(OP, opts)?;
     dims.check_loop_budget(rec.ctx(), OP)?;
-    let consts = [("HS", format!("{}u", dims.hs))];
+    let consts = dims.consts();
     let kernel = rec.ctx().kernel(&spec(
         OP,
         &[Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite, Access::Uniform],
@@ -196,7 +212,7 @@ pub fn attention_backward_preprocess(rec: &mut Recorder, out: &Tensor, dout: &Te
     const OP: &str = "attention_backward_preprocess";
     let dims = Dims::from(OP, ("d", d), ("out", out), 1)?;
     dims.check_wide(OP, "dout", dout, 1)?;
-    let consts = [("HS", format!("{}u", dims.hs))];
+    let consts = dims.consts();
     let kernel =
         rec.ctx().kernel(&spec(OP, &[Access::Read, Access::Read, Access::ReadWrite, Access::Uniform], &consts))?;
     let params = dims.params(&AttentionOptions::new(1.0));
@@ -221,7 +237,7 @@ fn record_gradient(
     expect_shape(op, "d", d, lse.shape())?;
     dims.check_masks(op, opts)?;
     dims.check_loop_budget(rec.ctx(), op)?;
-    let consts = [("HS", format!("{}u", dims.hs))];
+    let consts = dims.consts();
     let kernel = rec.ctx().kernel(&spec(
         op,
         &[
