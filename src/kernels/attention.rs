@@ -17,9 +17,11 @@ use crate::kernels::{check_loop_budget, expect_shape};
 use crate::{Error, Result};
 
 pub const SHADER: Shader = Shader { name: "attention", source: include_str!("../../shaders/attention.wgsl") };
-/// Rows (query or key) per workgroup; must match `WG` in the shader.
+/// Invocations per workgroup; must match `WG` in the shader.
 const WG: u32 = 64;
-/// Largest head size: each invocation keeps up to four rows of HS floats in private memory.
+/// Rows (query or key) per invocation of the forward and gradient kernels; `PAIR` in the shader.
+const PAIR: u32 = 2;
+/// Largest head size: each invocation keeps up to eight rows of HS floats in private memory.
 pub const MAX_HEAD_SIZE: usize = 128;
 
 #[repr(C)]
@@ -171,9 +173,9 @@ impl Dims {
         check_loop_budget(op, iterations, || format!("N = {} tokens at head size {} on a CPU adapter", self.n, self.hs))
     }
 
-    /// One invocation per (batch, head, row); workgroups never straddle a (batch, head).
-    fn groups(&self) -> [u32; 3] {
-        grid_1d((self.b * self.nh) as u32 * (self.n as u32).div_ceil(WG))
+    /// One invocation per (batch, head, `rows` rows); workgroups never straddle a (batch, head).
+    fn groups(&self, rows: u32) -> [u32; 3] {
+        grid_1d((self.b * self.nh) as u32 * (self.n as u32).div_ceil(WG * rows))
     }
 }
 
@@ -204,7 +206,7 @@ pub fn attention_forward(
     // An absent mask binds qkv as a placeholder the shader never reads (its flag is 0).
     let key_mask = opts.key_mask.unwrap_or(qkv);
     let head_mask = opts.head_mask.unwrap_or(qkv);
-    rec.dispatch(&kernel, &[qkv, key_mask, head_mask, out, lse], &dims.params(opts), dims.groups())
+    rec.dispatch(&kernel, &[qkv, key_mask, head_mask, out, lse], &dims.params(opts), dims.groups(PAIR))
 }
 
 /// d = rowsum(dout ∘ out): out, dout [B, N, C] → d [B, NH, N].
@@ -216,7 +218,7 @@ pub fn attention_backward_preprocess(rec: &mut Recorder, out: &Tensor, dout: &Te
     let kernel =
         rec.ctx().kernel(&spec(OP, &[Access::Read, Access::Read, Access::ReadWrite, Access::Uniform], &consts))?;
     let params = dims.params(&AttentionOptions::new(1.0));
-    rec.dispatch(&kernel, &[out, dout, d], &params, dims.groups())
+    rec.dispatch(&kernel, &[out, dout, d], &params, dims.groups(1))
 }
 
 /// Shared binding of the two gradient kernels, which write disjoint slots of dqkv.
@@ -254,11 +256,11 @@ fn record_gradient(
     ))?;
     let key_mask = opts.key_mask.unwrap_or(qkv);
     let head_mask = opts.head_mask.unwrap_or(qkv);
-    rec.dispatch(&kernel, &[qkv, dout, lse, d, key_mask, head_mask, dqkv], &dims.params(opts), dims.groups())
+    rec.dispatch(&kernel, &[qkv, dout, lse, d, key_mask, head_mask, dqkv], &dims.params(opts), dims.groups(PAIR))
 }
 
 /// The k and v slots of dqkv [B, N, 3C]: dv = pᵀ dout, dk = dsᵀ q · scale, one invocation
-/// per key looping over all queries. The q slot is left untouched.
+/// per two keys looping over all queries. The q slot is left untouched.
 pub fn attention_backward_dkdv(
     rec: &mut Recorder,
     qkv: &Tensor,
@@ -271,8 +273,8 @@ pub fn attention_backward_dkdv(
     record_gradient("attention_backward_dkdv", rec, qkv, dout, lse, d, opts, dqkv)
 }
 
-/// The q slot of dqkv [B, N, 3C]: dq = ds k · scale, one invocation per query looping over
-/// all keys. The k and v slots are left untouched.
+/// The q slot of dqkv [B, N, 3C]: dq = ds k · scale, one invocation per two queries looping
+/// over all keys. The k and v slots are left untouched.
 pub fn attention_backward_dq(
     rec: &mut Recorder,
     qkv: &Tensor,
