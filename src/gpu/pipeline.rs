@@ -172,4 +172,11 @@ mod tests {
         let out = specialise(src, &[("TM", "8u".into()), ("WG", "16u".into())]);
         assert_eq!(out, "const TM: u32 = 8u;\nconst WG = 16u;\nfn f() {}");
     }
+
+    #[test]
+    fn specialise_rewrites_alias_types() {
+        let src = "alias Lane = vec4<f32>;\nconst LANES: u32 = 4u;";
+        let out = specialise(src, &[("Lane", "f32".into()), ("LANES", "1u".into())]);
+        assert_eq!(out, "alias Lane = f32;\nconst LANES: u32 = 1u;");
+    }
 }
