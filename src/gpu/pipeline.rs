@@ -58,7 +58,8 @@ pub(crate) struct PipelineCache {
     driver_cache: Option<wgpu::PipelineCache>,
 }
 
-/// Rewrites `const NAME: T = old;` (or `const NAME = old;`) to the given value.
+/// Rewrites `const NAME: T = old;` (or `const NAME = old;`) to the given value, or the
+/// type of `alias NAME = old;` (for kernels whose element type depends on the shape).
 /// Panics when a name is missing: the shader and its binding disagree, a programmer error.
 pub fn specialise(source: &str, consts: &[(&str, String)]) -> String {
     let mut out = source.to_string();
@@ -66,6 +67,7 @@ pub fn specialise(source: &str, consts: &[(&str, String)]) -> String {
         let start = out
             .find(&format!("const {name}:"))
             .or_else(|| out.find(&format!("const {name} ")))
+            .or_else(|| out.find(&format!("alias {name} ")))
             .unwrap_or_else(|| panic!("shader has no `const {name}` to specialise"));
         let eq = start + out[start..].find('=').expect("const has a value");
         let end = eq + out[eq..].find(';').expect("const ends with ;");
@@ -169,5 +171,12 @@ mod tests {
         let src = "const TM: u32 = 4u;\nconst WG = 64u;\nfn f() {}";
         let out = specialise(src, &[("TM", "8u".into()), ("WG", "16u".into())]);
         assert_eq!(out, "const TM: u32 = 8u;\nconst WG = 16u;\nfn f() {}");
+    }
+
+    #[test]
+    fn specialise_rewrites_alias_types() {
+        let src = "alias Lane = vec4<f32>;\nconst LANES: u32 = 4u;";
+        let out = specialise(src, &[("Lane", "f32".into()), ("LANES", "1u".into())]);
+        assert_eq!(out, "alias Lane = f32;\nconst LANES: u32 = 1u;");
     }
 }

@@ -4,7 +4,7 @@
 //! Layouts match the ViT's linears so no permutes are needed: `qkv` [B, N, 3·C] (timm's
 //! [B, N, 3, NH, HS] ordering, C = NH·HS), `out` and `dout` [B, N, C] (or [B, N, NH, HS]),
 //! `lse` and `d` [B, NH, N]. NH is read from `lse` (or `d`); HS = C / NH, 1..=128, any
-//! value (no multiple-of-4 requirement: kernels are specialised per HS).
+//! value (kernels are specialised per HS; rows are read as vec4 when HS % 4 == 0).
 //!
 //! Masks: `key_mask` u32 [B, N] (0 = padded key, ignored by every query of that image);
 //! `head_mask` [NH], u32 or f32 (a zero bit pattern masks the head: its output and all
@@ -17,9 +17,11 @@ use crate::kernels::{check_loop_budget, expect_shape};
 use crate::{Error, Result};
 
 pub const SHADER: Shader = Shader { name: "attention", source: include_str!("../../shaders/attention.wgsl") };
-/// Rows (query or key) per workgroup; must match `WG` in the shader.
+/// Invocations per workgroup; must match `WG` in the shader.
 const WG: u32 = 64;
-/// Largest head size: each invocation keeps up to four rows of HS floats in private memory.
+/// Rows (query or key) per invocation of the forward and gradient kernels; `PAIR` in the shader.
+const PAIR: u32 = 2;
+/// Largest head size: each invocation keeps up to eight rows of HS floats in private memory.
 pub const MAX_HEAD_SIZE: usize = 128;
 
 #[repr(C)]
@@ -131,6 +133,21 @@ impl Dims {
         Ok(())
     }
 
+    /// Floats per storage load: rows are read as vec4 when every row is 16-byte aligned.
+    fn lanes(&self) -> usize {
+        if self.hs.is_multiple_of(4) {
+            4
+        } else {
+            1
+        }
+    }
+
+    /// The shader's specialisation: head size and the element type rows are read in.
+    fn consts(&self) -> [(&'static str, String); 3] {
+        let lane = if self.lanes() == 4 { "vec4<f32>" } else { "f32" };
+        [("HS", format!("{}u", self.hs)), ("LANES", format!("{}u", self.lanes())), ("Lane", lane.to_string())]
+    }
+
     fn params(&self, opts: &AttentionOptions) -> Params {
         Params {
             b: self.b as u32,
@@ -146,7 +163,8 @@ impl Dims {
     /// Every kernel here loops over all N keys (or queries) per invocation, with up to
     /// three HS-long loops per step. CPU adapters silently stop after 65535 loop
     /// iterations per invocation, so there such lengths are refused (about N > 300 at
-    /// HS = 64; ViT-S/16 at 224 px has N = 197).
+    /// HS = 64; ViT-S/16 at 224 px has N = 197). Counted per float even where rows are
+    /// read as vec4 (a quarter of the iterations): a margin, and one limit for every HS.
     fn check_loop_budget(&self, ctx: &GpuContext, op: &'static str) -> Result<()> {
         if !ctx.summary.is_cpu() {
             return Ok(());
@@ -155,14 +173,14 @@ impl Dims {
         check_loop_budget(op, iterations, || format!("N = {} tokens at head size {} on a CPU adapter", self.n, self.hs))
     }
 
-    /// One invocation per (batch, head, row); workgroups never straddle a (batch, head).
-    fn groups(&self) -> [u32; 3] {
-        grid_1d((self.b * self.nh) as u32 * (self.n as u32).div_ceil(WG))
+    /// One invocation per (batch, head, `rows` rows); workgroups never straddle a (batch, head).
+    fn groups(&self, rows: u32) -> [u32; 3] {
+        grid_1d((self.b * self.nh) as u32 * (self.n as u32).div_ceil(WG * rows))
     }
 }
 
-fn spec<'a>(entry: &'a str, bindings: &'a [Access], hs: &'a [(&'a str, String)]) -> KernelSpec<'a> {
-    KernelSpec { shader: SHADER, entry, bindings, consts: hs, generated: "" }
+fn spec<'a>(entry: &'a str, bindings: &'a [Access], consts: &'a [(&'a str, String)]) -> KernelSpec<'a> {
+    KernelSpec { shader: SHADER, entry, bindings, consts, generated: "" }
 }
 
 /// out = softmax(q kᵀ · scale, masked keys dropped) v per (image, head), and the row
@@ -179,7 +197,7 @@ pub fn attention_forward(
     dims.check_wide(OP, "out", out, 1)?;
     dims.check_masks(OP, opts)?;
     dims.check_loop_budget(rec.ctx(), OP)?;
-    let consts = [("HS", format!("{}u", dims.hs))];
+    let consts = dims.consts();
     let kernel = rec.ctx().kernel(&spec(
         OP,
         &[Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite, Access::Uniform],
@@ -188,7 +206,7 @@ pub fn attention_forward(
     // An absent mask binds qkv as a placeholder the shader never reads (its flag is 0).
     let key_mask = opts.key_mask.unwrap_or(qkv);
     let head_mask = opts.head_mask.unwrap_or(qkv);
-    rec.dispatch(&kernel, &[qkv, key_mask, head_mask, out, lse], &dims.params(opts), dims.groups())
+    rec.dispatch(&kernel, &[qkv, key_mask, head_mask, out, lse], &dims.params(opts), dims.groups(PAIR))
 }
 
 /// d = rowsum(dout ∘ out): out, dout [B, N, C] → d [B, NH, N].
@@ -196,11 +214,11 @@ pub fn attention_backward_preprocess(rec: &mut Recorder, out: &Tensor, dout: &Te
     const OP: &str = "attention_backward_preprocess";
     let dims = Dims::from(OP, ("d", d), ("out", out), 1)?;
     dims.check_wide(OP, "dout", dout, 1)?;
-    let consts = [("HS", format!("{}u", dims.hs))];
+    let consts = dims.consts();
     let kernel =
         rec.ctx().kernel(&spec(OP, &[Access::Read, Access::Read, Access::ReadWrite, Access::Uniform], &consts))?;
     let params = dims.params(&AttentionOptions::new(1.0));
-    rec.dispatch(&kernel, &[out, dout, d], &params, dims.groups())
+    rec.dispatch(&kernel, &[out, dout, d], &params, dims.groups(1))
 }
 
 /// Shared binding of the two gradient kernels, which write disjoint slots of dqkv.
@@ -221,7 +239,7 @@ fn record_gradient(
     expect_shape(op, "d", d, lse.shape())?;
     dims.check_masks(op, opts)?;
     dims.check_loop_budget(rec.ctx(), op)?;
-    let consts = [("HS", format!("{}u", dims.hs))];
+    let consts = dims.consts();
     let kernel = rec.ctx().kernel(&spec(
         op,
         &[
@@ -238,11 +256,11 @@ fn record_gradient(
     ))?;
     let key_mask = opts.key_mask.unwrap_or(qkv);
     let head_mask = opts.head_mask.unwrap_or(qkv);
-    rec.dispatch(&kernel, &[qkv, dout, lse, d, key_mask, head_mask, dqkv], &dims.params(opts), dims.groups())
+    rec.dispatch(&kernel, &[qkv, dout, lse, d, key_mask, head_mask, dqkv], &dims.params(opts), dims.groups(PAIR))
 }
 
 /// The k and v slots of dqkv [B, N, 3C]: dv = pᵀ dout, dk = dsᵀ q · scale, one invocation
-/// per key looping over all queries. The q slot is left untouched.
+/// per two keys looping over all queries. The q slot is left untouched.
 pub fn attention_backward_dkdv(
     rec: &mut Recorder,
     qkv: &Tensor,
@@ -255,8 +273,8 @@ pub fn attention_backward_dkdv(
     record_gradient("attention_backward_dkdv", rec, qkv, dout, lse, d, opts, dqkv)
 }
 
-/// The q slot of dqkv [B, N, 3C]: dq = ds k · scale, one invocation per query looping over
-/// all keys. The k and v slots are left untouched.
+/// The q slot of dqkv [B, N, 3C]: dq = ds k · scale, one invocation per two queries looping
+/// over all keys. The k and v slots are left untouched.
 pub fn attention_backward_dq(
     rec: &mut Recorder,
     qkv: &Tensor,
