@@ -147,7 +147,7 @@ pub async fn bench_attention(
             ms,
             gflops: flops / (ms * 1e6),
             min_ms: samples[0],
-            variant: "row-per-invocation".to_string(),
+            variant: "two-rows-per-invocation".to_string(),
             timer: timer_name(ctx),
         }
     };
