@@ -61,6 +61,15 @@ impl AdapterSummary {
         }
     }
 
+    /// The adapter's name, or a description where the platform hides it (browsers do).
+    pub fn display_name(&self) -> String {
+        if self.name.is_empty() {
+            format!("an unnamed {} adapter ({})", self.backend, self.device_type)
+        } else {
+            self.name.clone()
+        }
+    }
+
     /// Whether this is a CPU implementation (lavapipe, llvmpipe, SwiftShader, WARP).
     pub fn is_cpu(&self) -> bool {
         self.device_type == "Cpu"

@@ -33,5 +33,5 @@ pub async fn kernel_selfcheck() -> Result<String, JsValue> {
     let got = ctx.read(&y).await.map_err(js_error)?;
     let want = cpu::gelu::gelu_forward(&xs.iter().map(|&v| v as f64).collect::<Vec<_>>());
     Tolerance::FORWARD.check("gelu_forward", &got, &want).map_err(|e| JsValue::from_str(&e))?;
-    Ok(format!("gelu_forward on {} matches its CPU twin ({} values)", ctx.summary.name, got.len()))
+    Ok(format!("gelu_forward on {} matches its CPU twin ({} values)", ctx.summary.display_name(), got.len()))
 }
