@@ -427,13 +427,22 @@ pub async fn time_config(
 }
 
 /// Picks the fastest candidate for every layout by timing them on this adapter, unless
-/// a cached choice exists. Call once at an entry point before heavy work.
+/// a cached choice exists ([`cache_path`] natively; memory only on the web). Call once at
+/// an entry point before heavy work.
 pub async fn autotune(ctx: &GpuContext) -> Result<Tuning> {
+    #[cfg(native)]
+    let cache = cache_path(ctx);
+    #[cfg(web)]
+    let cache = None;
+    autotune_with_cache(ctx, cache).await
+}
+
+/// [`autotune`] with an explicit cache file; `None` keeps the choice in memory only.
+pub async fn autotune_with_cache(ctx: &GpuContext, cache: Option<std::path::PathBuf>) -> Result<Tuning> {
     if let Some(t) = ctx.matmul.tuned.lock().expect("tuning lock").clone() {
         return Ok(t);
     }
-    #[cfg(native)]
-    if let Some(t) = load_cached(ctx) {
+    if let Some(t) = cache.as_deref().and_then(|path| load_cached(ctx, path)) {
         *ctx.matmul.tuned.lock().expect("tuning lock") = Some(t.clone());
         return Ok(t);
     }
@@ -454,8 +463,9 @@ pub async fn autotune(ctx: &GpuContext) -> Result<Tuning> {
         }
         tuning.configs.insert(layout.name().to_string(), best.expect("at least one candidate").1);
     }
-    #[cfg(native)]
-    save_cached(ctx, &tuning);
+    if let Some(path) = cache.as_deref() {
+        save_cached(path, &tuning);
+    }
     *ctx.matmul.tuned.lock().expect("tuning lock") = Some(tuning.clone());
     Ok(tuning)
 }
@@ -465,10 +475,8 @@ pub fn reset_tuning(ctx: &GpuContext) {
     *ctx.matmul.tuned.lock().expect("tuning lock") = None;
 }
 
-#[cfg(native)]
-fn load_cached(ctx: &GpuContext) -> Option<Tuning> {
-    let path = cache_path(ctx)?;
-    let text = std::fs::read_to_string(&path).ok()?;
+fn load_cached(ctx: &GpuContext, path: &std::path::Path) -> Option<Tuning> {
+    let text = std::fs::read_to_string(path).ok()?;
     let tuning: Tuning = serde_json::from_str(&text).ok()?;
     let valid = candidates(ctx);
     // A cache written by another build may name configs this build no longer offers.
@@ -476,14 +484,15 @@ fn load_cached(ctx: &GpuContext) -> Option<Tuning> {
     ok.then_some(tuning)
 }
 
-#[cfg(native)]
-fn save_cached(ctx: &GpuContext, tuning: &Tuning) {
-    let Some(path) = cache_path(ctx) else { return };
+fn save_cached(path: &std::path::Path, tuning: &Tuning) {
     let json = serde_json::to_string_pretty(tuning).expect("tuning serialises");
     // A failed cache write only costs a re-tune next time.
-    if let Err(e) = crate::fsutil::write_atomic(&path, json.as_bytes()) {
+    #[cfg(native)]
+    if let Err(e) = crate::fsutil::write_atomic(path, json.as_bytes()) {
         log::warn!("could not cache matmul tuning at {}: {e}", path.display());
     }
+    #[cfg(web)]
+    let _ = (path, json);
 }
 
 /// Full sources of generated register kernels (every read mode, a spread of tile

@@ -164,20 +164,19 @@ fn matmul_binding_limit_is_a_clear_error() {
 #[test]
 fn autotune_picks_a_candidate_and_caches_it() {
     let dir = std::env::temp_dir().join(format!("autoprog-tune-{}", std::process::id()));
-    std::env::set_var("AUTOPROG_CACHE_DIR", &dir);
+    let path = dir.join("matmul.json");
     let c = ctx();
-    let tuning = pollster::block_on(matmul::autotune(c)).unwrap();
+    let tuning = pollster::block_on(matmul::autotune_with_cache(c, Some(path.clone()))).unwrap();
     let candidates = matmul::candidates(c);
     for layout in Layout::ALL {
         let chosen = tuning.configs[layout.name()];
         assert!(candidates.contains(&chosen), "{chosen:?}");
         assert_eq!(matmul::config_for(c, layout), chosen);
     }
-    let path = matmul::cache_path(c).unwrap();
     assert!(path.exists(), "{} not written", path.display());
     // A second tune from a cold context state loads the same choice from disk.
     matmul::reset_tuning(c);
-    let again = pollster::block_on(matmul::autotune(c)).unwrap();
+    let again = pollster::block_on(matmul::autotune_with_cache(c, Some(path))).unwrap();
     assert_eq!(again.configs, tuning.configs);
     matmul::reset_tuning(c);
     let _ = std::fs::remove_dir_all(dir);

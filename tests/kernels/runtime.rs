@@ -1,7 +1,7 @@
 //! The GPU runtime: pooling, elastic reuse of pipelines, error paths.
 
 use autoprog::kernels::attention::{self, AttentionOptions};
-use autoprog::kernels::matmul::{self, Epilogue, Layout};
+use autoprog::kernels::matmul::{self, Config, Epilogue, Layout};
 use autoprog::{ContextOptions, Error, GpuContext};
 
 use crate::common::*;
@@ -31,7 +31,8 @@ fn sub_networks_reuse_the_same_pipelines() {
         run(|rec| {
             attention::attention_forward(rec, &qkv, &opts, &out, &lse)?;
             let x = out.reshape(&[batch * tokens, width])?;
-            matmul::matmul(rec, Layout::NT, &x, &w, &y, &Epilogue::default())
+            // An explicit config: the autotune test may change the tuned one meanwhile.
+            matmul::matmul_with(rec, Layout::NT, Config::register(16, 16, 8), &x, &w, &y, &Epilogue::default())
         });
     };
     record(17, false);
