@@ -9,7 +9,7 @@ start=$(date +%s)
 
 say "checking prerequisites"
 need_software_vulkan
-install_packages libegl1 libgl1-mesa-dri
+install_packages libegl1 libgl1-mesa-dri chromium chromium-driver curl
 if ! rustup target list --installed | grep -q wasm32-unknown-unknown; then
     say "adding the wasm32-unknown-unknown target"
     rustup target add wasm32-unknown-unknown
@@ -36,5 +36,8 @@ WGPU_BACKEND=gl cargo test --release -p autoprog --test kernels -- --test-thread
 
 say "wasm32 build of the viewer"
 www/build.sh
+
+say "the viewer's kernel self-check in headless Chromium (WebGPU on SwiftShader)"
+scripts/browser_check.sh
 
 say "all checks passed in $(( $(date +%s) - start )) s"
