@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod cpu;
+pub mod data;
 pub mod error;
 #[cfg(native)]
 pub mod fsutil;
