@@ -10,8 +10,10 @@ use crate::common::*;
 fn sub_networks_reuse_the_same_pipelines() {
     // One attention and one linear layer at three token counts (three resolutions of
     // one supernet) and with and without token and head masks: after the first
-    // sub-network, nothing new is compiled.
-    let c = ctx();
+    // sub-network, nothing new is compiled. Its own context: other tests compile
+    // pipelines in the shared one concurrently.
+    let owned = GpuContext::new_blocking(&ContextOptions::default()).expect("adapter");
+    let c = &owned;
     let (heads, head_size) = (2, 8);
     let width = heads * head_size;
     let record = |tokens: usize, masked: bool| {
@@ -28,12 +30,12 @@ fn sub_networks_reuse_the_same_pipelines() {
         if masked {
             opts = opts.with_key_mask(&key_mask).with_head_mask(&head_mask);
         }
-        run(|rec| {
-            attention::attention_forward(rec, &qkv, &opts, &out, &lse)?;
-            let x = out.reshape(&[batch * tokens, width])?;
-            // An explicit config: the autotune test may change the tuned one meanwhile.
-            matmul::matmul_with(rec, Layout::NT, Config::register(16, 16, 8), &x, &w, &y, &Epilogue::default())
-        });
+        let mut rec = c.recorder("sub-network");
+        attention::attention_forward(&mut rec, &qkv, &opts, &out, &lse).unwrap();
+        let x = out.reshape(&[batch * tokens, width]).unwrap();
+        let epilogue = Epilogue::default();
+        matmul::matmul_with(&mut rec, Layout::NT, Config::register(16, 16, 8), &x, &w, &y, &epilogue).unwrap();
+        c.submit(rec).unwrap();
     };
     record(17, false);
     record(17, true);
