@@ -43,6 +43,11 @@ impl<'a> KernelSpec<'a> {
     pub fn new(shader: Shader, entry: &'a str, bindings: &'a [Access]) -> Self {
         KernelSpec { shader, entry, bindings, consts: &[], generated: "" }
     }
+
+    /// The same entry point with `const` declarations rewritten (see [`specialise`]).
+    pub fn with_consts(self, consts: &'a [(&'a str, String)]) -> Self {
+        KernelSpec { consts, ..self }
+    }
 }
 
 /// A compiled compute pipeline and the bind-group layout it expects.

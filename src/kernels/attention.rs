@@ -180,7 +180,7 @@ impl Dims {
 }
 
 fn spec<'a>(entry: &'a str, bindings: &'a [Access], consts: &'a [(&'a str, String)]) -> KernelSpec<'a> {
-    KernelSpec { shader: SHADER, entry, bindings, consts, generated: "" }
+    KernelSpec::new(SHADER, entry, bindings).with_consts(consts)
 }
 
 /// out = softmax(q kᵀ · scale, masked keys dropped) v per (image, head), and the row

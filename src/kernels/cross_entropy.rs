@@ -88,13 +88,14 @@ pub fn cross_entropy_hard_with_split(
         return Err(Error::invalid(OP, format!("label smoothing is {smoothing}; it must lie in [0, 1]")));
     }
     check_grad_scale(OP, grad_scale)?;
-    let kernel = rec.ctx().kernel(&KernelSpec {
-        shader: SHADER,
-        entry: "cross_entropy_hard",
-        bindings: &[Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite, Access::Uniform],
-        consts: &split.shader_const(),
-        generated: "",
-    })?;
+    let kernel = rec.ctx().kernel(
+        &KernelSpec::new(
+            SHADER,
+            "cross_entropy_hard",
+            &[Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite, Access::Uniform],
+        )
+        .with_consts(&split.shader_const()),
+    )?;
     let params = HardParams { batch: batch as u32, classes: classes as u32, smoothing, grad_scale };
     let groups = batch.div_ceil(split.rows_per_workgroup()) as u32;
     rec.dispatch(&kernel, &[logits, labels, loss, dlogits], &params, grid_1d(groups))
@@ -130,13 +131,14 @@ pub fn cross_entropy_soft_with_split(
     same_shape(OP, &[("logits", logits), ("targets", targets), ("dlogits", dlogits)])?;
     expect_shape(OP, "loss", loss, &[batch])?;
     check_grad_scale(OP, grad_scale)?;
-    let kernel = rec.ctx().kernel(&KernelSpec {
-        shader: SHADER,
-        entry: "cross_entropy_soft",
-        bindings: &[Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite, Access::Uniform],
-        consts: &split.shader_const(),
-        generated: "",
-    })?;
+    let kernel = rec.ctx().kernel(
+        &KernelSpec::new(
+            SHADER,
+            "cross_entropy_soft",
+            &[Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite, Access::Uniform],
+        )
+        .with_consts(&split.shader_const()),
+    )?;
     let params = SoftParams { batch: batch as u32, classes: classes as u32, grad_scale, _pad: 0 };
     let groups = batch.div_ceil(split.rows_per_workgroup()) as u32;
     rec.dispatch(&kernel, &[logits, targets, loss, dlogits], &params, grid_1d(groups))

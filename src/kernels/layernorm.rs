@@ -139,21 +139,22 @@ pub fn layernorm_forward_with_split(
         return Err(Error::invalid(OP, format!("eps is {eps}; it must be finite and >= 0")));
     }
     check_loop_budget(OP, split.iterations_per_row(cols, 3, 2), || format!("a row of {cols} channels"))?;
-    let kernel = rec.ctx().kernel(&KernelSpec {
-        shader: SHADER,
-        entry: "layernorm_forward",
-        bindings: &[
-            Access::Read,
-            Access::Read,
-            Access::Read,
-            Access::ReadWrite,
-            Access::ReadWrite,
-            Access::ReadWrite,
-            Access::Uniform,
-        ],
-        consts: &split.shader_const(),
-        generated: "",
-    })?;
+    let kernel = rec.ctx().kernel(
+        &KernelSpec::new(
+            SHADER,
+            "layernorm_forward",
+            &[
+                Access::Read,
+                Access::Read,
+                Access::Read,
+                Access::ReadWrite,
+                Access::ReadWrite,
+                Access::ReadWrite,
+                Access::Uniform,
+            ],
+        )
+        .with_consts(&split.shader_const()),
+    )?;
     let params = Params { rows: rows as u32, cols: cols as u32, eps, _pad: 0 };
     let groups = rows.div_ceil(split.rows_per_workgroup()) as u32;
     rec.dispatch(&kernel, &[x, gamma, beta, y, mean, rstd], &params, grid_1d(groups))
@@ -222,23 +223,24 @@ pub fn layernorm_backward_with_split(
             ),
         ));
     }
-    let kernel = rec.ctx().kernel(&KernelSpec {
-        shader: SHADER,
-        entry: "layernorm_backward",
-        bindings: &[
-            Access::Read,
-            Access::Read,
-            Access::Read,
-            Access::Read,
-            Access::Read,
-            Access::ReadWrite,
-            Access::ReadWrite,
-            Access::ReadWrite,
-            Access::Uniform,
-        ],
-        consts: &split.shader_const(),
-        generated: "",
-    })?;
+    let kernel = rec.ctx().kernel(
+        &KernelSpec::new(
+            SHADER,
+            "layernorm_backward",
+            &[
+                Access::Read,
+                Access::Read,
+                Access::Read,
+                Access::Read,
+                Access::Read,
+                Access::ReadWrite,
+                Access::ReadWrite,
+                Access::ReadWrite,
+                Access::Uniform,
+            ],
+        )
+        .with_consts(&split.shader_const()),
+    )?;
     let params = BackwardParams {
         rows: rows as u32,
         cols: cols as u32,
