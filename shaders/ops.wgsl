@@ -341,3 +341,45 @@ fn scatter_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
         s_dx[(b * s_p.tokens + n) * s_p.cols + c] = s_dout[i];
     }
 }
+
+// ---- drop-path -----------------------------------------------------------------------------
+
+struct RowScaleParams {
+    n: u32,
+    // Elements per batch item: element i belongs to item i / per_item.
+    per_item: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<storage, read> asr_x: array<f32>;
+@group(0) @binding(1) var<storage, read> asr_branch: array<f32>;
+@group(0) @binding(2) var<storage, read> asr_scale: array<f32>;
+@group(0) @binding(3) var<storage, read_write> asr_out: array<f32>;
+@group(0) @binding(4) var<uniform> asr_p: RowScaleParams;
+
+// out = x + branch * scale[b]: a residual add whose branch is dropped (scale 0) or
+// rescaled (1 / keep probability) per batch item.
+@compute @workgroup_size(WG)
+fn add_scaled_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i < asr_p.n) {
+        asr_out[i] = asr_x[i] + asr_branch[i] * asr_scale[i / asr_p.per_item];
+    }
+}
+
+@group(0) @binding(0) var<storage, read> sr_x: array<f32>;
+@group(0) @binding(1) var<storage, read> sr_scale: array<f32>;
+@group(0) @binding(2) var<storage, read_write> sr_y: array<f32>;
+@group(0) @binding(3) var<uniform> sr_p: RowScaleParams;
+
+// y = x * scale[b] (the branch gradient of add_scaled_rows)
+@compute @workgroup_size(WG)
+fn scale_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i < sr_p.n) {
+        sr_y[i] = sr_x[i] * sr_scale[i / sr_p.per_item];
+    }
+}

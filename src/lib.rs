@@ -12,6 +12,7 @@ pub mod error;
 pub mod fsutil;
 pub mod gpu;
 pub mod kernels;
+pub mod model;
 pub mod tolerance;
 
 pub use error::{Error, Result};

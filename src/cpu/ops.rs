@@ -131,3 +131,15 @@ pub fn scatter_rows(dout: &[f64], index: &[u32], batch: usize, tokens: usize, ke
     }
     dx
 }
+
+/// out = x + branch · scale[b], b = i / (len / B).
+pub fn add_scaled_rows(x: &[f64], branch: &[f64], scale: &[f64]) -> Vec<f64> {
+    let per_item = x.len() / scale.len();
+    x.iter().zip(branch).enumerate().map(|(i, (x, br))| x + br * scale[i / per_item]).collect()
+}
+
+/// y = x · scale[b], b = i / (len / B).
+pub fn scale_rows(x: &[f64], scale: &[f64]) -> Vec<f64> {
+    let per_item = x.len() / scale.len();
+    x.iter().enumerate().map(|(i, x)| x * scale[i / per_item]).collect()
+}

@@ -6,12 +6,14 @@
 mod context;
 mod pipeline;
 mod pool;
+mod readback;
 mod recorder;
 mod tensor;
 
 pub use context::{AdapterSummary, ContextOptions, GpuContext};
 pub use pipeline::{specialise, Access, Kernel, KernelSpec, Shader};
 pub use pool::BufferPool;
+pub use readback::ReadbackRing;
 pub use recorder::{Recorder, Timing};
 pub use tensor::Tensor;
 

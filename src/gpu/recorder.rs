@@ -176,14 +176,18 @@ impl Recorder<'_> {
                 format!("{} needs {groups:?} workgroups; the adapter allows {limit} per dimension", kernel.label),
             ));
         }
-        // Writable bindings must not alias anything else in the same dispatch.
+        // A written binding must not share its buffer with a read-only one (WebGPU forbids
+        // mixing read-only and writable storage usage in one dispatch), nor overlap another
+        // written one (a data race). Disjoint written views of one arena are fine: the
+        // gradient arena takes dgamma and dbeta of a LayerNorm in one dispatch.
         for (i, a) in tensors.iter().enumerate() {
             for (j, b) in tensors.iter().enumerate().skip(i + 1) {
-                let writes = kernel.bindings[i] == Access::ReadWrite || kernel.bindings[j] == Access::ReadWrite;
-                if writes && a.same_buffer(b) {
+                let (wa, wb) = (kernel.bindings[i] == Access::ReadWrite, kernel.bindings[j] == Access::ReadWrite);
+                let conflict = if wa && wb { a.overlaps(b) } else { (wa || wb) && a.same_buffer(b) };
+                if conflict {
                     return Err(Error::invalid(
                         "dispatch",
-                        format!("{}: bindings {i} and {j} share a buffer and one is written", kernel.label),
+                        format!("{}: bindings {i} and {j} share a buffer and one is written (over the same bytes, or beside a read-only binding)", kernel.label),
                     ));
                 }
             }
@@ -246,6 +250,11 @@ impl Recorder<'_> {
         }
         self.encoder().copy_buffer_to_buffer(src.buffer(), src.offset(), dst.buffer(), dst.offset(), src.bytes());
         Ok(())
+    }
+
+    /// Records a copy of `src` into the start of a MAP_READ staging buffer.
+    pub(crate) fn copy_to_staging(&mut self, src: &Tensor, staging: &wgpu::Buffer) {
+        self.encoder().copy_buffer_to_buffer(src.buffer(), src.offset(), staging, 0, src.bytes());
     }
 
     /// Records zero-filling `t`.

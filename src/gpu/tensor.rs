@@ -49,6 +49,12 @@ impl Tensor {
     pub fn same_buffer(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.buf, &other.buf)
     }
+    /// Whether both tensors share storage and their byte ranges intersect.
+    pub fn overlaps(&self, other: &Tensor) -> bool {
+        self.same_buffer(other)
+            && self.offset < other.offset + other.bytes().max(4)
+            && other.offset < self.offset + self.bytes().max(4)
+    }
     /// Same storage, another shape with the same element count.
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
         if shape.iter().product::<usize>() != self.numel() {
@@ -110,6 +116,15 @@ impl GpuContext {
 
     /// Overwrites a tensor's contents from the host.
     pub fn write(&self, t: &Tensor, data: &[f32]) -> Result<()> {
+        if data.len() != t.numel() {
+            return Err(Error::shape("write", format!("{} values into {:?}", data.len(), t.shape())));
+        }
+        self.queue.write_buffer(t.buffer(), t.offset(), bytemuck::cast_slice(data));
+        Ok(())
+    }
+
+    /// Overwrites a u32 tensor (labels, masks) with `data`.
+    pub fn write_u32(&self, t: &Tensor, data: &[u32]) -> Result<()> {
         if data.len() != t.numel() {
             return Err(Error::shape("write", format!("{} values into {:?}", data.len(), t.shape())));
         }

@@ -339,3 +339,53 @@ pub fn scatter_rows(
     let params = GatherParams { batch: b as u32, tokens: n as u32, kept: kept as u32, cols: c as u32 };
     rec.dispatch(&k, &[dout, index, dx], &params, groups(dout.numel()))
 }
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct RowScaleParams {
+    n: u32,
+    per_item: u32,
+    _pad: [u32; 2],
+}
+
+/// Checks a per-item scale [B] against x [B, ..] and returns the uniform.
+fn row_scale_params(op: &'static str, x: &Tensor, scale: &Tensor) -> Result<RowScaleParams> {
+    let b = x.shape().first().copied().unwrap_or(0);
+    if b == 0 || scale.shape() != [b] {
+        return Err(Error::shape(
+            op,
+            format!("scale is {:?} but x is {:?}; scale needs one value per batch item [B]", scale.shape(), x.shape()),
+        ));
+    }
+    Ok(RowScaleParams { n: x.numel() as u32, per_item: (x.numel() / b) as u32, _pad: [0; 2] })
+}
+
+/// out = x + branch · scale[b] for each batch item b: the residual add of a block whose
+/// branch goes through drop-path (scale 0 drops it, 1 / keep-probability keeps it).
+pub fn add_scaled_rows(
+    rec: &mut Recorder,
+    x: &Tensor,      // [B, ..]
+    branch: &Tensor, // like x
+    scale: &Tensor,  // [B]
+    out: &Tensor,    // like x
+) -> Result<()> {
+    const OP: &str = "add_scaled_rows";
+    same_shape(OP, &[("x", x), ("branch", branch), ("out", out)])?;
+    let params = row_scale_params(OP, x, scale)?;
+    let k = kernel(rec, OP, &[Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::Uniform])?;
+    rec.dispatch(&k, &[x, branch, scale, out], &params, groups(x.numel()))
+}
+
+/// y = x · scale[b] for each batch item b (the branch gradient of [`add_scaled_rows`]).
+pub fn scale_rows(
+    rec: &mut Recorder,
+    x: &Tensor,     // [B, ..]
+    scale: &Tensor, // [B]
+    y: &Tensor,     // like x
+) -> Result<()> {
+    const OP: &str = "scale_rows";
+    same_shape(OP, &[("x", x), ("y", y)])?;
+    let params = row_scale_params(OP, x, scale)?;
+    let k = kernel(rec, OP, &[Access::Read, Access::Read, Access::ReadWrite, Access::Uniform])?;
+    rec.dispatch(&k, &[x, scale, y], &params, groups(x.numel()))
+}

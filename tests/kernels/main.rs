@@ -7,6 +7,7 @@ mod cross_entropy;
 mod gelu;
 mod layernorm;
 mod matmul;
+mod model;
 mod ops;
 mod optimizer;
 mod patch;

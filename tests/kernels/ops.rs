@@ -134,8 +134,29 @@ fn check_tokens(batch: usize, patch_tokens: usize, cols: usize, kept: usize, see
     );
 }
 
+fn check_drop_path(batch: usize, per_item: usize, seed: u64) {
+    let mut r = rng(seed);
+    let n = batch * per_item;
+    let (x, branch) = (rounded(&random(&mut r, n, 2.0)), rounded(&random(&mut r, n, 2.0)));
+    // Dropped items (0) and kept ones rescaled by 1 / keep-probability.
+    let scale: Vec<f64> = (0..batch).map(|b| if b % 3 == 1 { 0.0 } else { 1.25 }).collect();
+    let (xt, bt, st) = (upload(&x, &[batch, per_item]), upload(&branch, &[batch, per_item]), upload(&scale, &[batch]));
+    let (out, dbranch) = (empty(&[batch, per_item]), empty(&[batch, per_item]));
+    run(|rec| {
+        ops::add_scaled_rows(rec, &xt, &bt, &st, &out)?;
+        ops::scale_rows(rec, &xt, &st, &dbranch)
+    });
+    Tolerance::FORWARD.assert("add_scaled_rows", &read(&out), &cpu::ops::add_scaled_rows(&x, &branch, &scale));
+    Tolerance::FORWARD.assert("scale_rows", &read(&dbranch), &cpu::ops::scale_rows(&x, &scale));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(8))]
+    #[test]
+    fn drop_path_ops_match_cpu(batch in 1usize..7, per_item in 1usize..700, seed in any::<u64>()) {
+        check_drop_path(batch, per_item, seed);
+    }
+
     #[test]
     fn elementwise_ops_match_cpu(n in 1usize..3000, seed in any::<u64>()) {
         check_elementwise(n, seed);
@@ -231,6 +252,18 @@ fn token_backwards_match_finite_differences() {
     check("cls_slice_backward", &dx, &|x| dot(&w_head, &cpu::ops::cls_slice(x, batch, tokens, cols)), &seq);
     let dx = cpu::ops::scatter_rows(&w_kept, &index, batch, tokens, kept, cols);
     check("scatter_rows", &dx, &|x| dot(&w_kept, &cpu::ops::gather_rows(x, &index, batch, tokens, kept, cols)), &seq);
+}
+
+#[test]
+fn drop_path_backward_matches_finite_differences() {
+    let mut r = rng(11);
+    let (batch, per_item) = (3, 7);
+    let (x, branch, w) = (random(&mut r, 21, 1.0), random(&mut r, 21, 1.0), random(&mut r, 21, 1.0));
+    let scale = [0.0, 1.25, 2.0];
+    let analytic = cpu::ops::scale_rows(&w, &scale);
+    let numeric = numeric_grad(|b| dot(&w, &cpu::ops::add_scaled_rows(&x, b, &scale)), &branch, 1e-6);
+    Tolerance::FINITE_DIFF.assert("scale_rows as d(add_scaled_rows)/dbranch", &analytic, &numeric);
+    assert_eq!(batch * per_item, x.len());
 }
 
 #[test]

@@ -78,6 +78,35 @@ fn writes_aliasing_a_read_are_rejected() {
 }
 
 #[test]
+fn disjoint_written_views_of_one_arena_share_a_dispatch() {
+    let c = ctx();
+    let align = c.arena_align();
+    let cols = 5;
+    // dgamma and dbeta of one LayerNorm, as views of one gradient arena.
+    let arena = c.zeros(&[2 * align], "grads").unwrap();
+    let (dgamma, dbeta) = (arena.view(0, &[cols]).unwrap(), arena.view(align, &[cols]).unwrap());
+    let partial_g = upload(&[1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0], &[2, cols]);
+    let partial_b = upload(&[0.5; 10], &[2, cols]);
+    run(|rec| autoprog::kernels::layernorm::layernorm_param_grad(rec, &partial_g, &partial_b, &dgamma, &dbeta, false));
+    assert_eq!(read(&dgamma), [11.0, 22.0, 33.0, 44.0, 55.0]);
+    assert_eq!(read(&dbeta), [1.0; 5]);
+    // Overlapping written views are a race and are refused.
+    let overlapping = arena.view(2, &[cols]).unwrap();
+    let mut rec = c.recorder("overlap");
+    let err = autoprog::kernels::layernorm::layernorm_param_grad(
+        &mut rec,
+        &partial_g,
+        &partial_b,
+        &dgamma,
+        &overlapping,
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("share a buffer"), "{err}");
+}
+
+#[test]
 fn timed_recordings_report_every_dispatch() {
     let c = ctx();
     let x = c.zeros(&[4096], "x").unwrap();

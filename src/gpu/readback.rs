@@ -1,0 +1,137 @@
+//! Readback without stalling: a small ring of staging buffers that a submission copies a
+//! tensor into and that are mapped asynchronously, so the host picks a step's loss up a
+//! step or two later instead of waiting for the GPU after every step. A full ring waits
+//! for its oldest copy, which also bounds how far the host runs ahead of the GPU.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use crate::gpu::{GpuContext, Recorder, Tensor};
+use crate::{Error, Result};
+
+type MapResult = Arc<Mutex<Option<std::result::Result<(), wgpu::BufferAsyncError>>>>;
+
+struct Slot {
+    buffer: wgpu::Buffer,
+    /// Set by the map callback.
+    mapped: MapResult,
+}
+
+/// A ring of staging buffers for reading small tensors (a loss, a few statistics) back
+/// a few submissions later. Results come out in the order they were recorded, with the
+/// caller's tag.
+pub struct ReadbackRing {
+    free: Vec<Slot>,
+    /// Recorded but not yet submitted (map_async must follow the submission).
+    recorded: Vec<(u64, Slot)>,
+    /// Submitted and mapping, oldest first.
+    pending: VecDeque<(u64, Slot)>,
+    bytes: u64,
+}
+
+impl ReadbackRing {
+    /// `slots` staging buffers of `elements` f32 each.
+    pub fn new(ctx: &GpuContext, elements: usize, slots: usize) -> ReadbackRing {
+        let bytes = (elements.max(1) * 4) as u64;
+        let free = (0..slots.max(1))
+            .map(|_| Slot {
+                buffer: ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("readback.ring"),
+                    size: bytes,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                }),
+                mapped: Arc::new(Mutex::new(None)),
+            })
+            .collect();
+        ReadbackRing { free, recorded: Vec::new(), pending: VecDeque::new(), bytes }
+    }
+
+    /// Whether a slot is free for [`ReadbackRing::record`].
+    pub fn has_free(&self) -> bool {
+        !self.free.is_empty()
+    }
+
+    /// Records a copy of `t` (at most the ring's element count) into a free slot, tagged
+    /// `tag`. Call [`ReadbackRing::wait_oldest`] first when no slot is free.
+    pub fn record(&mut self, rec: &mut Recorder, t: &Tensor, tag: u64) -> Result<()> {
+        if t.bytes() > self.bytes {
+            return Err(Error::shape(
+                "readback",
+                format!("{:?} is larger than the ring's {} bytes", t.shape(), self.bytes),
+            ));
+        }
+        let slot =
+            self.free.pop().ok_or_else(|| Error::invalid("readback", "no free slot; wait for the oldest first"))?;
+        rec.copy_to_staging(t, &slot.buffer);
+        self.recorded.push((tag, slot));
+        Ok(())
+    }
+
+    /// Starts mapping what was recorded; call right after submitting the recorder.
+    pub fn submitted(&mut self) {
+        for (tag, slot) in self.recorded.drain(..) {
+            let mapped = slot.mapped.clone();
+            slot.buffer.map_async(wgpu::MapMode::Read, .., move |r| {
+                *mapped.lock().expect("readback lock") = Some(r);
+            });
+            self.pending.push_back((tag, slot));
+        }
+    }
+
+    /// Results that are ready, oldest first, without waiting.
+    pub fn poll(&mut self, ctx: &GpuContext) -> Result<Vec<(u64, Vec<f32>)>> {
+        #[cfg(native)]
+        let _ = ctx.device.poll(wgpu::PollType::Poll);
+        let mut out = Vec::new();
+        while let Some((_, slot)) = self.pending.front() {
+            if slot.mapped.lock().expect("readback lock").is_none() {
+                break;
+            }
+            out.push(self.take_front(ctx)?);
+        }
+        Ok(out)
+    }
+
+    /// Waits for the oldest pending result (native: blocks on the device).
+    #[cfg(native)]
+    pub fn wait_oldest(&mut self, ctx: &GpuContext) -> Result<Option<(u64, Vec<f32>)>> {
+        if self.pending.is_empty() {
+            return Ok(None);
+        }
+        while self.pending.front().is_some_and(|(_, s)| s.mapped.lock().expect("readback lock").is_none()) {
+            ctx.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| Error::Readback { what: "readback ring".into(), detail: e.to_string() })?;
+        }
+        self.take_front(ctx).map(Some)
+    }
+
+    /// Waits for everything pending, oldest first.
+    #[cfg(native)]
+    pub fn drain(&mut self, ctx: &GpuContext) -> Result<Vec<(u64, Vec<f32>)>> {
+        let mut out = Vec::new();
+        while let Some(r) = self.wait_oldest(ctx)? {
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    fn take_front(&mut self, ctx: &GpuContext) -> Result<(u64, Vec<f32>)> {
+        let (tag, slot) = self.pending.pop_front().expect("caller checked");
+        let status = slot.mapped.lock().expect("readback lock").take().expect("caller checked");
+        let what = || format!("readback of step {tag}");
+        status.map_err(|e| Error::Readback { what: what(), detail: e.to_string() })?;
+        let values: Vec<f32> = {
+            let range = slot
+                .buffer
+                .get_mapped_range(..)
+                .map_err(|e| Error::Readback { what: what(), detail: e.to_string() })?;
+            bytemuck::cast_slice(&range).to_vec()
+        };
+        slot.buffer.unmap();
+        self.free.push(slot);
+        ctx.take_error("readback")?;
+        Ok((tag, values))
+    }
+}

@@ -1,0 +1,576 @@
+//! The ViT on the GPU: parameters and gradients in flat arenas, activations planned once
+//! per (batch, resolution), and forward / loss / backward recorded into a [`Recorder`]
+//! so that a whole training step is one submission.
+
+use crate::gpu::{GpuContext, Recorder, Tensor};
+use crate::kernels::attention::{attention_backward, attention_forward, AttentionOptions};
+use crate::kernels::cross_entropy::{cross_entropy_hard, cross_entropy_soft};
+use crate::kernels::gelu::gelu_backward;
+use crate::kernels::layernorm::{layernorm_backward_full, layernorm_forward};
+use crate::kernels::matmul::{matmul, Epilogue, Layout};
+use crate::kernels::ops;
+use crate::kernels::patch::{patch_embed_backward, patch_embed_forward};
+use crate::kernels::resize::{pos_embed_resize_backward, pos_embed_resize_forward};
+use crate::model::{ParamLayout, VitConfig};
+use crate::{Error, Result};
+
+/// A ViT's parameters and their gradients on the GPU.
+pub struct GpuVit {
+    pub config: VitConfig,
+    pub layout: ParamLayout,
+    /// [layout.len]
+    pub params: Tensor,
+    /// [layout.len]; padding stays 0, every parameter's slice is overwritten by `backward`.
+    pub grads: Tensor,
+}
+
+/// One block's saved activations.
+struct BlockActs {
+    ln1: Tensor,   // [B, N, C]
+    mean1: Tensor, // [B·N]
+    rstd1: Tensor, // [B·N]
+    qkv: Tensor,   // [B, N, 3C]
+    attn: Tensor,  // [B, N, C]
+    lse: Tensor,   // [B, NH, N]
+    x_mid: Tensor, // [B, N, C]
+    ln2: Tensor,
+    mean2: Tensor,
+    rstd2: Tensor,
+    pre: Tensor, // [B, N, H]
+    act: Tensor, // [B, N, H]
+}
+
+/// Buffers for the position embedding at a resolution other than the stored grid's.
+struct PosResize {
+    grid: Tensor,    // [G, G, C] the stored grid, copied out (its offset need not be aligned)
+    resized: Tensor, // [G2, G2, C]
+    dgrid: Tensor,   // [G, G, C]
+    pos: Tensor,     // [N, C] class position + resized grid
+    dpos: Tensor,    // [N, C]
+}
+
+/// Every activation and scratch buffer of a step at one (batch, resolution), allocated once
+/// and reused by every step of that shape.
+pub struct Activations {
+    pub batch: usize,
+    pub resolution: usize,
+    /// N: patch tokens + the class token.
+    pub tokens: usize,
+    /// Normalised input images [B, Ch, R, R]; the trainer writes each batch here.
+    pub images: Tensor,
+    /// Hard labels [B] (u32).
+    pub labels: Tensor,
+    /// Soft targets [B, K] (mixup / cutmix).
+    pub targets: Tensor,
+    /// Drop-path factors, one row of B per (block, branch), rows `drop_stride` apart so
+    /// that each is a storage view; write them with [`Activations::write_drop_path`].
+    drop_scales: Tensor,
+    drop_stride: usize,
+    /// [B, K]
+    pub logits: Tensor,
+    /// Mean loss of the batch [1].
+    pub loss: Tensor,
+    patches: Tensor,    // [B·Np, Ch·P·P]
+    tokens_out: Tensor, // [B·Np, C]
+    xs: Vec<Tensor>,    // L + 1 of [B, N, C]: the residual stream before each block and after the last
+    blocks: Vec<BlockActs>,
+    branch: Tensor,    // [B, N, C] a residual branch before drop-path
+    cls: Tensor,       // [B, C]
+    cls_norm: Tensor,  // [B, C]
+    mean_f: Tensor,    // [B]
+    rstd_f: Tensor,    // [B]
+    loss_rows: Tensor, // [B]
+    dlogits: Tensor,   // [B, K]
+    dcls_norm: Tensor, // [B, C]
+    dcls: Tensor,      // [B, C]
+    dx: Tensor,        // [B, N, C]
+    dx_mid: Tensor,    // [B, N, C]
+    dtmp: Tensor,      // [B, N, C]
+    dbranch: Tensor,   // [B, N, C]
+    dattn: Tensor,     // [B, N, C]
+    dln: Tensor,       // [B, N, C]
+    dqkv: Tensor,      // [B, N, 3C]
+    dact: Tensor,      // [B, N, H]
+    dpre: Tensor,      // [B, N, H]
+    dtokens: Tensor,   // [B, Np, C]
+    pos: Option<PosResize>,
+}
+
+/// Which loss the step trains on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Loss {
+    /// Hard labels from `Activations::labels` with label smoothing.
+    Hard { smoothing: f32 },
+    /// Soft targets from `Activations::targets` (already smoothed and mixed).
+    Soft,
+}
+
+impl Activations {
+    /// Writes this step's drop-path factors, `scales[(2·block + branch)·B + b]` as in
+    /// [`crate::model::cpu::DropPath`].
+    pub fn write_drop_path(&self, ctx: &GpuContext, scales: &[f32]) -> Result<()> {
+        let rows = self.drop_scales.numel() / self.drop_stride;
+        if scales.len() != rows * self.batch {
+            return Err(Error::shape(
+                "drop path",
+                format!("{} factors for {rows} branches of a batch of {}", scales.len(), self.batch),
+            ));
+        }
+        let mut padded = vec![1.0; self.drop_scales.numel()];
+        for (row, chunk) in scales.chunks(self.batch).enumerate() {
+            padded[row * self.drop_stride..][..self.batch].copy_from_slice(chunk);
+        }
+        ctx.write(&self.drop_scales, &padded)
+    }
+}
+
+impl GpuVit {
+    /// Uploads `params` (an arena laid out by `layout`) and a zeroed gradient arena.
+    pub fn new(ctx: &GpuContext, config: VitConfig, layout: ParamLayout, params: &[f32]) -> Result<GpuVit> {
+        config.validate()?;
+        if params.len() != layout.len {
+            return Err(Error::shape(
+                "vit",
+                format!("{} parameter values for a layout of {}", params.len(), layout.len),
+            ));
+        }
+        let p = ctx.upload(params, &[layout.len], "vit.params")?;
+        let grads = ctx.zeros(&[layout.len], "vit.grads")?;
+        Ok(GpuVit { config, layout, params: p, grads })
+    }
+
+    /// Blocks in this model (L).
+    pub fn depth(&self) -> usize {
+        self.layout.specs.iter().filter(|s| s.name.ends_with(".norm1.weight")).count()
+    }
+
+    /// The view of parameter `name` in `arena` (parameters, gradients or an EMA).
+    pub fn view(&self, arena: &Tensor, name: &str) -> Result<Tensor> {
+        let spec = self.layout.spec(name);
+        arena.view(spec.offset, &spec.shape)
+    }
+
+    fn block_view(&self, arena: &Tensor, i: usize, name: &str) -> Result<Tensor> {
+        self.view(arena, &format!("blocks.{i}.{name}"))
+    }
+
+    /// Allocates the activations of a step over `batch` images at `resolution` px.
+    pub fn plan(&self, ctx: &GpuContext, batch: usize, resolution: usize) -> Result<Activations> {
+        let cfg = &self.config;
+        if batch == 0 || resolution == 0 || !resolution.is_multiple_of(cfg.patch_size) {
+            return Err(Error::invalid(
+                "vit plan",
+                format!(
+                    "batch {batch} at {resolution} px: need a batch of at least 1 and a resolution that is a multiple of the patch size {}",
+                    cfg.patch_size
+                ),
+            ));
+        }
+        let (c, h, k, nh) = (cfg.dim, cfg.mlp_hidden, cfg.classes, cfg.heads);
+        let n = cfg.tokens_at(resolution);
+        let np = n - 1;
+        let rows = batch * n;
+        let depth = self.depth();
+        let e = |shape: &[usize], label: &str| ctx.empty(shape, label);
+        let blocks = (0..depth)
+            .map(|i| {
+                let l = |s: &str| format!("vit.block{i}.{s}");
+                Ok(BlockActs {
+                    ln1: e(&[batch, n, c], &l("ln1"))?,
+                    mean1: e(&[rows], &l("mean1"))?,
+                    rstd1: e(&[rows], &l("rstd1"))?,
+                    qkv: e(&[batch, n, 3 * c], &l("qkv"))?,
+                    attn: e(&[batch, n, c], &l("attn"))?,
+                    lse: e(&[batch, nh, n], &l("lse"))?,
+                    x_mid: e(&[batch, n, c], &l("x_mid"))?,
+                    ln2: e(&[batch, n, c], &l("ln2"))?,
+                    mean2: e(&[rows], &l("mean2"))?,
+                    rstd2: e(&[rows], &l("rstd2"))?,
+                    pre: e(&[batch, n, h], &l("fc1.pre"))?,
+                    act: e(&[batch, n, h], &l("fc1.act"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let drop_stride = batch.next_multiple_of(ctx.arena_align());
+        let drop_len = depth.max(1) * 2 * drop_stride;
+        let (g, g2) = (cfg.grid(), resolution / cfg.patch_size);
+        let pos = if g == g2 {
+            None
+        } else {
+            Some(PosResize {
+                grid: e(&[g, g, c], "vit.pos.grid")?,
+                resized: e(&[g2, g2, c], "vit.pos.resized")?,
+                dgrid: e(&[g, g, c], "vit.pos.dgrid")?,
+                pos: e(&[n, c], "vit.pos")?,
+                dpos: e(&[n, c], "vit.pos.dpos")?,
+            })
+        };
+        Ok(Activations {
+            batch,
+            resolution,
+            tokens: n,
+            images: e(&[batch, cfg.in_chans, resolution, resolution], "vit.images")?,
+            labels: ctx.upload_u32(&vec![0; batch], &[batch], "vit.labels")?,
+            targets: e(&[batch, k], "vit.targets")?,
+            drop_scales: ctx.upload(&vec![1.0; drop_len], &[drop_len], "vit.drop")?,
+            drop_stride,
+            logits: e(&[batch, k], "vit.logits")?,
+            loss: e(&[1], "vit.loss")?,
+            patches: e(&[batch * np, cfg.patch_values()], "vit.patches")?,
+            tokens_out: e(&[batch * np, c], "vit.tokens")?,
+            xs: (0..=depth).map(|i| e(&[batch, n, c], &format!("vit.x{i}"))).collect::<Result<_>>()?,
+            blocks,
+            branch: e(&[batch, n, c], "vit.branch")?,
+            cls: e(&[batch, c], "vit.cls")?,
+            cls_norm: e(&[batch, c], "vit.cls_norm")?,
+            mean_f: e(&[batch], "vit.norm.mean")?,
+            rstd_f: e(&[batch], "vit.norm.rstd")?,
+            loss_rows: e(&[batch], "vit.loss_rows")?,
+            dlogits: e(&[batch, k], "vit.dlogits")?,
+            dcls_norm: e(&[batch, c], "vit.dcls_norm")?,
+            dcls: e(&[batch, c], "vit.dcls")?,
+            dx: e(&[batch, n, c], "vit.dx")?,
+            dx_mid: e(&[batch, n, c], "vit.dx_mid")?,
+            dtmp: e(&[batch, n, c], "vit.dtmp")?,
+            dbranch: e(&[batch, n, c], "vit.dbranch")?,
+            dattn: e(&[batch, n, c], "vit.dattn")?,
+            dln: e(&[batch, n, c], "vit.dln")?,
+            dqkv: e(&[batch, n, 3 * c], "vit.dqkv")?,
+            dact: e(&[batch, n, h], "vit.dact")?,
+            dpre: e(&[batch, n, h], "vit.dpre")?,
+            dtokens: e(&[batch, np, c], "vit.dtokens")?,
+            pos,
+        })
+    }
+
+    /// The drop-path factors of branch (0 attention, 1 MLP) of block `i`: [B].
+    fn drop_scale(&self, acts: &Activations, i: usize, branch: usize) -> Result<Tensor> {
+        acts.drop_scales.view((2 * i + branch) * acts.drop_stride, &[acts.batch])
+    }
+
+    /// Records the forward pass of `acts.images` with the weights in `arena` (the model's
+    /// parameters or an EMA of them) up to `acts.logits`. With `drop_path`, each residual
+    /// branch is scaled per image by `acts.drop_scales`.
+    pub fn forward(&self, rec: &mut Recorder, arena: &Tensor, acts: &Activations, drop_path: bool) -> Result<()> {
+        let cfg = &self.config;
+        let (b, n, c) = (acts.batch, acts.tokens, cfg.dim);
+        let w = |name: &str| self.view(arena, name);
+        patch_embed_forward(
+            rec,
+            &acts.images,
+            &w("patch_embed.proj.weight")?,
+            &w("patch_embed.proj.bias")?,
+            &acts.patches,
+            &acts.tokens_out,
+        )?;
+        let x0 = &acts.xs[0];
+        let cls = w("cls_token")?.reshape(&[c])?;
+        ops::cls_concat(rec, &acts.tokens_out.reshape(&[b, n - 1, c])?, &cls, x0)?;
+        match &acts.pos {
+            None => ops::add_broadcast(rec, x0, &w("pos_embed")?.reshape(&[n, c])?)?,
+            Some(pr) => {
+                let stored = w("pos_embed")?;
+                let g = cfg.grid();
+                rec.copy(&stored.view(c, &[g, g, c])?, &pr.grid)?;
+                pos_embed_resize_forward(rec, &pr.grid, &pr.resized)?;
+                rec.copy(&stored.view(0, &[c])?, &pr.pos.view(0, &[c])?)?;
+                rec.copy(&pr.resized, &pr.pos.view(c, &[n - 1, c])?)?;
+                ops::add_broadcast(rec, x0, &pr.pos)?;
+            }
+        }
+        let opts = AttentionOptions::new(1.0 / (cfg.head_size() as f32).sqrt());
+        let eps = cfg.layernorm_eps as f32;
+        for (i, ba) in acts.blocks.iter().enumerate() {
+            let p = |name: &str| self.block_view(arena, i, name);
+            let x = &acts.xs[i];
+            layernorm_forward(rec, x, &p("norm1.weight")?, &p("norm1.bias")?, &ba.ln1, &ba.mean1, &ba.rstd1, eps)?;
+            let bias = p("attn.qkv.bias")?;
+            matmul(
+                rec,
+                Layout::NT,
+                &flat(&ba.ln1)?,
+                &p("attn.qkv.weight")?,
+                &flat(&ba.qkv)?,
+                &Epilogue { bias: Some(&bias), ..Default::default() },
+            )?;
+            attention_forward(rec, &ba.qkv, &opts, &ba.attn, &ba.lse)?;
+            let (proj_w, proj_b) = (p("attn.proj.weight")?, p("attn.proj.bias")?);
+            self.residual(
+                rec,
+                acts,
+                &ba.attn,
+                &proj_w,
+                &proj_b,
+                x,
+                &ba.x_mid,
+                drop_path.then(|| self.drop_scale(acts, i, 0)),
+            )?;
+            layernorm_forward(
+                rec,
+                &ba.x_mid,
+                &p("norm2.weight")?,
+                &p("norm2.bias")?,
+                &ba.ln2,
+                &ba.mean2,
+                &ba.rstd2,
+                eps,
+            )?;
+            let bias = p("mlp.fc1.bias")?;
+            let pre = flat(&ba.pre)?;
+            let epi = Epilogue { bias: Some(&bias), gelu: true, pre: Some(&pre), ..Default::default() };
+            matmul(rec, Layout::NT, &flat(&ba.ln2)?, &p("mlp.fc1.weight")?, &flat(&ba.act)?, &epi)?;
+            let (fc2_w, fc2_b) = (p("mlp.fc2.weight")?, p("mlp.fc2.bias")?);
+            let out = &acts.xs[i + 1];
+            self.residual(
+                rec,
+                acts,
+                &ba.act,
+                &fc2_w,
+                &fc2_b,
+                &ba.x_mid,
+                out,
+                drop_path.then(|| self.drop_scale(acts, i, 1)),
+            )?;
+        }
+        let last = acts.xs.last().expect("xs has depth + 1 entries");
+        ops::cls_slice(rec, last, &acts.cls)?;
+        layernorm_forward(
+            rec,
+            &acts.cls,
+            &w("norm.weight")?,
+            &w("norm.bias")?,
+            &acts.cls_norm,
+            &acts.mean_f,
+            &acts.rstd_f,
+            eps,
+        )?;
+        let bias = w("head.bias")?;
+        matmul(
+            rec,
+            Layout::NT,
+            &acts.cls_norm,
+            &w("head.weight")?,
+            &acts.logits,
+            &Epilogue { bias: Some(&bias), ..Default::default() },
+        )
+    }
+
+    /// out = x + input·Wᵀ + bias, through `acts.branch` and a per-image scale under drop-path.
+    #[allow(clippy::too_many_arguments, reason = "the linear's operands plus the residual and drop-path")]
+    fn residual(
+        &self,
+        rec: &mut Recorder,
+        acts: &Activations,
+        input: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        x: &Tensor,
+        out: &Tensor,
+        drop_scale: Option<Result<Tensor>>,
+    ) -> Result<()> {
+        let (input2, x2, out2) = (flat(input)?, flat(x)?, flat(out)?);
+        match drop_scale {
+            None => matmul(
+                rec,
+                Layout::NT,
+                &input2,
+                weight,
+                &out2,
+                &Epilogue { bias: Some(bias), residual: Some(&x2), ..Default::default() },
+            ),
+            Some(scale) => {
+                matmul(
+                    rec,
+                    Layout::NT,
+                    &input2,
+                    weight,
+                    &flat(&acts.branch)?,
+                    &Epilogue { bias: Some(bias), ..Default::default() },
+                )?;
+                ops::add_scaled_rows(rec, x, &acts.branch, &scale?, out)
+            }
+        }
+    }
+
+    /// Records the loss of `acts.logits`: per-image losses, their mean in `acts.loss`, and
+    /// dlogits = d(mean loss)/dlogits for [`GpuVit::backward`].
+    pub fn loss(&self, rec: &mut Recorder, acts: &Activations, loss: Loss) -> Result<()> {
+        let scale = 1.0 / acts.batch as f32;
+        match loss {
+            Loss::Hard { smoothing } => {
+                cross_entropy_hard(rec, &acts.logits, &acts.labels, &acts.loss_rows, &acts.dlogits, smoothing, scale)?
+            }
+            Loss::Soft => cross_entropy_soft(rec, &acts.logits, &acts.targets, &acts.loss_rows, &acts.dlogits, scale)?,
+        }
+        ops::reduce_sum(rec, &acts.loss_rows, &acts.loss, scale)
+    }
+
+    /// Records the backward pass from `acts.dlogits` (written by [`GpuVit::loss`]) after a
+    /// [`GpuVit::forward`] of the model's own parameters; writes every gradient slice.
+    pub fn backward(&self, rec: &mut Recorder, acts: &Activations, drop_path: bool) -> Result<()> {
+        let cfg = &self.config;
+        let (b, n, c) = (acts.batch, acts.tokens, cfg.dim);
+        let (params, grads) = (&self.params, &self.grads);
+        let w = |name: &str| self.view(params, name);
+        let g = |name: &str| self.view(grads, name);
+        let none = Epilogue::default();
+
+        // Head and final norm (class token only).
+        matmul(rec, Layout::NN, &acts.dlogits, &w("head.weight")?, &acts.dcls_norm, &none)?;
+        matmul(rec, Layout::TN, &acts.dlogits, &acts.cls_norm, &g("head.weight")?, &none)?;
+        ops::column_sum(rec, &acts.dlogits, &g("head.bias")?, false)?;
+        layernorm_backward_full(
+            rec,
+            &acts.cls,
+            &w("norm.weight")?,
+            &acts.mean_f,
+            &acts.rstd_f,
+            &acts.dcls_norm,
+            &acts.dcls,
+            &g("norm.weight")?,
+            &g("norm.bias")?,
+            false,
+        )?;
+        ops::cls_slice_backward(rec, &acts.dcls, &acts.dx)?;
+
+        let opts = AttentionOptions::new(1.0 / (cfg.head_size() as f32).sqrt());
+        for (i, ba) in acts.blocks.iter().enumerate().rev() {
+            let p = |name: &str| self.block_view(params, i, name);
+            let d = |name: &str| self.block_view(grads, i, name);
+            // MLP branch: x_out = x_mid + s·fc2(gelu(fc1(ln2(x_mid)))).
+            let dbranch = self.branch_grad(rec, acts, &acts.dx, drop_path, i, 1)?;
+            self.linear_backward(
+                rec,
+                &ba.act,
+                &p("mlp.fc2.weight")?,
+                dbranch,
+                &acts.dact,
+                &d("mlp.fc2.weight")?,
+                &d("mlp.fc2.bias")?,
+            )?;
+            gelu_backward(rec, &ba.pre, &acts.dact, &acts.dpre)?;
+            self.linear_backward(
+                rec,
+                &ba.ln2,
+                &p("mlp.fc1.weight")?,
+                &acts.dpre,
+                &acts.dln,
+                &d("mlp.fc1.weight")?,
+                &d("mlp.fc1.bias")?,
+            )?;
+            layernorm_backward_full(
+                rec,
+                &ba.x_mid,
+                &p("norm2.weight")?,
+                &ba.mean2,
+                &ba.rstd2,
+                &acts.dln,
+                &acts.dtmp,
+                &d("norm2.weight")?,
+                &d("norm2.bias")?,
+                false,
+            )?;
+            ops::add_forward(rec, &acts.dx, &acts.dtmp, &acts.dx_mid)?;
+            // Attention branch: x_mid = x_in + s·proj(attention(qkv(ln1(x_in)))).
+            let dbranch = self.branch_grad(rec, acts, &acts.dx_mid, drop_path, i, 0)?;
+            self.linear_backward(
+                rec,
+                &ba.attn,
+                &p("attn.proj.weight")?,
+                dbranch,
+                &acts.dattn,
+                &d("attn.proj.weight")?,
+                &d("attn.proj.bias")?,
+            )?;
+            attention_backward(rec, &ba.qkv, &ba.attn, &acts.dattn, &ba.lse, &opts, &acts.dqkv)?;
+            self.linear_backward(
+                rec,
+                &ba.ln1,
+                &p("attn.qkv.weight")?,
+                &acts.dqkv,
+                &acts.dln,
+                &d("attn.qkv.weight")?,
+                &d("attn.qkv.bias")?,
+            )?;
+            layernorm_backward_full(
+                rec,
+                &acts.xs[i],
+                &p("norm1.weight")?,
+                &ba.mean1,
+                &ba.rstd1,
+                &acts.dln,
+                &acts.dtmp,
+                &d("norm1.weight")?,
+                &d("norm1.bias")?,
+                false,
+            )?;
+            ops::add_forward(rec, &acts.dx_mid, &acts.dtmp, &acts.dx)?;
+        }
+
+        // Embeddings: x0 = cls_concat(patch_embed(images), cls) + pos.
+        let dpos = g("pos_embed")?;
+        match &acts.pos {
+            None => ops::add_broadcast_backward(rec, &acts.dx, &dpos.reshape(&[n, c])?, false)?,
+            Some(pr) => {
+                ops::add_broadcast_backward(rec, &acts.dx, &pr.dpos, false)?;
+                pos_embed_resize_backward(rec, &pr.dpos.view(c, &[n - 1, c])?.reshape(pr.resized.shape())?, &pr.dgrid)?;
+                let gs = cfg.grid();
+                rec.copy(&pr.dpos.view(0, &[c])?, &dpos.view(0, &[c])?)?;
+                rec.copy(&pr.dgrid, &dpos.view(c, &[gs, gs, c])?)?;
+            }
+        }
+        ops::cls_concat_backward(rec, &acts.dx, &acts.dtokens, &g("cls_token")?.reshape(&[c])?, false)?;
+        patch_embed_backward(
+            rec,
+            &acts.patches,
+            &acts.dtokens.reshape(&[b * (n - 1), c])?,
+            &g("patch_embed.proj.weight")?,
+            &g("patch_embed.proj.bias")?,
+            false,
+        )
+    }
+
+    /// The gradient reaching a residual branch: `dx` itself, or `dx` scaled per image by
+    /// the drop-path factors (into `acts.dbranch`).
+    fn branch_grad<'a>(
+        &self,
+        rec: &mut Recorder,
+        acts: &'a Activations,
+        dx: &'a Tensor,
+        drop_path: bool,
+        block: usize,
+        branch: usize,
+    ) -> Result<&'a Tensor> {
+        if !drop_path {
+            return Ok(dx);
+        }
+        ops::scale_rows(rec, dx, &self.drop_scale(acts, block, branch)?, &acts.dbranch)?;
+        Ok(&acts.dbranch)
+    }
+
+    /// Gradients of a Linear y = x Wᵀ + b: dx = dy W, dW = dyᵀ x, db = column sums of dy.
+    #[allow(clippy::too_many_arguments, reason = "the linear's three inputs and three gradients")]
+    fn linear_backward(
+        &self,
+        rec: &mut Recorder,
+        x: &Tensor,
+        weight: &Tensor,
+        dy: &Tensor,
+        dx: &Tensor,
+        dweight: &Tensor,
+        dbias: &Tensor,
+    ) -> Result<()> {
+        let none = Epilogue::default();
+        let (x2, dy2, dx2) = (flat(x)?, flat(dy)?, flat(dx)?);
+        matmul(rec, Layout::NN, &dy2, weight, &dx2, &none)?;
+        matmul(rec, Layout::TN, &dy2, &x2, dweight, &none)?;
+        ops::column_sum(rec, &dy2, dbias, false)
+    }
+}
+
+/// A [.., X] tensor as the 2-D [rows, X] matrix the linears multiply (one large M instead
+/// of a batch of small ones).
+fn flat(t: &Tensor) -> Result<Tensor> {
+    let last = t.shape().last().copied().unwrap_or(1).max(1);
+    t.reshape(&[t.numel() / last, last])
+}

@@ -1,0 +1,14 @@
+//! The Vision Transformer: architecture ([`VitConfig`]), parameters with timm's names in one
+//! flat arena ([`ParamLayout`]), the GPU model ([`GpuVit`]) and its f64 CPU twin
+//! ([`cpu::CpuVit`]), and the training step that records forward, loss, backward, clipping,
+//! AdamW and EMA as one submission ([`step`]).
+
+mod config;
+pub mod cpu;
+mod gpu;
+mod params;
+pub mod step;
+
+pub use config::{VitConfig, PRESETS};
+pub use gpu::{Activations, GpuVit, Loss};
+pub use params::{param_shapes, ParamLayout, ParamSpec};

@@ -1,0 +1,228 @@
+//! The parameters of a ViT: timm's state-dict names and shapes, their place in one flat
+//! arena (the layout AdamW and EMA run over in one dispatch), and timm's initialisation.
+
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::model::VitConfig;
+
+/// One parameter tensor: its timm name, shape and place in the arena.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    /// First element in the arena.
+    pub offset: usize,
+    /// Whether AdamW decays it (matrices); biases, norms and tokens are not decayed, as timm.
+    pub decay: bool,
+}
+
+impl ParamSpec {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    /// The element range of this tensor in the arena.
+    pub fn range(&self) -> std::ops::Range<usize> {
+        self.offset..self.offset + self.numel()
+    }
+}
+
+/// Where every parameter of a ViT of some depth sits in one flat arena. Decayed tensors
+/// come first so that AdamW's weight decay covers `[0, decay_end)`; every offset is a
+/// multiple of `align` elements so that each tensor can be bound as a storage view.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamLayout {
+    /// In timm's state-dict order.
+    pub specs: Vec<ParamSpec>,
+    /// Arena length in elements (padding included).
+    pub len: usize,
+    /// Where the non-decayed region starts.
+    pub decay_end: usize,
+}
+
+/// The names and shapes of a ViT's parameters with `depth` blocks, in timm's order, and
+/// whether each is weight-decayed.
+pub fn param_shapes(config: &VitConfig, depth: usize) -> Vec<(String, Vec<usize>, bool)> {
+    let (c, h, k, p, ch) = (config.dim, config.mlp_hidden, config.classes, config.patch_size, config.in_chans);
+    let n = config.tokens_at(config.image_size);
+    let mut out = vec![
+        ("cls_token".to_string(), vec![1, 1, c], false),
+        ("pos_embed".to_string(), vec![1, n, c], false),
+        ("patch_embed.proj.weight".to_string(), vec![c, ch, p, p], true),
+        ("patch_embed.proj.bias".to_string(), vec![c], false),
+    ];
+    for i in 0..depth {
+        let b = |s: &str| format!("blocks.{i}.{s}");
+        out.extend([
+            (b("norm1.weight"), vec![c], false),
+            (b("norm1.bias"), vec![c], false),
+            (b("attn.qkv.weight"), vec![3 * c, c], true),
+            (b("attn.qkv.bias"), vec![3 * c], false),
+            (b("attn.proj.weight"), vec![c, c], true),
+            (b("attn.proj.bias"), vec![c], false),
+            (b("norm2.weight"), vec![c], false),
+            (b("norm2.bias"), vec![c], false),
+            (b("mlp.fc1.weight"), vec![h, c], true),
+            (b("mlp.fc1.bias"), vec![h], false),
+            (b("mlp.fc2.weight"), vec![c, h], true),
+            (b("mlp.fc2.bias"), vec![c], false),
+        ]);
+    }
+    out.extend([
+        ("norm.weight".to_string(), vec![c], false),
+        ("norm.bias".to_string(), vec![c], false),
+        ("head.weight".to_string(), vec![k, c], true),
+        ("head.bias".to_string(), vec![k], false),
+    ]);
+    out
+}
+
+impl ParamLayout {
+    /// The layout of a ViT with `depth` blocks, offsets aligned to `align` elements
+    /// (the adapter's storage-offset alignment, [`crate::GpuContext::arena_align`]).
+    pub fn new(config: &VitConfig, depth: usize, align: usize) -> ParamLayout {
+        let align = align.max(1);
+        let shapes = param_shapes(config, depth);
+        let mut offsets = vec![0; shapes.len()];
+        let mut next = 0;
+        for decayed in [true, false] {
+            for (i, (_, shape, decay)) in shapes.iter().enumerate() {
+                if *decay == decayed {
+                    offsets[i] = next;
+                    next = (next + shape.iter().product::<usize>()).next_multiple_of(align);
+                }
+            }
+            if decayed {
+                // `next` is where the first non-decayed tensor goes.
+                offsets.push(next);
+            }
+        }
+        let decay_end = offsets.pop().expect("pushed above");
+        let specs = shapes
+            .into_iter()
+            .zip(offsets)
+            .map(|((name, shape, decay), offset)| ParamSpec { name, shape, offset, decay })
+            .collect();
+        ParamLayout { specs, len: next.max(1), decay_end }
+    }
+
+    /// The spec of `name`; panics on a name the layout does not have (a programmer error:
+    /// names come from [`param_shapes`]).
+    pub fn spec(&self, name: &str) -> &ParamSpec {
+        self.find(name).unwrap_or_else(|| panic!("no parameter named {name}"))
+    }
+
+    pub fn find(&self, name: &str) -> Option<&ParamSpec> {
+        self.specs.iter().find(|s| s.name == name)
+    }
+
+    /// Parameters that are trained (padding excluded).
+    pub fn count(&self) -> usize {
+        self.specs.iter().map(ParamSpec::numel).sum()
+    }
+
+    /// The slice of `arena` that holds `name`.
+    pub fn slice<'a, T>(&self, arena: &'a [T], name: &str) -> &'a [T] {
+        &arena[self.spec(name).range()]
+    }
+
+    /// timm's initialisation, deterministic from `seed`: linear weights and the position
+    /// embedding truncated normal (std 0.02, cut at ±2), linear biases 0, the class token
+    /// normal (std 1e-6), LayerNorms weight 1 and bias 0, and the patch convolution
+    /// PyTorch's Conv2d default (uniform ±1/sqrt(fan_in) for weight and bias).
+    pub fn init(&self, config: &VitConfig, seed: u64) -> Vec<f32> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut arena = vec![0.0f32; self.len];
+        let fan_in = config.patch_values() as f64;
+        for spec in &self.specs {
+            let values = &mut arena[spec.range()];
+            let name = spec.name.as_str();
+            if name.ends_with("norm1.weight") || name.ends_with("norm2.weight") || name == "norm.weight" {
+                values.fill(1.0);
+            } else if name == "cls_token" {
+                values.iter_mut().for_each(|v| *v = (normal(&mut rng) * 1e-6) as f32);
+            } else if name.starts_with("patch_embed.proj.") {
+                let bound = 1.0 / fan_in.sqrt();
+                values.iter_mut().for_each(|v| *v = ((2.0 * unit(&mut rng) - 1.0) * bound) as f32);
+            } else if spec.decay || name == "pos_embed" {
+                values.iter_mut().for_each(|v| *v = truncated_normal(&mut rng, 0.02, 2.0) as f32);
+            }
+            // Every other tensor (biases, norm biases) stays 0.
+        }
+        arena
+    }
+}
+
+/// Uniform in [0, 1) with 53 random bits.
+fn unit(rng: &mut ChaCha8Rng) -> f64 {
+    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Standard normal by Box–Muller.
+fn normal(rng: &mut ChaCha8Rng) -> f64 {
+    let u1 = 1.0 - unit(rng); // (0, 1]: ln is finite
+    let u2 = unit(rng);
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
+/// Normal(0, std) redrawn until it lies in [-cut, cut] (timm's `trunc_normal_`, whose cut
+/// is absolute, not in units of std).
+fn truncated_normal(rng: &mut ChaCha8Rng, std: f64, cut: f64) -> f64 {
+    loop {
+        let x = normal(rng) * std;
+        if x.abs() <= cut {
+            return x;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_has_timm_names_aligned_offsets_and_decay_first() {
+        let config = VitConfig::preset("nano", 10).unwrap();
+        let layout = ParamLayout::new(&config, 2, 64);
+        assert_eq!(layout.spec("pos_embed").shape, [1, 65, 64]);
+        assert_eq!(layout.spec("blocks.1.attn.qkv.weight").shape, [192, 64]);
+        assert_eq!(layout.spec("patch_embed.proj.weight").shape, [64, 3, 4, 4]);
+        assert!(layout.find("blocks.2.norm1.weight").is_none());
+        for s in &layout.specs {
+            assert_eq!(s.offset % 64, 0, "{}", s.name);
+            assert_eq!(s.decay, s.range().end <= layout.decay_end, "{}", s.name);
+        }
+        // No overlaps: sorted by offset, each ends before the next starts.
+        let mut ranges: Vec<_> = layout.specs.iter().map(ParamSpec::range).collect();
+        ranges.sort_by_key(|r| r.start);
+        assert!(ranges.windows(2).all(|w| w[0].end <= w[1].start));
+        // timm's ViT: 6 blocks of 12·C² + 13·C (C = 64) plus embeddings and head.
+        let full = ParamLayout::new(&config, 6, 1);
+        let (c, np, k) = (64, 64, 10);
+        let expected = 6 * (12 * c * c + 13 * c) + (np + 1) * c + c + c * 48 + c + 2 * c + k * c + k;
+        assert_eq!(full.count(), expected);
+        assert_eq!(full.len, expected);
+    }
+
+    #[test]
+    fn init_follows_timm() {
+        let config = VitConfig::preset("nano", 10).unwrap();
+        let layout = ParamLayout::new(&config, 6, 64);
+        let a = layout.init(&config, 7);
+        assert_eq!(a, layout.init(&config, 7), "deterministic");
+        let stats = |name: &str| {
+            let v = layout.slice(&a, name);
+            let mean = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
+            let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / v.len() as f64;
+            (mean, var.sqrt())
+        };
+        let (mean, std) = stats("blocks.0.mlp.fc1.weight");
+        assert!(mean.abs() < 2e-3 && (0.0185..0.0215).contains(&std), "{mean} {std}");
+        assert_eq!(stats("blocks.3.norm2.weight"), (1.0, 0.0));
+        assert_eq!(stats("blocks.3.attn.qkv.bias"), (0.0, 0.0));
+        let (_, std) = stats("patch_embed.proj.weight");
+        let expected = 1.0 / (48f64.sqrt() * 3f64.sqrt()); // uniform(±1/sqrt(48)) has std bound/sqrt(3)
+        assert!((std / expected - 1.0).abs() < 0.1, "{std} vs {expected}");
+        assert!(stats("cls_token").1 < 1e-5);
+    }
+}

@@ -1,0 +1,90 @@
+//! The training step: forward, loss, backward, global gradient-norm clipping, AdamW and
+//! the EMA updates, recorded into one [`Recorder`] so that a step is one submission and
+//! nothing (not even the clip factor) goes through the host.
+
+use crate::gpu::{GpuContext, Recorder, Tensor};
+use crate::kernels::optimizer::{adamw_update, ema_update, grad_norm, grad_norm_partials_len, AdamW, GRAD_STATS_LEN};
+use crate::model::{Activations, GpuVit, Loss};
+use crate::Result;
+
+/// AdamW moments, EMAs of the weights and the gradient statistics, each an arena laid
+/// out like the parameters.
+pub struct Optimizer {
+    pub m: Tensor,
+    pub v: Tensor,
+    /// (EMA weights, decay) for each decay.
+    pub emas: Vec<(Tensor, f64)>,
+    /// [global gradient L2 norm, clip factor] of the last step.
+    pub stats: Tensor,
+    partials: Tensor,
+    /// Steps taken (AdamW's bias corrections use step + 1 for the next one).
+    pub step: u32,
+}
+
+/// What one step does besides forward and backward.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepOptions {
+    /// AdamW hyperparameters, with this step's learning rate.
+    pub adamw: AdamW,
+    /// Clip the global gradient norm to this (≤ 0: no clipping).
+    pub max_grad_norm: f32,
+    pub loss: Loss,
+    /// Scale residual branches by `Activations::drop_scales`.
+    pub drop_path: bool,
+}
+
+impl Optimizer {
+    /// Zero moments and EMAs that start as copies of the current parameters.
+    pub fn new(ctx: &GpuContext, model: &GpuVit, ema_decays: &[f64]) -> Result<Optimizer> {
+        let len = model.layout.len;
+        let m = ctx.zeros(&[len], "adamw.m")?;
+        let v = ctx.zeros(&[len], "adamw.v")?;
+        let mut rec = ctx.recorder("ema.init");
+        let emas = ema_decays
+            .iter()
+            .map(|&decay| {
+                let ema = ctx.empty(&[len], &format!("ema{decay}"))?;
+                rec.copy(&model.params, &ema)?;
+                Ok((ema, decay))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        ctx.submit(rec)?;
+        Ok(Optimizer {
+            m,
+            v,
+            emas,
+            stats: ctx.zeros(&[GRAD_STATS_LEN], "grad.stats")?,
+            partials: ctx.empty(&[grad_norm_partials_len(len)], "grad.partials")?,
+            step: 0,
+        })
+    }
+
+    /// Records one whole training step on the batch already written to `acts`; the mean
+    /// loss lands in `acts.loss`.
+    pub fn record_step(
+        &mut self,
+        rec: &mut Recorder,
+        model: &GpuVit,
+        acts: &Activations,
+        options: &StepOptions,
+    ) -> Result<()> {
+        model.forward(rec, &model.params, acts, options.drop_path)?;
+        model.loss(rec, acts, options.loss)?;
+        model.backward(rec, acts, options.drop_path)?;
+        grad_norm(rec, &model.grads, &self.partials, &self.stats, options.max_grad_norm)?;
+        self.step += 1;
+        adamw_update(
+            rec,
+            &model.grads,
+            &self.stats,
+            &model.params,
+            &self.m,
+            &self.v,
+            &options.adamw,
+            self.step,
+            model.layout.decay_end,
+        )?;
+        let emas: Vec<(&Tensor, f64)> = self.emas.iter().map(|(t, d)| (t, *d)).collect();
+        ema_update(rec, &model.params, &emas)
+    }
+}
