@@ -44,12 +44,22 @@ pub enum Error {
 
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
+
+    /// A file or value that does not hold what its format promises (a truncated
+    /// checkpoint, metadata that is not the JSON we wrote). `what` names the file or key.
+    #[error("{what}: {message}")]
+    Format { what: String, message: String },
 }
 
 impl Error {
     /// Shorthand for a shape error of operation `op`.
     pub fn shape(op: &'static str, detail: impl Into<String>) -> Self {
         Error::Shape { op, detail: detail.into() }
+    }
+
+    /// Shorthand for a format error about `what` (a file name or a metadata key).
+    pub fn format(what: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Format { what: what.into(), message: message.into() }
     }
 
     /// Shorthand for an invalid-argument error of operation `op`.

@@ -1,10 +1,13 @@
 //! autoprog: Vision Transformer training on WGSL kernels through wgpu.
 //!
 //! The core library: the GPU runtime ([`gpu`]), the WGSL kernels and their dispatch
-//! ([`kernels`]), and the CPU twin of every kernel entry point ([`cpu`]). The same crate
-//! compiles natively and to wasm32 (`native` / `web` cfg aliases, see `build.rs`).
+//! ([`kernels`]), the CPU twin of every kernel entry point ([`cpu`]), the ViT ([`model`]), and the files that
+//! trainer and viewer share: checkpoints ([`checkpoint`]) and the run log ([`runlog`]).
+//! The same crate compiles natively and to wasm32 (`native` / `web` cfg aliases, see
+//! `build.rs`).
 
 pub mod bench;
+pub mod checkpoint;
 pub mod cpu;
 pub mod data;
 pub mod error;
@@ -13,6 +16,7 @@ pub mod fsutil;
 pub mod gpu;
 pub mod kernels;
 pub mod model;
+pub mod runlog;
 pub mod tolerance;
 
 pub use error::{Error, Result};

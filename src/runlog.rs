@@ -1,0 +1,884 @@
+//! The run log: what the trainer writes and the viewer reads.
+//!
+//! A run directory holds `log.jsonl` (one [`Event`] per line, tagged by `"event"`),
+//! `summary.json` ([`Summary`]) and, for a comparison of schedules, `compare.json`
+//! ([`Compare`]). `docs/runlog.md` is the schema with example lines.
+//!
+//! Readers are lenient so that old viewers read new logs and a crash mid-line costs one
+//! line: unknown fields are ignored, fields added later have defaults, and [`parse_log`]
+//! skips (and reports) lines it cannot read instead of failing. Non-finite numbers (a
+//! diverged loss) are written by serde_json as `null`; loss-like fields read `null` back
+//! as NaN rather than rejecting the line.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// One line of `log.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    RunStart(RunStartEvent),
+    Step(StepEvent),
+    Epoch(EpochEvent),
+    Stage(StageEvent),
+    Growth(GrowthEvent),
+    Search(SearchEvent),
+    Checkpoint(CheckpointEvent),
+    Warning(WarningEvent),
+    RunEnd(RunEndEvent),
+}
+
+/// The `"event"` tags this version knows, in [`Event`] order.
+pub const EVENT_NAMES: [&str; 9] =
+    ["run_start", "step", "epoch", "stage", "growth", "search", "checkpoint", "warning", "run_end"];
+
+impl Event {
+    /// The `"event"` tag of this event.
+    pub fn name(&self) -> &'static str {
+        let index = match self {
+            Event::RunStart(_) => 0,
+            Event::Step(_) => 1,
+            Event::Epoch(_) => 2,
+            Event::Stage(_) => 3,
+            Event::Growth(_) => 4,
+            Event::Search(_) => 5,
+            Event::Checkpoint(_) => 6,
+            Event::Warning(_) => 7,
+            Event::RunEnd(_) => 8,
+        };
+        EVENT_NAMES[index]
+    }
+}
+
+/// First line of every run (and of every resumed session of it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunStartEvent {
+    /// Unix time, seconds.
+    pub time: f64,
+    /// autoprog version (and git commit when known).
+    pub version: String,
+    /// The fully resolved config (file + flags + defaults).
+    #[serde(default)]
+    pub config: serde_json::Value,
+    /// GPU adapter description, e.g. "llvmpipe (Vulkan)".
+    pub adapter: String,
+    /// Schedule name: "autoprog", "fixed", ...
+    pub schedule: String,
+}
+
+/// One optimizer step (written every few steps, not necessarily every one).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepEvent {
+    /// Global step, counted from 0 over the whole run.
+    pub step: u64,
+    pub epoch: u32,
+    /// Training loss of this step (NaN when it diverged).
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub loss: f64,
+    pub lr: f64,
+    pub images_per_second: f64,
+    /// Input side in pixels.
+    pub resolution: u32,
+    /// Number of transformer blocks.
+    pub depth: u32,
+}
+
+/// End of an epoch, after validation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochEvent {
+    pub epoch: u32,
+    /// Global step at the end of the epoch.
+    pub step: u64,
+    /// Mean training loss over the epoch.
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub train_loss: f64,
+    pub val_loss: Option<f64>,
+    /// Top-1 validation accuracy of the trained weights, a fraction in [0, 1].
+    pub val_acc: Option<f64>,
+    /// Top-1 validation accuracy of each EMA copy of the weights.
+    #[serde(default)]
+    pub val_acc_ema: Vec<EmaAcc>,
+    /// Training throughput over the epoch.
+    pub images_per_second: f64,
+    /// Training wall-clock seconds since the run started (summed over resumed sessions).
+    pub wall_seconds: f64,
+    /// Training FLOPs so far (forward + backward, cumulative).
+    pub train_flops: f64,
+    pub resolution: u32,
+    pub depth: u32,
+}
+
+/// Validation accuracy of one EMA copy.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EmaAcc {
+    /// EMA decay, e.g. 0.9995.
+    pub decay: f64,
+    /// Top-1 accuracy, a fraction in [0, 1].
+    pub acc: f64,
+}
+
+/// A growth stage begins: the resolution, depth and regularisation it trains with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StageEvent {
+    /// Stage index, from 0.
+    pub stage: u32,
+    /// First epoch of the stage.
+    pub epoch: u32,
+    pub step: u64,
+    pub resolution: u32,
+    pub depth: u32,
+    pub regularisation: Regularisation,
+}
+
+/// Regularisation strengths of a stage (AutoProg scales them with model size).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Regularisation {
+    /// RandAugment magnitude (0..=10 in the usual scale).
+    pub randaug_magnitude: f64,
+    /// Stochastic depth rate of the last block.
+    pub drop_path: f64,
+    /// Random-erasing probability.
+    pub erase_prob: f64,
+    /// Mixup alpha (0 = off).
+    pub mixup: f64,
+}
+
+/// The model grew deeper (MoGrow).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GrowthEvent {
+    pub epoch: u32,
+    pub step: u64,
+    pub from_depth: u32,
+    pub to_depth: u32,
+    /// New block `i` copies old block `mapping[i]`; `mapping.len() == to_depth`.
+    pub mapping: Vec<usize>,
+    /// Which weights were copied: "model" or an EMA copy such as "ema0.9995".
+    pub source: String,
+}
+
+/// Result of a candidate search at the start of a stage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SearchEvent {
+    /// The stage this search chose the configuration for.
+    pub stage: u32,
+    pub epoch: u32,
+    pub step: u64,
+    pub candidates: Vec<Candidate>,
+    /// Power law fitted to (step time, mean loss) over the candidates.
+    pub fit: PowerLaw,
+    /// Exponent of the score, `max(-fit.b, 0)`.
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub w: f64,
+    /// Name of the chosen candidate.
+    pub winner: String,
+}
+
+/// One (resolution, depth) candidate of a search.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    /// "r{resolution}_l{depth}", e.g. "r32_l6".
+    pub name: String,
+    pub resolution: u32,
+    pub depth: u32,
+    /// Loss at each evaluation point, in order.
+    #[serde(deserialize_with = "vec_f64_or_nan")]
+    pub losses: Vec<f64>,
+    /// Forward + backward time of one step, milliseconds.
+    pub step_ms: f64,
+    /// `mean(losses) * step_ms^w`; the lowest wins.
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub score: f64,
+}
+
+/// `mean_loss ≈ a * step_ms^b`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PowerLaw {
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub a: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub b: f64,
+}
+
+/// A checkpoint file was written.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointEvent {
+    pub epoch: u32,
+    pub step: u64,
+    /// Path relative to the run directory.
+    pub path: String,
+    pub kind: CheckpointKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointKind {
+    /// The latest state, for resuming.
+    Last,
+    /// The best validation accuracy so far.
+    Best,
+}
+
+/// Something the user should know that did not stop the run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WarningEvent {
+    pub message: String,
+}
+
+/// Last line of a run session.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunEndEvent {
+    /// Unix time, seconds.
+    pub time: f64,
+    /// Training wall-clock seconds of the whole run (summed over resumed sessions).
+    pub wall_seconds: f64,
+    pub status: RunStatus,
+    /// Why it was interrupted or failed.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Finished,
+    /// Stopped by the user (Ctrl-C); resumable.
+    Interrupted,
+    Failed,
+}
+
+/// serde_json writes non-finite floats as `null`; read them back as NaN.
+fn f64_or_nan<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN))
+}
+
+fn vec_f64_or_nan<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<f64>, D::Error> {
+    let values = Vec::<Option<f64>>::deserialize(deserializer)?;
+    Ok(values.into_iter().map(|v| v.unwrap_or(f64::NAN)).collect())
+}
+
+/// The events of a log, and the lines that could not be read.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LogParse {
+    pub events: Vec<Event>,
+    /// (1-based line number, reason) for each skipped line.
+    pub skipped: Vec<(usize, String)>,
+}
+
+/// Parses `log.jsonl` text. Never fails: malformed lines, events of kinds this version does
+/// not know and a truncated last line (normal after a crash) are skipped and reported.
+/// Blank lines are ignored.
+pub fn parse_log(text: &str) -> LogParse {
+    let mut parse = LogParse::default();
+    let complete = text.ends_with('\n');
+    let mut lines = text.split('\n').enumerate().peekable();
+    while let Some((index, line)) = lines.next() {
+        let is_last = lines.peek().is_none();
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Event>(line) {
+            Ok(event) => parse.events.push(event),
+            Err(error) => {
+                let reason = if is_last && !complete {
+                    format!("truncated last line (the run stopped while writing it): {error}")
+                } else {
+                    why_unreadable(line, &error)
+                };
+                parse.skipped.push((index + 1, reason));
+            }
+        }
+    }
+    parse
+}
+
+/// Tells an unknown event kind from a broken line (only on the failure path, so cheap).
+fn why_unreadable(line: &str, error: &serde_json::Error) -> String {
+    #[derive(Deserialize)]
+    struct Tag {
+        event: String,
+    }
+    match serde_json::from_str::<Tag>(line) {
+        Ok(Tag { event }) if !EVENT_NAMES.contains(&event.as_str()) => {
+            format!("unknown event {event:?} (written by a newer autoprog?)")
+        }
+        Ok(Tag { event }) => format!("malformed {event:?} event: {error}"),
+        Err(_) => format!("not a log event: {error}"),
+    }
+}
+
+/// `summary.json`: the outcome of one run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Summary {
+    pub schedule: String,
+    /// Epochs trained.
+    pub epochs: u32,
+    /// Training wall-clock seconds (summed over resumed sessions).
+    pub wall_seconds: f64,
+    /// Total training FLOPs.
+    pub train_flops: f64,
+    /// Mean training throughput.
+    pub images_per_second: f64,
+    /// Final top-1 validation accuracy, a fraction in [0, 1].
+    pub val_acc: f64,
+    /// Final top-1 validation accuracy of the main EMA copy; `null` without EMA.
+    pub val_acc_ema: Option<f64>,
+    /// Best per-epoch validation accuracy.
+    pub best_val_acc: f64,
+    pub final_resolution: u32,
+    pub final_depth: u32,
+    pub adapter: String,
+    pub stages: Vec<StageSummary>,
+    pub seed: u64,
+    /// Images the data loader could not decode and left out.
+    pub skipped_images: usize,
+    /// Model name, e.g. "vit_nano".
+    pub model: String,
+    /// Number of classes.
+    pub classes: usize,
+}
+
+/// Where a stage started and what it trained with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StageSummary {
+    pub start_epoch: u32,
+    pub resolution: u32,
+    pub depth: u32,
+}
+
+/// `compare.json`: several runs and the per-schedule means.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Compare {
+    pub runs: Vec<Summary>,
+    /// The schedule that `speedup` and `acc_delta` are relative to.
+    pub baseline: Option<String>,
+    pub by_schedule: BTreeMap<String, ScheduleMeans>,
+}
+
+/// Means over the runs of one schedule.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ScheduleMeans {
+    /// Number of runs averaged.
+    pub runs: usize,
+    pub wall_seconds: f64,
+    pub train_flops: f64,
+    pub val_acc: f64,
+    /// Mean over the runs that have an EMA accuracy; `null` if none has.
+    pub val_acc_ema: Option<f64>,
+    /// Baseline wall seconds / these wall seconds (> 1 is faster); `null` without baseline.
+    pub speedup: Option<f64>,
+    /// These val_acc − baseline val_acc (fraction); `null` without baseline.
+    pub acc_delta: Option<f64>,
+}
+
+impl Compare {
+    /// Groups `runs` by schedule and averages them; `speedup` and `acc_delta` are relative to
+    /// the `baseline` schedule when it is among the runs.
+    pub fn from_runs(runs: Vec<Summary>, baseline: &str) -> Compare {
+        let mut groups: BTreeMap<&str, Vec<&Summary>> = BTreeMap::new();
+        for run in &runs {
+            groups.entry(run.schedule.as_str()).or_default().push(run);
+        }
+        let mean = |group: &[&Summary], f: &dyn Fn(&Summary) -> f64| {
+            group.iter().map(|s| f(s)).sum::<f64>() / group.len() as f64
+        };
+        let mut by_schedule: BTreeMap<String, ScheduleMeans> = groups
+            .iter()
+            .map(|(schedule, group)| {
+                let ema: Vec<f64> = group.iter().filter_map(|s| s.val_acc_ema).collect();
+                let means = ScheduleMeans {
+                    runs: group.len(),
+                    wall_seconds: mean(group, &|s| s.wall_seconds),
+                    train_flops: mean(group, &|s| s.train_flops),
+                    val_acc: mean(group, &|s| s.val_acc),
+                    val_acc_ema: (!ema.is_empty()).then(|| ema.iter().sum::<f64>() / ema.len() as f64),
+                    speedup: None,
+                    acc_delta: None,
+                };
+                (schedule.to_string(), means)
+            })
+            .collect();
+        let base = by_schedule.get(baseline).cloned();
+        if let Some(base) = &base {
+            for means in by_schedule.values_mut() {
+                means.speedup = (means.wall_seconds > 0.0).then(|| base.wall_seconds / means.wall_seconds);
+                means.acc_delta = Some(means.val_acc - base.val_acc);
+            }
+        }
+        Compare { baseline: base.map(|_| baseline.to_string()), by_schedule, runs }
+    }
+}
+
+#[cfg(native)]
+pub use native::*;
+
+#[cfg(native)]
+mod native {
+    use std::fs::{File, OpenOptions};
+    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::path::{Path, PathBuf};
+
+    use serde::de::DeserializeOwned;
+    use serde::Serialize;
+
+    use super::{parse_log, Event, LogParse};
+    use crate::{Error, Result};
+
+    fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+        move |source| Error::Io { path: path.display().to_string(), source }
+    }
+
+    /// Appends events to `log.jsonl`, one line each.
+    ///
+    /// Each event is one `write_all` of the whole line on a file opened in append mode, so
+    /// a crash can tear at most the last line, which readers skip and
+    /// [`LogWriter::open_for_resume`] removes.
+    #[derive(Debug)]
+    pub struct LogWriter {
+        file: File,
+        path: PathBuf,
+        dropped_bytes: u64,
+    }
+
+    impl LogWriter {
+        /// Opens `path` for appending, creating it and its parent directories.
+        pub fn open(path: &Path) -> Result<LogWriter> {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(io_error(path))?;
+            }
+            let file = OpenOptions::new().create(true).append(true).open(path).map_err(io_error(path))?;
+            Ok(LogWriter { file, path: path.to_path_buf(), dropped_bytes: 0 })
+        }
+
+        /// Opens the log of a run being resumed: first cuts a torn last line (the bytes after
+        /// the last newline, left by a crash) so the new events do not continue it.
+        pub fn open_for_resume(path: &Path) -> Result<LogWriter> {
+            let mut dropped_bytes = 0;
+            if path.exists() {
+                let mut file = OpenOptions::new().read(true).write(true).open(path).map_err(io_error(path))?;
+                let len = file.metadata().map_err(io_error(path))?.len();
+                let keep = complete_lines_len(&mut file, len).map_err(io_error(path))?;
+                if keep < len {
+                    file.set_len(keep).map_err(io_error(path))?;
+                    file.sync_data().map_err(io_error(path))?;
+                    dropped_bytes = len - keep;
+                }
+            }
+            let mut writer = LogWriter::open(path)?;
+            writer.dropped_bytes = dropped_bytes;
+            Ok(writer)
+        }
+
+        /// Appends one event as one line.
+        pub fn write(&mut self, event: &Event) -> Result<()> {
+            let mut line = serde_json::to_string(event).map_err(|e| {
+                Error::format(
+                    self.path.display().to_string(),
+                    format!("cannot serialise a {} event: {e}", event.name()),
+                )
+            })?;
+            line.push('\n');
+            let io = io_error(&self.path);
+            self.file.write_all(line.as_bytes()).and_then(|()| self.file.flush()).map_err(io)
+        }
+
+        /// Bytes of a torn last line that [`LogWriter::open_for_resume`] removed.
+        pub fn dropped_bytes(&self) -> u64 {
+            self.dropped_bytes
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.path
+        }
+    }
+
+    /// Length of the prefix of `file` that ends with its last newline (0 if it has none),
+    /// scanning back from the end in blocks so a long log is not read whole.
+    fn complete_lines_len(file: &mut File, len: u64) -> std::io::Result<u64> {
+        const BLOCK: u64 = 64 * 1024;
+        let mut buffer = vec![0u8; BLOCK as usize];
+        let mut end = len;
+        while end > 0 {
+            let start = end.saturating_sub(BLOCK);
+            let block = &mut buffer[..(end - start) as usize];
+            file.seek(SeekFrom::Start(start))?;
+            file.read_exact(block)?;
+            if let Some(newline) = block.iter().rposition(|&b| b == b'\n') {
+                return Ok(start + newline as u64 + 1);
+            }
+            end = start;
+        }
+        Ok(0)
+    }
+
+    /// Reads and parses a `log.jsonl` file (invalid UTF-8, e.g. a torn multi-byte
+    /// character, only spoils its own line).
+    pub fn read_log(path: &Path) -> Result<LogParse> {
+        let bytes = std::fs::read(path).map_err(io_error(path))?;
+        Ok(parse_log(&String::from_utf8_lossy(&bytes)))
+    }
+
+    /// Writes `value` as pretty JSON atomically (for `summary.json`, `compare.json`).
+    pub fn write_json_atomic<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
+        let mut json = serde_json::to_vec_pretty(value)
+            .map_err(|e| Error::format(path.display().to_string(), format!("cannot serialise to JSON: {e}")))?;
+        json.push(b'\n');
+        crate::fsutil::write_atomic(path, &json)
+    }
+
+    /// Reads a JSON file written by [`write_json_atomic`].
+    pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+        let bytes = std::fs::read(path).map_err(io_error(path))?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            Error::format(
+                path.display().to_string(),
+                format!("is not the JSON autoprog expects ({e}); rerun the command that writes it"),
+            )
+        })
+    }
+
+    /// Current Unix time in seconds, for `run_start` / `run_end`.
+    pub fn unix_time_now() -> f64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn every_event() -> Vec<Event> {
+        vec![
+            Event::RunStart(RunStartEvent {
+                time: 1_790_000_000.25,
+                version: "0.1.0 (abc1234)".into(),
+                config: serde_json::json!({"model": "vit_nano", "epochs": 30, "lr": 0.001}),
+                adapter: "llvmpipe (Vulkan)".into(),
+                schedule: "autoprog".into(),
+            }),
+            Event::Step(StepEvent {
+                step: 1200,
+                epoch: 3,
+                loss: 1.875,
+                lr: 0.0008,
+                images_per_second: 412.5,
+                resolution: 24,
+                depth: 4,
+            }),
+            Event::Epoch(EpochEvent {
+                epoch: 3,
+                step: 1250,
+                train_loss: 1.9,
+                val_loss: Some(1.7),
+                val_acc: Some(0.41),
+                val_acc_ema: vec![EmaAcc { decay: 0.9995, acc: 0.43 }],
+                images_per_second: 400.0,
+                wall_seconds: 312.5,
+                train_flops: 4.2e13,
+                resolution: 24,
+                depth: 4,
+            }),
+            Event::Stage(StageEvent {
+                stage: 1,
+                epoch: 8,
+                step: 3333,
+                resolution: 28,
+                depth: 5,
+                regularisation: Regularisation { randaug_magnitude: 5.0, drop_path: 0.05, erase_prob: 0.1, mixup: 0.0 },
+            }),
+            Event::Growth(GrowthEvent {
+                epoch: 8,
+                step: 3333,
+                from_depth: 4,
+                to_depth: 6,
+                mapping: vec![0, 1, 1, 2, 3, 3],
+                source: "ema0.9995".into(),
+            }),
+            Event::Search(SearchEvent {
+                stage: 1,
+                epoch: 10,
+                step: 4100,
+                candidates: vec![
+                    Candidate {
+                        name: "r24_l5".into(),
+                        resolution: 24,
+                        depth: 5,
+                        losses: vec![1.8, 1.7, 1.65],
+                        step_ms: 40.0,
+                        score: 2.1,
+                    },
+                    Candidate {
+                        name: "r32_l6".into(),
+                        resolution: 32,
+                        depth: 6,
+                        losses: vec![1.6, 1.5, 1.45],
+                        step_ms: 80.0,
+                        score: 2.3,
+                    },
+                ],
+                fit: PowerLaw { a: 3.0, b: -0.15 },
+                w: 0.15,
+                winner: "r24_l5".into(),
+            }),
+            Event::Checkpoint(CheckpointEvent {
+                epoch: 3,
+                step: 1250,
+                path: "last.safetensors".into(),
+                kind: CheckpointKind::Last,
+            }),
+            Event::Warning(WarningEvent { message: "2 images could not be decoded".into() }),
+            Event::RunEnd(RunEndEvent {
+                time: 1_790_003_600.0,
+                wall_seconds: 3550.0,
+                status: RunStatus::Interrupted,
+                message: Some("stopped by Ctrl-C".into()),
+            }),
+        ]
+    }
+
+    fn summary(schedule: &str, wall_seconds: f64, val_acc: f64, ema: Option<f64>) -> Summary {
+        Summary {
+            schedule: schedule.into(),
+            epochs: 30,
+            wall_seconds,
+            train_flops: 1e15,
+            images_per_second: 500.0,
+            val_acc,
+            val_acc_ema: ema,
+            best_val_acc: val_acc + 0.01,
+            final_resolution: 32,
+            final_depth: 6,
+            adapter: "llvmpipe (Vulkan)".into(),
+            stages: vec![StageSummary { start_epoch: 0, resolution: 16, depth: 3 }],
+            seed: 7,
+            skipped_images: 0,
+            model: "vit_nano".into(),
+            classes: 10,
+        }
+    }
+
+    #[test]
+    fn every_event_round_trips_with_its_tag() {
+        let events = every_event();
+        let names: Vec<&str> = events.iter().map(Event::name).collect();
+        assert_eq!(names, EVENT_NAMES, "every_event covers every kind, in order");
+        for event in events {
+            let line = serde_json::to_string(&event).unwrap();
+            assert!(!line.contains('\n'));
+            let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(value["event"], event.name(), "{line}");
+            let back: Event = serde_json::from_str(&line).unwrap();
+            assert_eq!(back, event, "{line}");
+        }
+    }
+
+    #[test]
+    fn non_finite_losses_read_back_as_nan() {
+        let event = Event::Step(StepEvent {
+            step: 1,
+            epoch: 0,
+            loss: f64::NAN,
+            lr: 0.1,
+            images_per_second: 1.0,
+            resolution: 32,
+            depth: 6,
+        });
+        let line = serde_json::to_string(&event).unwrap();
+        assert!(line.contains(r#""loss":null"#), "{line}");
+        let parse = parse_log(&format!("{line}\n"));
+        assert!(parse.skipped.is_empty(), "{:?}", parse.skipped);
+        let Event::Step(step) = &parse.events[0] else { panic!("{:?}", parse.events) };
+        assert!(step.loss.is_nan());
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_and_new_optional_fields_default() {
+        let line = r#"{"event":"epoch","epoch":1,"step":10,"train_loss":2.0,"images_per_second":5.0,
+            "wall_seconds":3.0,"train_flops":1e9,"resolution":16,"depth":2,"added_later":[1,2]}"#;
+        let Event::Epoch(epoch) = serde_json::from_str(line).unwrap() else { panic!() };
+        assert_eq!((epoch.val_loss, epoch.val_acc, epoch.val_acc_ema.len()), (None, None, 0));
+    }
+
+    #[test]
+    fn parse_log_skips_and_reports_malformed_unknown_and_truncated_lines() {
+        let good: Vec<String> = every_event().iter().map(|e| serde_json::to_string(e).unwrap()).collect();
+        let torn = &good[1][..good[1].len() / 2];
+        let text = format!(
+            "{}\n{{not json\n\n{}\n{{\"event\":\"hologram\",\"x\":1}}\n{{\"event\":\"step\",\"step\":\"many\"}}\r\n{}\n{torn}",
+            good[0], good[1], good[2]
+        );
+        let parse = parse_log(&text);
+        assert_eq!(parse.events, every_event()[..3].to_vec());
+        let lines: Vec<usize> = parse.skipped.iter().map(|(line, _)| *line).collect();
+        assert_eq!(lines, [2, 5, 6, 8], "{:?}", parse.skipped);
+        assert!(parse.skipped[0].1.contains("not a log event"), "{}", parse.skipped[0].1);
+        assert!(parse.skipped[1].1.contains("unknown event \"hologram\""), "{}", parse.skipped[1].1);
+        assert!(parse.skipped[2].1.contains("malformed \"step\""), "{}", parse.skipped[2].1);
+        assert!(parse.skipped[3].1.starts_with("truncated last line"), "{}", parse.skipped[3].1);
+        // A complete last line without its newline is still an event.
+        let parse = parse_log(&good[0]);
+        assert_eq!((parse.events.len(), parse.skipped.len()), (1, 0));
+        assert_eq!(parse_log(""), LogParse::default());
+    }
+
+    #[test]
+    fn parse_log_reads_100k_lines() {
+        let events = every_event();
+        let lines: Vec<String> = events.iter().map(|e| serde_json::to_string(e).unwrap()).collect();
+        let mut text = String::new();
+        for i in 0..100_000 {
+            text.push_str(&lines[i % lines.len()]);
+            text.push('\n');
+        }
+        let start = std::time::Instant::now();
+        let parse = parse_log(&text);
+        eprintln!("parse_log: 100000 lines, {} bytes in {:?}", text.len(), start.elapsed());
+        assert!(parse.skipped.is_empty());
+        assert_eq!(parse.events.len(), 100_000);
+        assert_eq!(parse.events[99_999], events[99_999 % events.len()]);
+    }
+
+    #[test]
+    fn summary_round_trips_and_old_files_read_with_defaults() {
+        let s = summary("autoprog", 100.0, 0.8, None);
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(json.contains(r#""val_acc_ema":null"#), "{json}");
+        assert_eq!(serde_json::from_str::<Summary>(&json).unwrap(), s);
+        let old: Summary = serde_json::from_str(r#"{"schedule":"fixed","val_acc":0.5,"future":true}"#).unwrap();
+        assert_eq!((old.schedule.as_str(), old.val_acc, old.stages.len()), ("fixed", 0.5, 0));
+    }
+
+    #[test]
+    fn compare_means_speedup_and_acc_delta_against_baseline() {
+        let runs = vec![
+            summary("fixed", 200.0, 0.80, Some(0.82)),
+            summary("fixed", 300.0, 0.84, None),
+            summary("autoprog", 125.0, 0.81, Some(0.83)),
+        ];
+        let compare = Compare::from_runs(runs, "fixed");
+        assert_eq!(compare.baseline.as_deref(), Some("fixed"));
+        let fixed = &compare.by_schedule["fixed"];
+        assert_eq!((fixed.runs, fixed.wall_seconds, fixed.val_acc_ema), (2, 250.0, Some(0.82)));
+        assert!((fixed.val_acc - 0.82).abs() < 1e-12);
+        assert_eq!((fixed.speedup, fixed.acc_delta), (Some(1.0), Some(0.0)));
+        let auto = &compare.by_schedule["autoprog"];
+        assert_eq!(auto.speedup, Some(2.0));
+        assert!((auto.acc_delta.unwrap() + 0.01).abs() < 1e-12);
+        let json = serde_json::to_string(&compare).unwrap();
+        assert_eq!(serde_json::from_str::<Compare>(&json).unwrap(), compare);
+        let alone = Compare::from_runs(vec![summary("autoprog", 1.0, 0.5, None)], "fixed");
+        assert_eq!((alone.baseline, alone.by_schedule["autoprog"].speedup), (None, None));
+    }
+
+    /// Every example line of docs/runlog.md parses, and every event kind has one.
+    #[test]
+    fn doc_examples_parse() {
+        let doc = include_str!("../docs/runlog.md");
+        let examples: String = doc.lines().filter(|l| l.starts_with(r#"{"event":"#)).flat_map(|l| [l, "\n"]).collect();
+        let parse = parse_log(&examples);
+        assert!(parse.skipped.is_empty(), "{:?}", parse.skipped);
+        let mut kinds: Vec<&str> = parse.events.iter().map(Event::name).collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        let mut all = EVENT_NAMES.to_vec();
+        all.sort_unstable();
+        assert_eq!(kinds, all);
+    }
+
+    #[cfg(native)]
+    mod files {
+        use super::*;
+        use std::path::PathBuf;
+
+        fn temp_dir(test: &str) -> PathBuf {
+            let dir = std::env::temp_dir().join(format!("autoprog-runlog-{test}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            dir
+        }
+
+        #[test]
+        fn log_writer_appends_one_line_per_event() {
+            let dir = temp_dir("append");
+            let path = dir.join("run/log.jsonl");
+            let events = every_event();
+            let mut log = LogWriter::open(&path).unwrap();
+            for e in &events[..4] {
+                log.write(e).unwrap();
+            }
+            drop(log);
+            let mut log = LogWriter::open(&path).unwrap();
+            for e in &events[4..] {
+                log.write(e).unwrap();
+            }
+            let parse = read_log(&path).unwrap();
+            assert_eq!((parse.events, parse.skipped), (events, vec![]));
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+
+        #[test]
+        fn open_for_resume_drops_a_torn_last_line() {
+            let dir = temp_dir("resume");
+            let path = dir.join("log.jsonl");
+            let events = every_event();
+            let mut log = LogWriter::open(&path).unwrap();
+            log.write(&events[0]).unwrap();
+            log.write(&events[1]).unwrap();
+            drop(log);
+            // A crash in the middle of a line, ending in a torn multi-byte character.
+            let mut bytes = std::fs::read(&path).unwrap();
+            let torn = b"{\"event\":\"warning\",\"message\":\"caf\xC3";
+            bytes.extend_from_slice(torn);
+            std::fs::write(&path, &bytes).unwrap();
+            assert_eq!(read_log(&path).unwrap().skipped.len(), 1);
+
+            let mut log = LogWriter::open_for_resume(&path).unwrap();
+            assert_eq!(log.dropped_bytes(), torn.len() as u64);
+            log.write(&events[2]).unwrap();
+            let parse = read_log(&path).unwrap();
+            assert_eq!((parse.events, parse.skipped), (events[..3].to_vec(), vec![]));
+
+            // Nothing to drop on a clean log; a log without any newline is cut to empty.
+            assert_eq!(LogWriter::open_for_resume(&path).unwrap().dropped_bytes(), 0);
+            let lone = dir.join("lone.jsonl");
+            std::fs::write(&lone, b"{\"event\":").unwrap();
+            assert_eq!(LogWriter::open_for_resume(&lone).unwrap().dropped_bytes(), 9);
+            assert_eq!(std::fs::read(&lone).unwrap(), b"");
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+
+        #[test]
+        fn open_for_resume_scans_back_over_long_torn_tails() {
+            let dir = temp_dir("long-tail");
+            let path = dir.join("log.jsonl");
+            let mut bytes = b"{\"event\":\"warning\",\"message\":\"a\"}\n".to_vec();
+            let kept = bytes.len() as u64;
+            bytes.extend(std::iter::repeat_n(b'x', 200_000));
+            std::fs::write(&path, &bytes).unwrap();
+            let log = LogWriter::open_for_resume(&path).unwrap();
+            assert_eq!(log.dropped_bytes(), 200_000);
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), kept);
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+
+        #[test]
+        fn json_files_write_atomically_and_read_back() {
+            let dir = temp_dir("json");
+            let path = dir.join("summary.json");
+            let s = summary("autoprog", 10.0, 0.5, Some(0.55));
+            write_json_atomic(&path, &s).unwrap();
+            assert_eq!(read_json::<Summary>(&path).unwrap(), s);
+            let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+            assert_eq!(names, ["summary.json"]);
+            std::fs::write(&path, b"{\"schedule\": 3").unwrap();
+            let err = read_json::<Summary>(&path).unwrap_err().to_string();
+            assert!(err.contains("summary.json"), "{err}");
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+}
