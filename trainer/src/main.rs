@@ -1,5 +1,7 @@
 //! `autoprog`: the command-line tool. Results go to stdout, progress and logs to stderr.
 
+mod data;
+
 use std::process::ExitCode;
 
 use autoprog::bench::{self, BenchOptions, BenchResult};

@@ -1,0 +1,658 @@
+//! The prefetching batch loader: worker threads decode and augment whole batches ahead of
+//! the training loop, which receives them in order.
+//!
+//! Every random choice is seeded from (seed, epoch, position in the epoch order) for a
+//! sample and (seed, epoch, batch index) for mixup, so the batches are bit-identical for
+//! any number of workers. A file that fails to decode is reported once, counted, and
+//! replaced by the next sample in the order that loads.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+
+use rand::Rng;
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::augment::{eval_transform, mix_batch, train_transform, AugmentConfig};
+use super::{DataError, LoadError, RgbImage, Source};
+
+/// How many positions of the order a failed sample may look ahead for a replacement
+/// before its batch is given up.
+const MAX_REPLACEMENT_TRIES: usize = 32;
+
+/// Independent random streams derived from one seed.
+#[derive(Clone, Copy)]
+pub(super) enum Stream {
+    Order = 1,
+    Sample = 2,
+    Mix = 3,
+    ValSplit = 4,
+}
+
+/// SplitMix64's finaliser: spreads nearby inputs over the whole 64-bit range.
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The RNG seed of item `index` of `stream` in `epoch`.
+pub(super) fn stream_seed(seed: u64, epoch: u64, stream: Stream, index: u64) -> u64 {
+    splitmix(splitmix(splitmix(seed ^ splitmix(stream as u64)) ^ epoch) ^ index)
+}
+
+/// A seeded shuffle of 0..len, different for every epoch.
+pub fn epoch_order(len: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut rng = ChaCha8Rng::seed_from_u64(stream_seed(seed, epoch, Stream::Order, 0));
+    let mut order: Vec<usize> = (0..len).collect();
+    for i in (1..len).rev() {
+        order.swap(i, rng.random_range(0..=i));
+    }
+    order
+}
+
+/// One batch, ready for the model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    /// Position of the batch in the epoch (0, 1, ...).
+    pub index: usize,
+    /// Side R of the images.
+    pub resolution: usize,
+    /// [B, 3, R, R], normalised.
+    pub images: Vec<f32>,
+    /// [B] class labels (before mixing: for accuracy, not for the loss when `targets` is set).
+    pub labels: Vec<u32>,
+    /// [B, K] soft targets (mixup / cutmix and label smoothing applied) for training
+    /// batches when the config mixes or smooths; `None` otherwise: use `labels`.
+    pub targets: Option<Vec<f32>>,
+}
+
+impl Batch {
+    /// Number of samples B.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+}
+
+type Warn = dyn Fn(&str) + Send + Sync;
+
+/// The samples that failed to load, shared between the workers and the caller. Pass the
+/// same one to the loaders of every epoch of one source so that each broken file is
+/// reported (and decoded) once per run.
+#[derive(Clone)]
+pub struct Skipped {
+    /// `Source::describe` names of the failed samples.
+    failed: Arc<Mutex<BTreeSet<String>>>,
+    warn: Arc<Warn>,
+}
+
+impl Default for Skipped {
+    /// Warnings go to stderr.
+    fn default() -> Self {
+        Skipped::with_warning(|message| eprintln!("warning: {message}"))
+    }
+}
+
+impl Skipped {
+    /// Warnings go to `warn` (one call per failed file).
+    pub fn with_warning(warn: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        Skipped { failed: Arc::default(), warn: Arc::new(warn) }
+    }
+
+    /// Number of distinct samples skipped so far.
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Names of the skipped samples, sorted.
+    pub fn files(&self) -> Vec<String> {
+        self.lock().iter().cloned().collect()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeSet<String>> {
+        self.failed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn contains(&self, what: &str) -> bool {
+        self.lock().contains(what)
+    }
+
+    /// Records a failure; warns only the first time a sample fails.
+    fn record(&self, error: &LoadError) {
+        let first_time = self.lock().insert(error.what.clone());
+        if first_time {
+            (self.warn)(&format!(
+                "skipping `{}`, it could not be loaded ({}); the next image in the epoch order takes its place",
+                error.what, error.reason
+            ));
+        }
+    }
+}
+
+/// How the loader builds the batches of one epoch.
+#[derive(Clone)]
+pub struct LoaderConfig {
+    /// Samples per batch B.
+    pub batch: usize,
+    /// Leave out the last, smaller batch.
+    pub drop_last: bool,
+    pub aug: AugmentConfig,
+    /// Train transform and soft targets when true; the eval transform otherwise.
+    pub train: bool,
+    pub seed: u64,
+    pub epoch: u64,
+    /// Decoding threads; 0 builds each batch on the calling thread when it is asked for.
+    pub workers: usize,
+    /// Batches being built or waiting at most (at least 1); at least `workers` keeps every
+    /// worker busy.
+    pub prefetch: usize,
+    pub skipped: Skipped,
+}
+
+impl Default for LoaderConfig {
+    fn default() -> Self {
+        LoaderConfig {
+            batch: 64,
+            drop_last: false,
+            aug: AugmentConfig::default(),
+            train: false,
+            seed: 0,
+            epoch: 0,
+            workers: 2,
+            prefetch: 4,
+            skipped: Skipped::default(),
+        }
+    }
+}
+
+/// What every batch of an epoch is built from; shared read-only by the workers.
+struct Plan {
+    source: Arc<dyn Source>,
+    order: Vec<usize>,
+    config: LoaderConfig,
+    batches: usize,
+}
+
+impl Plan {
+    fn build(&self, index: usize) -> Result<Batch, DataError> {
+        let config = &self.config;
+        let aug = &config.aug;
+        let r = aug.resolution;
+        let positions = index * config.batch..((index + 1) * config.batch).min(self.order.len());
+        let mut images = Vec::with_capacity(positions.len() * 3 * r * r); // [B, 3, R, R]
+        let mut labels = Vec::with_capacity(positions.len()); // [B]
+        for position in positions {
+            let (image, label) = self.load_at(index, position)?;
+            let seed = stream_seed(config.seed, config.epoch, Stream::Sample, position as u64);
+            let chw = if config.train {
+                train_transform(&image, aug, &mut ChaCha8Rng::seed_from_u64(seed))
+            } else {
+                eval_transform(&image, aug)
+            };
+            images.extend_from_slice(&chw);
+            labels.push(label);
+        }
+        let targets = (config.train && aug.soft_targets()).then(|| {
+            let seed = stream_seed(config.seed, config.epoch, Stream::Mix, index as u64);
+            let classes = self.source.classes().len();
+            mix_batch(&mut images, &labels, classes, aug, &mut ChaCha8Rng::seed_from_u64(seed)).0
+        });
+        Ok(Batch { index, resolution: r, images, labels, targets })
+    }
+
+    /// The sample at `position` of the order, or when it fails to load the first of the
+    /// following positions (wrapping around) that loads.
+    fn load_at(&self, batch: usize, position: usize) -> Result<(RgbImage, u32), DataError> {
+        let n = self.order.len();
+        let tries = MAX_REPLACEMENT_TRIES.min(n);
+        let mut last_failure = String::new();
+        for offset in 0..tries {
+            let sample = self.order[(position + offset) % n];
+            let what = self.source.describe(sample);
+            if self.config.skipped.contains(&what) {
+                last_failure = what;
+                continue;
+            }
+            match self.source.load(sample) {
+                Ok(image) => return Ok((image, self.source.label(sample))),
+                Err(error) => {
+                    self.config.skipped.record(&error);
+                    last_failure = what;
+                }
+            }
+        }
+        Err(DataError::BatchUnfillable {
+            batch,
+            detail: format!(
+                "no image loads at position {position} of the epoch or the {} after it (the last was `{last_failure}`)",
+                tries - 1
+            ),
+        })
+    }
+}
+
+/// Coordination between the consumer and the workers.
+struct Shared {
+    progress: Mutex<Progress>,
+    wake: Condvar,
+}
+
+struct Progress {
+    /// The next batch a worker will start.
+    next_to_build: usize,
+    /// Batches handed to the consumer so far.
+    consumed: usize,
+    stop: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+type Built = (usize, Result<Batch, DataError>);
+
+enum Mode {
+    /// No workers: build on demand.
+    Inline,
+    Threads {
+        shared: Arc<Shared>,
+        results: Receiver<Built>,
+        /// Batches that arrived before their turn.
+        early: BTreeMap<usize, Result<Batch, DataError>>,
+        handles: Vec<JoinHandle<()>>,
+    },
+}
+
+/// An epoch's batches, in order. Yields `Err` once if a batch cannot be built and then
+/// ends. Dropping it stops and joins the workers.
+pub struct Loader {
+    plan: Arc<Plan>,
+    mode: Mode,
+    next: usize,
+    finished: bool,
+}
+
+impl Loader {
+    /// Starts the workers for one epoch over `order` (indices into `source`, e.g. from
+    /// [`epoch_order`] for training or `(0..len).collect()` for eval).
+    pub fn new(source: Arc<dyn Source>, order: Vec<usize>, config: LoaderConfig) -> Result<Loader, DataError> {
+        config.aug.validate()?;
+        if config.batch == 0 {
+            return Err(DataError::Config("--batch must be at least 1".into()));
+        }
+        if order.is_empty() {
+            return Err(DataError::Config("the epoch has no samples; the dataset split is empty".into()));
+        }
+        if let Some(&bad) = order.iter().find(|&&i| i >= source.len()) {
+            return Err(DataError::Config(format!(
+                "sample {bad} of the epoch order is past the {} samples",
+                source.len()
+            )));
+        }
+        let batches = if config.drop_last { order.len() / config.batch } else { order.len().div_ceil(config.batch) };
+        if batches == 0 {
+            return Err(DataError::Config(format!(
+                "batch {} is larger than the {} samples of the epoch, and the last partial batch is dropped; \
+                 lower --batch",
+                config.batch,
+                order.len()
+            )));
+        }
+        let workers = config.workers;
+        let capacity = config.prefetch.max(1);
+        let plan = Arc::new(Plan { source, order, config, batches });
+        let mode = if workers == 0 {
+            Mode::Inline
+        } else {
+            let shared = Arc::new(Shared {
+                progress: Mutex::new(Progress { next_to_build: 0, consumed: 0, stop: false }),
+                wake: Condvar::new(),
+            });
+            let (sender, results) = channel();
+            let handles = (0..workers)
+                .map(|i| {
+                    let (plan, shared, sender) = (plan.clone(), shared.clone(), sender.clone());
+                    std::thread::Builder::new()
+                        .name(format!("data-worker-{i}"))
+                        .spawn(move || work(&plan, &shared, &sender, capacity))
+                        .expect("spawn a data loader thread")
+                })
+                .collect();
+            Mode::Threads { shared, results, early: BTreeMap::new(), handles }
+        };
+        Ok(Loader { plan, mode, next: 0, finished: false })
+    }
+
+    /// Number of batches in the epoch.
+    pub fn batches(&self) -> usize {
+        self.plan.batches
+    }
+
+    /// The skipped-sample record (readable after the loop).
+    pub fn skipped(&self) -> Skipped {
+        self.plan.config.skipped.clone()
+    }
+
+    /// Stops and joins the workers; further `next` calls return `None`.
+    fn shut_down(&mut self) {
+        self.finished = true;
+        if let Mode::Threads { shared, handles, .. } = &mut self.mode {
+            shared.lock().stop = true;
+            shared.wake.notify_all();
+            for handle in handles.drain(..) {
+                // Worker panics are caught and reported as batch errors, so join cannot fail
+                // in a way worth reporting here.
+                let _ = handle.join();
+            }
+        }
+    }
+}
+
+/// A worker: takes the next batch index while fewer than `capacity` batches are ahead of
+/// the consumer, builds it, sends it, until the epoch is done or the loader stops.
+fn work(plan: &Plan, shared: &Shared, results: &Sender<Built>, capacity: usize) {
+    loop {
+        let index = {
+            let mut progress = shared.lock();
+            loop {
+                if progress.stop || progress.next_to_build >= plan.batches {
+                    return;
+                }
+                if progress.next_to_build < progress.consumed + capacity {
+                    break;
+                }
+                progress = shared.wake.wait(progress).unwrap_or_else(PoisonError::into_inner);
+            }
+            progress.next_to_build += 1;
+            progress.next_to_build - 1
+        };
+        // A panic (a bug) must not leave the consumer waiting for this batch forever.
+        let built = catch_unwind(AssertUnwindSafe(|| plan.build(index))).unwrap_or_else(|panic| {
+            let detail = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(DataError::WorkerPanic { batch: index, detail })
+        });
+        if results.send((index, built)).is_err() {
+            return; // The loader is gone.
+        }
+    }
+}
+
+impl Iterator for Loader {
+    type Item = Result<Batch, DataError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.finished || self.next >= self.plan.batches {
+            self.shut_down();
+            return None;
+        }
+        let index = self.next;
+        let built = match &mut self.mode {
+            Mode::Inline => self.plan.build(index),
+            Mode::Threads { shared, results, early, .. } => {
+                let built = loop {
+                    if let Some(built) = early.remove(&index) {
+                        break built;
+                    }
+                    match results.recv() {
+                        Ok((i, built)) => {
+                            early.insert(i, built);
+                        }
+                        Err(_) => {
+                            let detail = "the workers stopped before building it".to_string();
+                            break Err(DataError::WorkerPanic { batch: index, detail });
+                        }
+                    }
+                };
+                shared.lock().consumed += 1;
+                shared.wake.notify_all();
+                built
+            }
+        };
+        self.next += 1;
+        if built.is_err() {
+            self.shut_down();
+        }
+        Some(built)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = if self.finished { 0 } else { self.plan.batches - self.next };
+        (0, Some(left))
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    use autoprog::data::Procedural;
+
+    use super::super::testutil::{image_folder_fixture, TempDir};
+    use super::super::{open, Dataset};
+    use super::*;
+
+    fn procedural(count: usize) -> Arc<dyn Source> {
+        Dataset::procedural(Procedural { classes: 5, image_size: 12, seed: 1 }, count, 0).train
+    }
+
+    fn collect(source: &Arc<dyn Source>, order: Vec<usize>, config: LoaderConfig) -> Vec<Batch> {
+        Loader::new(source.clone(), order, config).expect("valid loader").map(|b| b.expect("batch builds")).collect()
+    }
+
+    #[test]
+    fn data_loader_epoch_order_is_a_seeded_permutation() {
+        let order = epoch_order(50, 7, 0);
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..50).collect::<Vec<_>>());
+        assert_eq!(order, epoch_order(50, 7, 0));
+        assert_ne!(order, epoch_order(50, 7, 1));
+        assert_ne!(order, epoch_order(50, 8, 0));
+        assert!(epoch_order(0, 1, 1).is_empty());
+    }
+
+    #[test]
+    fn data_loader_batches_are_identical_for_any_number_of_workers() {
+        let source = procedural(30);
+        let aug = AugmentConfig { resolution: 8, mix_prob: 1.0, erase_prob: 0.5, ..AugmentConfig::default() };
+        let config = |workers| LoaderConfig {
+            batch: 4,
+            aug: aug.clone(),
+            train: true,
+            seed: 3,
+            epoch: 2,
+            workers,
+            prefetch: 2,
+            ..LoaderConfig::default()
+        };
+        let order = epoch_order(30, 3, 2);
+        let one = collect(&source, order.clone(), config(1));
+        assert_eq!(one.len(), 8);
+        assert_eq!(one.iter().map(|b| b.index).collect::<Vec<_>>(), (0..8).collect::<Vec<_>>());
+        assert_eq!(one[7].len(), 2, "the last batch keeps the 2 remaining samples");
+        for batch in &one {
+            assert_eq!(batch.images.len(), batch.len() * 3 * 8 * 8);
+            let targets = batch.targets.as_ref().expect("training batches carry soft targets");
+            assert_eq!(targets.len(), batch.len() * 5);
+        }
+        assert_eq!(one[0].labels, order[..4].iter().map(|&i| source.label(i)).collect::<Vec<_>>());
+        assert_eq!(one, collect(&source, order.clone(), config(3)));
+        assert_eq!(one, collect(&source, order.clone(), config(0)));
+        let other_epoch = LoaderConfig { epoch: 3, ..config(3) };
+        assert_ne!(one, collect(&source, order, other_epoch));
+    }
+
+    #[test]
+    fn data_loader_eval_batches_follow_the_order() {
+        let source = procedural(10);
+        let aug = AugmentConfig::none(12);
+        let order = vec![9, 0, 4, 4, 7];
+        let config = LoaderConfig { batch: 2, drop_last: true, aug: aug.clone(), ..LoaderConfig::default() };
+        let batches = collect(&source, order.clone(), config);
+        assert_eq!(batches.len(), 2);
+        for (b, batch) in batches.iter().enumerate() {
+            assert!(batch.targets.is_none());
+            for (k, &sample) in order[2 * b..2 * b + 2].iter().enumerate() {
+                assert_eq!(batch.labels[k], source.label(sample));
+                let expected = eval_transform(&source.load(sample).expect("loads"), &aug);
+                assert_eq!(batch.images[k * 3 * 144..(k + 1) * 3 * 144], expected[..]);
+            }
+        }
+    }
+
+    #[test]
+    fn data_loader_skips_corrupt_files_once_with_a_warning() {
+        let dir = TempDir::new("loader-skip");
+        let root = image_folder_fixture(&dir);
+        let train = open(&root).expect("valid image folder").train;
+        let warnings = Arc::new(Mutex::new(Vec::<String>::new()));
+        let sink = warnings.clone();
+        let skipped = Skipped::with_warning(move |m| sink.lock().expect("not poisoned").push(m.to_string()));
+        for epoch in 0..2 {
+            let config = LoaderConfig {
+                batch: 3,
+                aug: AugmentConfig::none(6),
+                epoch,
+                workers: 2,
+                skipped: skipped.clone(),
+                ..LoaderConfig::default()
+            };
+            let loader = Loader::new(train.clone(), (0..train.len()).collect(), config).expect("valid loader");
+            let batches: Vec<Batch> = loader.map(|b| b.expect("broken files are replaced")).collect();
+            // broken.png (position 2) → c.PNG (dog); truncated.png (position 5) wraps to a.png (cat).
+            assert_eq!(batches[0].labels, [0, 0, 1]);
+            assert_eq!(batches[1].labels, [1, 1, 0]);
+            assert_eq!(batches[0].images[2 * 108..], batches[1].images[..108]);
+        }
+        let warnings = warnings.lock().expect("not poisoned");
+        assert_eq!(warnings.len(), 2, "one warning per broken file: {warnings:?}");
+        assert!(warnings.iter().any(|w| w.contains("cat/broken.png`")), "{warnings:?}");
+        assert!(warnings.iter().any(|w| w.contains("dog/truncated.png`")), "{warnings:?}");
+        assert_eq!(skipped.count(), 2);
+        assert!(skipped.files()[0].ends_with("broken.png"));
+    }
+
+    /// A source whose images fail to load from `failing_from` on, and that counts loads.
+    struct Flaky {
+        classes: Vec<String>,
+        failing_from: usize,
+        delay: Duration,
+        loads: AtomicUsize,
+    }
+
+    impl Flaky {
+        fn new(failing_from: usize, delay: Duration) -> Self {
+            Flaky { classes: vec!["a".into(), "b".into()], failing_from, delay, loads: AtomicUsize::new(0) }
+        }
+    }
+
+    impl Source for Flaky {
+        fn len(&self) -> usize {
+            100
+        }
+        fn label(&self, index: usize) -> u32 {
+            (index % 2) as u32
+        }
+        fn classes(&self) -> &[String] {
+            &self.classes
+        }
+        fn load(&self, index: usize) -> Result<RgbImage, LoadError> {
+            self.loads.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(self.delay);
+            if index >= self.failing_from {
+                return Err(LoadError { what: self.describe(index), reason: "corrupt".into() });
+            }
+            Ok(RgbImage::filled(4, 4, [index as u8; 3]))
+        }
+        fn describe(&self, index: usize) -> String {
+            format!("flaky#{index}")
+        }
+    }
+
+    #[test]
+    fn data_loader_reports_a_batch_it_cannot_fill() {
+        let source: Arc<dyn Source> = Arc::new(Flaky::new(40, Duration::ZERO));
+        for workers in [0, 2] {
+            let skipped = Skipped::with_warning(|_| {});
+            let config = LoaderConfig {
+                batch: 8,
+                aug: AugmentConfig::none(4),
+                workers,
+                skipped: skipped.clone(),
+                ..LoaderConfig::default()
+            };
+            let mut loader = Loader::new(source.clone(), (0..100).collect(), config).expect("valid loader");
+            assert_eq!(loader.batches(), 13);
+            let results: Vec<_> = loader.by_ref().collect();
+            assert_eq!(results.len(), 6, "5 good batches, then the error, then the end");
+            assert!(results[..5].iter().all(Result::is_ok));
+            let err = results[5].as_ref().expect_err("batch 5 cannot be filled").to_string();
+            assert!(err.starts_with("batch 5 could not be filled: no image loads at position 40"), "{err}");
+            assert!(err.contains("the 31 after it (the last was `flaky#71`)"), "{err}");
+            assert!(loader.next().is_none());
+            // Positions 40..=71 failed; workers running ahead may have met more broken ones.
+            if workers == 0 {
+                assert_eq!(skipped.count(), 32);
+            } else {
+                assert!(skipped.count() >= 32);
+            }
+        }
+    }
+
+    #[test]
+    fn data_loader_stops_cleanly_when_dropped() {
+        let flaky = Arc::new(Flaky::new(usize::MAX, Duration::from_millis(15)));
+        let source: Arc<dyn Source> = flaky.clone();
+        let config =
+            LoaderConfig { batch: 2, aug: AugmentConfig::none(4), workers: 3, prefetch: 2, ..LoaderConfig::default() };
+        let mut loader = Loader::new(source, (0..100).collect(), config).expect("valid loader");
+        assert!(loader.next().expect("a first batch").is_ok());
+        let started = Instant::now();
+        drop(loader);
+        assert!(started.elapsed() < Duration::from_secs(2), "drop took {:?}", started.elapsed());
+        // One batch consumed and at most 2 ahead of it were ever started: 3 batches of 2.
+        let loads = flaky.loads.load(Ordering::SeqCst);
+        assert!((2..=6).contains(&loads), "{loads} samples loaded");
+    }
+
+    #[test]
+    fn data_loader_rejects_bad_settings() {
+        let source = procedural(10);
+        let make = |order: Vec<usize>, config: LoaderConfig| {
+            Loader::new(source.clone(), order, config).err().map(|e| e.to_string())
+        };
+        let none = LoaderConfig { aug: AugmentConfig::none(8), ..LoaderConfig::default() };
+        let err = make((0..10).collect(), LoaderConfig { batch: 0, ..none.clone() }).expect("rejected");
+        assert!(err.contains("--batch must be at least 1"), "{err}");
+        let err =
+            make((0..10).collect(), LoaderConfig { batch: 16, drop_last: true, ..none.clone() }).expect("rejected");
+        assert!(err.contains("batch 16 is larger than the 10 samples"), "{err}");
+        let err = make(vec![], none.clone()).expect("rejected");
+        assert!(err.contains("no samples"), "{err}");
+        let err = make(vec![3, 10], none.clone()).expect("rejected");
+        assert!(err.contains("sample 10 of the epoch order is past the 10 samples"), "{err}");
+        let bad_aug = LoaderConfig { aug: AugmentConfig { resolution: 0, ..AugmentConfig::none(8) }, ..none };
+        assert!(make(vec![0], bad_aug).expect("rejected").contains("resolution must be at least 1"));
+    }
+}

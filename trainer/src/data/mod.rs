@@ -1,0 +1,476 @@
+//! Training data: dataset sources (the built-in procedural set, image folders, CIFAR-10
+//! binary, MNIST IDX), the augmentation pipeline and the prefetching batch loader.
+//!
+//! Every source hands out 8-bit RGB images by index; [`open`] detects the format of a
+//! folder. The [`loader`] turns a source and an epoch's order into normalised NCHW batches,
+//! deterministically from (seed, epoch) whatever the number of worker threads.
+
+// Only the tests use this module until the training loop lands; the test build still
+// checks that nothing here is dead.
+#![cfg_attr(
+    not(test),
+    allow(dead_code, unused_imports, reason = "the training loop that consumes the loaders lands separately")
+)]
+
+pub mod augment;
+mod cifar;
+mod folder;
+pub mod loader;
+mod mnist;
+#[cfg(test)]
+mod testutil;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use autoprog::data::{Procedural, Split, CLASSES};
+use rand::Rng;
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use thiserror::Error;
+
+pub use augment::AugmentConfig;
+pub use cifar::Cifar10;
+pub use folder::ImageFolder;
+pub use loader::{epoch_order, Batch, Loader, LoaderConfig, Skipped};
+pub use mnist::Mnist;
+
+/// The formats [`open`] understands, for messages.
+const FORMATS: &str = "train/<class>/ images, CIFAR-10 .bin files or MNIST IDX files";
+
+/// Everything that can go wrong while opening a dataset or building batches.
+#[derive(Debug, Error)]
+pub enum DataError {
+    #[error("`{}` does not exist; pass --data to a dataset folder ({FORMATS})", path.display())]
+    Missing { path: PathBuf },
+
+    #[error("`{}` is a file; pass --data to the folder that holds the dataset ({FORMATS})", path.display())]
+    NotAFolder { path: PathBuf },
+
+    #[error("`{}` is empty; put a dataset there ({FORMATS}) or pass --data to another folder", path.display())]
+    EmptyFolder { path: PathBuf },
+
+    #[error(
+        "`{}` has no class folders (expected {FORMATS}); pass --data to a folder in one of these formats",
+        path.display()
+    )]
+    UnknownLayout { path: PathBuf },
+
+    #[error("class folder `{}` has no images (png, jpg, ...); add images to it or remove it", path.display())]
+    EmptyClass { path: PathBuf },
+
+    #[error("`{}`: {detail}", path.display())]
+    BadLayout { path: PathBuf, detail: String },
+
+    #[error(
+        "`{}` is not a CIFAR-10 file ({detail}); use the binary version of CIFAR-10 (cifar-10-batches-bin)",
+        path.display()
+    )]
+    NotCifar { path: PathBuf, detail: String },
+
+    #[error("`{}` is not an MNIST IDX file ({detail}); use the original files (train-images-idx3-ubyte, ...)", path.display())]
+    NotMnist { path: PathBuf, detail: String },
+
+    #[error("could not read `{}`: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+
+    /// A bad setting: the message names the option and the accepted range.
+    #[error("{0}")]
+    Config(String),
+
+    #[error("batch {batch} could not be filled: {detail}; check or remove the broken files")]
+    BatchUnfillable { batch: usize, detail: String },
+
+    #[error("a data loader worker panicked while building batch {batch}: {detail}")]
+    WorkerPanic { batch: usize, detail: String },
+}
+
+impl DataError {
+    fn io(path: &Path, source: std::io::Error) -> Self {
+        DataError::Io { path: path.to_path_buf(), source }
+    }
+}
+
+/// Why one sample could not be loaded (a corrupt or unreadable file).
+#[derive(Debug, Clone, Error)]
+#[error("{what}: {reason}")]
+pub struct LoadError {
+    /// The sample, as [`Source::describe`] names it.
+    pub what: String,
+    pub reason: String,
+}
+
+/// An 8-bit RGB image, rows top to bottom, pixels interleaved: `data` is [H, W, 3].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RgbImage {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<u8>,
+}
+
+impl RgbImage {
+    /// A `width` × `height` image of one colour.
+    pub fn filled(width: usize, height: usize, rgb: [u8; 3]) -> Self {
+        RgbImage { width, height, data: rgb.repeat(width * height) }
+    }
+
+    /// The pixel at column `x`, row `y`.
+    pub fn pixel(&self, x: usize, y: usize) -> [u8; 3] {
+        let i = 3 * (y * self.width + x);
+        [self.data[i], self.data[i + 1], self.data[i + 2]]
+    }
+}
+
+/// A labelled image collection addressed by index. Implementations are shared by the
+/// loader's worker threads, so `load` takes `&self` and does its own (lazy) I/O.
+pub trait Source: Send + Sync {
+    /// Number of samples.
+    fn len(&self) -> usize;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Label of sample `index`, without loading its image.
+    fn label(&self, index: usize) -> u32;
+
+    /// Class names in label order.
+    fn classes(&self) -> &[String];
+
+    /// Decodes sample `index`.
+    fn load(&self, index: usize) -> Result<RgbImage, LoadError>;
+
+    /// Names sample `index` for messages: a file path, or `data_batch_1.bin#17`-style for
+    /// records inside a file.
+    fn describe(&self, index: usize) -> String;
+}
+
+/// The built-in procedural dataset as a [`Source`]: `count` images of one split.
+pub struct ProceduralSource {
+    data: Procedural,
+    split: Split,
+    count: usize,
+    classes: Vec<String>,
+}
+
+impl ProceduralSource {
+    pub fn new(data: Procedural, split: Split, count: usize) -> Self {
+        // `Procedural::image` clamps the class count the same way.
+        let classes = CLASSES[..data.classes.clamp(2, CLASSES.len())].iter().map(|c| c.to_string()).collect();
+        ProceduralSource { data, split, count, classes }
+    }
+}
+
+impl Source for ProceduralSource {
+    fn len(&self) -> usize {
+        self.count
+    }
+
+    fn label(&self, index: usize) -> u32 {
+        // Labels cycle through the classes (documented by `Procedural::image`).
+        (index % self.classes.len()) as u32
+    }
+
+    fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    fn load(&self, index: usize) -> Result<RgbImage, LoadError> {
+        let (chw, _) = self.data.image(self.split, index as u64); // [3, S, S] in [0, 1]
+        let side = self.data.image_size.max(1);
+        let plane = side * side;
+        let mut data = Vec::with_capacity(3 * plane);
+        for i in 0..plane {
+            for c in 0..3 {
+                data.push((chw[c * plane + i] * 255.0).round() as u8);
+            }
+        }
+        Ok(RgbImage { width: side, height: side, data })
+    }
+
+    fn describe(&self, index: usize) -> String {
+        let split = match self.split {
+            Split::Train => "train",
+            Split::Val => "val",
+        };
+        format!("procedural:{split}#{index}")
+    }
+}
+
+/// A view of some samples of another source, in the given index order.
+pub struct Subset {
+    source: Arc<dyn Source>,
+    indices: Vec<usize>,
+}
+
+impl Subset {
+    /// Panics when an index is out of range (a programmer error: callers derive them
+    /// from `source.len()`).
+    pub fn new(source: Arc<dyn Source>, indices: Vec<usize>) -> Self {
+        assert!(indices.iter().all(|&i| i < source.len()), "subset index out of range");
+        Subset { source, indices }
+    }
+}
+
+impl Source for Subset {
+    fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    fn label(&self, index: usize) -> u32 {
+        self.source.label(self.indices[index])
+    }
+
+    fn classes(&self) -> &[String] {
+        self.source.classes()
+    }
+
+    fn load(&self, index: usize) -> Result<RgbImage, LoadError> {
+        self.source.load(self.indices[index])
+    }
+
+    fn describe(&self, index: usize) -> String {
+        self.source.describe(self.indices[index])
+    }
+}
+
+/// Splits `source` into (train, val) subsets: a seeded random `fraction` of the samples
+/// goes to val. Both keep the source's order, so folder-backed sources read in file order.
+pub fn split_train_val(source: Arc<dyn Source>, fraction: f64, seed: u64) -> Result<(Subset, Subset), DataError> {
+    if !(fraction > 0.0 && fraction < 1.0) {
+        return Err(DataError::Config(format!("--val-split {fraction} must lie strictly between 0 and 1, e.g. 0.1")));
+    }
+    let n = source.len();
+    let val_count = ((n as f64 * fraction).round() as usize).max(1);
+    if val_count >= n {
+        return Err(DataError::Config(format!(
+            "--val-split {fraction} leaves no training samples out of {n}; use a smaller fraction"
+        )));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(loader::stream_seed(seed, 0, loader::Stream::ValSplit, 0));
+    let mut in_val = vec![false; n];
+    // Partial Fisher–Yates: the first `val_count` slots of a shuffled 0..n.
+    let mut pool: Vec<usize> = (0..n).collect();
+    for k in 0..val_count {
+        let pick = rng.random_range(k..n);
+        pool.swap(k, pick);
+        in_val[pool[k]] = true;
+    }
+    let (val, train): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| in_val[i]);
+    Ok((Subset::new(source.clone(), train), Subset::new(source, val)))
+}
+
+/// Which format a dataset was read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Procedural,
+    ImageFolder,
+    Cifar10,
+    Mnist,
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Format::Procedural => "procedural",
+            Format::ImageFolder => "image folder",
+            Format::Cifar10 => "CIFAR-10",
+            Format::Mnist => "MNIST",
+        })
+    }
+}
+
+/// A dataset's train and (when it has one) val source.
+#[derive(Clone)]
+pub struct Dataset {
+    pub format: Format,
+    pub train: Arc<dyn Source>,
+    pub val: Option<Arc<dyn Source>>,
+}
+
+impl Dataset {
+    /// The built-in procedural dataset with `train_count` and `val_count` images.
+    pub fn procedural(data: Procedural, train_count: usize, val_count: usize) -> Self {
+        Dataset {
+            format: Format::Procedural,
+            train: Arc::new(ProceduralSource::new(data, Split::Train, train_count)),
+            val: Some(Arc::new(ProceduralSource::new(data, Split::Val, val_count))),
+        }
+    }
+
+    /// Holds out a seeded `fraction` of the train samples as val (`--val-split`). A val
+    /// split the dataset ships with is replaced: the held-out part serves as val instead.
+    pub fn with_val_split(self, fraction: f64, seed: u64) -> Result<Self, DataError> {
+        let (train, val) = split_train_val(self.train, fraction, seed)?;
+        Ok(Dataset { format: self.format, train: Arc::new(train), val: Some(Arc::new(val)) })
+    }
+
+    pub fn classes(&self) -> &[String] {
+        self.train.classes()
+    }
+
+    /// One line for logs: "CIFAR-10: 50000 train, 10000 val images, 10 classes".
+    pub fn summary(&self) -> String {
+        let val = self.val.as_ref().map_or_else(|| "no val".to_string(), |v| format!("{} val", v.len()));
+        format!("{}: {} train, {val} images, {} classes", self.format, self.train.len(), self.classes().len())
+    }
+}
+
+/// Opens the dataset in folder `path`, detecting its format: CIFAR-10 binary batches,
+/// then MNIST IDX files, then class folders (`train/<class>/`, `val/<class>/`, or class
+/// folders directly under `path`, which gives a train split only).
+pub fn open(path: &Path) -> Result<Dataset, DataError> {
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => DataError::Missing { path: path.to_path_buf() },
+        _ => DataError::io(path, e),
+    })?;
+    if !meta.is_dir() {
+        return Err(DataError::NotAFolder { path: path.to_path_buf() });
+    }
+    if let Some(dir) = cifar::find(path) {
+        let (train, val) = Cifar10::open(&dir)?;
+        return Ok(Dataset { format: Format::Cifar10, train: Arc::new(train), val: val.map(|v| Arc::new(v) as _) });
+    }
+    if let Some(dir) = mnist::find(path) {
+        let (train, val) = Mnist::open(&dir)?;
+        return Ok(Dataset { format: Format::Mnist, train: Arc::new(train), val: val.map(|v| Arc::new(v) as _) });
+    }
+    let (train, val) = ImageFolder::open(path)?;
+    Ok(Dataset { format: Format::ImageFolder, train: Arc::new(train), val: val.map(|v| Arc::new(v) as _) })
+}
+
+/// Entries of `dir` that are not hidden, sorted by name, so listings are reproducible.
+fn visible_entries(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let mut entries = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
+        let entry = entry.map_err(|e| DataError::io(dir, e))?;
+        if !entry.file_name().to_string_lossy().starts_with('.') {
+            entries.push(entry.path());
+        }
+    }
+    entries.sort();
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::TempDir;
+    use super::*;
+
+    #[test]
+    fn data_procedural_source_matches_the_core_dataset() {
+        let data = Procedural { classes: 4, image_size: 12, seed: 7 };
+        let dataset = Dataset::procedural(data, 20, 8);
+        assert_eq!(dataset.format, Format::Procedural);
+        assert_eq!(dataset.classes(), ["disc", "ring", "square", "triangle"]);
+        assert_eq!(dataset.summary(), "procedural: 20 train, 8 val images, 4 classes");
+        let train = &dataset.train;
+        for i in [0, 5, 19] {
+            let image = train.load(i).expect("procedural images always load");
+            let (chw, label) = data.image(Split::Train, i as u64);
+            assert_eq!(train.label(i), label);
+            assert_eq!((image.width, image.height), (12, 12));
+            // Pixel (x 3, y 2), green channel.
+            let expected = (chw[12 * 12 + 2 * 12 + 3] * 255.0).round() as u8;
+            assert_eq!(image.pixel(3, 2)[1], expected);
+        }
+        assert_eq!(train.describe(3), "procedural:train#3");
+        assert_eq!(dataset.val.as_ref().map(|v| v.describe(1)), Some("procedural:val#1".into()));
+    }
+
+    #[test]
+    fn data_val_split_is_seeded_disjoint_and_complete() {
+        let dataset = Dataset::procedural(Procedural::default(), 50, 0);
+        let source = dataset.train.clone();
+        let (train, val) = split_train_val(source.clone(), 0.2, 3).expect("valid fraction");
+        assert_eq!((train.len(), val.len()), (40, 10));
+        let mut all: Vec<usize> = train.indices.iter().chain(&val.indices).copied().collect();
+        all.sort();
+        assert_eq!(all, (0..50).collect::<Vec<_>>());
+        let (_, again) = split_train_val(source.clone(), 0.2, 3).expect("valid fraction");
+        assert_eq!(val.indices, again.indices);
+        let (_, other) = split_train_val(source.clone(), 0.2, 4).expect("valid fraction");
+        assert_ne!(val.indices, other.indices);
+        assert_eq!(val.label(0), source.label(val.indices[0]));
+        assert_eq!(val.describe(0), source.describe(val.indices[0]));
+
+        let split = dataset.with_val_split(0.1, 0).expect("valid fraction");
+        assert_eq!((split.train.len(), split.val.as_ref().map(|v| v.len())), (45, Some(5)));
+
+        for bad in [0.0, 1.0, -0.5, f64::NAN] {
+            let err = split_train_val(source.clone(), bad, 0).err().expect("rejected").to_string();
+            assert!(err.contains("--val-split") && err.contains("between 0 and 1"), "{err}");
+        }
+        let tiny = Dataset::procedural(Procedural::default(), 1, 0).train;
+        let err = split_train_val(tiny, 0.5, 0).err().expect("rejected").to_string();
+        assert!(err.contains("leaves no training samples"), "{err}");
+    }
+
+    /// How the training loop is meant to drive the module: open, order, load, read the skips.
+    #[test]
+    fn data_training_loop_usage_through_the_public_api() {
+        let dir = TempDir::new("usage");
+        let root = testutil::image_folder_fixture(&dir);
+        let dataset = open(&root).expect("valid dataset").with_val_split(0.25, 0).expect("valid fraction");
+        let skipped = Skipped::with_warning(|_| {});
+        let aug = AugmentConfig { resolution: 8, ..AugmentConfig::default() };
+        let mut seen = 0;
+        for epoch in 0..2 {
+            let order = epoch_order(dataset.train.len(), 42, epoch);
+            let config = LoaderConfig {
+                batch: 2,
+                aug: aug.clone(),
+                train: true,
+                seed: 42,
+                epoch,
+                skipped: skipped.clone(),
+                ..LoaderConfig::default()
+            };
+            let loader = Loader::new(dataset.train.clone(), order, config).expect("valid loader");
+            let skips = loader.skipped();
+            for batch in loader {
+                let batch: Batch = batch.expect("broken files are replaced");
+                assert!(!batch.is_empty() && batch.targets.as_ref().map(Vec::len) == Some(batch.len() * 2));
+                seen += batch.len();
+            }
+            assert!(skips.count() <= 2);
+        }
+        assert_eq!(seen, 2 * dataset.train.len());
+        let val = dataset.val.expect("held-out split");
+        assert!(!val.is_empty());
+        let config = LoaderConfig { batch: 8, aug: AugmentConfig::none(8), ..LoaderConfig::default() };
+        let batches: Vec<_> = Loader::new(val.clone(), (0..val.len()).collect(), config).expect("valid").collect();
+        assert_eq!(batches.len(), 1);
+    }
+
+    #[test]
+    fn data_open_reports_missing_file_and_empty_paths() {
+        let dir = TempDir::new("open-errors");
+        let missing = dir.path().join("nope");
+        let err = open(&missing).err().expect("missing").to_string();
+        assert!(err.contains("nope` does not exist") && err.contains("--data"), "{err}");
+
+        let file = dir.path().join("file.bin");
+        std::fs::write(&file, b"x").expect("write fixture");
+        let err = open(&file).err().expect("a file").to_string();
+        assert!(err.contains("file.bin` is a file"), "{err}");
+
+        let empty = dir.path().join("empty");
+        std::fs::create_dir(&empty).expect("mkdir");
+        let err = open(&empty).err().expect("empty").to_string();
+        assert!(err.contains("empty` is empty"), "{err}");
+
+        // Something there, but no dataset: the message lists the formats.
+        std::fs::write(empty.join("notes.txt"), b"hello").expect("write fixture");
+        let err = open(&empty).err().expect("no dataset").to_string();
+        assert_eq!(
+            err,
+            format!(
+                "`{}` has no class folders (expected train/<class>/ images, CIFAR-10 .bin files or MNIST IDX \
+                 files); pass --data to a folder in one of these formats",
+                empty.display()
+            )
+        );
+    }
+}
