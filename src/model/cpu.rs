@@ -109,7 +109,8 @@ impl CpuVit<'_> {
 
     fn check(&self, images: &[f64], batch: usize, resolution: usize) -> Result<()> {
         let cfg = self.config;
-        if !resolution.is_multiple_of(cfg.patch_size) || images.len() != batch * cfg.in_chans * resolution * resolution {
+        if !resolution.is_multiple_of(cfg.patch_size) || images.len() != batch * cfg.in_chans * resolution * resolution
+        {
             return Err(Error::shape(
                 "vit_forward",
                 format!(

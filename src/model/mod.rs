@@ -11,4 +11,4 @@ pub mod step;
 
 pub use config::{VitConfig, PRESETS};
 pub use gpu::{Activations, GpuVit, Loss};
-pub use params::{param_shapes, ParamLayout, ParamSpec};
+pub use params::{infer_config, param_shapes, ParamLayout, ParamSpec};

@@ -4,7 +4,9 @@
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::checkpoint::{Checkpoint, NamedTensor};
 use crate::model::VitConfig;
+use crate::{Error, Result};
 
 /// One parameter tensor: its timm name, shape and place in the arena.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,6 +155,71 @@ impl ParamLayout {
     }
 }
 
+impl ParamLayout {
+    /// The tensors of `arena` under their timm names, each prefixed with `prefix`
+    /// (`""` for the model's weights, e.g. `"ema0.999."` for an EMA).
+    pub fn to_tensors(&self, arena: &[f32], prefix: &str) -> Vec<NamedTensor> {
+        self.specs
+            .iter()
+            .map(|s| NamedTensor::new(format!("{prefix}{}", s.name), s.shape.clone(), arena[s.range()].to_vec()))
+            .collect()
+    }
+
+    /// An arena filled from the tensors named `prefix` + timm name in `checkpoint`; a
+    /// missing tensor or a shape of another architecture is an error that names it.
+    pub fn arena_from(&self, checkpoint: &Checkpoint, prefix: &str) -> Result<Vec<f32>> {
+        let mut arena = vec![0.0; self.len];
+        for spec in &self.specs {
+            let name = format!("{prefix}{}", spec.name);
+            let t = checkpoint.require(&name, &spec.shape)?;
+            arena[spec.range()].copy_from_slice(&t.data);
+        }
+        Ok(arena)
+    }
+}
+
+/// The architecture of a timm VisionTransformer state dict, from its tensor shapes: width,
+/// depth, patch size, grid, MLP width and classes. The number of heads is not in the
+/// shapes; it comes from the caller (`--heads` or a config file).
+pub fn infer_config(checkpoint: &Checkpoint, heads: usize) -> Result<VitConfig> {
+    let shape = |name: &str| -> Result<&[usize]> {
+        checkpoint.get(name).map(|t| t.shape.as_slice()).ok_or_else(|| {
+            Error::format(
+                "checkpoint",
+                format!("it has no `{name}`, so it is not a timm VisionTransformer (class token, absolute position embedding)"),
+            )
+        })
+    };
+    let (dim, in_chans, patch) = match shape("patch_embed.proj.weight")? {
+        &[c, ch, p, q] if p == q => (c, ch, p),
+        other => return Err(Error::format("checkpoint", format!("patch_embed.proj.weight is {other:?}; expected [C, 3, P, P]"))),
+    };
+    let tokens = match shape("pos_embed")? {
+        &[1, n, c] if c == dim => n,
+        other => return Err(Error::format("checkpoint", format!("pos_embed is {other:?}; expected [1, 1 + N, {dim}]"))),
+    };
+    let grid = ((tokens - 1) as f64).sqrt().round() as usize;
+    if grid * grid + 1 != tokens {
+        return Err(Error::format("checkpoint", format!("pos_embed has {tokens} positions, not a square grid plus a class token")));
+    }
+    let depth = (0..).take_while(|i| checkpoint.get(&format!("blocks.{i}.norm1.weight")).is_some()).count();
+    let mlp_hidden = if depth > 0 { shape("blocks.0.mlp.fc1.weight")?[0] } else { 4 * dim };
+    let classes = shape("head.weight")?[0];
+    let config = VitConfig {
+        image_size: grid * patch,
+        patch_size: patch,
+        in_chans,
+        dim,
+        depth,
+        heads,
+        mlp_hidden,
+        classes,
+        layernorm_eps: 1e-6,
+    };
+    config.validate()?;
+    Ok(config)
+}
+
 /// Uniform in [0, 1) with 53 random bits.
 fn unit(rng: &mut ChaCha8Rng) -> f64 {
     (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
@@ -224,5 +291,28 @@ mod tests {
         let expected = 1.0 / (48f64.sqrt() * 3f64.sqrt()); // uniform(±1/sqrt(48)) has std bound/sqrt(3)
         assert!((std / expected - 1.0).abs() < 0.1, "{std} vs {expected}");
         assert!(stats("cls_token").1 < 1e-5);
+    }
+
+    #[test]
+    fn checkpoints_round_trip_and_reveal_the_architecture() -> Result<()> {
+        let mut config = VitConfig::preset("nano", 7).unwrap();
+        config.depth = 3;
+        config.image_size = 28;
+        let layout = ParamLayout::new(&config, 3, 16);
+        let arena = layout.init(&config, 1);
+        let mut ckpt = Checkpoint::default();
+        ckpt.tensors = layout.to_tensors(&arena, "");
+        ckpt.tensors.extend(layout.to_tensors(&arena, "ema0.9."));
+        assert_eq!(layout.arena_from(&ckpt, "")?, arena);
+        assert_eq!(layout.arena_from(&ckpt, "ema0.9.")?, arena);
+        assert_eq!(infer_config(&ckpt, 4)?, config);
+        // Another architecture: a wider model's layout asks for shapes the file lacks.
+        let mut wide = config.clone();
+        wide.dim = 96;
+        let err = ParamLayout::new(&wide, 3, 16).arena_from(&ckpt, "").unwrap_err().to_string();
+        assert!(err.contains("96") && err.contains("64"), "{err}");
+        // Heads that do not divide the width are refused.
+        assert!(infer_config(&ckpt, 5).is_err());
+        Ok(())
     }
 }
