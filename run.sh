@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job: build autoprog and run it on the best adapter here. Until the trainer
-# lands this is the kernel benchmark (`autoprog bench`); arguments are passed through.
-# Installs the software Vulkan driver first when no GPU adapter is found.
+# The main job: build autoprog and train a ViT on the built-in data on the best adapter
+# here (`autoprog train`: the `quick` preset on CPU adapters, `standard` on GPUs); arguments
+# are passed through, e.g. `./run.sh --preset standard --epochs 10`. Installs the software
+# Vulkan driver first when no GPU adapter is found.
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/env.sh
@@ -11,4 +12,4 @@ if ! ./target/release/autoprog info >/dev/null 2>&1; then
     say "no GPU adapter found; installing the software Vulkan driver (lavapipe)"
     need_software_vulkan
 fi
-exec ./target/release/autoprog bench "$@"
+exec ./target/release/autoprog train "$@"

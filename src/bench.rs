@@ -30,6 +30,13 @@ pub struct BenchResult {
     pub variant: String,
     /// `gpu-timestamps` or `wall-clock`.
     pub timer: &'static str,
+    /// Training throughput of the `train_step` cases (images per second, from the median).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub images_per_second: Option<f64>,
+    /// `train_step` cases: GPU time per kernel in one step (label, ms, dispatches), largest
+    /// first; empty without timestamp queries.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kernels: Vec<(String, f64, usize)>,
 }
 
 /// What to measure.
@@ -43,12 +50,23 @@ pub struct BenchOptions {
     pub reps: usize,
     /// Batch of the attention cases (3 heads of size 64, DeiT-Ti's attention).
     pub attention_batch: usize,
+    /// Only the training-step cases.
+    pub train_only: bool,
+    /// Images per step of the training-step cases.
+    pub train_batch: usize,
 }
 
 impl BenchOptions {
     /// The cases the issue asks for: 1024³ and ViT shapes (batch 32 x 197 tokens).
     pub fn standard() -> Self {
-        BenchOptions { square: vec![1024], vit_rows: 32 * 197, reps: 9, attention_batch: 32 }
+        BenchOptions {
+            square: vec![1024],
+            vit_rows: 32 * 197,
+            reps: 9,
+            attention_batch: 32,
+            train_only: false,
+            train_batch: 64,
+        }
     }
 }
 
@@ -149,6 +167,8 @@ pub async fn bench_attention(
             min_ms: samples[0],
             variant: "two-rows-per-invocation".to_string(),
             timer: timer_name(ctx),
+            images_per_second: None,
+            kernels: Vec::new(),
         }
     };
     Ok([result("attention_forward", &mut fwd, fwd_flops), result("attention_backward", &mut bwd, 2.5 * fwd_flops)])
@@ -171,7 +191,77 @@ pub async fn bench_matmul(ctx: &GpuContext, layout: Layout, dims: Dims, reps: us
         min_ms: samples[0],
         variant: config.label(),
         timer: timer_name(ctx),
+        images_per_second: None,
+        kernels: Vec::new(),
     })
+}
+
+/// Times whole training steps (forward, loss, backward, clipping, AdamW, one EMA: one
+/// submission each) of the preset `model` at `resolution` px with patches of `patch` px and
+/// `batch` images, wall clock
+/// from recording to completion, so that submission overhead counts too. Also returns the
+/// GPU time per kernel of one step (empty without timestamps), largest first.
+pub async fn bench_train_step(
+    ctx: &GpuContext,
+    model: &str,
+    resolution: usize,
+    patch: usize,
+    batch: usize,
+    reps: usize,
+) -> Result<BenchResult> {
+    use crate::kernels::optimizer::AdamW;
+    use crate::model::step::{Optimizer, StepOptions};
+    use crate::model::{GpuVit, Loss, ParamLayout, VitConfig};
+
+    let mut config = VitConfig::preset(model, 10)?;
+    config.image_size = resolution;
+    config.patch_size = patch;
+    config.validate()?;
+    let layout = ParamLayout::new(&config, config.depth, ctx.arena_align());
+    let params = layout.init(&config, 0);
+    let vit = GpuVit::new(ctx, config.clone(), layout, &params)?;
+    let acts = vit.plan(ctx, batch, resolution)?;
+    let images: Vec<f32> = (0..acts.images.numel()).map(|i| ((i * 7919) % 255) as f32 / 128.0 - 1.0).collect();
+    ctx.write(&acts.images, &images)?;
+    ctx.write_u32(&acts.labels, &(0..batch as u32).map(|i| i % 10).collect::<Vec<_>>())?;
+    let mut opt = Optimizer::new(ctx, &vit, &[0.999])?;
+    let options = StepOptions {
+        adamw: AdamW { lr: 1e-4, weight_decay: 0.05, ..AdamW::default() },
+        max_grad_norm: 1.0,
+        loss: Loss::Hard { smoothing: 0.1 },
+        drop_path: true,
+    };
+    let mut samples = Vec::with_capacity(reps);
+    for rep in 0..=reps {
+        let start = now_ms();
+        let mut rec = ctx.recorder("bench.train_step");
+        opt.record_step(&mut rec, &vit, &acts, &options)?;
+        ctx.submit(rec)?;
+        ctx.read(&acts.loss).await?;
+        if rep > 0 {
+            samples.push(now_ms() - start);
+        }
+    }
+    let mut rec = ctx.timed_recorder("bench.train_step");
+    opt.record_step(&mut rec, &vit, &acts, &options)?;
+    let breakdown = ctx.submit_timed(rec).await?.by_kernel();
+    let ms = median(&mut samples);
+    let flops = batch as f64 * config.train_flops_per_image(resolution, config.depth);
+    let result = BenchResult {
+        name: "train_step".into(),
+        m: None,
+        n: None,
+        k: None,
+        shape: Some(format!("{model} R{resolution} P{patch} B{batch}")),
+        ms,
+        gflops: flops / (ms * 1e6),
+        min_ms: samples[0],
+        variant: "one submission".into(),
+        timer: "wall-clock",
+        images_per_second: Some(batch as f64 / (ms / 1e3)),
+        kernels: breakdown,
+    };
+    Ok(result)
 }
 
 /// Runs every case (tuning matmul first), calling `progress` after each.
@@ -181,6 +271,17 @@ pub async fn run(
     mut progress: impl FnMut(&BenchResult),
 ) -> Result<Vec<BenchResult>> {
     matmul::autotune(ctx).await?;
+    let mut results = Vec::new();
+    // Both at 32 px with 4 px patches (65 tokens), the CIFAR-style setting of the reference
+    // PyTorch numbers.
+    for model in ["nano", "tiny"] {
+        let r = bench_train_step(ctx, model, 32, 4, opts.train_batch, opts.reps.min(5)).await?;
+        progress(&r);
+        results.push(r);
+    }
+    if opts.train_only {
+        return Ok(results);
+    }
     let mut cases = Vec::new();
     for &s in &opts.square {
         for layout in Layout::ALL {
@@ -192,7 +293,6 @@ pub async fn run(
             cases.push((layout, Dims { batch: 1, m: opts.vit_rows, n, k }));
         }
     }
-    let mut results = Vec::new();
     for (layout, dims) in cases {
         let r = bench_matmul(ctx, layout, dims, opts.reps).await?;
         progress(&r);

@@ -12,7 +12,7 @@ use rand_chacha::ChaCha8Rng;
 
 /// Class names, in label order.
 pub const CLASSES: [&str; 10] =
-    ["disc", "ring", "square", "triangle", "cross", "stripes", "target", "checks", "dots", "pair"];
+    ["disc", "ring", "crescent", "triangle", "cross", "stripes", "target", "checks", "dots", "pair"];
 
 /// Which part of the dataset an image belongs to (they never share an image).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,7 +58,7 @@ fn inside(class: usize, u: f32, v: f32, period: f32) -> bool {
     match class {
         0 => r <= 1.0,
         1 => (0.55..=1.0).contains(&r),
-        2 => u.abs().max(v.abs()) <= 0.8,
+        2 => r <= 1.0 && (u - 0.5).powi(2) + v * v > 0.64,
         3 => v >= -0.6 && 1.732 * u.abs() <= 0.9 - v,
         4 => (u.abs() <= 0.25 && v.abs() <= 0.95) || (v.abs() <= 0.25 && u.abs() <= 0.95),
         5 => r <= 1.0 && even(v),
@@ -84,8 +84,8 @@ impl Procedural {
         };
         let mut rng = ChaCha8Rng::seed_from_u64(mix(mix(self.seed ^ split_id) ^ index));
         let size = self.image_size.max(1);
-        let scale = uniform(&mut rng, 0.45, 0.8);
-        let (cx, cy) = (uniform(&mut rng, -0.35, 0.35), uniform(&mut rng, -0.35, 0.35));
+        let scale = uniform(&mut rng, 0.6, 0.85);
+        let (cx, cy) = (uniform(&mut rng, -0.2, 0.2), uniform(&mut rng, -0.2, 0.2));
         let angle = uniform(&mut rng, 0.0, std::f32::consts::TAU);
         let (sin, cos) = angle.sin_cos();
         // Texture period in object units: about 3 to 4 pixels at 32 px and a typical scale.
@@ -95,7 +95,7 @@ impl Procedural {
         let mut foreground: [f32; 3] = std::array::from_fn(|_| uniform(&mut rng, 0.0, 1.0));
         let far = (0..3).max_by(|&a, &b| background[a].total_cmp(&background[b]).reverse()).unwrap_or(0);
         foreground[far] = (background[far] + uniform(&mut rng, 0.4, 0.6)).min(1.0);
-        let noise = uniform(&mut rng, 0.02, 0.12);
+        let noise = uniform(&mut rng, 0.02, 0.06);
 
         let mut pixels = vec![0.0f32; 3 * size * size];
         for y in 0..size {

@@ -192,15 +192,25 @@ pub fn infer_config(checkpoint: &Checkpoint, heads: usize) -> Result<VitConfig> 
     };
     let (dim, in_chans, patch) = match shape("patch_embed.proj.weight")? {
         &[c, ch, p, q] if p == q => (c, ch, p),
-        other => return Err(Error::format("checkpoint", format!("patch_embed.proj.weight is {other:?}; expected [C, 3, P, P]"))),
+        other => {
+            return Err(Error::format(
+                "checkpoint",
+                format!("patch_embed.proj.weight is {other:?}; expected [C, 3, P, P]"),
+            ))
+        }
     };
     let tokens = match shape("pos_embed")? {
         &[1, n, c] if c == dim => n,
-        other => return Err(Error::format("checkpoint", format!("pos_embed is {other:?}; expected [1, 1 + N, {dim}]"))),
+        other => {
+            return Err(Error::format("checkpoint", format!("pos_embed is {other:?}; expected [1, 1 + N, {dim}]")))
+        }
     };
     let grid = ((tokens - 1) as f64).sqrt().round() as usize;
     if grid * grid + 1 != tokens {
-        return Err(Error::format("checkpoint", format!("pos_embed has {tokens} positions, not a square grid plus a class token")));
+        return Err(Error::format(
+            "checkpoint",
+            format!("pos_embed has {tokens} positions, not a square grid plus a class token"),
+        ));
     }
     let depth = (0..).take_while(|i| checkpoint.get(&format!("blocks.{i}.norm1.weight")).is_some()).count();
     let mlp_hidden = if depth > 0 { shape("blocks.0.mlp.fc1.weight")?[0] } else { 4 * dim };
@@ -300,8 +310,7 @@ mod tests {
         config.image_size = 28;
         let layout = ParamLayout::new(&config, 3, 16);
         let arena = layout.init(&config, 1);
-        let mut ckpt = Checkpoint::default();
-        ckpt.tensors = layout.to_tensors(&arena, "");
+        let mut ckpt = Checkpoint { tensors: layout.to_tensors(&arena, ""), ..Default::default() };
         ckpt.tensors.extend(layout.to_tensors(&arena, "ema0.9."));
         assert_eq!(layout.arena_from(&ckpt, "")?, arena);
         assert_eq!(layout.arena_from(&ckpt, "ema0.9.")?, arena);

@@ -1,6 +1,10 @@
 //! `autoprog`: the command-line tool. Results go to stdout, progress and logs to stderr.
 
+mod cli_infer;
+mod cli_train;
+mod config;
 mod data;
+mod train;
 
 use std::process::ExitCode;
 
@@ -36,6 +40,26 @@ impl GpuArgs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a ViT (on the built-in data unless --data is given) into a run directory.
+    #[command(
+        after_help = "Examples:\n  autoprog train\n  autoprog train --preset quick --epochs 3\n  autoprog train --data ~/mnist --model nano --image-size 28 --val-split 0.1\n  autoprog train --resume runs/20261127-0930-nano"
+    )]
+    Train(cli_train::TrainArgs),
+    /// Accuracy of a checkpoint on the validation part of a dataset.
+    #[command(
+        after_help = "Example:\n  autoprog eval --checkpoint runs/x/checkpoints/best.safetensors\n  autoprog eval --checkpoint vit.safetensors --heads 3 --data ~/digits"
+    )]
+    Eval(cli_infer::EvalArgs),
+    /// Classify image files with a checkpoint.
+    #[command(
+        after_help = "Example:\n  autoprog predict --checkpoint runs/x/checkpoints/best.safetensors cat.png dog.jpg --top-k 3\n  autoprog predict --checkpoint vit.safetensors --heads 3 digit.png --json"
+    )]
+    Predict(cli_infer::PredictArgs),
+    /// One forward and backward pass on a given batch; writes loss, logits and gradients (for comparison with PyTorch).
+    #[command(
+        after_help = "Example:\n  autoprog debug-step --checkpoint vit.safetensors --heads 3 --batch batch.safetensors --out grads.safetensors"
+    )]
+    DebugStep(cli_infer::DebugStepArgs),
     /// List the GPU adapters with backend, type, features and key limits, and the one that would be used.
     #[command(after_help = "Example:\n  autoprog info\n  autoprog info --backend gl --json")]
     Info {
@@ -70,6 +94,13 @@ enum Command {
         /// Only log lines, no per-case progress on stderr.
         #[arg(long)]
         quiet: bool,
+        /// Only the training-step cases (nano and tiny at 32 px), with the GPU time of each
+        /// kernel in one step on stderr.
+        #[arg(long)]
+        train: bool,
+        /// Images per step of the training-step cases.
+        #[arg(long, default_value_t = 64)]
+        train_batch: usize,
     },
 }
 
@@ -77,9 +108,20 @@ fn main() -> ExitCode {
     quiet_egl();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Train(args) => return cli_train::run(args),
+        Command::Eval(args) => return report(cli_infer::eval(&args)),
+        Command::Predict(args) => return report(cli_infer::predict(&args)),
+        Command::DebugStep(args) => return report(cli_infer::debug_step(&args)),
         Command::Info { gpu, json } => info(&gpu, json),
-        Command::Bench { gpu, json, sizes, vit_rows, attention_batch, reps, quiet } => {
-            let opts = BenchOptions { square: sizes, vit_rows, reps: reps.max(1), attention_batch };
+        Command::Bench { gpu, json, sizes, vit_rows, attention_batch, reps, quiet, train, train_batch } => {
+            let opts = BenchOptions {
+                square: sizes,
+                vit_rows,
+                reps: reps.max(1),
+                attention_batch,
+                train_only: train,
+                train_batch: train_batch.max(1),
+            };
             run_bench(&gpu, &opts, json, quiet)
         }
     };
@@ -87,6 +129,17 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The exit code of a command, with its error (and causes) on stderr.
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -145,6 +198,12 @@ fn run_bench(gpu: &GpuArgs, opts: &BenchOptions, json: bool, quiet: bool) -> aut
     let show = |r: &BenchResult| {
         if !quiet && !json {
             eprintln!("  {} done", describe(r));
+            if opts.train_only && !r.kernels.is_empty() {
+                eprintln!("    GPU time per kernel in one step:");
+                for (kernel, ms, count) in r.kernels.iter().take(15) {
+                    eprintln!("    {kernel:<44} {ms:>8.2} ms  ({count} dispatches)");
+                }
+            }
         }
     };
     let results = pollster::block_on(bench::run(&ctx, opts, show))?;
@@ -171,6 +230,15 @@ fn run_bench(gpu: &GpuArgs, opts: &BenchOptions, json: bool, quiet: bool) -> aut
 }
 
 fn describe(r: &BenchResult) -> String {
+    if let Some(ips) = r.images_per_second {
+        return format!(
+            "{} {}: {:.1} images/s ({:.1} ms per step)",
+            r.name,
+            r.shape.as_deref().unwrap_or(""),
+            ips,
+            r.ms
+        );
+    }
     match (r.m, r.n, r.k) {
         (Some(m), Some(n), Some(k)) => format!("{} {m}x{n}x{k}: {:.1} GFLOP/s", r.name, r.gflops),
         _ => format!("{} {}: {:.3} ms", r.name, r.shape.as_deref().unwrap_or(""), r.ms),

@@ -35,13 +35,25 @@ fn info_lists_adapters_and_the_chosen_one() {
 
 #[test]
 fn bench_json_has_the_documented_fields() {
-    let out =
-        autoprog(&["bench", "--json", "--size", "64", "--vit-rows", "32", "--attention-batch", "1", "--reps", "1"]);
+    let out = autoprog(&[
+        "bench",
+        "--json",
+        "--size",
+        "64",
+        "--vit-rows",
+        "32",
+        "--attention-batch",
+        "1",
+        "--reps",
+        "1",
+        "--train-batch",
+        "2",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON array on stdout");
     let entries = json.as_array().expect("array");
     let names: Vec<&str> = entries.iter().filter_map(|e| e["name"].as_str()).collect();
-    for name in ["matmul_nn", "matmul_nt", "matmul_tn", "attention_forward", "attention_backward"] {
+    for name in ["matmul_nn", "matmul_nt", "matmul_tn", "attention_forward", "attention_backward", "train_step"] {
         assert!(names.contains(&name), "no {name} entry in {names:?}");
     }
     for e in entries.iter().filter(|e| e["name"].as_str().unwrap().starts_with("matmul")) {

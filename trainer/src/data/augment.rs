@@ -32,9 +32,11 @@ pub struct AugmentConfig {
     /// (digits, text).
     pub hflip: bool,
     /// RandAugment magnitude on torchvision's 0..=30 scale (timm's `rand-mM` level M/10
-    /// corresponds to 3M here); `None` turns RandAugment off.
-    pub randaug_magnitude: Option<u32>,
-    /// RandAugment ops applied per image (N).
+    /// corresponds to 3M here).
+    pub randaug_magnitude: u32,
+    /// RandAugment ops applied per image (N); 0 turns RandAugment off. (A count rather than
+    /// an optional magnitude, so that "off" survives a round trip through TOML, which has
+    /// no null.)
     pub randaug_ops: usize,
     /// Probability of random erasing (one box of per-pixel normal noise).
     pub erase_prob: f32,
@@ -68,7 +70,7 @@ impl Default for AugmentConfig {
             resolution: 32,
             min_scale: 0.35,
             hflip: true,
-            randaug_magnitude: Some(9),
+            randaug_magnitude: 9,
             randaug_ops: 2,
             erase_prob: 0.25,
             mixup_alpha: 0.8,
@@ -90,7 +92,7 @@ impl AugmentConfig {
             resolution,
             min_scale: 1.0,
             hflip: false,
-            randaug_magnitude: None,
+            randaug_magnitude: 0,
             randaug_ops: 0,
             erase_prob: 0.0,
             mixup_alpha: 0.0,
@@ -122,8 +124,8 @@ impl AugmentConfig {
         if !(self.min_scale > 0.0 && self.min_scale <= 1.0) {
             return bad(format!("min_scale {} must be in (0, 1]", self.min_scale));
         }
-        if let Some(m) = self.randaug_magnitude.filter(|&m| m > MAX_MAGNITUDE) {
-            return bad(format!("RandAugment magnitude {m} must be at most {MAX_MAGNITUDE}"));
+        if self.randaug_magnitude > MAX_MAGNITUDE {
+            return bad(format!("RandAugment magnitude {} must be at most {MAX_MAGNITUDE}", self.randaug_magnitude));
         }
         for (name, value) in
             [("erase_prob", self.erase_prob), ("mix_prob", self.mix_prob), ("switch_prob", self.switch_prob)]
@@ -167,8 +169,8 @@ pub fn train_transform(image: &RgbImage, config: &AugmentConfig, rng: &mut ChaCh
     if config.hflip && rng.random_bool(0.5) {
         hflip(&mut img);
     }
-    if let Some(magnitude) = config.randaug_magnitude {
-        rand_augment(&mut img, config.randaug_ops, magnitude, config.fill(), rng);
+    if config.randaug_ops > 0 {
+        rand_augment(&mut img, config.randaug_ops, config.randaug_magnitude, config.fill(), rng);
     }
     let mut chw = normalize(&img, config.mean, config.std);
     if config.erase_prob > 0.0 && rng.random::<f32>() < config.erase_prob {
@@ -827,7 +829,7 @@ mod tests {
         assert!(AugmentConfig::default().validate().is_ok());
         assert!(AugmentConfig::none(16).validate().is_ok());
         assert!(!AugmentConfig::none(16).soft_targets() && AugmentConfig::default().soft_targets());
-        let bad = AugmentConfig { randaug_magnitude: Some(31), ..AugmentConfig::default() };
+        let bad = AugmentConfig { randaug_magnitude: 31, ..AugmentConfig::default() };
         assert!(bad.validate().expect_err("rejected").to_string().contains("magnitude 31 must be at most 30"));
         let bad = AugmentConfig { mix_prob: 1.5, ..AugmentConfig::default() };
         assert!(bad.validate().expect_err("rejected").to_string().contains("mix_prob 1.5"));

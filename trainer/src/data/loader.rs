@@ -339,6 +339,7 @@ impl Loader {
     }
 
     /// The skipped-sample record (readable after the loop).
+    #[cfg(test)]
     pub fn skipped(&self) -> Skipped {
         self.plan.config.skipped.clone()
     }

@@ -1,0 +1,336 @@
+//! Commands that use a trained model: `eval` (accuracy on a dataset's validation part),
+//! `predict` (classes of image files) and `debug-step` (one forward and backward on a given
+//! batch, written out for comparison with PyTorch).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use autoprog::checkpoint::{Checkpoint, NamedTensor};
+use autoprog::model::{infer_config, GpuVit, Loss, ParamLayout, VitConfig};
+use autoprog::GpuContext;
+use clap::Args;
+use serde::Serialize;
+
+use crate::config::TrainConfig;
+use crate::data::{AugmentConfig, Dataset};
+use crate::train::{self, evaluate};
+use crate::GpuArgs;
+
+/// ImageNet's mean and std, for checkpoints that carry no normalisation (timm's ViTs).
+const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// How to read a checkpoint into a model.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// A checkpoint of `autoprog train` or a timm VisionTransformer saved with safetensors.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Use this EMA of the weights (its decay, e.g. 0.999) instead of the weights.
+    #[arg(long)]
+    ema: Option<f64>,
+    /// Attention heads, for checkpoints that do not say (timm files).
+    #[arg(long)]
+    heads: Option<usize>,
+    /// Normalisation mean per channel (default: the checkpoint's, else ImageNet's).
+    #[arg(long, num_args = 3, value_delimiter = ',')]
+    mean: Option<Vec<f32>>,
+    /// Normalisation std per channel (default: the checkpoint's, else ImageNet's).
+    #[arg(long, num_args = 3, value_delimiter = ',')]
+    std: Option<Vec<f32>>,
+}
+
+/// A model read from a checkpoint, with what inference needs besides the weights.
+pub struct LoadedModel {
+    pub config: VitConfig,
+    pub layout: ParamLayout,
+    pub params: Vec<f32>,
+    pub classes: Vec<String>,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    /// The training config, for checkpoints written by `autoprog train`.
+    pub train_config: Option<TrainConfig>,
+}
+
+fn three(v: &Option<Vec<f32>>, what: &str) -> anyhow::Result<Option<[f32; 3]>> {
+    match v {
+        None => Ok(None),
+        Some(v) => {
+            <[f32; 3]>::try_from(v.as_slice()).map(Some).map_err(|_| anyhow::anyhow!("--{what} takes three values"))
+        }
+    }
+}
+
+impl ModelArgs {
+    pub fn load(&self, ctx: &GpuContext) -> anyhow::Result<LoadedModel> {
+        let path = &self.checkpoint;
+        let ckpt = Checkpoint::load(path)?;
+        let config = match (ckpt.get_json::<VitConfig>("vit")?, self.heads) {
+            (Some(mut c), heads) => {
+                if let Some(h) = heads {
+                    c.heads = h;
+                }
+                c
+            }
+            (None, Some(heads)) => infer_config(&ckpt, heads)?,
+            (None, None) => bail!(
+                "{} does not say how many attention heads the model has (a timm file?); pass --heads N",
+                path.display()
+            ),
+        };
+        let depth = ckpt.get_json::<usize>("depth")?.unwrap_or(config.depth);
+        let layout = ParamLayout::new(&config, depth, ctx.arena_align());
+        let prefix = match self.ema {
+            Some(decay) => format!("ema_{decay}."),
+            None => String::new(),
+        };
+        if !prefix.is_empty() && ckpt.get(&format!("{prefix}head.weight")).is_none() {
+            bail!(
+                "{} has no EMA with decay {}; leave out --ema or pick a decay it was trained with",
+                path.display(),
+                self.ema.unwrap_or(0.0)
+            );
+        }
+        let params = layout
+            .arena_from(&ckpt, &prefix)
+            .with_context(|| format!("{} does not fit the model it describes", path.display()))?;
+        let classes = ckpt
+            .get_json::<Vec<String>>("classes")?
+            .unwrap_or_else(|| (0..config.classes).map(|i| i.to_string()).collect());
+        let mean = three(&self.mean, "mean")?.or(ckpt.get_json("mean")?).unwrap_or(IMAGENET_MEAN);
+        let std = three(&self.std, "std")?.or(ckpt.get_json("std")?).unwrap_or(IMAGENET_STD);
+        let train_config = ckpt.get_json::<TrainConfig>("config")?;
+        Ok(LoadedModel { config, layout, params, classes, mean, std, train_config })
+    }
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    gpu: GpuArgs,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Dataset folder (default: the data the checkpoint was trained on).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Hold out this fraction of the training images when the dataset has no validation part.
+    #[arg(long)]
+    val_split: Option<f64>,
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
+    let ctx = GpuContext::new_blocking(&args.gpu.options())?;
+    let loaded = args.model.load(&ctx)?;
+    let mut config = match &loaded.train_config {
+        Some(c) => c.clone(),
+        None => {
+            let mut c = TrainConfig::preset("quick")?;
+            c.data.path = None;
+            c
+        }
+    };
+    if args.data.is_some() {
+        config.data.path = args.data.clone();
+        config.data.val_split = args.val_split;
+    } else if loaded.train_config.is_none() {
+        bail!("{} does not record its training data; pass --data", args.model.checkpoint.display());
+    }
+    config.model = loaded.config.clone();
+    let dataset: Dataset = train::open_dataset(&config)?;
+    let classes = dataset.classes().len();
+    if classes != loaded.config.classes {
+        bail!(
+            "the model has {} classes but the data has {classes}; evaluate it on the data it was trained for",
+            loaded.config.classes
+        );
+    }
+    let resolution = loaded.config.image_size;
+    let model = GpuVit::new(&ctx, loaded.config.clone(), loaded.layout.clone(), &loaded.params)?;
+    let val = dataset.val.clone().expect("open_dataset guarantees a val part");
+    let acts = model.plan(&ctx, args.batch.min(val.len()).max(1), resolution)?;
+    let aug = AugmentConfig { mean: loaded.mean, std: loaded.std, ..AugmentConfig::none(resolution) };
+    let result = evaluate(&ctx, &model, &[&model.params], &acts, val.clone(), &aug, config.data.workers)?;
+    if args.json {
+        let out = serde_json::json!({ "images": val.len(), "val_acc": result.acc[0], "val_loss": result.loss[0] });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "validation accuracy {:.4}, loss {:.4} on {} images ({})",
+            result.acc[0],
+            result.loss[0],
+            val.len(),
+            dataset.summary()
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct PredictArgs {
+    #[command(flatten)]
+    gpu: GpuArgs,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Image files (PNG, JPEG, ...).
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// Classes to show per image.
+    #[arg(long, default_value_t = 5)]
+    top_k: usize,
+    /// Print JSON: per image {file, logits, top: [{class, label, prob}]}.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Top {
+    class: usize,
+    label: String,
+    prob: f64,
+}
+
+#[derive(Serialize)]
+struct Prediction {
+    file: String,
+    logits: Vec<f32>,
+    top: Vec<Top>,
+}
+
+/// An image file as the model's input [3, R, R]: decoded to RGB, scaled to [0, 1], resized
+/// bilinearly (torch's `F.interpolate(mode="bilinear", align_corners=False)`), normalised.
+pub fn load_image(path: &Path, resolution: usize, mean: [f32; 3], std: [f32; 3]) -> anyhow::Result<Vec<f32>> {
+    let image = image::ImageReader::open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?
+        .with_guessed_format()
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .decode()
+        .with_context(|| {
+            format!("{} is not an image this tool can decode (PNG, JPEG, GIF, BMP, TIFF, WebP, ...)", path.display())
+        })?
+        .to_rgb8();
+    let (w, h) = (image.width() as usize, image.height() as usize);
+    let mut chw = vec![0.0f64; 3 * h * w];
+    for (i, p) in image.pixels().enumerate() {
+        for c in 0..3 {
+            chw[c * h * w + i] = p.0[c] as f64 / 255.0;
+        }
+    }
+    let resized = if (h, w) == (resolution, resolution) {
+        chw
+    } else {
+        autoprog::cpu::resize::resize_bilinear(&chw, [1, 3, h, w], [resolution, resolution])
+    };
+    let plane = resolution * resolution;
+    Ok(resized.iter().enumerate().map(|(i, &v)| ((v as f32) - mean[i / plane]) / std[i / plane]).collect())
+}
+
+fn softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let exp: Vec<f64> = logits.iter().map(|&v| (v as f64 - max).exp()).collect();
+    let sum: f64 = exp.iter().sum();
+    exp.iter().map(|e| e / sum).collect()
+}
+
+pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
+    let ctx = GpuContext::new_blocking(&args.gpu.options())?;
+    let loaded = args.model.load(&ctx)?;
+    let resolution = loaded.config.image_size;
+    let model = GpuVit::new(&ctx, loaded.config.clone(), loaded.layout.clone(), &loaded.params)?;
+    let k = loaded.config.classes;
+    let mut predictions = Vec::new();
+    const CHUNK: usize = 32;
+    for files in args.images.chunks(CHUNK) {
+        let mut images = Vec::new();
+        for f in files {
+            images.extend(load_image(f, resolution, loaded.mean, loaded.std)?);
+        }
+        let acts = model.plan(&ctx, files.len(), resolution)?;
+        ctx.write(&acts.images, &images)?;
+        let mut rec = ctx.recorder("predict");
+        model.forward(&mut rec, &model.params, &acts, false)?;
+        ctx.submit(rec)?;
+        let logits = ctx.read_blocking(&acts.logits)?;
+        for (f, row) in files.iter().zip(logits.chunks(k)) {
+            let probs = softmax(row);
+            let mut order: Vec<usize> = (0..k).collect();
+            order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+            let top = order
+                .iter()
+                .take(args.top_k.max(1))
+                .map(|&c| Top { class: c, label: loaded.classes[c].clone(), prob: probs[c] })
+                .collect();
+            predictions.push(Prediction { file: f.display().to_string(), logits: row.to_vec(), top });
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&predictions)?);
+    } else {
+        for p in &predictions {
+            let tops: Vec<String> = p.top.iter().map(|t| format!("{} {:.1}%", t.label, 100.0 * t.prob)).collect();
+            println!("{}: {}", p.file, tops.join(", "));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct DebugStepArgs {
+    #[command(flatten)]
+    gpu: GpuArgs,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// safetensors with `images` [B, 3, R, R] f32 (normalised) and `labels` [B] (integers).
+    #[arg(long)]
+    batch: PathBuf,
+    /// Where to write `loss`, `logits` and every parameter's gradient (safetensors).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// One forward and backward pass with no augmentation, dropout or drop-path and plain
+/// mean cross-entropy; writes the loss, the logits and every gradient under its name.
+pub fn debug_step(args: &DebugStepArgs) -> anyhow::Result<()> {
+    let ctx = GpuContext::new_blocking(&args.gpu.options())?;
+    let loaded = args.model.load(&ctx)?;
+    let input = Checkpoint::load(&args.batch)?;
+    let images = input.get("images").with_context(|| format!("{} has no `images` tensor", args.batch.display()))?;
+    let (b, resolution) = match images.shape.as_slice() {
+        &[b, c, h, w] if c == loaded.config.in_chans && h == w && b > 0 => (b, h),
+        other => {
+            bail!("`images` in {} is {other:?}; it must be [B, {}, R, R]", args.batch.display(), loaded.config.in_chans)
+        }
+    };
+    let labels = input
+        .require("labels", &[b])
+        .with_context(|| format!("{} needs `labels` [{b}]", args.batch.display()))?
+        .as_labels()?;
+    if let Some(&bad) = labels.iter().find(|&&l| l as usize >= loaded.config.classes) {
+        bail!("label {bad} is out of range for a model of {} classes", loaded.config.classes);
+    }
+    let model = GpuVit::new(&ctx, loaded.config.clone(), loaded.layout.clone(), &loaded.params)?;
+    let acts = model.plan(&ctx, b, resolution)?;
+    ctx.write(&acts.images, &images.data)?;
+    ctx.write_u32(&acts.labels, &labels)?;
+    let mut rec = ctx.recorder("debug-step");
+    model.forward(&mut rec, &model.params, &acts, false)?;
+    model.loss(&mut rec, &acts, Loss::Hard { smoothing: 0.0 })?;
+    model.backward(&mut rec, &acts, false)?;
+    ctx.submit(rec)?;
+    let mut out = Checkpoint::default();
+    out.tensors.push(NamedTensor::new("loss", vec![], ctx.read_blocking(&acts.loss)?));
+    out.tensors.push(NamedTensor::new("logits", vec![b, loaded.config.classes], ctx.read_blocking(&acts.logits)?));
+    out.tensors.extend(model.layout.to_tensors(&ctx.read_blocking(&model.grads)?, ""));
+    out.save(&args.out)?;
+    eprintln!(
+        "loss {:.6}; wrote loss, logits and {} gradients to {}",
+        out.tensors[0].data[0],
+        model.layout.specs.len(),
+        args.out.display()
+    );
+    Ok(())
+}

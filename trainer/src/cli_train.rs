@@ -1,0 +1,231 @@
+//! `autoprog train`: resolves the run configuration (preset or config file, then flags),
+//! opens the data, installs the Ctrl-C handler and runs the training loop.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use autoprog::model::VitConfig;
+use autoprog::GpuContext;
+use clap::Args;
+
+use crate::config::TrainConfig;
+use crate::data::Format;
+use crate::train::{self, Interrupted, RunOptions};
+use crate::GpuArgs;
+
+#[derive(Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    gpu: GpuArgs,
+    /// Dataset folder: ImageFolder (train/<class>/…, val/<class>/…), CIFAR-10 binary or MNIST IDX.
+    /// Default: the built-in procedural dataset.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Architecture: nano, tiny, small, or a .toml file with a model config.
+    #[arg(long)]
+    model: Option<String>,
+    /// Run preset: quick (default on CPU adapters) or standard (default on GPUs).
+    #[arg(long)]
+    preset: Option<String>,
+    /// Start from a run's config.toml (flags still override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    batch: Option<usize>,
+    /// The model's input resolution in pixels; images are resized to it.
+    #[arg(long)]
+    image_size: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Seed of initialisation, data order, augmentation and drop-path.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Hold out this fraction of the training images for validation.
+    #[arg(long)]
+    val_split: Option<f64>,
+    /// Built-in data: number of training images.
+    #[arg(long)]
+    train_images: Option<usize>,
+    /// Built-in data: number of validation images.
+    #[arg(long)]
+    val_images: Option<usize>,
+    /// Data loading threads.
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Run directory (default: runs/<date>-<time>-<model>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in this directory from its last checkpoint, with the same losses as an
+    /// uninterrupted run. --epochs may extend it (the cosine schedule then stretches to the new end).
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
+    /// No progress bar; only log lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Reads a model config file (`VitConfig` fields; `classes` may be left out, the data sets it).
+fn model_from_file(path: &Path) -> anyhow::Result<VitConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read the model file {}", path.display()))?;
+    let mut value: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{} is not a valid TOML model config", path.display()))?;
+    value.entry("classes").or_insert(toml::Value::Integer(2));
+    let dim = value.get("dim").and_then(toml::Value::as_integer).unwrap_or(0);
+    value.entry("mlp_hidden").or_insert(toml::Value::Integer(4 * dim));
+    let config: VitConfig = value.try_into().with_context(|| {
+        format!(
+            "{} is not a model config (fields: image_size, patch_size, dim, depth, heads, mlp_hidden)",
+            path.display()
+        )
+    })?;
+    Ok(config)
+}
+
+impl TrainArgs {
+    /// The preset, config file or resumed run's config, with the flags applied.
+    fn resolve(&self, ctx: &GpuContext) -> anyhow::Result<TrainConfig> {
+        if let Some(dir) = &self.resume {
+            let mut config = TrainConfig::load(&dir.join("config.toml"))
+                .with_context(|| format!("{} is not a run directory of autoprog", dir.display()))?;
+            if let Some(epochs) = self.epochs {
+                config.recipe.epochs = epochs;
+            }
+            return Ok(config);
+        }
+        let mut config = match (&self.config, &self.preset) {
+            (Some(path), _) => TrainConfig::load(path)?,
+            (None, Some(name)) => TrainConfig::preset(name)?,
+            (None, None) => {
+                let name = if ctx.summary.is_cpu() { "quick" } else { "standard" };
+                TrainConfig::preset(name)?
+            }
+        };
+        if let Some(model) = &self.model {
+            let classes = config.model.classes;
+            config.model = if model.ends_with(".toml") {
+                model_from_file(Path::new(model))?
+            } else {
+                VitConfig::preset(model, classes)?
+            };
+            config.model.classes = classes;
+            config.model_name = model.clone();
+        }
+        if let Some(size) = self.image_size {
+            config.model.image_size = size;
+        }
+        config.augment.resolution = config.model.image_size;
+        if self.data.is_some() {
+            config.data.path = self.data.clone();
+        }
+        let r = &mut config.recipe;
+        for (target, value) in [(&mut r.epochs, self.epochs), (&mut r.batch, self.batch)] {
+            if let Some(v) = value {
+                *target = v;
+            }
+        }
+        if let Some(lr) = self.lr {
+            r.lr = lr;
+        }
+        if let Some(seed) = self.seed {
+            r.seed = seed;
+        }
+        let d = &mut config.data;
+        for (target, value) in [
+            (&mut d.train_images, self.train_images),
+            (&mut d.val_images, self.val_images),
+            (&mut d.workers, self.workers),
+        ] {
+            if let Some(v) = value {
+                *target = v;
+            }
+        }
+        if self.val_split.is_some() {
+            d.val_split = self.val_split;
+        }
+        Ok(config)
+    }
+}
+
+/// Today's date and time as `YYYYMMDD-HHMMSS` (UTC), for default run names.
+fn timestamp() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + (month <= 2) as i64;
+    format!("{year:04}{month:02}{day:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+pub fn run(args: TrainArgs) -> ExitCode {
+    match run_inner(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<Interrupted>() => {
+            eprintln!("{e}");
+            ExitCode::from(130)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_inner(args: &TrainArgs) -> anyhow::Result<()> {
+    let ctx = GpuContext::new_blocking(&args.gpu.options())?;
+    let mut config = args.resolve(&ctx)?;
+    if args.resume.is_none() && args.preset.is_none() && args.config.is_none() {
+        eprintln!(
+            "preset: {} (the default on {} adapters like {}; --preset overrides)",
+            config.preset,
+            if ctx.summary.is_cpu() { "CPU" } else { "GPU" },
+            ctx.summary.display_name()
+        );
+    }
+    let dataset = train::open_dataset(&config)?;
+    if args.resume.is_none() {
+        config.model.classes = dataset.classes().len();
+        if dataset.format == Format::Mnist {
+            // Mirrored digits are other digits.
+            config.augment.hflip = false;
+        }
+    }
+    let out = match (&args.resume, &args.out) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(out)) => out.clone(),
+        (None, None) => PathBuf::from("runs").join(format!("{}-{}", timestamp(), config.model_name)),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let handler_stop = stop.clone();
+    ctrlc::set_handler(move || {
+        if handler_stop.swap(true, Ordering::SeqCst) {
+            eprintln!("\nstopping now without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this step and saving a checkpoint (Ctrl-C again to quit at once)");
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    eprintln!("adapter: {} ({})", ctx.summary.display_name(), ctx.summary.backend);
+    let options = RunOptions { out: out.clone(), resume: args.resume.is_some(), quiet: args.quiet };
+    let summary = train::train(&ctx, &config, &dataset, &options, &stop)?;
+    let ema = summary.val_acc_ema.map_or(String::new(), |acc| format!(", best EMA {acc:.4}"));
+    println!(
+        "validation accuracy {:.4}{ema} after {} epochs in {:.0} s ({:.0} images/s on {})",
+        summary.val_acc, summary.epochs, summary.wall_seconds, summary.images_per_second, summary.adapter
+    );
+    println!("run written to {}", out.display());
+    Ok(())
+}

@@ -1,0 +1,219 @@
+//! The resolved configuration of a training run: architecture, data, recipe. Written to
+//! `config.toml` in the run directory; `--config` reads it back, and flags override it.
+
+use std::path::{Path, PathBuf};
+
+use autoprog::model::VitConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::data::augment::AugmentConfig;
+
+/// Everything a run depends on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// The preset this configuration started from (`quick` or `standard`).
+    pub preset: String,
+    /// The model's name (`nano`, `tiny`, `small` or the config file it came from).
+    pub model_name: String,
+    pub model: VitConfig,
+    pub data: DataConfig,
+    pub recipe: Recipe,
+    pub augment: AugmentConfig,
+}
+
+/// Where the images come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// A dataset folder (ImageFolder, CIFAR-10 binary or MNIST IDX); None: the built-in
+    /// procedural dataset.
+    pub path: Option<PathBuf>,
+    /// Built-in data: training and validation images.
+    pub train_images: usize,
+    pub val_images: usize,
+    /// Built-in data: classes (2..=10).
+    pub classes: usize,
+    /// Built-in data: side of the generated images in pixels (the loader resizes them to
+    /// the model's resolution).
+    pub image_size: usize,
+    /// Built-in data: the seed of the images (not of the training).
+    pub data_seed: u64,
+    /// Hold this fraction of the training images out for validation when the dataset
+    /// has no validation part.
+    pub val_split: Option<f64>,
+    /// Decoding and augmentation threads.
+    pub workers: usize,
+}
+
+/// The optimisation recipe.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    pub epochs: usize,
+    pub batch: usize,
+    /// Peak learning rate (reached after warmup).
+    pub lr: f64,
+    /// Final learning rate of the cosine.
+    pub min_lr: f64,
+    pub warmup_epochs: f64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    /// Drop-path rate of the last block (rising linearly from 0 at the first).
+    pub drop_path: f64,
+    /// Clip the global gradient norm to this (0: no clipping).
+    pub clip_grad: f64,
+    /// EMA decays of the weights, each evaluated every epoch (empty: no EMA).
+    pub ema_decays: Vec<f64>,
+    pub seed: u64,
+    /// Evaluation batch.
+    pub eval_batch: usize,
+}
+
+/// Run presets: a whole run configuration.
+pub const PRESETS: [&str; 2] = ["quick", "standard"];
+
+impl TrainConfig {
+    /// The preset `name` for the built-in data: `quick` finishes in minutes on a CPU
+    /// adapter, `standard` is a longer, more accurate run for real GPUs.
+    pub fn preset(name: &str) -> anyhow::Result<TrainConfig> {
+        let classes = autoprog::data::CLASSES.len();
+        let (model, data, recipe, augment) = match name {
+            // nano at 16 px (17 tokens) on 20 000 images for 3 epochs: about 8 minutes on
+            // two CPU cores through lavapipe. Light augmentation: the run is too short for
+            // strong regularisation to pay off.
+            "quick" => {
+                let mut model = VitConfig::preset("nano", classes)?;
+                model.image_size = 16;
+                let data = DataConfig {
+                    path: None,
+                    train_images: 20_000,
+                    val_images: 1000,
+                    classes,
+                    image_size: 32,
+                    data_seed: 0,
+                    val_split: None,
+                    workers: 2,
+                };
+                let recipe = Recipe {
+                    epochs: 3,
+                    batch: 32,
+                    warmup_epochs: 0.5,
+                    drop_path: 0.0,
+                    ema_decays: vec![0.995],
+                    ..Recipe::default()
+                };
+                let augment = AugmentConfig {
+                    resolution: 16,
+                    min_scale: 1.0,
+                    randaug_ops: 0,
+                    erase_prob: 0.0,
+                    mix_prob: 0.0,
+                    ..AugmentConfig::default()
+                };
+                (model, data, recipe, augment)
+            }
+            // nano at its full 32 px with the default (DeiT-style) augmentation for 30 epochs.
+            "standard" => {
+                let model = VitConfig::preset("nano", classes)?;
+                let data = DataConfig {
+                    path: None,
+                    train_images: 50_000,
+                    val_images: 5000,
+                    classes,
+                    image_size: 32,
+                    data_seed: 0,
+                    val_split: None,
+                    workers: 4,
+                };
+                let augment = AugmentConfig { resolution: model.image_size, ..AugmentConfig::default() };
+                (model, data, Recipe { epochs: 30, ..Recipe::default() }, augment)
+            }
+            other => anyhow::bail!("unknown preset `{other}`; use one of {}", PRESETS.join(", ")),
+        };
+        Ok(TrainConfig { preset: name.into(), model_name: "nano".into(), model, data, recipe, augment })
+    }
+
+    /// Reads a `config.toml` written by an earlier run.
+    pub fn load(path: &Path) -> anyhow::Result<TrainConfig> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read the config file {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{} is not a valid run config: {e}", path.display()))
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a config always serialises")
+    }
+
+    /// Checks the parts that do not depend on the data.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.model.validate()?;
+        let r = &self.recipe;
+        anyhow::ensure!(r.epochs >= 1, "--epochs must be at least 1");
+        anyhow::ensure!(r.batch >= 1, "--batch must be at least 1");
+        anyhow::ensure!(r.lr > 0.0 && r.lr.is_finite(), "the learning rate {} must be positive", r.lr);
+        anyhow::ensure!((0.0..1.0).contains(&r.drop_path), "drop_path {} must lie in [0, 1)", r.drop_path);
+        self.augment.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        for &d in &r.ema_decays {
+            anyhow::ensure!((0.0..1.0).contains(&d), "EMA decay {d} must lie in [0, 1)");
+        }
+        if let Some(f) = self.data.val_split {
+            anyhow::ensure!(f > 0.0 && f < 1.0, "--val-split {f} must lie strictly between 0 and 1");
+        }
+        Ok(())
+    }
+}
+
+impl Default for Recipe {
+    /// DeiT's recipe (AdamW, lr 5e-4 per 512 images, cosine, warmup, drop-path 0.1; label
+    /// smoothing lives in the augmentation config) scaled for small data and short runs.
+    fn default() -> Self {
+        Recipe {
+            epochs: 30,
+            batch: 64,
+            lr: 1e-3,
+            min_lr: 1e-5,
+            warmup_epochs: 1.0,
+            weight_decay: 0.05,
+            beta1: 0.9,
+            beta2: 0.999,
+            drop_path: 0.1,
+            clip_grad: 1.0,
+            ema_decays: vec![0.99, 0.999],
+            seed: 0,
+            eval_batch: 256,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_survive_a_round_trip_through_config_toml() {
+        // `--resume` and `--config` read config.toml back: every field must come back as it
+        // was written (TOML has no null, so nothing may hide in an Option).
+        for name in PRESETS {
+            let config = TrainConfig::preset(name).unwrap();
+            config.validate().unwrap();
+            let back: TrainConfig = toml::from_str(&config.to_toml()).unwrap();
+            assert_eq!(back, config, "{name}");
+        }
+        let mut with_path = TrainConfig::preset("quick").unwrap();
+        with_path.data.path = Some("/data/digits".into());
+        with_path.data.val_split = Some(0.1);
+        let back: TrainConfig = toml::from_str(&with_path.to_toml()).unwrap();
+        assert_eq!(back, with_path);
+    }
+
+    #[test]
+    fn unknown_presets_and_bad_recipes_are_named() {
+        let err = TrainConfig::preset("fast").unwrap_err().to_string();
+        assert!(err.contains("fast") && err.contains("quick"), "{err}");
+        let mut c = TrainConfig::preset("quick").unwrap();
+        c.recipe.drop_path = 1.5;
+        assert!(c.validate().unwrap_err().to_string().contains("drop_path"));
+    }
+}

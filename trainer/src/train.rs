@@ -1,0 +1,626 @@
+//! The training loop: data → one GPU submission per step → losses read back a step or two
+//! later → per-epoch evaluation of the weights and every EMA → run log, checkpoints and
+//! summary in the run directory. Every random choice is a function of (seed, epoch,
+//! position) or (seed, step), so a resumed run repeats an uninterrupted one exactly.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use autoprog::checkpoint::Checkpoint;
+use autoprog::data::Procedural;
+use autoprog::gpu::ReadbackRing;
+use autoprog::kernels::optimizer::AdamW;
+use autoprog::model::step::{Optimizer, StepOptions};
+use autoprog::model::{Activations, GpuVit, Loss, ParamLayout};
+use autoprog::runlog::{
+    self, CheckpointEvent, CheckpointKind, EmaAcc, EpochEvent, Event, LogWriter, RunEndEvent, RunStartEvent, RunStatus,
+    StageSummary, StepEvent, Summary,
+};
+use autoprog::GpuContext;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::TrainConfig;
+use crate::data::{self, epoch_order, AugmentConfig, Dataset, Loader, LoaderConfig, Skipped, Source};
+
+/// Name of the checkpoint metadata entry that holds [`Progress`].
+const PROGRESS_KEY: &str = "progress";
+/// Loss readbacks in flight: how many steps the host may run ahead of the GPU.
+const STEPS_IN_FLIGHT: usize = 3;
+
+/// How a run is started.
+pub struct RunOptions {
+    /// The run directory.
+    pub out: PathBuf,
+    /// Continue the run in `out` from its last checkpoint.
+    pub resume: bool,
+    /// Only log lines, no progress bar.
+    pub quiet: bool,
+}
+
+/// Where a run stands; stored in every checkpoint.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Progress {
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Batches of the current epoch already trained (non-zero after an interruption).
+    pub batch_in_epoch: usize,
+    /// Optimizer steps taken.
+    pub step: u64,
+    pub best_val_acc: f64,
+    pub wall_seconds: f64,
+    pub train_flops: f64,
+    /// Images trained on and the seconds spent on them, for the mean throughput.
+    pub images_trained: u64,
+    pub train_seconds: f64,
+    pub resolution: usize,
+    pub depth: usize,
+    /// Per-epoch validation accuracies of the weights so far.
+    pub val_accs: Vec<f64>,
+}
+
+/// The dataset a config asks for, with a validation part.
+pub fn open_dataset(config: &TrainConfig) -> anyhow::Result<Dataset> {
+    let d = &config.data;
+    let dataset = match &d.path {
+        Some(path) => data::open(path)?,
+        None => {
+            let procedural = Procedural { classes: d.classes, image_size: config.model.image_size, seed: d.data_seed };
+            Dataset::procedural(procedural, d.train_images, d.val_images)
+        }
+    };
+    let dataset = match d.val_split {
+        Some(fraction) => dataset.with_val_split(fraction, config.recipe.seed)?,
+        None => dataset,
+    };
+    if dataset.val.is_none() {
+        bail!(
+            "the dataset at {} has no validation part; pass --val-split 0.1 to hold out 10% of the training images",
+            d.path.as_deref().unwrap_or(Path::new("(built-in)")).display()
+        );
+    }
+    Ok(dataset)
+}
+
+/// The learning rate at `step` of `total`: linear warmup to `lr`, then a cosine to `min_lr`.
+pub fn learning_rate(step: u64, total: u64, warmup: u64, lr: f64, min_lr: f64) -> f64 {
+    if step < warmup {
+        return lr * (step + 1) as f64 / warmup as f64;
+    }
+    let span = total.saturating_sub(warmup).max(1) as f64;
+    let t = ((step - warmup) as f64 / span).min(1.0);
+    min_lr + 0.5 * (lr - min_lr) * (1.0 + (std::f64::consts::PI * t).cos())
+}
+
+/// Per-image drop-path factors of a step, laid out as `Activations::write_drop_path`
+/// wants: block i drops each branch with probability rate·i/(L−1) (timm's linear rule) and
+/// scales a kept branch by 1/(1 − p). Deterministic in (seed, step).
+pub fn drop_path_scales(rate: f64, depth: usize, batch: usize, seed: u64, step: u64) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6472_6f70_7061_7468 ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut scales = Vec::with_capacity(depth * 2 * batch);
+    for block in 0..depth {
+        let p = if depth > 1 { rate * block as f64 / (depth - 1) as f64 } else { rate };
+        for _branch in 0..2 {
+            for _ in 0..batch {
+                let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                scales.push(if u < p { 0.0 } else { (1.0 / (1.0 - p)) as f32 });
+            }
+        }
+    }
+    scales
+}
+
+/// Index of the largest value of each row of `logits` [B, K].
+fn argmax_rows(logits: &[f32], classes: usize) -> Vec<usize> {
+    logits
+        .chunks(classes)
+        .map(|row| row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i))
+        .collect()
+}
+
+/// Mean cross-entropy (no smoothing) of `logits` rows against `labels`, in f64.
+fn cross_entropy(logits: &[f32], labels: &[u32], classes: usize) -> f64 {
+    let total: f64 = logits
+        .chunks(classes)
+        .zip(labels)
+        .map(|(row, &label)| {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+            let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+            lse - row[label as usize] as f64
+        })
+        .sum();
+    total / labels.len().max(1) as f64
+}
+
+/// Top-1 accuracy and mean loss of each weight arena on a source.
+pub struct Evaluation {
+    pub acc: Vec<f64>,
+    pub loss: Vec<f64>,
+}
+
+/// Evaluates every arena in `arenas` (the weights, then each EMA) on `source` at the
+/// resolution of `acts`, one val batch at a time (each batch decoded once for all arenas).
+pub fn evaluate(
+    ctx: &GpuContext,
+    model: &GpuVit,
+    arenas: &[&autoprog::Tensor],
+    acts: &Activations,
+    source: Arc<dyn Source>,
+    aug: &AugmentConfig,
+    workers: usize,
+) -> anyhow::Result<Evaluation> {
+    let classes = model.config.classes;
+    let batch = acts.batch;
+    let order: Vec<usize> = (0..source.len()).collect();
+    let loader_config = LoaderConfig {
+        batch,
+        drop_last: false,
+        aug: AugmentConfig { mean: aug.mean, std: aug.std, ..AugmentConfig::none(aug.resolution) },
+        train: false,
+        workers,
+        prefetch: 2 * workers.max(1),
+        skipped: Skipped::default(),
+        ..LoaderConfig::default()
+    };
+    let loader = Loader::new(source, order, loader_config)?;
+    let logits_all = ctx.empty(&[arenas.len(), batch, classes], "eval.logits")?;
+    let (mut correct, mut loss_sum, mut count) = (vec![0usize; arenas.len()], vec![0.0; arenas.len()], 0usize);
+    for item in loader {
+        let b = item?;
+        if b.is_empty() {
+            continue;
+        }
+        let n = b.len();
+        let mut images = b.images;
+        images.resize(acts.images.numel(), 0.0); // the last batch is padded; its extra rows are ignored
+        ctx.write(&acts.images, &images)?;
+        let mut rec = ctx.recorder("eval");
+        for (i, arena) in arenas.iter().enumerate() {
+            model.forward(&mut rec, arena, acts, false)?;
+            rec.copy(&acts.logits, &logits_all.view(i * batch * classes, &[batch, classes])?)?;
+        }
+        ctx.submit(rec)?;
+        let logits = ctx.read_blocking(&logits_all)?;
+        for i in 0..arenas.len() {
+            let rows = &logits[i * batch * classes..][..n * classes];
+            let predicted = argmax_rows(rows, classes);
+            correct[i] += predicted.iter().zip(&b.labels).filter(|(p, l)| **p == **l as usize).count();
+            loss_sum[i] += cross_entropy(rows, &b.labels, classes) * n as f64;
+        }
+        count += n;
+    }
+    let count = count.max(1) as f64;
+    Ok(Evaluation {
+        acc: correct.iter().map(|&c| c as f64 / count).collect(),
+        loss: loss_sum.iter().map(|&l| l / count).collect(),
+    })
+}
+
+/// The model, optimizer and progress of a run: fresh, or read from its last checkpoint.
+struct State {
+    model: GpuVit,
+    optimizer: Optimizer,
+    progress: Progress,
+}
+
+fn ema_prefix(decay: f64) -> String {
+    format!("ema_{decay}.")
+}
+
+/// Writes `last.safetensors` (and `best.safetensors` when `best`) atomically.
+fn save_checkpoint(
+    ctx: &GpuContext,
+    state: &State,
+    config: &TrainConfig,
+    classes: &[String],
+    dir: &Path,
+    best: bool,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let layout = &state.model.layout;
+    let mut ckpt =
+        Checkpoint { tensors: layout.to_tensors(&ctx.read_blocking(&state.model.params)?, ""), ..Default::default() };
+    for (ema, decay) in &state.optimizer.emas {
+        ckpt.tensors.extend(layout.to_tensors(&ctx.read_blocking(ema)?, &ema_prefix(*decay)));
+    }
+    ckpt.tensors.extend(layout.to_tensors(&ctx.read_blocking(&state.optimizer.m)?, "optimizer.m."));
+    ckpt.tensors.extend(layout.to_tensors(&ctx.read_blocking(&state.optimizer.v)?, "optimizer.v."));
+    ckpt.set_json("format", "autoprog-checkpoint-1")?;
+    ckpt.set_json("config", config)?;
+    ckpt.set_json("vit", &state.model.config)?;
+    ckpt.set_json("classes", classes)?;
+    ckpt.set_json("mean", &config.augment.mean)?;
+    ckpt.set_json("std", &config.augment.std)?;
+    ckpt.set_json("epoch", &state.progress.epoch)?;
+    ckpt.set_json("step", &state.progress.step)?;
+    ckpt.set_json("resolution", &state.progress.resolution)?;
+    ckpt.set_json("depth", &state.progress.depth)?;
+    ckpt.set_json("rng", &serde_json::json!({ "seed": config.recipe.seed, "step": state.progress.step }))?;
+    ckpt.set_json(PROGRESS_KEY, &state.progress)?;
+    let dir = dir.join("checkpoints");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let bytes = ckpt.to_bytes()?;
+    let mut written = vec![dir.join("last.safetensors")];
+    if best {
+        written.push(dir.join("best.safetensors"));
+    }
+    for path in &written {
+        autoprog::fsutil::write_atomic(path, &bytes)?;
+    }
+    Ok(written)
+}
+
+fn fresh_state(ctx: &GpuContext, config: &TrainConfig) -> anyhow::Result<State> {
+    let depth = config.model.depth;
+    let layout = ParamLayout::new(&config.model, depth, ctx.arena_align());
+    let params = layout.init(&config.model, config.recipe.seed);
+    let model = GpuVit::new(ctx, config.model.clone(), layout, &params)?;
+    let optimizer = Optimizer::new(ctx, &model, &config.recipe.ema_decays)?;
+    let progress = Progress { resolution: config.model.image_size, depth, ..Progress::default() };
+    Ok(State { model, optimizer, progress })
+}
+
+fn resumed_state(ctx: &GpuContext, config: &TrainConfig, path: &Path) -> anyhow::Result<State> {
+    let ckpt = Checkpoint::load(path)?;
+    let progress: Progress = ckpt
+        .get_json(PROGRESS_KEY)?
+        .with_context(|| format!("{} is not a training checkpoint of autoprog (no progress record)", path.display()))?;
+    let layout = ParamLayout::new(&config.model, progress.depth, ctx.arena_align());
+    let params = layout.arena_from(&ckpt, "")?;
+    let model = GpuVit::new(ctx, config.model.clone(), layout, &params)?;
+    let mut optimizer = Optimizer::new(ctx, &model, &config.recipe.ema_decays)?;
+    for (ema, decay) in &optimizer.emas {
+        ctx.write(ema, &model.layout.arena_from(&ckpt, &ema_prefix(*decay))?)?;
+    }
+    ctx.write(&optimizer.m, &model.layout.arena_from(&ckpt, "optimizer.m.")?)?;
+    ctx.write(&optimizer.v, &model.layout.arena_from(&ckpt, "optimizer.v.")?)?;
+    optimizer.step = u32::try_from(progress.step).context("step count beyond 2^32")?;
+    Ok(State { model, optimizer, progress })
+}
+
+/// Trains as `config` says into `opts.out`; returns the summary (also written to
+/// `summary.json`). `stop` is set by Ctrl-C: the run then checkpoints and returns an error.
+pub fn train(
+    ctx: &GpuContext,
+    config: &TrainConfig,
+    dataset: &Dataset,
+    opts: &RunOptions,
+    stop: &AtomicBool,
+) -> anyhow::Result<Summary> {
+    config.validate()?;
+    let run_dir = &opts.out;
+    let classes: Vec<String> = dataset.classes().to_vec();
+    anyhow::ensure!(
+        classes.len() == config.model.classes,
+        "the model has {} outputs but the data has {} classes",
+        config.model.classes,
+        classes.len()
+    );
+    let last = run_dir.join("checkpoints/last.safetensors");
+    if !opts.resume && last.exists() {
+        bail!("{} already holds a run; continue it with --resume {0}, or pass another --out", run_dir.display());
+    }
+    std::fs::create_dir_all(run_dir)
+        .with_context(|| format!("cannot create the run directory {}", run_dir.display()))?;
+    autoprog::fsutil::write_atomic(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
+    let mut state = if opts.resume { resumed_state(ctx, config, &last)? } else { fresh_state(ctx, config)? };
+    let mut log = if opts.resume {
+        LogWriter::open_for_resume(&run_dir.join("log.jsonl"))?
+    } else {
+        LogWriter::open(&run_dir.join("log.jsonl"))?
+    };
+    let adapter = ctx.summary.display_name();
+    log.write(&Event::RunStart(RunStartEvent {
+        time: runlog::unix_time_now(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        config: serde_json::to_value(config)?,
+        adapter: adapter.clone(),
+        schedule: "none".into(),
+    }))?;
+
+    let r = &config.recipe;
+    let train_source = dataset.train.clone();
+    let val_source = dataset.val.clone().expect("open_dataset guarantees a val part");
+    let steps_per_epoch = (train_source.len() / r.batch) as u64;
+    anyhow::ensure!(
+        steps_per_epoch > 0,
+        "--batch {} is larger than the {} training images; lower --batch",
+        r.batch,
+        train_source.len()
+    );
+    let total_steps = steps_per_epoch * r.epochs as u64;
+    let warmup = (r.warmup_epochs * steps_per_epoch as f64).round() as u64;
+    let resolution = config.model.image_size;
+    let depth = state.model.depth();
+    let acts = state.model.plan(ctx, r.batch, resolution)?;
+    let eval_acts = state.model.plan(ctx, r.eval_batch.min(val_source.len()).max(1), resolution)?;
+    let skipped = Skipped::default();
+    let flops_per_step = r.batch as f64 * config.model.train_flops_per_image(resolution, depth);
+    let mut ring = ReadbackRing::new(ctx, 1, STEPS_IN_FLIGHT);
+    let session_start = Instant::now();
+    let wall_before = state.progress.wall_seconds;
+    let aug = AugmentConfig { resolution, ..config.augment.clone() };
+
+    eprintln!(
+        "training {} ({} parameters) on {} at {resolution} px, batch {}, {} epochs of {steps_per_epoch} steps",
+        config.model_name,
+        state.model.layout.count(),
+        dataset.summary(),
+        r.batch,
+        r.epochs
+    );
+    while state.progress.epoch < r.epochs {
+        let epoch = state.progress.epoch;
+        let bar = progress_bar(opts.quiet, steps_per_epoch, epoch, r.epochs);
+        let loader_config = LoaderConfig {
+            batch: r.batch,
+            drop_last: true,
+            aug: aug.clone(),
+            train: true,
+            seed: r.seed,
+            epoch: epoch as u64,
+            workers: config.data.workers,
+            prefetch: 2 * config.data.workers.max(1),
+            skipped: skipped.clone(),
+        };
+        let loader =
+            Loader::new(train_source.clone(), epoch_order(train_source.len(), r.seed, epoch as u64), loader_config)?;
+        debug_assert_eq!(loader.batches() as u64, steps_per_epoch);
+        let epoch_start = Instant::now();
+        let mut losses: Vec<f64> = Vec::new();
+        let mut images_this_epoch = 0u64;
+        let mut interrupted = false;
+        let record_loss = |log: &mut LogWriter, losses: &mut Vec<f64>, step: u64, loss: f32, lr: f64, ips: f64| {
+            if !loss.is_finite() {
+                bail!(
+                    "training diverged at step {step} (loss {loss}); the last good checkpoint is kept in {}; \
+                     try a lower --lr or a smaller --batch",
+                    run_dir.join("checkpoints").display()
+                );
+            }
+            losses.push(loss as f64);
+            log.write(&Event::Step(StepEvent {
+                step,
+                epoch: epoch as u32,
+                loss: loss as f64,
+                lr,
+                images_per_second: ips,
+                resolution: resolution as u32,
+                depth: depth as u32,
+            }))?;
+            Ok(())
+        };
+        let mut lrs = std::collections::BTreeMap::new();
+        for item in loader.skip(state.progress.batch_in_epoch) {
+            if stop.load(Ordering::Relaxed) {
+                interrupted = true;
+                break;
+            }
+            let batch = item?;
+            let step = state.progress.step;
+            let lr = learning_rate(step, total_steps, warmup, r.lr, r.min_lr);
+            lrs.insert(step, lr);
+            ctx.write(&acts.images, &batch.images)?;
+            ctx.write_u32(&acts.labels, &batch.labels)?;
+            let loss = match &batch.targets {
+                Some(targets) => {
+                    ctx.write(&acts.targets, targets)?;
+                    Loss::Soft
+                }
+                None => Loss::Hard { smoothing: 0.0 },
+            };
+            let drop_path = r.drop_path > 0.0;
+            if drop_path {
+                acts.write_drop_path(ctx, &drop_path_scales(r.drop_path, depth, r.batch, r.seed, step))?;
+            }
+            let options = StepOptions {
+                adamw: AdamW { lr, beta1: r.beta1, beta2: r.beta2, eps: 1e-8, weight_decay: r.weight_decay },
+                max_grad_norm: r.clip_grad as f32,
+                loss,
+                drop_path,
+            };
+            if !ring.has_free() {
+                if let Some((s, v)) = ring.wait_oldest(ctx)? {
+                    let ips = images_this_epoch as f64 / epoch_start.elapsed().as_secs_f64();
+                    record_loss(&mut log, &mut losses, s, v[0], lrs[&s], ips)?;
+                }
+            }
+            let mut rec = ctx.recorder("train.step");
+            state.optimizer.record_step(&mut rec, &state.model, &acts, &options)?;
+            ring.record(&mut rec, &acts.loss, step)?;
+            ctx.submit(rec)?;
+            ring.submitted();
+            state.progress.step += 1;
+            state.progress.batch_in_epoch += 1;
+            state.progress.train_flops += flops_per_step;
+            images_this_epoch += r.batch as u64;
+            for (s, v) in ring.poll(ctx)? {
+                let ips = images_this_epoch as f64 / epoch_start.elapsed().as_secs_f64();
+                record_loss(&mut log, &mut losses, s, v[0], lrs[&s], ips)?;
+                bar.set_message(format!("loss {:.3}  {ips:.0} img/s", v[0]));
+            }
+            bar.inc(1);
+        }
+        for (s, v) in ring.drain(ctx)? {
+            let ips = images_this_epoch as f64 / epoch_start.elapsed().as_secs_f64();
+            record_loss(&mut log, &mut losses, s, v[0], lrs[&s], ips)?;
+        }
+        let train_seconds = epoch_start.elapsed().as_secs_f64();
+        bar.finish_and_clear();
+        state.progress.images_trained += images_this_epoch;
+        state.progress.train_seconds += train_seconds;
+        let ips = images_this_epoch as f64 / train_seconds.max(1e-9);
+        if interrupted {
+            state.progress.wall_seconds = wall_before + session_start.elapsed().as_secs_f64();
+            let paths = save_checkpoint(ctx, &state, config, &classes, run_dir, false)?;
+            log.write(&Event::Checkpoint(CheckpointEvent {
+                epoch: epoch as u32,
+                step: state.progress.step,
+                path: paths[0].display().to_string(),
+                kind: CheckpointKind::Last,
+            }))?;
+            log.write(&Event::RunEnd(RunEndEvent {
+                time: runlog::unix_time_now(),
+                wall_seconds: state.progress.wall_seconds,
+                status: RunStatus::Interrupted,
+                message: Some(format!("stopped at step {} of epoch {epoch}", state.progress.step)),
+            }))?;
+            bail!(Interrupted { run_dir: run_dir.clone() });
+        }
+
+        // Evaluate the weights and every EMA.
+        let mut arenas = vec![&state.model.params];
+        arenas.extend(state.optimizer.emas.iter().map(|(t, _)| t));
+        let eval = evaluate(ctx, &state.model, &arenas, &eval_acts, val_source.clone(), &aug, config.data.workers)?;
+        state.progress.epoch += 1;
+        state.progress.batch_in_epoch = 0;
+        state.progress.wall_seconds = wall_before + session_start.elapsed().as_secs_f64();
+        state.progress.val_accs.push(eval.acc[0]);
+        let best = eval.acc[0] > state.progress.best_val_acc;
+        if best {
+            state.progress.best_val_acc = eval.acc[0];
+        }
+        let train_loss = losses.iter().sum::<f64>() / losses.len().max(1) as f64;
+        let ema_accs: Vec<EmaAcc> = state
+            .optimizer
+            .emas
+            .iter()
+            .zip(&eval.acc[1..])
+            .map(|((_, decay), &acc)| EmaAcc { decay: *decay, acc })
+            .collect();
+        log.write(&Event::Epoch(EpochEvent {
+            epoch: epoch as u32,
+            step: state.progress.step,
+            train_loss,
+            val_loss: Some(eval.loss[0]),
+            val_acc: Some(eval.acc[0]),
+            val_acc_ema: ema_accs.clone(),
+            images_per_second: ips,
+            wall_seconds: state.progress.wall_seconds,
+            train_flops: state.progress.train_flops,
+            resolution: resolution as u32,
+            depth: depth as u32,
+        }))?;
+        let emas: String = ema_accs.iter().map(|e| format!("  ema{} {:.4}", e.decay, e.acc)).collect();
+        eprintln!(
+            "epoch {}/{}  loss {train_loss:.4}  val_loss {:.4}  val_acc {:.4}{emas}  {ips:.0} img/s  {:.0} s",
+            epoch + 1,
+            r.epochs,
+            eval.loss[0],
+            eval.acc[0],
+            state.progress.wall_seconds
+        );
+        let paths = save_checkpoint(ctx, &state, config, &classes, run_dir, best)?;
+        for (path, kind) in paths.iter().zip([CheckpointKind::Last, CheckpointKind::Best]) {
+            log.write(&Event::Checkpoint(CheckpointEvent {
+                epoch: epoch as u32,
+                step: state.progress.step,
+                path: path.display().to_string(),
+                kind,
+            }))?;
+        }
+        if epoch + 1 == r.epochs {
+            let summary = Summary {
+                schedule: "none".into(),
+                epochs: r.epochs as u32,
+                wall_seconds: state.progress.wall_seconds,
+                train_flops: state.progress.train_flops,
+                images_per_second: state.progress.images_trained as f64 / state.progress.train_seconds.max(1e-9),
+                val_acc: eval.acc[0],
+                val_acc_ema: ema_accs.iter().map(|e| e.acc).reduce(f64::max),
+                best_val_acc: state.progress.best_val_acc,
+                final_resolution: resolution as u32,
+                final_depth: depth as u32,
+                adapter: adapter.clone(),
+                stages: vec![StageSummary { start_epoch: 0, resolution: resolution as u32, depth: depth as u32 }],
+                seed: r.seed,
+                skipped_images: skipped.count(),
+                model: config.model_name.clone(),
+                classes: classes.len(),
+            };
+            runlog::write_json_atomic(&run_dir.join("summary.json"), &summary)?;
+            log.write(&Event::RunEnd(RunEndEvent {
+                time: runlog::unix_time_now(),
+                wall_seconds: state.progress.wall_seconds,
+                status: RunStatus::Finished,
+                message: None,
+            }))?;
+            if skipped.count() > 0 {
+                eprintln!(
+                    "warning: {} images could not be decoded and were skipped: {}",
+                    skipped.count(),
+                    skipped.files().join(", ")
+                );
+            }
+            return Ok(summary);
+        }
+    }
+    bail!("{} already finished all {} epochs; nothing to resume", run_dir.display(), r.epochs)
+}
+
+/// The run was stopped by Ctrl-C after writing its checkpoint.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted; the run is saved, continue it with: autoprog train --resume {}", run_dir.display())]
+pub struct Interrupted {
+    pub run_dir: PathBuf,
+}
+
+fn progress_bar(quiet: bool, steps: u64, epoch: usize, epochs: usize) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(steps), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("epoch {}/{epochs}", epoch + 1));
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learning_rate_warms_up_then_follows_a_cosine() {
+        let (lr, min) = (1e-3, 1e-5);
+        assert!((learning_rate(0, 100, 10, lr, min) - 1e-4).abs() < 1e-12);
+        assert!((learning_rate(9, 100, 10, lr, min) - lr).abs() < 1e-12);
+        assert!((learning_rate(10, 100, 10, lr, min) - lr).abs() < 1e-12);
+        let mid = learning_rate(55, 100, 10, lr, min);
+        assert!((mid - (min + 0.5 * (lr - min))).abs() < 1e-9, "{mid}");
+        assert!((learning_rate(100, 100, 10, lr, min) - min).abs() < 1e-12);
+        assert!((learning_rate(3, 10, 0, lr, min) - learning_rate(3, 10, 0, lr, min)).abs() == 0.0);
+    }
+
+    #[test]
+    fn drop_path_follows_the_linear_rule_and_is_deterministic() {
+        let (depth, batch) = (4, 2000);
+        let s = drop_path_scales(0.3, depth, batch, 7, 11);
+        assert_eq!(s, drop_path_scales(0.3, depth, batch, 7, 11));
+        assert_ne!(s, drop_path_scales(0.3, depth, batch, 7, 12));
+        for block in 0..depth {
+            let p = 0.3 * block as f64 / 3.0;
+            let row = &s[2 * block * batch..][..2 * batch];
+            let dropped = row.iter().filter(|&&v| v == 0.0).count() as f64 / row.len() as f64;
+            assert!((dropped - p).abs() < 0.03, "block {block}: {dropped} vs {p}");
+            // Kept branches are rescaled so that the expectation is unchanged.
+            let mean = row.iter().map(|&v| v as f64).sum::<f64>() / row.len() as f64;
+            assert!((mean - 1.0).abs() < 0.06, "block {block}: mean {mean}");
+        }
+    }
+
+    #[test]
+    fn metrics_of_logits() {
+        let logits = [0.0, 2.0, 1.0, 3.0, 0.0, 0.0];
+        assert_eq!(argmax_rows(&logits, 3), [1, 0]);
+        let loss = cross_entropy(&logits, &[1, 0], 3);
+        let row = |z: [f64; 3], l: usize| z.iter().map(|v| v.exp()).sum::<f64>().ln() - z[l];
+        assert!((loss - (row([0.0, 2.0, 1.0], 1) + row([3.0, 0.0, 0.0], 0)) / 2.0).abs() < 1e-6);
+    }
+}

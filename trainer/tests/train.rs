@@ -1,0 +1,362 @@
+//! `autoprog train`, `eval`, `predict` and `debug-step` end to end on a micro ViT: the run
+//! directory, exact resumption (also after Ctrl-C mid-epoch), and clear errors on bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use autoprog::checkpoint::{Checkpoint, NamedTensor};
+use autoprog::runlog::{parse_log, Event, RunStatus, Summary};
+
+fn autoprog(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_autoprog"))
+        .args(args)
+        .env("AUTOPROG_CACHE_DIR", std::env::temp_dir().join("autoprog-cli-test-cache"))
+        .output()
+        .expect("autoprog runs")
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// A fresh temporary directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("autoprog-train-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A micro ViT (16 px, patch 4, width 16, one block of 2 heads) so each run takes seconds.
+fn micro_model(dir: &Path) -> String {
+    let path = dir.join("micro.toml");
+    std::fs::write(&path, "image_size = 16\npatch_size = 4\ndim = 16\ndepth = 2\nheads = 2\nmlp_hidden = 32\n")
+        .unwrap();
+    path.display().to_string()
+}
+
+/// Train arguments of a micro run on 128 built-in images, 4 steps per epoch.
+fn micro_args(model: &str, out: &Path, epochs: usize) -> Vec<String> {
+    [
+        "train",
+        "--model",
+        model,
+        "--train-images",
+        "128",
+        "--val-images",
+        "64",
+        "--batch",
+        "32",
+        "--epochs",
+        &epochs.to_string(),
+        "--out",
+        &out.display().to_string(),
+        "--quiet",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn run(args: &[String]) -> Output {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    autoprog(&refs)
+}
+
+/// The step losses of a run's log, by global step.
+fn step_losses(run: &Path) -> Vec<(u64, f64)> {
+    let log = parse_log(&std::fs::read_to_string(run.join("log.jsonl")).unwrap());
+    assert!(log.skipped.is_empty(), "unreadable log lines: {:?}", log.skipped);
+    let mut losses: Vec<(u64, f64)> = log
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Step(s) => Some((s.step, s.loss)),
+            _ => None,
+        })
+        .collect();
+    losses.sort_by_key(|(s, _)| *s);
+    losses.dedup_by_key(|(s, _)| *s);
+    losses
+}
+
+#[test]
+fn train_writes_a_complete_run_directory_and_eval_agrees() {
+    let dir = scratch("complete");
+    let model = micro_model(&dir);
+    let out_dir = dir.join("run");
+    let out = run(&micro_args(&model, &out_dir, 2));
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("validation accuracy") && stdout.contains(&out_dir.display().to_string()), "{stdout}");
+
+    for file in
+        ["config.toml", "log.jsonl", "summary.json", "checkpoints/last.safetensors", "checkpoints/best.safetensors"]
+    {
+        assert!(out_dir.join(file).exists(), "{file} missing");
+    }
+    let summary: Summary =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!((summary.schedule.as_str(), summary.epochs, summary.classes), ("none", 2, 10));
+    assert!((0.0..=1.0).contains(&summary.val_acc) && summary.val_acc_ema.is_some());
+    assert!(summary.train_flops > 0.0 && summary.images_per_second > 0.0 && summary.wall_seconds > 0.0);
+    assert_eq!((summary.final_resolution, summary.final_depth), (16, 2));
+    let raw: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap()).unwrap();
+    for key in [
+        "schedule",
+        "epochs",
+        "wall_seconds",
+        "train_flops",
+        "images_per_second",
+        "val_acc",
+        "val_acc_ema",
+        "best_val_acc",
+        "final_resolution",
+        "final_depth",
+        "adapter",
+    ] {
+        assert!(raw.get(key).is_some(), "summary.json lacks {key}");
+    }
+    let losses = step_losses(&out_dir);
+    assert_eq!(losses.iter().map(|(s, _)| *s).collect::<Vec<_>>(), (0..8).collect::<Vec<_>>());
+    assert!(losses.iter().all(|(_, l)| l.is_finite() && *l > 0.0));
+
+    // The checkpoint carries timm-named weights, the EMAs and the optimizer state.
+    let ckpt = Checkpoint::load(&out_dir.join("checkpoints/last.safetensors")).unwrap();
+    for name in [
+        "patch_embed.proj.weight",
+        "blocks.1.attn.qkv.weight",
+        "head.bias",
+        "optimizer.m.head.bias",
+        "ema_0.995.head.bias",
+    ] {
+        assert!(ckpt.get(name).is_some(), "{name} missing");
+    }
+    assert_eq!(ckpt.require("pos_embed", &[1, 17, 16]).unwrap().numel(), 17 * 16);
+
+    // `eval` of the last checkpoint on the run's own data gives the final accuracy.
+    let last = out_dir.join("checkpoints/last.safetensors").display().to_string();
+    let out = autoprog(&["eval", "--checkpoint", &last, "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let eval: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!((eval["val_acc"].as_f64().unwrap() - summary.val_acc).abs() < 1e-9, "{eval} vs {}", summary.val_acc);
+
+    // A second run into the same directory is refused (nothing overwritten).
+    let again = run(&micro_args(&model, &out_dir, 2));
+    assert!(!again.status.success() && text(&again).contains("--resume"), "{}", text(&again));
+}
+
+#[test]
+fn resumed_runs_repeat_the_uninterrupted_losses() {
+    let dir = scratch("resume");
+    let model = micro_model(&dir);
+    let whole = dir.join("whole");
+    assert!(run(&micro_args(&model, &whole, 3)).status.success());
+
+    // A finished run extended by more epochs continues its step count (the cosine then
+    // stretches over the new length, so these losses differ from `whole`'s).
+    let extended = dir.join("extended");
+    assert!(run(&micro_args(&model, &extended, 1)).status.success());
+    let out = autoprog(&["train", "--resume", &extended.display().to_string(), "--epochs", "2", "--quiet"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let losses = step_losses(&extended);
+    assert_eq!(losses.iter().map(|(s, _)| *s).collect::<Vec<_>>(), (0..8).collect::<Vec<_>>());
+    assert_eq!(losses[..4], step_losses(&whole)[..4]);
+
+    // Interrupted by Ctrl-C in the middle of an epoch, then resumed.
+    let interrupted = dir.join("interrupted");
+    let child = Command::new(env!("CARGO_BIN_EXE_autoprog"))
+        .args(micro_args(&model, &interrupted, 3))
+        .env("AUTOPROG_CACHE_DIR", std::env::temp_dir().join("autoprog-cli-test-cache"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = interrupted.join("log.jsonl");
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(&log).map_or(0, |t| t.matches("\"event\":\"step\"").count()) < 5 {
+        assert!(start.elapsed().as_secs() < 120, "the run never reached step 5");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let result = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    // 3 epochs of 4 steps and the signal after step 5: the run cannot have finished.
+    assert_eq!(result.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("--resume"), "{stderr}");
+    let log = parse_log(&std::fs::read_to_string(interrupted.join("log.jsonl")).unwrap());
+    assert!(log.events.iter().any(|e| matches!(e, Event::RunEnd(r) if r.status == RunStatus::Interrupted)));
+    let out = autoprog(&["train", "--resume", &interrupted.display().to_string(), "--quiet"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(step_losses(&interrupted), step_losses(&whole), "resumed after Ctrl-C");
+}
+
+#[test]
+fn predict_and_debug_step_on_a_checkpoint() {
+    let dir = scratch("predict");
+    let model = micro_model(&dir);
+    let out_dir = dir.join("run");
+    assert!(run(&micro_args(&model, &out_dir, 1)).status.success());
+    let ckpt = out_dir.join("checkpoints/last.safetensors").display().to_string();
+
+    // Two images of other sizes than the model's 16 px.
+    let png = dir.join("a.png");
+    image::RgbImage::from_fn(20, 12, |x, y| image::Rgb([(x * 12) as u8, (y * 20) as u8, 128])).save(&png).unwrap();
+    let jpg = dir.join("b.jpg");
+    image::RgbImage::from_fn(40, 40, |x, _| image::Rgb([200, (x * 6) as u8, 10])).save(&jpg).unwrap();
+    let out = autoprog(&[
+        "predict",
+        "--checkpoint",
+        &ckpt,
+        "--json",
+        "--top-k",
+        "3",
+        &png.display().to_string(),
+        &jpg.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let preds: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let preds = preds.as_array().unwrap();
+    assert_eq!(preds.len(), 2);
+    for p in preds {
+        assert_eq!(p["logits"].as_array().unwrap().len(), 10);
+        let top = p["top"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        let probs: Vec<f64> = top.iter().map(|t| t["prob"].as_f64().unwrap()).collect();
+        assert!(probs.windows(2).all(|w| w[0] >= w[1]) && probs[0] <= 1.0);
+        assert!(autoprog::data::CLASSES.contains(&top[0]["label"].as_str().unwrap()));
+    }
+
+    // debug-step: loss, logits and a gradient per parameter.
+    let batch = dir.join("batch.safetensors");
+    let mut input = Checkpoint::default();
+    let images: Vec<f32> = (0..2 * 3 * 16 * 16).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+    input.tensors.push(NamedTensor::new("images", vec![2, 3, 16, 16], images));
+    input.tensors.push(NamedTensor::new("labels", vec![2], vec![3.0, 7.0]));
+    input.save(&batch).unwrap();
+    let grads = dir.join("grads.safetensors");
+    let out = autoprog(&[
+        "debug-step",
+        "--checkpoint",
+        &ckpt,
+        "--batch",
+        &batch.display().to_string(),
+        "--out",
+        &grads.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let g = Checkpoint::load(&grads).unwrap();
+    let loss = g.get("loss").unwrap().data[0];
+    assert!(loss.is_finite() && loss > 0.0);
+    assert_eq!(g.get("logits").unwrap().shape, [2, 10]);
+    assert_eq!(g.get("blocks.1.mlp.fc2.weight").unwrap().shape, [16, 32]);
+    assert!(g.get("head.weight").unwrap().data.iter().any(|&v| v != 0.0));
+}
+
+#[test]
+fn bad_input_gives_clear_errors() {
+    let dir = scratch("bad");
+    let model = micro_model(&dir);
+    let check = |args: &[&str], expect: &[&str]| {
+        let out = autoprog(args);
+        let t = text(&out);
+        assert!(!out.status.success(), "{args:?} succeeded: {t}");
+        assert!(!t.contains("panicked"), "{t}");
+        for e in expect {
+            assert!(t.contains(e), "{args:?}: expected `{e}` in: {t}");
+        }
+    };
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    check(&["train", "--data", &empty.display().to_string(), "--model", &model], &["empty"]);
+    let not_data = dir.join("not-data");
+    std::fs::create_dir_all(&not_data).unwrap();
+    std::fs::write(not_data.join("data_batch_1.bin"), [0u8; 100]).unwrap();
+    check(&["train", "--data", &not_data.display().to_string(), "--model", &model], &["CIFAR-10"]);
+    check(&["train", "--model", "huge"], &["huge", "nano"]);
+    check(
+        &["predict", "--checkpoint", &dir.join("nope.safetensors").display().to_string(), "x.png"],
+        &["nope.safetensors"],
+    );
+    let garbage = dir.join("garbage.safetensors");
+    std::fs::write(&garbage, b"definitely not a safetensors file").unwrap();
+    check(&["predict", "--checkpoint", &garbage.display().to_string(), "x.png"], &["garbage.safetensors"]);
+
+    // A checkpoint of another architecture: a timm-style file whose blocks are narrower.
+    let out_dir = dir.join("run");
+    assert!(run(&micro_args(&model, &out_dir, 1)).status.success());
+    let mut ckpt = Checkpoint::load(&out_dir.join("checkpoints/last.safetensors")).unwrap();
+    ckpt.metadata.clear();
+    ckpt.tensors.retain(|t| {
+        !t.name.contains('_') || t.name.starts_with("patch_embed") || t.name == "cls_token" || t.name == "pos_embed"
+    });
+    for t in &mut ckpt.tensors {
+        if t.name == "blocks.1.mlp.fc1.weight" {
+            t.shape = vec![8, 64];
+        }
+    }
+    let other = dir.join("other.safetensors");
+    ckpt.save(&other).unwrap();
+    check(&["predict", "--checkpoint", &other.display().to_string(), "x.png"], &["--heads"]);
+    check(
+        &["predict", "--checkpoint", &other.display().to_string(), "--heads", "2", "x.png"],
+        &["blocks.1.mlp.fc1.weight"],
+    );
+
+    // A diverging run stops with a clear message and keeps the good checkpoint.
+    let diverge = dir.join("diverge");
+    let mut args = micro_args(&model, &diverge, 3);
+    args.extend(["--lr".to_string(), "1e30".to_string()]);
+    let out = run(&args);
+    let t = text(&out);
+    assert!(!out.status.success() && t.contains("diverged") && t.contains("--lr"), "{t}");
+    if let Ok(ckpt) = Checkpoint::load(&diverge.join("checkpoints/last.safetensors")) {
+        assert!(
+            ckpt.tensors.iter().all(|t| t.data.iter().all(|v| v.is_finite())),
+            "a checkpoint holds non-finite values"
+        );
+    }
+}
+
+#[test]
+fn corrupt_images_are_skipped_with_a_warning() {
+    let dir = scratch("corrupt");
+    let model = micro_model(&dir);
+    let data = dir.join("data");
+    for split in ["train", "val"] {
+        for (c, class) in ["dark", "light"].iter().enumerate() {
+            let folder = data.join(split).join(class);
+            std::fs::create_dir_all(&folder).unwrap();
+            for i in 0..12 {
+                let v = (c * 200 + i) as u8;
+                image::RgbImage::from_pixel(16, 16, image::Rgb([v, v, v]))
+                    .save(folder.join(format!("{i}.png")))
+                    .unwrap();
+            }
+        }
+    }
+    std::fs::write(data.join("train/dark/broken.png"), b"\x89PNG\r\n\x1a\n truncated").unwrap();
+    let out_dir = dir.join("run");
+    let out = autoprog(&[
+        "train",
+        "--data",
+        &data.display().to_string(),
+        "--model",
+        &model,
+        "--batch",
+        "8",
+        "--epochs",
+        "2",
+        "--out",
+        &out_dir.display().to_string(),
+        "--quiet",
+    ]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("broken.png"), "no warning naming the file: {t}");
+    let summary: Summary =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary.skipped_images, 1);
+    assert_eq!(summary.classes, 2);
+}
