@@ -99,7 +99,9 @@ impl ModelArgs {
             .unwrap_or_else(|| (0..config.classes).map(|i| i.to_string()).collect());
         let mean = three(&self.mean, "mean")?.or(ckpt.get_json("mean")?).unwrap_or(IMAGENET_MEAN);
         let std = three(&self.std, "std")?.or(ckpt.get_json("std")?).unwrap_or(IMAGENET_STD);
-        let train_config = ckpt.get_json::<TrainConfig>("config")?;
+        // Only `eval` without --data needs the training config; a config of an older
+        // version must not stop inference.
+        let train_config = ckpt.get_json::<TrainConfig>("config").ok().flatten();
         Ok(LoadedModel { config, layout, params, classes, mean, std, train_config })
     }
 }

@@ -58,6 +58,12 @@ pub struct TrainArgs {
     /// Data loading threads.
     #[arg(long)]
     workers: Option<usize>,
+    /// No random horizontal flips (for digits, text and other data that mirroring changes).
+    #[arg(long)]
+    no_hflip: bool,
+    /// Drop-path rate of the last block (rising linearly from 0 at the first).
+    #[arg(long)]
+    drop_path: Option<f64>,
     /// Run directory (default: runs/<date>-<time>-<model>).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -135,6 +141,12 @@ impl TrainArgs {
         }
         if let Some(seed) = self.seed {
             r.seed = seed;
+        }
+        if let Some(rate) = self.drop_path {
+            r.drop_path = rate;
+        }
+        if self.no_hflip {
+            config.augment.hflip = false;
         }
         let d = &mut config.data;
         for (target, value) in [
