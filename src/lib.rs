@@ -16,6 +16,7 @@ pub mod fsutil;
 pub mod gpu;
 pub mod kernels;
 pub mod model;
+pub mod prog;
 pub mod runlog;
 pub mod tolerance;
 
