@@ -134,13 +134,13 @@ pub struct StageEvent {
 /// Regularisation strengths of a stage (AutoProg scales them with model size).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Regularisation {
-    /// RandAugment magnitude (0..=10 in the usual scale).
+    /// RandAugment magnitude on torchvision's 0..=30 scale (timm's m9 is 27 here).
     pub randaug_magnitude: f64,
     /// Stochastic depth rate of the last block.
     pub drop_path: f64,
     /// Random-erasing probability.
     pub erase_prob: f64,
-    /// Mixup alpha (0 = off).
+    /// Probability that a batch is mixed (mixup or cutmix; 0 = off).
     pub mixup: f64,
 }
 
@@ -153,7 +153,7 @@ pub struct GrowthEvent {
     pub to_depth: u32,
     /// New block `i` copies old block `mapping[i]`; `mapping.len() == to_depth`.
     pub mapping: Vec<usize>,
-    /// Which weights were copied: "model" or an EMA copy such as "ema0.9995".
+    /// Which weights the grown model starts from: "weights" or an EMA such as "ema_0.998".
     pub source: String,
 }
 

@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::ParamLayout;
 use crate::{Error, Result};
 
 /// How a model of `from` blocks grows into one of `to` blocks.
@@ -60,9 +61,48 @@ impl Growth {
     }
 }
 
+/// An arena of the grown model (`to`, with `growth.to` blocks) from one of the model
+/// before growth (`from`): block i of the new model is a copy of block `mapping[i]`, every
+/// other tensor (embeddings, final norm, head) is copied as is. Used for the weights, each
+/// EMA, and (with `--grow-opt-state copy`) the AdamW moments.
+pub fn grow_arena(from: &ParamLayout, to: &ParamLayout, growth: &Growth, arena: &[f32]) -> Result<Vec<f32>> {
+    let mut out = vec![0.0; to.len];
+    for spec in &to.specs {
+        let source_name = match spec.name.strip_prefix("blocks.") {
+            Some(rest) => {
+                let (index, tail) = rest.split_once('.').expect("block parameter names are blocks.{i}.{name}");
+                let i: usize = index.parse().expect("block index");
+                format!("blocks.{}.{tail}", growth.mapping[i])
+            }
+            None => spec.name.clone(),
+        };
+        let source = from.find(&source_name).filter(|s| s.shape == spec.shape).ok_or_else(|| {
+            Error::invalid("depth growth", format!("{} has no {source_name} of shape {:?}", "the model", spec.shape))
+        })?;
+        out[spec.range()].copy_from_slice(&arena[source.range()]);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::VitConfig;
+
+    #[test]
+    fn grown_arenas_copy_blocks_by_the_mapping() {
+        let config = VitConfig::preset("nano", 10).unwrap();
+        let (small, large) = (ParamLayout::new(&config, 3, 16), ParamLayout::new(&config, 5, 16));
+        let arena: Vec<f32> = (0..small.len).map(|i| i as f32).collect();
+        let growth = grow_depth(3, 5).unwrap();
+        let grown = grow_arena(&small, &large, &growth, &arena).unwrap();
+        for (i, &source) in growth.mapping.iter().enumerate() {
+            let name = |b: usize| format!("blocks.{b}.mlp.fc1.weight");
+            assert_eq!(large.slice(&grown, &name(i)), small.slice(&arena, &name(source)));
+        }
+        assert_eq!(large.slice(&grown, "pos_embed"), small.slice(&arena, "pos_embed"));
+        assert_eq!(large.slice(&grown, "head.weight"), small.slice(&arena, "head.weight"));
+    }
 
     #[test]
     fn mappings_match_the_official_new_idx() {

@@ -58,6 +58,22 @@ pub struct TrainArgs {
     /// Data loading threads.
     #[arg(long)]
     workers: Option<usize>,
+    /// How the model grows: none (the full model throughout) or prog (progressive learning
+    /// with MoGrow: resolution and depth rise over --stages equal stages).
+    #[arg(long)]
+    schedule: Option<String>,
+    /// Stages of the prog schedule (default 4).
+    #[arg(long)]
+    stages: Option<usize>,
+    /// First stage's resolution as a fraction of the full one (default 0.5).
+    #[arg(long)]
+    res_scale: Option<f64>,
+    /// First stage's depth as a fraction of the full one (default 0.5).
+    #[arg(long)]
+    depth_scale: Option<f64>,
+    /// AdamW moments of grown blocks: reset (as the paper) or copy (from the source blocks).
+    #[arg(long)]
+    grow_opt_state: Option<String>,
     /// No random horizontal flips (for digits, text and other data that mirroring changes).
     #[arg(long)]
     no_hflip: bool,
@@ -144,6 +160,21 @@ impl TrainArgs {
         }
         if let Some(rate) = self.drop_path {
             r.drop_path = rate;
+        }
+        if let Some(schedule) = &self.schedule {
+            r.schedule = schedule.clone();
+        }
+        if let Some(stages) = self.stages {
+            r.stages = stages;
+        }
+        if let Some(v) = self.res_scale {
+            r.res_scale = v;
+        }
+        if let Some(v) = self.depth_scale {
+            r.depth_scale = v;
+        }
+        if let Some(mode) = &self.grow_opt_state {
+            r.grow_opt_state = mode.clone();
         }
         if self.no_hflip {
             config.augment.hflip = false;

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use autoprog::model::VitConfig;
+use autoprog::prog::schedule::{ScheduleConfig, Stage};
 use serde::{Deserialize, Serialize};
 
 use crate::data::augment::AugmentConfig;
@@ -69,7 +70,38 @@ pub struct Recipe {
     pub seed: u64,
     /// Evaluation batch.
     pub eval_batch: usize,
+    /// How the model grows: `none` (the full model throughout) or `prog` (progressive
+    /// learning with MoGrow over `stages` equal stages).
+    #[serde(default = "default_schedule")]
+    pub schedule: String,
+    /// Stages of the `prog` schedule.
+    #[serde(default = "default_stages")]
+    pub stages: usize,
+    /// The first stage's resolution and depth, as fractions of the full ones.
+    #[serde(default = "half")]
+    pub res_scale: f64,
+    #[serde(default = "half")]
+    pub depth_scale: f64,
+    /// AdamW moments of grown blocks: `reset` (as the paper) or `copy` (from their source blocks).
+    #[serde(default = "default_grow_opt_state")]
+    pub grow_opt_state: String,
 }
+
+fn default_schedule() -> String {
+    "none".into()
+}
+fn default_stages() -> usize {
+    4
+}
+fn half() -> f64 {
+    0.5
+}
+fn default_grow_opt_state() -> String {
+    "reset".into()
+}
+
+/// The schedules `--schedule` accepts.
+pub const SCHEDULES: [&str; 2] = ["none", "prog"];
 
 /// Run presets: a whole run configuration.
 pub const PRESETS: [&str; 2] = ["quick", "standard"];
@@ -142,6 +174,41 @@ impl TrainConfig {
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("{} is not a valid run config: {e}", path.display()))
     }
 
+    /// The stages this run trains: one full-size stage for `none`, K growing ones for `prog`.
+    pub fn schedule(&self) -> anyhow::Result<Vec<Stage>> {
+        let r = &self.recipe;
+        let progressive = r.schedule == "prog";
+        let config = ScheduleConfig {
+            stages: if progressive { r.stages } else { 1 },
+            epochs: r.epochs,
+            resolution: self.model.image_size,
+            res_scale: r.res_scale,
+            patch: self.model.patch_size,
+            depth: self.model.depth,
+            depth_scale: r.depth_scale,
+            randaug_magnitude: self.augment.randaug_magnitude,
+            drop_path: r.drop_path,
+            erase_prob: self.augment.erase_prob as f64,
+            mix_prob: self.augment.mix_prob as f64,
+            // As the official script: RandAugment from half its magnitude, the others from 0.
+            randaug_scale: 0.5,
+            drop_path_scale: 0.0,
+            erase_scale: 0.0,
+            mix_scale: 0.0,
+        };
+        let stages = config.stages()?;
+        for pair in stages.windows(2) {
+            anyhow::ensure!(
+                pair[1].depth <= 2 * pair[0].depth,
+                "the schedule grows depth {} to {} at epoch {}; MoGrow at most doubles it, so use more --stages or a larger --depth-scale",
+                pair[0].depth,
+                pair[1].depth,
+                pair[1].start_epoch
+            );
+        }
+        Ok(stages)
+    }
+
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("a config always serialises")
     }
@@ -155,6 +222,18 @@ impl TrainConfig {
         anyhow::ensure!(r.lr > 0.0 && r.lr.is_finite(), "the learning rate {} must be positive", r.lr);
         anyhow::ensure!((0.0..1.0).contains(&r.drop_path), "drop_path {} must lie in [0, 1)", r.drop_path);
         self.augment.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        anyhow::ensure!(
+            SCHEDULES.contains(&r.schedule.as_str()),
+            "unknown schedule `{}`; use one of {}",
+            r.schedule,
+            SCHEDULES.join(", ")
+        );
+        anyhow::ensure!(
+            ["reset", "copy"].contains(&r.grow_opt_state.as_str()),
+            "--grow-opt-state {} must be reset or copy",
+            r.grow_opt_state
+        );
+        self.schedule()?;
         for &d in &r.ema_decays {
             anyhow::ensure!((0.0..1.0).contains(&d), "EMA decay {d} must lie in [0, 1)");
         }
@@ -183,6 +262,11 @@ impl Default for Recipe {
             ema_decays: vec![0.99, 0.999],
             seed: 0,
             eval_batch: 256,
+            schedule: default_schedule(),
+            stages: default_stages(),
+            res_scale: half(),
+            depth_scale: half(),
+            grow_opt_state: default_grow_opt_state(),
         }
     }
 }

@@ -44,7 +44,7 @@ enum Command {
     #[command(
         after_help = "Examples:\n  autoprog train\n  autoprog train --preset quick --epochs 3\n  autoprog train --data ~/mnist --model nano --image-size 28 --val-split 0.1\n  autoprog train --resume runs/20261127-0930-nano"
     )]
-    Train(cli_train::TrainArgs),
+    Train(Box<cli_train::TrainArgs>),
     /// Accuracy of a checkpoint on the validation part of a dataset.
     #[command(
         after_help = "Example:\n  autoprog eval --checkpoint runs/x/checkpoints/best.safetensors\n  autoprog eval --checkpoint vit.safetensors --heads 3 --data ~/digits"
@@ -108,7 +108,7 @@ fn main() -> ExitCode {
     quiet_egl();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Train(args) => return cli_train::run(args),
+        Command::Train(args) => return cli_train::run(*args),
         Command::Eval(args) => return report(cli_infer::eval(&args)),
         Command::Predict(args) => return report(cli_infer::predict(&args)),
         Command::DebugStep(args) => return report(cli_infer::debug_step(&args)),

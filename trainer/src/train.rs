@@ -15,9 +15,11 @@ use autoprog::gpu::ReadbackRing;
 use autoprog::kernels::optimizer::AdamW;
 use autoprog::model::step::{Optimizer, StepOptions};
 use autoprog::model::{Activations, GpuVit, Loss, ParamLayout};
+use autoprog::prog::grow::{grow_arena, grow_depth};
+use autoprog::prog::schedule::{stage_at, Stage};
 use autoprog::runlog::{
-    self, CheckpointEvent, CheckpointKind, EmaAcc, EpochEvent, Event, LogWriter, RunEndEvent, RunStartEvent, RunStatus,
-    StageSummary, StepEvent, Summary,
+    self, CheckpointEvent, CheckpointKind, EmaAcc, EpochEvent, Event, GrowthEvent, LogWriter, Regularisation,
+    RunEndEvent, RunStartEvent, RunStatus, StageEvent, StageSummary, StepEvent, Summary,
 };
 use autoprog::GpuContext;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -61,6 +63,9 @@ pub struct Progress {
     pub depth: usize,
     /// Per-epoch validation accuracies of the weights so far.
     pub val_accs: Vec<f64>,
+    /// AdamW's own step count (its bias correction restarts when growth resets the moments).
+    #[serde(default)]
+    pub adam_step: u64,
 }
 
 /// The dataset a config asks for, with a validation part.
@@ -253,14 +258,58 @@ fn save_checkpoint(
     Ok(written)
 }
 
-fn fresh_state(ctx: &GpuContext, config: &TrainConfig) -> anyhow::Result<State> {
-    let depth = config.model.depth;
+fn fresh_state(ctx: &GpuContext, config: &TrainConfig, first: &Stage) -> anyhow::Result<State> {
+    let depth = first.depth;
     let layout = ParamLayout::new(&config.model, depth, ctx.arena_align());
     let params = layout.init(&config.model, config.recipe.seed);
     let model = GpuVit::new(ctx, config.model.clone(), layout, &params)?;
     let optimizer = Optimizer::new(ctx, &model, &config.recipe.ema_decays)?;
-    let progress = Progress { resolution: config.model.image_size, depth, ..Progress::default() };
+    let progress = Progress { resolution: first.resolution, depth, ..Progress::default() };
     Ok(State { model, optimizer, progress })
+}
+
+/// MoGrow: the state grown to `depth` blocks. The new weights are the slowest EMA's (the
+/// weights themselves without EMA) with blocks copied by the interleaved mapping; every EMA
+/// grows from its own weights; the AdamW moments restart (`reset`) or are copied from the
+/// source blocks (`copy`).
+fn grow(ctx: &GpuContext, state: State, config: &TrainConfig, depth: usize) -> anyhow::Result<(State, GrowthEvent)> {
+    let old = &state.model.layout;
+    let growth = grow_depth(state.model.depth(), depth)?;
+    let new_layout = ParamLayout::new(&config.model, depth, ctx.arena_align());
+    let grown = |t: &autoprog::Tensor| -> anyhow::Result<Vec<f32>> {
+        Ok(grow_arena(old, &new_layout, &growth, &ctx.read_blocking(t)?)?)
+    };
+    let slowest = state.optimizer.emas.iter().max_by(|a, b| a.1.total_cmp(&b.1));
+    let (source_tensor, source) = match slowest {
+        Some((t, decay)) => (t, format!("ema_{decay}")),
+        None => (&state.model.params, "weights".to_string()),
+    };
+    let model = GpuVit::new(ctx, config.model.clone(), new_layout.clone(), &grown(source_tensor)?)?;
+    let mut optimizer = Optimizer::new(ctx, &model, &config.recipe.ema_decays)?;
+    for ((ema, _), (old_ema, _)) in optimizer.emas.iter().zip(&state.optimizer.emas) {
+        ctx.write(ema, &grown(old_ema)?)?;
+    }
+    let mut progress = state.progress.clone();
+    if config.recipe.grow_opt_state == "copy" {
+        ctx.write(&optimizer.m, &grown(&state.optimizer.m)?)?;
+        ctx.write(&optimizer.v, &grown(&state.optimizer.v)?)?;
+        optimizer.step = state.optimizer.step;
+    } else {
+        progress.adam_step = 0;
+    }
+    progress.depth = depth;
+    let event = GrowthEvent {
+        epoch: progress.epoch as u32,
+        step: progress.step,
+        from_depth: growth.from as u32,
+        to_depth: growth.to as u32,
+        mapping: growth.mapping.clone(),
+        source,
+    };
+    drop(state);
+    // The old model's buffers go back to the driver rather than waiting in the pool.
+    ctx.trim_pool();
+    Ok((State { model, optimizer, progress }, event))
 }
 
 fn resumed_state(ctx: &GpuContext, config: &TrainConfig, path: &Path) -> anyhow::Result<State> {
@@ -277,7 +326,7 @@ fn resumed_state(ctx: &GpuContext, config: &TrainConfig, path: &Path) -> anyhow:
     }
     ctx.write(&optimizer.m, &model.layout.arena_from(&ckpt, "optimizer.m.")?)?;
     ctx.write(&optimizer.v, &model.layout.arena_from(&ckpt, "optimizer.v.")?)?;
-    optimizer.step = u32::try_from(progress.step).context("step count beyond 2^32")?;
+    optimizer.step = u32::try_from(progress.adam_step).context("step count beyond 2^32")?;
     Ok(State { model, optimizer, progress })
 }
 
@@ -306,7 +355,9 @@ pub fn train(
     std::fs::create_dir_all(run_dir)
         .with_context(|| format!("cannot create the run directory {}", run_dir.display()))?;
     autoprog::fsutil::write_atomic(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
-    let mut state = if opts.resume { resumed_state(ctx, config, &last)? } else { fresh_state(ctx, config)? };
+    let stages = config.schedule()?;
+    let mut state =
+        if opts.resume { resumed_state(ctx, config, &last)? } else { fresh_state(ctx, config, &stages[0])? };
     let mut log = if opts.resume {
         LogWriter::open_for_resume(&run_dir.join("log.jsonl"))?
     } else {
@@ -318,7 +369,7 @@ pub fn train(
         version: env!("CARGO_PKG_VERSION").into(),
         config: serde_json::to_value(config)?,
         adapter: adapter.clone(),
-        schedule: "none".into(),
+        schedule: r_schedule(config),
     }))?;
 
     let r = &config.recipe;
@@ -333,27 +384,72 @@ pub fn train(
     );
     let total_steps = steps_per_epoch * r.epochs as u64;
     let warmup = (r.warmup_epochs * steps_per_epoch as f64).round() as u64;
-    let resolution = config.model.image_size;
-    let depth = state.model.depth();
-    let acts = state.model.plan(ctx, r.batch, resolution)?;
-    let eval_acts = state.model.plan(ctx, r.eval_batch.min(val_source.len()).max(1), resolution)?;
+    let eval_batch = r.eval_batch.min(val_source.len()).max(1);
     let skipped = Skipped::default();
-    let flops_per_step = r.batch as f64 * config.model.train_flops_per_image(resolution, depth);
     let mut ring = ReadbackRing::new(ctx, 1, STEPS_IN_FLIGHT);
     let session_start = Instant::now();
     let wall_before = state.progress.wall_seconds;
-    let aug = AugmentConfig { resolution, ..config.augment.clone() };
+    // Activations of the current (resolution, depth), re-planned when either changes.
+    let mut planned: Option<(usize, usize, Activations, Activations)> = None;
 
     eprintln!(
-        "training {} ({} parameters) on {} at {resolution} px, batch {}, {} epochs of {steps_per_epoch} steps",
+        "training {} ({} parameters at full depth) on {}, batch {}, {} epochs of {steps_per_epoch} steps, schedule {}",
         config.model_name,
-        state.model.layout.count(),
+        ParamLayout::new(&config.model, config.model.depth, 1).count(),
         dataset.summary(),
         r.batch,
-        r.epochs
+        r.epochs,
+        r_schedule(config),
     );
     while state.progress.epoch < r.epochs {
         let epoch = state.progress.epoch;
+        let stage_index = stage_at(&stages, epoch);
+        let stage = stages[stage_index];
+        if stage.depth != state.model.depth() {
+            let (grown, event) = grow(ctx, state, config, stage.depth)?;
+            state = grown;
+            eprintln!(
+                "stage {stage_index}: grew from {} to {} blocks (MoGrow from {})",
+                event.from_depth, event.to_depth, event.source
+            );
+            log.write(&Event::Growth(event))?;
+            planned = None;
+        }
+        state.progress.resolution = stage.resolution;
+        if epoch == stage.start_epoch && state.progress.batch_in_epoch == 0 {
+            log.write(&Event::Stage(StageEvent {
+                stage: stage_index as u32,
+                epoch: epoch as u32,
+                step: state.progress.step,
+                resolution: stage.resolution as u32,
+                depth: stage.depth as u32,
+                regularisation: Regularisation {
+                    randaug_magnitude: stage.randaug_magnitude as f64,
+                    drop_path: stage.drop_path,
+                    erase_prob: stage.erase_prob,
+                    mixup: stage.mix_prob,
+                },
+            }))?;
+        }
+        let (resolution, depth) = (stage.resolution, stage.depth);
+        if !matches!(&planned, Some((res, d, _, _)) if *res == resolution && *d == depth) {
+            // Release the old activations before allocating the new ones.
+            drop(planned.take());
+            ctx.trim_pool();
+            let acts = state.model.plan(ctx, r.batch, resolution)?;
+            let eval_acts = state.model.plan(ctx, eval_batch, resolution)?;
+            planned = Some((resolution, depth, acts, eval_acts));
+        }
+        let (_, _, acts, eval_acts) = planned.as_ref().expect("planned above");
+        let aug = AugmentConfig {
+            resolution,
+            randaug_magnitude: stage.randaug_magnitude,
+            erase_prob: stage.erase_prob as f32,
+            mix_prob: stage.mix_prob as f32,
+            ..config.augment.clone()
+        };
+        let drop_path_rate = stage.drop_path;
+        let flops_per_step = r.batch as f64 * config.model.train_flops_per_image(resolution, depth);
         let bar = progress_bar(opts.quiet, steps_per_epoch, epoch, r.epochs);
         let loader_config = LoaderConfig {
             batch: r.batch,
@@ -412,9 +508,9 @@ pub fn train(
                 }
                 None => Loss::Hard { smoothing: 0.0 },
             };
-            let drop_path = r.drop_path > 0.0;
+            let drop_path = drop_path_rate > 0.0;
             if drop_path {
-                acts.write_drop_path(ctx, &drop_path_scales(r.drop_path, depth, r.batch, r.seed, step))?;
+                acts.write_drop_path(ctx, &drop_path_scales(drop_path_rate, depth, r.batch, r.seed, step))?;
             }
             let options = StepOptions {
                 adamw: AdamW { lr, beta1: r.beta1, beta2: r.beta2, eps: 1e-8, weight_decay: r.weight_decay },
@@ -429,11 +525,12 @@ pub fn train(
                 }
             }
             let mut rec = ctx.recorder("train.step");
-            state.optimizer.record_step(&mut rec, &state.model, &acts, &options)?;
+            state.optimizer.record_step(&mut rec, &state.model, acts, &options)?;
             ring.record(&mut rec, &acts.loss, step)?;
             ctx.submit(rec)?;
             ring.submitted();
             state.progress.step += 1;
+            state.progress.adam_step += 1;
             state.progress.batch_in_epoch += 1;
             state.progress.train_flops += flops_per_step;
             images_this_epoch += r.batch as u64;
@@ -474,7 +571,7 @@ pub fn train(
         // Evaluate the weights and every EMA.
         let mut arenas = vec![&state.model.params];
         arenas.extend(state.optimizer.emas.iter().map(|(t, _)| t));
-        let eval = evaluate(ctx, &state.model, &arenas, &eval_acts, val_source.clone(), &aug, config.data.workers)?;
+        let eval = evaluate(ctx, &state.model, &arenas, eval_acts, val_source.clone(), &aug, config.data.workers)?;
         state.progress.epoch += 1;
         state.progress.batch_in_epoch = 0;
         state.progress.wall_seconds = wall_before + session_start.elapsed().as_secs_f64();
@@ -524,7 +621,7 @@ pub fn train(
         }
         if epoch + 1 == r.epochs {
             let summary = Summary {
-                schedule: "none".into(),
+                schedule: r_schedule(config),
                 epochs: r.epochs as u32,
                 wall_seconds: state.progress.wall_seconds,
                 train_flops: state.progress.train_flops,
@@ -535,7 +632,14 @@ pub fn train(
                 final_resolution: resolution as u32,
                 final_depth: depth as u32,
                 adapter: adapter.clone(),
-                stages: vec![StageSummary { start_epoch: 0, resolution: resolution as u32, depth: depth as u32 }],
+                stages: stages
+                    .iter()
+                    .map(|s| StageSummary {
+                        start_epoch: s.start_epoch as u32,
+                        resolution: s.resolution as u32,
+                        depth: s.depth as u32,
+                    })
+                    .collect(),
                 seed: r.seed,
                 skipped_images: skipped.count(),
                 model: config.model_name.clone(),
@@ -559,6 +663,11 @@ pub fn train(
         }
     }
     bail!("{} already finished all {} epochs; nothing to resume", run_dir.display(), r.epochs)
+}
+
+/// The schedule's name as logs and summaries give it.
+fn r_schedule(config: &TrainConfig) -> String {
+    config.recipe.schedule.clone()
 }
 
 /// The run was stopped by Ctrl-C after writing its checkpoint.

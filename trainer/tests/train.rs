@@ -164,32 +164,74 @@ fn resumed_runs_repeat_the_uninterrupted_losses() {
     assert_eq!(losses.iter().map(|(s, _)| *s).collect::<Vec<_>>(), (0..8).collect::<Vec<_>>());
     assert_eq!(losses[..4], step_losses(&whole)[..4]);
 
-    // Interrupted by Ctrl-C in the middle of an epoch, then resumed.
+    // Interrupted by Ctrl-C in the middle of an epoch (3 epochs of 4 steps, the signal
+    // after step 5: it cannot have finished), then resumed.
     let interrupted = dir.join("interrupted");
+    interrupt_and_resume(&micro_args(&model, &interrupted, 3), &interrupted, 5);
+    let log = parse_log(&std::fs::read_to_string(interrupted.join("log.jsonl")).unwrap());
+    assert!(log.events.iter().any(|e| matches!(e, Event::RunEnd(r) if r.status == RunStatus::Interrupted)));
+    assert_eq!(step_losses(&interrupted), step_losses(&whole), "resumed after Ctrl-C");
+}
+
+/// Starts a run, sends it Ctrl-C once its log holds `steps` step events, checks that it
+/// stopped resumably, and resumes it to the end.
+fn interrupt_and_resume(args: &[String], run_dir: &Path, steps: usize) {
     let child = Command::new(env!("CARGO_BIN_EXE_autoprog"))
-        .args(micro_args(&model, &interrupted, 3))
+        .args(args)
         .env("AUTOPROG_CACHE_DIR", std::env::temp_dir().join("autoprog-cli-test-cache"))
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let log = interrupted.join("log.jsonl");
+    let log = run_dir.join("log.jsonl");
     let start = std::time::Instant::now();
-    while std::fs::read_to_string(&log).map_or(0, |t| t.matches("\"event\":\"step\"").count()) < 5 {
-        assert!(start.elapsed().as_secs() < 120, "the run never reached step 5");
+    while std::fs::read_to_string(&log).map_or(0, |t| t.matches("\"event\":\"step\"").count()) < steps {
+        assert!(start.elapsed().as_secs() < 120, "the run never reached step {steps}");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
     let result = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&result.stderr);
-    // 3 epochs of 4 steps and the signal after step 5: the run cannot have finished.
     assert_eq!(result.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("--resume"), "{stderr}");
-    let log = parse_log(&std::fs::read_to_string(interrupted.join("log.jsonl")).unwrap());
-    assert!(log.events.iter().any(|e| matches!(e, Event::RunEnd(r) if r.status == RunStatus::Interrupted)));
-    let out = autoprog(&["train", "--resume", &interrupted.display().to_string(), "--quiet"]);
+    let out = autoprog(&["train", "--resume", &run_dir.display().to_string(), "--quiet"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(step_losses(&interrupted), step_losses(&whole), "resumed after Ctrl-C");
+}
+
+#[test]
+fn progressive_schedule_grows_the_model_and_resumes_across_growth() {
+    let dir = scratch("prog");
+    let model = micro_model(&dir);
+    let prog_args = |out: &Path| {
+        let mut args = micro_args(&model, out, 6);
+        args.extend(["--schedule", "prog", "--stages", "2"].map(String::from));
+        args
+    };
+    let whole = dir.join("whole");
+    let out = run(&prog_args(&whole));
+    assert!(out.status.success(), "{}", text(&out));
+    let summary: Summary = serde_json::from_str(&std::fs::read_to_string(whole.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary.schedule, "prog");
+    let stages: Vec<(u32, u32, u32)> = summary.stages.iter().map(|s| (s.start_epoch, s.resolution, s.depth)).collect();
+    assert_eq!(stages, [(0, 8, 1), (3, 16, 2)]);
+    assert_eq!((summary.final_resolution, summary.final_depth), (16, 2));
+    let log = parse_log(&std::fs::read_to_string(whole.join("log.jsonl")).unwrap());
+    let growths: Vec<_> =
+        log.events.iter().filter_map(|e| if let Event::Growth(g) = e { Some(g) } else { None }).collect();
+    assert_eq!(growths.len(), 1);
+    assert_eq!((growths[0].from_depth, growths[0].to_depth, growths[0].mapping.clone()), (1, 2, vec![0, 0]));
+    assert_eq!(growths[0].step, 12);
+    let stage_events = log.events.iter().filter(|e| matches!(e, Event::Stage(_))).count();
+    assert_eq!(stage_events, 2);
+    // FLOPs: 3 epochs of the small model and 3 of the full one, less than 6 of the full one.
+    let full = run(&micro_args(&model, &dir.join("full"), 6));
+    assert!(full.status.success());
+    let full: Summary = serde_json::from_str(&std::fs::read_to_string(dir.join("full/summary.json")).unwrap()).unwrap();
+    assert!(summary.train_flops < 0.7 * full.train_flops, "{} vs {}", summary.train_flops, full.train_flops);
+
+    // Interrupted after the growth (step 12 of 24), then resumed: the same losses.
+    let interrupted = dir.join("interrupted");
+    interrupt_and_resume(&prog_args(&interrupted), &interrupted, 14);
+    assert_eq!(step_losses(&interrupted), step_losses(&whole), "resumed after growth");
 }
 
 #[test]
