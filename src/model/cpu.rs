@@ -40,6 +40,8 @@ pub struct Forward {
     resolution: usize,
     images: Vec<f64>,
     blocks: Vec<BlockCache>,
+    /// The block index of each entry of `blocks`.
+    active: Vec<usize>,
     cls: Vec<f64>, // [B, C] class token after the last block
     cls_norm: Vec<f64>,
     mean_f: Vec<f64>,
@@ -126,6 +128,20 @@ impl CpuVit<'_> {
 
     /// Logits [B, K] of images [B, Ch, R, R] (normalised), with optional drop-path.
     pub fn forward(&self, images: &[f64], batch: usize, resolution: usize, drop: Option<DropPath>) -> Result<Forward> {
+        let all: Vec<usize> = (0..self.blocks()).collect();
+        self.forward_blocks(images, batch, resolution, drop, &all)
+    }
+
+    /// [`CpuVit::forward`] of the elastic sub-network that runs only `active` (increasing
+    /// block indices); the other blocks are the identity.
+    pub fn forward_blocks(
+        &self,
+        images: &[f64],
+        batch: usize,
+        resolution: usize,
+        drop: Option<DropPath>,
+        active: &[usize],
+    ) -> Result<Forward> {
         self.check(images, batch, resolution)?;
         let cfg = self.config;
         let (c, h, p) = (cfg.dim, cfg.mlp_hidden, cfg.patch_size);
@@ -146,7 +162,7 @@ impl CpuVit<'_> {
         let att = AttentionShape { b: batch, n, nh: cfg.heads, hs: cfg.head_size() };
         let scale = 1.0 / (cfg.head_size() as f64).sqrt();
         let mut blocks = Vec::new();
-        for i in 0..self.blocks() {
+        for &i in active {
             let q = |s: &str| self.p(&format!("blocks.{i}.{s}"));
             let (ln1, mean1, rstd1) =
                 cpu::layernorm::layernorm_forward(&x, q("norm1.weight"), q("norm1.bias"), rows, c, eps);
@@ -168,7 +184,18 @@ impl CpuVit<'_> {
         let (cls_norm, mean_f, rstd_f) =
             cpu::layernorm::layernorm_forward(&cls, self.p("norm.weight"), self.p("norm.bias"), batch, c, eps);
         let (logits, _) = linear(&cls_norm, self.p("head.weight"), self.p("head.bias"), batch, false);
-        Ok(Forward { logits, batch, resolution, images: images.to_vec(), blocks, cls, cls_norm, mean_f, rstd_f })
+        Ok(Forward {
+            logits,
+            batch,
+            resolution,
+            images: images.to_vec(),
+            blocks,
+            active: active.to_vec(),
+            cls,
+            cls_norm,
+            mean_f,
+            rstd_f,
+        })
     }
 
     /// The gradient of every parameter (an arena laid out like the parameters, padding 0)
@@ -198,7 +225,8 @@ impl CpuVit<'_> {
         put("norm.bias", db);
         let mut dx = cpu::ops::cls_slice_backward(&dcls, batch, n, c); // [B, N, C]
 
-        for (i, bc) in fwd.blocks.iter().enumerate().rev() {
+        // Blocks the forward pass skipped keep a zero gradient.
+        for (&i, bc) in fwd.active.iter().zip(&fwd.blocks).rev() {
             let q = |s: &str| self.p(&format!("blocks.{i}.{s}"));
             let name = |s: &str| format!("blocks.{i}.{s}");
             // MLP branch: x_out = x_mid + s·fc2(gelu(fc1(ln2(x_mid)))).

@@ -94,6 +94,9 @@ pub struct Activations {
     dpre: Tensor,      // [B, N, H]
     dtokens: Tensor,   // [B, Np, C]
     pos: Option<PosResize>,
+    /// The blocks the forward and backward passes run, in order (an elastic sub-network of
+    /// the model; every block by default). Skipped blocks are the identity.
+    active: Vec<usize>,
 }
 
 /// Which loss the step trains on.
@@ -106,6 +109,25 @@ pub enum Loss {
 }
 
 impl Activations {
+    /// Runs only `blocks` (increasing block indices) from now on: the elastic sub-network
+    /// of the supernet that skips the others. The same pipelines serve every sub-network.
+    pub fn set_active_blocks(&mut self, blocks: &[usize]) -> Result<()> {
+        let depth = self.blocks.len();
+        if blocks.windows(2).any(|w| w[0] >= w[1]) || blocks.last().is_some_and(|&b| b >= depth) {
+            return Err(Error::invalid(
+                "elastic depth",
+                format!("blocks {blocks:?}: need increasing indices below the model's {depth} blocks"),
+            ));
+        }
+        self.active = blocks.to_vec();
+        Ok(())
+    }
+
+    /// The blocks the passes run.
+    pub fn active_blocks(&self) -> &[usize] {
+        &self.active
+    }
+
     /// Writes this step's drop-path factors, `scales[(2·block + branch)·B + b]` as in
     /// [`crate::model::cpu::DropPath`].
     pub fn write_drop_path(&self, ctx: &GpuContext, scales: &[f32]) -> Result<()> {
@@ -240,6 +262,7 @@ impl GpuVit {
             dpre: e(&[batch, n, h], "vit.dpre")?,
             dtokens: e(&[batch, np, c], "vit.dtokens")?,
             pos,
+            active: (0..depth).collect(),
         })
     }
 
@@ -280,9 +303,9 @@ impl GpuVit {
         }
         let opts = AttentionOptions::new(1.0 / (cfg.head_size() as f32).sqrt());
         let eps = cfg.layernorm_eps as f32;
-        for (i, ba) in acts.blocks.iter().enumerate() {
+        for (j, (&i, ba)) in acts.active.iter().zip(&acts.blocks).enumerate() {
             let p = |name: &str| self.block_view(arena, i, name);
-            let x = &acts.xs[i];
+            let x = &acts.xs[j];
             layernorm_forward(rec, x, &p("norm1.weight")?, &p("norm1.bias")?, &ba.ln1, &ba.mean1, &ba.rstd1, eps)?;
             let bias = p("attn.qkv.bias")?;
             matmul(
@@ -320,7 +343,7 @@ impl GpuVit {
             let epi = Epilogue { bias: Some(&bias), gelu: true, pre: Some(&pre), ..Default::default() };
             matmul(rec, Layout::NT, &flat(&ba.ln2)?, &p("mlp.fc1.weight")?, &flat(&ba.act)?, &epi)?;
             let (fc2_w, fc2_b) = (p("mlp.fc2.weight")?, p("mlp.fc2.bias")?);
-            let out = &acts.xs[i + 1];
+            let out = &acts.xs[j + 1];
             self.residual(
                 rec,
                 acts,
@@ -332,8 +355,7 @@ impl GpuVit {
                 drop_path.then(|| self.drop_scale(acts, i, 1)),
             )?;
         }
-        let last = acts.xs.last().expect("xs has depth + 1 entries");
-        ops::cls_slice(rec, last, &acts.cls)?;
+        ops::cls_slice(rec, &acts.xs[acts.active.len()], &acts.cls)?;
         layernorm_forward(
             rec,
             &acts.cls,
@@ -434,7 +456,7 @@ impl GpuVit {
         ops::cls_slice_backward(rec, &acts.dcls, &acts.dx)?;
 
         let opts = AttentionOptions::new(1.0 / (cfg.head_size() as f32).sqrt());
-        for (i, ba) in acts.blocks.iter().enumerate().rev() {
+        for (j, (&i, ba)) in acts.active.iter().zip(&acts.blocks).enumerate().rev() {
             let p = |name: &str| self.block_view(params, i, name);
             let d = |name: &str| self.block_view(grads, i, name);
             // MLP branch: x_out = x_mid + s·fc2(gelu(fc1(ln2(x_mid)))).
@@ -494,7 +516,7 @@ impl GpuVit {
             )?;
             layernorm_backward_full(
                 rec,
-                &acts.xs[i],
+                &acts.xs[j],
                 &p("norm1.weight")?,
                 &ba.mean1,
                 &ba.rstd1,
@@ -505,6 +527,14 @@ impl GpuVit {
                 false,
             )?;
             ops::add_forward(rec, &acts.dx_mid, &acts.dtmp, &acts.dx)?;
+        }
+
+        // Skipped blocks take no gradient (their AdamW update is skipped too, see
+        // `Optimizer::record_step`); zeros keep the global norm to the blocks that ran.
+        for i in (0..self.depth()).filter(|i| !acts.active.contains(i)) {
+            for spec in self.layout.specs.iter().filter(|s| s.name.starts_with(&format!("blocks.{i}."))) {
+                rec.clear(&grads.view(spec.offset, &spec.shape)?);
+            }
         }
 
         // Embeddings: x0 = cls_concat(patch_embed(images), cls) + pos.

@@ -73,18 +73,56 @@ impl Optimizer {
         model.backward(rec, acts, options.drop_path)?;
         grad_norm(rec, &model.grads, &self.partials, &self.stats, options.max_grad_norm)?;
         self.step += 1;
-        adamw_update(
-            rec,
-            &model.grads,
-            &self.stats,
-            &model.params,
-            &self.m,
-            &self.v,
-            &options.adamw,
-            self.step,
-            model.layout.decay_end,
-        )?;
+        // An elastic sub-network updates only what it ran, as PyTorch's AdamW skips
+        // parameters without a gradient: one dispatch per run of updated tensors.
+        for range in updated_ranges(model, acts.active_blocks()) {
+            let len = range.end - range.start;
+            let view = |t: &Tensor| t.view(range.start, &[len]);
+            adamw_update(
+                rec,
+                &view(&model.grads)?,
+                &self.stats,
+                &view(&model.params)?,
+                &view(&self.m)?,
+                &view(&self.v)?,
+                &options.adamw,
+                self.step,
+                model.layout.decay_end.clamp(range.start, range.end) - range.start,
+            )?;
+        }
         let emas: Vec<(&Tensor, f64)> = self.emas.iter().map(|(t, d)| (t, *d)).collect();
         ema_update(rec, &model.params, &emas)
     }
+}
+
+/// The arena ranges AdamW updates when `active` blocks ran: every tensor except those of
+/// skipped blocks, adjacent tensors merged (the whole arena when every block ran).
+fn updated_ranges(model: &GpuVit, active: &[usize]) -> Vec<std::ops::Range<usize>> {
+    let layout = &model.layout;
+    if active.len() == model.depth() {
+        return vec![0..layout.len];
+    }
+    let skipped = |name: &str| {
+        name.strip_prefix("blocks.")
+            .and_then(|rest| rest.split_once('.'))
+            .and_then(|(i, _)| i.parse::<usize>().ok())
+            .is_some_and(|i| !active.contains(&i))
+    };
+    let mut specs: Vec<_> = layout.specs.iter().collect();
+    specs.sort_by_key(|s| s.offset);
+    let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut open: Option<std::ops::Range<usize>> = None;
+    for spec in specs {
+        if skipped(&spec.name) {
+            ranges.extend(open.take());
+        } else {
+            // Padding between two updated tensors is zero in every arena: updating it is harmless.
+            open = Some(match open {
+                Some(r) => r.start..spec.range().end,
+                None => spec.range(),
+            });
+        }
+    }
+    ranges.extend(open);
+    ranges
 }

@@ -274,3 +274,87 @@ fn training_steps_overfit_one_batch() {
     }
     assert!(losses[59] < 0.3 * losses[0], "loss went from {} to {}", losses[0], losses[59]);
 }
+
+#[test]
+fn elastic_sub_network_matches_cpu_model() {
+    // A 3-block model running blocks 0 and 2 only (block 1 is the identity), with drop-path.
+    let mut c = case(2, 12, 7);
+    c.config.depth = 3;
+    c.layout = ParamLayout::new(&c.config, 3, ctx().arena_align());
+    c.params = params(&c.config, &c.layout, 7);
+    let active = [0, 2];
+    let scales: Vec<f64> = (0..3 * 2 * c.batch).map(|i| if i == 1 { 0.0 } else { 1.25 }).collect();
+    let ctx = ctx();
+    let model = GpuVit::new(ctx, c.config.clone(), c.layout.clone(), &c.params).unwrap();
+    let mut acts = model.plan(ctx, c.batch, c.resolution).unwrap();
+    acts.set_active_blocks(&active).unwrap();
+    assert!(acts.set_active_blocks(&[2, 1]).is_err() && acts.set_active_blocks(&[0, 3]).is_err());
+    ctx.write(&acts.images, &to_f32(&c.images)).unwrap();
+    ctx.write_u32(&acts.labels, &c.labels).unwrap();
+    acts.write_drop_path(ctx, &to_f32(&scales)).unwrap();
+    // Gradients of a previous full pass must not survive in the skipped block.
+    ctx.write(&model.grads, &vec![1.0; c.layout.len]).unwrap();
+    run(|rec| {
+        model.forward(rec, &model.params, &acts, true)?;
+        model.loss(rec, &acts, Loss::Hard { smoothing: 0.1 })?;
+        model.backward(rec, &acts, true)
+    });
+    let (logits, loss, grads) = (read(&acts.logits), read(&acts.loss)[0], read(&model.grads));
+    let params = as_f64(&c.params);
+    let cpu = CpuVit { config: &c.config, layout: &c.layout, params: &params };
+    let drop = Some(DropPath { scales: &scales });
+    let fwd = cpu.forward_blocks(&c.images, c.batch, c.resolution, drop, &active).unwrap();
+    let (cpu_loss, dlogits) = cross_entropy(&fwd.logits, &c.labels, c.config.classes, 0.1);
+    let cpu_grads = cpu.backward(&fwd, &dlogits, drop);
+    MODEL.assert("logits", &logits, &fwd.logits);
+    MODEL.assert("loss", &[loss], &[cpu_loss]);
+    for spec in &c.layout.specs {
+        MODEL.assert(&spec.name, &grads[spec.range()], &cpu_grads[spec.range()]);
+        if spec.name.starts_with("blocks.1.") {
+            assert!(grads[spec.range()].iter().all(|&g| g == 0.0), "{} has a gradient", spec.name);
+        }
+    }
+}
+
+#[test]
+fn elastic_steps_update_only_the_blocks_that_ran() {
+    let mut c = case(2, 12, 8);
+    c.config.depth = 3;
+    c.layout = ParamLayout::new(&c.config, 3, ctx().arena_align());
+    c.params = params(&c.config, &c.layout, 8);
+    let ctx = ctx();
+    let model = GpuVit::new(ctx, c.config.clone(), c.layout.clone(), &c.params).unwrap();
+    let mut acts = model.plan(ctx, c.batch, c.resolution).unwrap();
+    ctx.write(&acts.images, &to_f32(&c.images)).unwrap();
+    ctx.write_u32(&acts.labels, &c.labels).unwrap();
+    let mut opt = Optimizer::new(ctx, &model, &[0.5]).unwrap();
+    let options = StepOptions {
+        adamw: AdamW { lr: 1e-2, weight_decay: 0.1, ..AdamW::default() },
+        max_grad_norm: 0.0,
+        loss: Loss::Hard { smoothing: 0.0 },
+        drop_path: false,
+    };
+    acts.set_active_blocks(&[0, 2]).unwrap();
+    let mut rec = ctx.recorder("elastic step");
+    opt.record_step(&mut rec, &model, &acts, &options).unwrap();
+    ctx.submit(rec).unwrap();
+    let (after, m) = (read(&model.params), read(&opt.m));
+    for spec in &c.layout.specs {
+        let r = spec.range();
+        let moved = after[r.clone()].iter().zip(&c.params[r.clone()]).any(|(a, b)| a != b);
+        if spec.name.starts_with("blocks.1.") {
+            assert!(!moved, "{} moved although block 1 was skipped", spec.name);
+            assert!(m[r].iter().all(|&v| v == 0.0), "{} has AdamW moments", spec.name);
+        } else {
+            assert!(moved, "{} did not move", spec.name);
+        }
+    }
+    // The full network updates block 1 too.
+    acts.set_active_blocks(&[0, 1, 2]).unwrap();
+    let mut rec = ctx.recorder("full step");
+    opt.record_step(&mut rec, &model, &acts, &options).unwrap();
+    ctx.submit(rec).unwrap();
+    let spec = c.layout.spec("blocks.1.mlp.fc1.weight");
+    let full = read(&model.params);
+    assert!(full[spec.range()].iter().zip(&c.params[spec.range()]).any(|(a, b)| a != b));
+}
