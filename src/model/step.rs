@@ -100,7 +100,8 @@ impl Optimizer {
 fn updated_ranges(model: &GpuVit, active: &[usize]) -> Vec<std::ops::Range<usize>> {
     let layout = &model.layout;
     if active.len() == model.depth() {
-        return vec![0..layout.len];
+        let whole_arena = 0..layout.len;
+        return vec![whole_arena];
     }
     let skipped = |name: &str| {
         name.strip_prefix("blocks.")
