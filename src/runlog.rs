@@ -370,9 +370,10 @@ pub struct ScheduleMeans {
     pub val_acc: f64,
     /// Mean over the runs that have an EMA accuracy; `null` if none has.
     pub val_acc_ema: Option<f64>,
-    /// Baseline wall seconds / these wall seconds (> 1 is faster); `null` without baseline.
+    /// Baseline wall seconds / these wall seconds (> 1 is faster); `null` for the baseline
+    /// itself and without one.
     pub speedup: Option<f64>,
-    /// These val_acc − baseline val_acc (fraction); `null` without baseline.
+    /// These val_acc − baseline val_acc (fraction); `null` for the baseline itself and without one.
     pub acc_delta: Option<f64>,
 }
 
@@ -405,7 +406,8 @@ impl Compare {
             .collect();
         let base = by_schedule.get(baseline).cloned();
         if let Some(base) = &base {
-            for means in by_schedule.values_mut() {
+            // The baseline itself gets none: its speedup and accuracy change are trivially 1 and 0.
+            for (_, means) in by_schedule.iter_mut().filter(|(schedule, _)| schedule.as_str() != baseline) {
                 means.speedup = (means.wall_seconds > 0.0).then(|| base.wall_seconds / means.wall_seconds);
                 means.acc_delta = Some(means.val_acc - base.val_acc);
             }
@@ -765,7 +767,7 @@ mod tests {
         let fixed = &compare.by_schedule["fixed"];
         assert_eq!((fixed.runs, fixed.wall_seconds, fixed.val_acc_ema), (2, 250.0, Some(0.82)));
         assert!((fixed.val_acc - 0.82).abs() < 1e-12);
-        assert_eq!((fixed.speedup, fixed.acc_delta), (Some(1.0), Some(0.0)));
+        assert_eq!((fixed.speedup, fixed.acc_delta), (None, None), "the baseline is not compared with itself");
         let auto = &compare.by_schedule["autoprog"];
         assert_eq!(auto.speedup, Some(2.0));
         assert!((auto.acc_delta.unwrap() + 0.01).abs() < 1e-12);

@@ -12,14 +12,14 @@ use autoprog::GpuContext;
 use clap::Args;
 
 use crate::config::TrainConfig;
-use crate::data::Format;
+use crate::data::{Dataset, Format};
 use crate::train::{self, Interrupted, RunOptions};
 use crate::GpuArgs;
 
 #[derive(Args)]
 pub struct TrainArgs {
     #[command(flatten)]
-    gpu: GpuArgs,
+    pub(crate) gpu: GpuArgs,
     /// Dataset folder: ImageFolder (train/<class>/…, val/<class>/…), CIFAR-10 binary or MNIST IDX.
     /// Default: the built-in procedural dataset.
     #[arg(long)]
@@ -82,14 +82,14 @@ pub struct TrainArgs {
     drop_path: Option<f64>,
     /// Run directory (default: runs/<date>-<time>-<model>).
     #[arg(long)]
-    out: Option<PathBuf>,
+    pub(crate) out: Option<PathBuf>,
     /// Continue the run in this directory from its last checkpoint, with the same losses as an
     /// uninterrupted run. --epochs may extend it (the cosine schedule then stretches to the new end).
     #[arg(long, value_name = "DIR")]
-    resume: Option<PathBuf>,
+    pub(crate) resume: Option<PathBuf>,
     /// No progress bar; only log lines.
     #[arg(long)]
-    quiet: bool,
+    pub(crate) quiet: bool,
 }
 
 /// Reads a model config file (`VitConfig` fields; `classes` may be left out, the data sets it).
@@ -112,7 +112,7 @@ fn model_from_file(path: &Path) -> anyhow::Result<VitConfig> {
 
 impl TrainArgs {
     /// The preset, config file or resumed run's config, with the flags applied.
-    fn resolve(&self, ctx: &GpuContext) -> anyhow::Result<TrainConfig> {
+    pub(crate) fn resolve(&self, ctx: &GpuContext) -> anyhow::Result<TrainConfig> {
         if let Some(dir) = &self.resume {
             let mut config = TrainConfig::load(&dir.join("config.toml"))
                 .with_context(|| format!("{} is not a run directory of autoprog", dir.display()))?;
@@ -227,9 +227,10 @@ pub fn run(args: TrainArgs) -> ExitCode {
     }
 }
 
-fn run_inner(args: &TrainArgs) -> anyhow::Result<()> {
-    let ctx = GpuContext::new_blocking(&args.gpu.options())?;
-    let mut config = args.resolve(&ctx)?;
+/// The resolved configuration and the opened dataset of a run (the model's class count
+/// and the flips follow the data for a new run).
+pub(crate) fn prepare(args: &TrainArgs, ctx: &GpuContext) -> anyhow::Result<(TrainConfig, Dataset)> {
+    let mut config = args.resolve(ctx)?;
     if args.resume.is_none() && args.preset.is_none() && args.config.is_none() {
         eprintln!(
             "preset: {} (the default on {} adapters like {}; --preset overrides)",
@@ -246,11 +247,12 @@ fn run_inner(args: &TrainArgs) -> anyhow::Result<()> {
             config.augment.hflip = false;
         }
     }
-    let out = match (&args.resume, &args.out) {
-        (Some(dir), _) => dir.clone(),
-        (None, Some(out)) => out.clone(),
-        (None, None) => PathBuf::from("runs").join(format!("{}-{}", timestamp(), config.model_name)),
-    };
+    Ok((config, dataset))
+}
+
+/// Sets the returned flag on the first Ctrl-C (the run then checkpoints and stops); a second
+/// Ctrl-C exits at once.
+pub(crate) fn stop_on_ctrl_c() -> anyhow::Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     let handler_stop = stop.clone();
     ctrlc::set_handler(move || {
@@ -261,6 +263,23 @@ fn run_inner(args: &TrainArgs) -> anyhow::Result<()> {
         eprintln!("\nstopping after this step and saving a checkpoint (Ctrl-C again to quit at once)");
     })
     .context("cannot install the Ctrl-C handler")?;
+    Ok(stop)
+}
+
+/// `runs/<date>-<time>-<what>`.
+pub(crate) fn default_run_dir(what: &str) -> PathBuf {
+    PathBuf::from("runs").join(format!("{}-{what}", timestamp()))
+}
+
+fn run_inner(args: &TrainArgs) -> anyhow::Result<()> {
+    let ctx = GpuContext::new_blocking(&args.gpu.options())?;
+    let (config, dataset) = prepare(args, &ctx)?;
+    let out = match (&args.resume, &args.out) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(out)) => out.clone(),
+        (None, None) => default_run_dir(&config.model_name),
+    };
+    let stop = stop_on_ctrl_c()?;
     eprintln!("adapter: {} ({})", ctx.summary.display_name(), ctx.summary.backend);
     let options = RunOptions { out: out.clone(), resume: args.resume.is_some(), quiet: args.quiet };
     let summary = train::train(&ctx, &config, &dataset, &options, &stop)?;

@@ -1,5 +1,6 @@
 //! `autoprog`: the command-line tool. Results go to stdout, progress and logs to stderr.
 
+mod cli_compare;
 mod cli_infer;
 mod cli_train;
 mod config;
@@ -45,6 +46,11 @@ enum Command {
         after_help = "Examples:\n  autoprog train\n  autoprog train --preset quick --epochs 3\n  autoprog train --data ~/mnist --model nano --image-size 28 --val-split 0.1\n  autoprog train --resume runs/20261127-0930-nano"
     )]
     Train(Box<cli_train::TrainArgs>),
+    /// Train several schedules with the same data, epochs and seeds and compare time, FLOPs and accuracy.
+    #[command(
+        after_help = "Example:\n  autoprog compare --schedules none,prog --seeds 2 --epochs 8 --out runs/compare"
+    )]
+    Compare(Box<cli_compare::CompareArgs>),
     /// Accuracy of a checkpoint on the validation part of a dataset.
     #[command(
         after_help = "Example:\n  autoprog eval --checkpoint runs/x/checkpoints/best.safetensors\n  autoprog eval --checkpoint vit.safetensors --heads 3 --data ~/digits"
@@ -109,6 +115,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => return cli_train::run(*args),
+        Command::Compare(args) => return report(cli_compare::compare(&args)),
         Command::Eval(args) => return report(cli_infer::eval(&args)),
         Command::Predict(args) => return report(cli_infer::predict(&args)),
         Command::DebugStep(args) => return report(cli_infer::debug_step(&args)),

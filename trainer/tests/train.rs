@@ -402,3 +402,37 @@ fn corrupt_images_are_skipped_with_a_warning() {
     assert_eq!(summary.skipped_images, 1);
     assert_eq!(summary.classes, 2);
 }
+
+#[test]
+fn compare_trains_every_schedule_and_writes_compare_json() {
+    let dir = scratch("compare");
+    let model = micro_model(&dir);
+    let out = dir.join("cmp");
+    let mut args: Vec<String> = micro_args(&model, &out, 4);
+    args[0] = "compare".into();
+    args.extend(["--schedules", "none,prog", "--seeds", "2", "--stages", "2"].map(String::from));
+    let result = run(&args);
+    assert!(result.status.success(), "{}", text(&result));
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(stdout.contains("speedup") && stdout.contains("prog") && stdout.contains("compare.json"), "{stdout}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("compare.json")).unwrap()).unwrap();
+    let runs = json["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 4);
+    let seeds: Vec<u64> = runs.iter().map(|r| r["seed"].as_u64().unwrap()).collect();
+    assert_eq!(seeds, [0, 0, 1, 1]);
+    for schedule in ["none", "prog"] {
+        let m = &json["by_schedule"][schedule];
+        for key in ["wall_seconds", "train_flops", "val_acc"] {
+            assert!(m[key].as_f64().is_some(), "{schedule} lacks {key}: {m}");
+        }
+        assert!(m.get("val_acc_ema").is_some());
+    }
+    assert!(json["by_schedule"]["prog"]["speedup"].as_f64().unwrap() > 0.0);
+    assert!(json["by_schedule"]["prog"]["acc_delta"].as_f64().is_some());
+    assert!(json["by_schedule"]["none"]["speedup"].is_null());
+    // Progressive learning spends fewer FLOPs than the full model for the same epochs.
+    let flops = |s: &str| json["by_schedule"][s]["train_flops"].as_f64().unwrap();
+    assert!(flops("prog") < flops("none"));
+    assert!(out.join("prog-seed1/summary.json").exists());
+}

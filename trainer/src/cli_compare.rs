@@ -1,0 +1,75 @@
+//! `autoprog compare`: trains each schedule with the same data, epochs and seeds, one run
+//! after another, and reports wall time, training FLOPs and accuracy against `none`.
+
+use std::path::PathBuf;
+
+use autoprog::runlog::{self, Compare};
+use autoprog::GpuContext;
+use clap::Args;
+
+use crate::cli_train::{default_run_dir, prepare, stop_on_ctrl_c, TrainArgs};
+use crate::config::SCHEDULES;
+use crate::train::{self, RunOptions};
+
+#[derive(Args)]
+pub struct CompareArgs {
+    /// Schedules to train, comma-separated (`none` is the baseline of speedup and accuracy).
+    #[arg(long, value_delimiter = ',', default_values_t = ["none".to_string(), "prog".to_string()])]
+    schedules: Vec<String>,
+    /// Runs per schedule, with seeds --seed, --seed + 1, ...
+    #[arg(long, default_value_t = 1)]
+    seeds: u64,
+    /// Everything `autoprog train` takes; --out is the folder of the comparison, each run goes
+    /// to <out>/<schedule>-seed<seed>.
+    #[command(flatten)]
+    train: TrainArgs,
+}
+
+pub fn compare(args: &CompareArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.train.resume.is_none(), "compare starts new runs; --resume does not apply");
+    anyhow::ensure!(args.seeds >= 1, "--seeds must be at least 1");
+    for s in &args.schedules {
+        anyhow::ensure!(
+            SCHEDULES.contains(&s.as_str()),
+            "unknown schedule `{s}`; use some of {}",
+            SCHEDULES.join(", ")
+        );
+    }
+    let ctx = GpuContext::new_blocking(&args.train.gpu.options())?;
+    let (base, dataset) = prepare(&args.train, &ctx)?;
+    let out: PathBuf = args.train.out.clone().unwrap_or_else(|| default_run_dir("compare"));
+    let stop = stop_on_ctrl_c()?;
+    let mut runs = Vec::new();
+    for offset in 0..args.seeds {
+        for schedule in &args.schedules {
+            let mut config = base.clone();
+            config.recipe.schedule = schedule.clone();
+            config.recipe.seed = base.recipe.seed + offset;
+            let dir = out.join(format!("{schedule}-seed{}", config.recipe.seed));
+            eprintln!("== {schedule}, seed {} -> {}", config.recipe.seed, dir.display());
+            let options = RunOptions { out: dir, resume: false, quiet: args.train.quiet };
+            runs.push(train::train(&ctx, &config, &dataset, &options, &stop)?);
+        }
+    }
+    let comparison = Compare::from_runs(runs, "none");
+    runlog::write_json_atomic(&out.join("compare.json"), &comparison)?;
+    println!(
+        "{:<10} {:>4} {:>10} {:>14} {:>8} {:>9} {:>8} {:>10}",
+        "schedule", "runs", "wall s", "train FLOPs", "val_acc", "EMA acc", "speedup", "acc delta"
+    );
+    for (schedule, m) in &comparison.by_schedule {
+        let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("-".to_string(), f);
+        println!(
+            "{schedule:<10} {:>4} {:>10.1} {:>14.3e} {:>8.4} {:>9} {:>8} {:>10}",
+            m.runs,
+            m.wall_seconds,
+            m.train_flops,
+            m.val_acc,
+            opt(m.val_acc_ema, &|v| format!("{v:.4}")),
+            opt(m.speedup, &|v| format!("{v:.2}x")),
+            opt(m.acc_delta, &|v| format!("{v:+.4}")),
+        );
+    }
+    println!("comparison written to {}", out.join("compare.json").display());
+    Ok(())
+}
