@@ -1,7 +1,8 @@
 //! MoGrow's depth growth: new layer i copies old layer `mapping[i]` (interleaved
 //! duplication, the official `new_idx`: when the depth does not double, the last old
-//! layers are the ones duplicated), and the elastic supernet built from it, whose
-//! sub-network of depth l keeps every original layer and the last l − L_old duplicates.
+//! layers are the ones duplicated), the elastic supernet built from it, whose sub-network
+//! of depth l keeps every original layer and the last l − L_old duplicates, and parameter
+//! recycling: a sub-network extracted from the supernet as a model of its own.
 
 use serde::{Deserialize, Serialize};
 
@@ -66,18 +67,36 @@ impl Growth {
 /// other tensor (embeddings, final norm, head) is copied as is. Used for the weights, each
 /// EMA, and (with `--grow-opt-state copy`) the AdamW moments.
 pub fn grow_arena(from: &ParamLayout, to: &ParamLayout, growth: &Growth, arena: &[f32]) -> Result<Vec<f32>> {
+    map_blocks(from, to, &growth.mapping, arena)
+}
+
+/// Parameter recycling: the arena of the sub-network that runs `active` blocks of a
+/// supernet, as a model of `active.len()` blocks (block j is the supernet's `active[j]`).
+pub fn extract_arena(from: &ParamLayout, to: &ParamLayout, active: &[usize], arena: &[f32]) -> Result<Vec<f32>> {
+    map_blocks(from, to, active, arena)
+}
+
+/// An arena laid out by `to` whose block i is `from`'s block `source[i]`; every tensor
+/// outside the blocks is copied as is.
+fn map_blocks(from: &ParamLayout, to: &ParamLayout, source: &[usize], arena: &[f32]) -> Result<Vec<f32>> {
     let mut out = vec![0.0; to.len];
     for spec in &to.specs {
         let source_name = match spec.name.strip_prefix("blocks.") {
             Some(rest) => {
                 let (index, tail) = rest.split_once('.').expect("block parameter names are blocks.{i}.{name}");
                 let i: usize = index.parse().expect("block index");
-                format!("blocks.{}.{tail}", growth.mapping[i])
+                let from_block = *source.get(i).ok_or_else(|| {
+                    Error::invalid(
+                        "block mapping",
+                        format!("{} source blocks for a model with block {i}", source.len()),
+                    )
+                })?;
+                format!("blocks.{from_block}.{tail}")
             }
             None => spec.name.clone(),
         };
         let source = from.find(&source_name).filter(|s| s.shape == spec.shape).ok_or_else(|| {
-            Error::invalid("depth growth", format!("{} has no {source_name} of shape {:?}", "the model", spec.shape))
+            Error::invalid("block mapping", format!("the source model has no {source_name} of shape {:?}", spec.shape))
         })?;
         out[spec.range()].copy_from_slice(&arena[source.range()]);
     }
@@ -102,6 +121,16 @@ mod tests {
         }
         assert_eq!(large.slice(&grown, "pos_embed"), small.slice(&arena, "pos_embed"));
         assert_eq!(large.slice(&grown, "head.weight"), small.slice(&arena, "head.weight"));
+        // Recycling the depth-4 sub-network of the 3 -> 5 supernet gives back a 4-block model
+        // whose blocks are the ones that sub-network ran.
+        let active = growth.active(4).unwrap();
+        let four = ParamLayout::new(&config, 4, 16);
+        let sub = extract_arena(&large, &four, &active, &grown).unwrap();
+        for (j, &i) in active.iter().enumerate() {
+            let name = |b: usize| format!("blocks.{b}.attn.qkv.bias");
+            assert_eq!(four.slice(&sub, &name(j)), large.slice(&grown, &name(i)));
+        }
+        assert!(extract_arena(&large, &four, &active[..2], &grown).is_err());
     }
 
     #[test]
