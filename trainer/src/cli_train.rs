@@ -33,8 +33,10 @@ pub struct TrainArgs {
     /// Start from a run's config.toml (flags still override it).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Passes over the training images.
     #[arg(long)]
     epochs: Option<usize>,
+    /// Images per training step.
     #[arg(long)]
     batch: Option<usize>,
     /// The model's input resolution in pixels; images are resized to it.

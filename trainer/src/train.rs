@@ -451,6 +451,7 @@ pub fn train(
         let drop_path_rate = stage.drop_path;
         let flops_per_step = r.batch as f64 * config.model.train_flops_per_image(resolution, depth);
         let bar = progress_bar(opts.quiet, steps_per_epoch, epoch, r.epochs);
+        bar.set_position(state.progress.batch_in_epoch as u64);
         let loader_config = LoaderConfig {
             batch: r.batch,
             drop_last: true,
