@@ -60,10 +60,14 @@ pub struct TrainArgs {
     /// Data loading threads.
     #[arg(long)]
     workers: Option<usize>,
-    /// How the model grows: none (the full model throughout) or prog (progressive learning
-    /// with MoGrow: resolution and depth rise over --stages equal stages).
+    /// How the model grows: none (the full model throughout), prog (progressive learning with
+    /// MoGrow: resolution and depth rise over --stages equal stages) or auto (AutoProg: a
+    /// supernet search at the start of every stage but the last picks resolution and depth).
     #[arg(long)]
     schedule: Option<String>,
+    /// auto: epochs of supernet training at the start of each non-final stage (default 2).
+    #[arg(long)]
+    search_epochs: Option<usize>,
     /// Stages of the prog schedule (default 4).
     #[arg(long)]
     stages: Option<usize>,
@@ -168,6 +172,9 @@ impl TrainArgs {
         }
         if let Some(stages) = self.stages {
             r.stages = stages;
+        }
+        if let Some(e) = self.search_epochs {
+            r.search_epochs = e;
         }
         if let Some(v) = self.res_scale {
             r.res_scale = v;

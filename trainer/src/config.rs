@@ -85,6 +85,13 @@ pub struct Recipe {
     /// AdamW moments of grown blocks: `reset` (as the paper) or `copy` (from their source blocks).
     #[serde(default = "default_grow_opt_state")]
     pub grow_opt_state: String,
+    /// `auto`: epochs of supernet training that open every non-final stage (in the budget).
+    #[serde(default = "default_search_epochs")]
+    pub search_epochs: usize,
+}
+
+fn default_search_epochs() -> usize {
+    2
 }
 
 fn default_schedule() -> String {
@@ -101,7 +108,7 @@ fn default_grow_opt_state() -> String {
 }
 
 /// The schedules `--schedule` accepts.
-pub const SCHEDULES: [&str; 2] = ["none", "prog"];
+pub const SCHEDULES: [&str; 3] = ["none", "prog", "auto"];
 
 /// Run presets: a whole run configuration.
 pub const PRESETS: [&str; 2] = ["quick", "standard"];
@@ -177,7 +184,7 @@ impl TrainConfig {
     /// The stages this run trains: one full-size stage for `none`, K growing ones for `prog`.
     pub fn schedule(&self) -> anyhow::Result<Vec<Stage>> {
         let r = &self.recipe;
-        let progressive = r.schedule == "prog";
+        let progressive = r.schedule != "none";
         let config = ScheduleConfig {
             stages: if progressive { r.stages } else { 1 },
             epochs: r.epochs,
@@ -204,6 +211,13 @@ impl TrainConfig {
                 pair[0].depth,
                 pair[1].depth,
                 pair[1].start_epoch
+            );
+        }
+        if r.schedule == "auto" && stages.len() > 1 {
+            let (first, last) = (stages[0].depth, stages[stages.len() - 1].depth);
+            anyhow::ensure!(
+                last <= 2 * first,
+                "AutoProg's first supernet grows depth {first} to {last}, more than MoGrow's 2x; use --depth-scale 0.5 or more"
             );
         }
         Ok(stages)
@@ -267,6 +281,7 @@ impl Default for Recipe {
             res_scale: half(),
             depth_scale: half(),
             grow_opt_state: default_grow_opt_state(),
+            search_epochs: default_search_epochs(),
         }
     }
 }

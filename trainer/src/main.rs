@@ -5,6 +5,7 @@ mod cli_infer;
 mod cli_train;
 mod config;
 mod data;
+mod search;
 mod train;
 
 use std::process::ExitCode;

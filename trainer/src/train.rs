@@ -15,11 +15,12 @@ use autoprog::gpu::ReadbackRing;
 use autoprog::kernels::optimizer::AdamW;
 use autoprog::model::step::{Optimizer, StepOptions};
 use autoprog::model::{Activations, GpuVit, Loss, ParamLayout};
-use autoprog::prog::grow::{grow_arena, grow_depth};
+use autoprog::prog::grow::{extract_arena, grow_arena, grow_depth, Growth};
 use autoprog::prog::schedule::{stage_at, Stage};
+use autoprog::prog::search::{candidates as search_candidates, select, Candidate};
 use autoprog::runlog::{
     self, CheckpointEvent, CheckpointKind, EmaAcc, EpochEvent, Event, GrowthEvent, LogWriter, Regularisation,
-    RunEndEvent, RunStartEvent, RunStatus, StageEvent, StageSummary, StepEvent, Summary,
+    RunEndEvent, RunStartEvent, RunStatus, SearchEvent, StageEvent, StageSummary, StepEvent, Summary,
 };
 use autoprog::GpuContext;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -28,11 +29,15 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::config::TrainConfig;
 use crate::data::{self, epoch_order, AugmentConfig, Dataset, Loader, LoaderConfig, Skipped, Source};
+use crate::search::{candidate_loss, candidate_step_ms, stage_images, ActsByResolution, SearchState};
 
 /// Name of the checkpoint metadata entry that holds [`Progress`].
 const PROGRESS_KEY: &str = "progress";
 /// Loss readbacks in flight: how many steps the host may run ahead of the GPU.
 const STEPS_IN_FLIGHT: usize = 3;
+/// Batches of training images AutoProg holds back to evaluate its candidates on (at most a
+/// tenth of the training set).
+const HOLDOUT_BATCHES: usize = 8;
 
 /// How a run is started.
 pub struct RunOptions {
@@ -66,6 +71,15 @@ pub struct Progress {
     /// AdamW's own step count (its bias correction restarts when growth resets the moments).
     #[serde(default)]
     pub adam_step: u64,
+    /// AutoProg: the search in progress, if any.
+    #[serde(default)]
+    pub search: Option<SearchState>,
+    /// AutoProg: the (resolution, depth) the last search chose for the current stage.
+    #[serde(default)]
+    pub chosen: Option<(usize, usize)>,
+    /// AutoProg: (start epoch, resolution, depth) of each stage a search configured.
+    #[serde(default)]
+    pub trained: Vec<(usize, usize, usize)>,
 }
 
 /// The dataset a config asks for, with a validation part.
@@ -373,8 +387,22 @@ pub fn train(
     }))?;
 
     let r = &config.recipe;
-    let train_source = dataset.train.clone();
     let val_source = dataset.val.clone().expect("open_dataset guarantees a val part");
+    // AutoProg evaluates its candidates on training images held back from training.
+    let (train_source, holdout_source): (Arc<dyn Source>, Option<Arc<dyn Source>>) = if r.schedule == "auto" {
+        let n = dataset.train.len();
+        // Whole batches only (the activations are planned for --batch images).
+        let held = ((n / 10) / r.batch).clamp(1, HOLDOUT_BATCHES) * r.batch;
+        anyhow::ensure!(
+            n >= held + r.batch,
+            "AutoProg holds back {held} of the {n} training images to compare its candidates; too few are left for --batch {}",
+            r.batch
+        );
+        let (train, holdout) = data::split_train_val(dataset.train.clone(), held as f64 / n as f64, r.seed)?;
+        (Arc::new(train), Some(Arc::new(holdout)))
+    } else {
+        (dataset.train.clone(), None)
+    };
     let steps_per_epoch = (train_source.len() / r.batch) as u64;
     anyhow::ensure!(
         steps_per_epoch > 0,
@@ -389,8 +417,9 @@ pub fn train(
     let mut ring = ReadbackRing::new(ctx, 1, STEPS_IN_FLIGHT);
     let session_start = Instant::now();
     let wall_before = state.progress.wall_seconds;
-    // Activations of the current (resolution, depth), re-planned when either changes.
-    let mut planned: Option<(usize, usize, Activations, Activations)> = None;
+    // Training activations per resolution and the evaluation activations of the current
+    // (resolutions, depth), re-planned when either changes.
+    let mut planned: Option<(Vec<usize>, usize, ActsByResolution, Activations)> = None;
 
     eprintln!(
         "training {} ({} parameters at full depth) on {}, batch {}, {} epochs of {steps_per_epoch} steps, schedule {}",
@@ -405,18 +434,10 @@ pub fn train(
         let epoch = state.progress.epoch;
         let stage_index = stage_at(&stages, epoch);
         let stage = stages[stage_index];
-        if stage.depth != state.model.depth() {
-            let (grown, event) = grow(ctx, state, config, stage.depth)?;
-            state = grown;
-            eprintln!(
-                "stage {stage_index}: grew from {} to {} blocks (MoGrow from {})",
-                event.from_depth, event.to_depth, event.source
-            );
-            log.write(&Event::Growth(event))?;
-            planned = None;
-        }
-        state.progress.resolution = stage.resolution;
-        if epoch == stage.start_epoch && state.progress.batch_in_epoch == 0 {
+        let last_stage = stage_index + 1 == stages.len();
+        let auto = config.recipe.schedule == "auto";
+        let fresh_epoch = state.progress.batch_in_epoch == 0;
+        if epoch == stage.start_epoch && fresh_epoch {
             log.write(&Event::Stage(StageEvent {
                 stage: stage_index as u32,
                 epoch: epoch as u32,
@@ -431,25 +452,75 @@ pub fn train(
                 },
             }))?;
         }
-        let (resolution, depth) = (stage.resolution, stage.depth);
-        if !matches!(&planned, Some((res, d, _, _)) if *res == resolution && *d == depth) {
+        // AutoProg: a search opens at the start of every stage but the last.
+        if auto && !last_stage && epoch == stage.start_epoch && fresh_epoch && state.progress.search.is_none() {
+            let current = Candidate { resolution: state.progress.resolution, depth: state.model.depth() };
+            let candidates = search_candidates(&stages, stage_index, current)?;
+            let to_depth = candidates.iter().map(|c| c.depth).max().expect("at least one candidate");
+            let stage_epochs = stages.get(stage_index + 1).map_or(r.epochs, |s| s.start_epoch) - stage.start_epoch;
+            state.progress.search = Some(SearchState {
+                stage: stage_index,
+                start_epoch: epoch,
+                epochs: r.search_epochs.min(stage_epochs).max(1),
+                from_depth: state.model.depth(),
+                to_depth,
+                losses: vec![Vec::new(); candidates.len()],
+                candidates,
+                step_ms: Vec::new(),
+            });
+            eprintln!(
+                "stage {stage_index}: searching {} candidates",
+                state.progress.search.as_ref().map_or(0, |s| s.candidates.len())
+            );
+        }
+        // What this epoch trains: the supernet during a search, else one (resolution, depth).
+        let search = state.progress.search.clone();
+        let (resolutions, depth, reg) = match (&search, auto) {
+            (Some(s), _) => (s.resolutions(), s.to_depth, stages[stages.len() - 1]),
+            (None, true) if !last_stage => {
+                let (res, d) = state.progress.chosen.unwrap_or((stage.resolution, stage.depth));
+                (vec![res], d, stage)
+            }
+            _ => (vec![stage.resolution], stage.depth, stage),
+        };
+        if depth != state.model.depth() {
+            let (grown, event) = grow(ctx, state, config, depth)?;
+            state = grown;
+            eprintln!(
+                "stage {stage_index}: grew from {} to {} blocks (MoGrow from {})",
+                event.from_depth, event.to_depth, event.source
+            );
+            log.write(&Event::Growth(event))?;
+            planned = None;
+        }
+        let largest = *resolutions.last().expect("at least one resolution");
+        state.progress.resolution = largest;
+        if !matches!(&planned, Some((res, d, _, _)) if *res == resolutions && *d == depth) {
             // Release the old activations before allocating the new ones.
             drop(planned.take());
             ctx.trim_pool();
-            let acts = state.model.plan(ctx, r.batch, resolution)?;
-            let eval_acts = state.model.plan(ctx, eval_batch, resolution)?;
-            planned = Some((resolution, depth, acts, eval_acts));
+            let mut acts = ActsByResolution::new();
+            for &res in &resolutions {
+                acts.insert(res, state.model.plan(ctx, r.batch, res)?);
+            }
+            let eval_acts = state.model.plan(ctx, eval_batch, largest)?;
+            planned = Some((resolutions.clone(), depth, acts, eval_acts));
         }
-        let (_, _, acts, eval_acts) = planned.as_ref().expect("planned above");
+        let (_, _, acts_by_res, _) = planned.as_mut().expect("planned above");
+        // Held-back training images for the search's evaluation points, at its largest resolution.
+        let holdout = match (&search, &holdout_source) {
+            (Some(_), Some(source)) => load_holdout(source.clone(), largest, r.batch, config)?,
+            _ => Vec::new(),
+        };
+        let growth = search.as_ref().map(SearchState::growth);
         let aug = AugmentConfig {
-            resolution,
-            randaug_magnitude: stage.randaug_magnitude,
-            erase_prob: stage.erase_prob as f32,
-            mix_prob: stage.mix_prob as f32,
+            resolution: largest,
+            randaug_magnitude: reg.randaug_magnitude,
+            erase_prob: reg.erase_prob as f32,
+            mix_prob: reg.mix_prob as f32,
             ..config.augment.clone()
         };
-        let drop_path_rate = stage.drop_path;
-        let flops_per_step = r.batch as f64 * config.model.train_flops_per_image(resolution, depth);
+        let drop_path_rate = reg.drop_path;
         let bar = progress_bar(opts.quiet, steps_per_epoch, epoch, r.epochs);
         bar.set_position(state.progress.batch_in_epoch as u64);
         let loader_config = LoaderConfig {
@@ -470,27 +541,29 @@ pub fn train(
         let mut losses: Vec<f64> = Vec::new();
         let mut images_this_epoch = 0u64;
         let mut interrupted = false;
-        let record_loss = |log: &mut LogWriter, losses: &mut Vec<f64>, step: u64, loss: f32, lr: f64, ips: f64| {
-            if !loss.is_finite() {
-                bail!(
-                    "training diverged at step {step} (loss {loss}); the last good checkpoint is kept in {}; \
+        // lr, resolution and depth of each step, for its log line.
+        let mut step_info: std::collections::BTreeMap<u64, (f64, usize, usize)> = std::collections::BTreeMap::new();
+        let record_loss =
+            |log: &mut LogWriter, losses: &mut Vec<f64>, step: u64, loss: f32, info: (f64, usize, usize), ips: f64| {
+                if !loss.is_finite() {
+                    bail!(
+                        "training diverged at step {step} (loss {loss}); the last good checkpoint is kept in {}; \
                      try a lower --lr or a smaller --batch",
-                    run_dir.join("checkpoints").display()
-                );
-            }
-            losses.push(loss as f64);
-            log.write(&Event::Step(StepEvent {
-                step,
-                epoch: epoch as u32,
-                loss: loss as f64,
-                lr,
-                images_per_second: ips,
-                resolution: resolution as u32,
-                depth: depth as u32,
-            }))?;
-            Ok(())
-        };
-        let mut lrs = std::collections::BTreeMap::new();
+                        run_dir.join("checkpoints").display()
+                    );
+                }
+                losses.push(loss as f64);
+                log.write(&Event::Step(StepEvent {
+                    step,
+                    epoch: epoch as u32,
+                    loss: loss as f64,
+                    lr: info.0,
+                    images_per_second: ips,
+                    resolution: info.1 as u32,
+                    depth: info.2 as u32,
+                }))?;
+                Ok(())
+            };
         for item in loader.skip(state.progress.batch_in_epoch) {
             if stop.load(Ordering::Relaxed) {
                 interrupted = true;
@@ -498,9 +571,34 @@ pub fn train(
             }
             let batch = item?;
             let step = state.progress.step;
+            if let (Some(s), Some(g)) = (state.progress.search.as_mut(), growth.as_ref()) {
+                if s.evaluates_at(epoch, state.progress.batch_in_epoch, steps_per_epoch as usize) {
+                    for (s_step, v) in ring.drain(ctx)? {
+                        let ips = images_this_epoch as f64 / epoch_start.elapsed().as_secs_f64();
+                        record_loss(&mut log, &mut losses, s_step, v[0], step_info[&s_step], ips)?;
+                    }
+                    evaluation_point(ctx, &state.model, &state.optimizer, acts_by_res, g, s, &holdout)?;
+                }
+            }
+            // The sub-network this step trains (the only one outside a search).
+            let (res, sub_depth) = match &state.progress.search {
+                Some(s) => {
+                    let c = s.sample(r.seed, step);
+                    (c.resolution, c.depth)
+                }
+                None => (largest, depth),
+            };
+            let active: Vec<usize> = match &growth {
+                Some(g) => g.active(sub_depth)?,
+                None => (0..depth).collect(),
+            };
             let lr = learning_rate(step, total_steps, warmup, r.lr, r.min_lr);
-            lrs.insert(step, lr);
-            ctx.write(&acts.images, &batch.images)?;
+            step_info.insert(step, (lr, res, sub_depth));
+            let mut rec = ctx.recorder("train.step");
+            stage_images(ctx, &mut rec, acts_by_res, &batch.images, res)?;
+            let acts = acts_by_res.get_mut(&res).expect("planned");
+            acts.set_active_blocks(&active)?;
+            let acts = &*acts;
             ctx.write_u32(&acts.labels, &batch.labels)?;
             let loss = match &batch.targets {
                 Some(targets) => {
@@ -522,10 +620,9 @@ pub fn train(
             if !ring.has_free() {
                 if let Some((s, v)) = ring.wait_oldest(ctx)? {
                     let ips = images_this_epoch as f64 / epoch_start.elapsed().as_secs_f64();
-                    record_loss(&mut log, &mut losses, s, v[0], lrs[&s], ips)?;
+                    record_loss(&mut log, &mut losses, s, v[0], step_info[&s], ips)?;
                 }
             }
-            let mut rec = ctx.recorder("train.step");
             state.optimizer.record_step(&mut rec, &state.model, acts, &options)?;
             ring.record(&mut rec, &acts.loss, step)?;
             ctx.submit(rec)?;
@@ -533,18 +630,33 @@ pub fn train(
             state.progress.step += 1;
             state.progress.adam_step += 1;
             state.progress.batch_in_epoch += 1;
-            state.progress.train_flops += flops_per_step;
+            state.progress.train_flops += r.batch as f64 * config.model.train_flops_per_image(res, sub_depth);
             images_this_epoch += r.batch as u64;
             for (s, v) in ring.poll(ctx)? {
                 let ips = images_this_epoch as f64 / epoch_start.elapsed().as_secs_f64();
-                record_loss(&mut log, &mut losses, s, v[0], lrs[&s], ips)?;
+                record_loss(&mut log, &mut losses, s, v[0], step_info[&s], ips)?;
                 bar.set_message(format!("loss {:.3}  {ips:.0} img/s", v[0]));
             }
             bar.inc(1);
         }
         for (s, v) in ring.drain(ctx)? {
             let ips = images_this_epoch as f64 / epoch_start.elapsed().as_secs_f64();
-            record_loss(&mut log, &mut losses, s, v[0], lrs[&s], ips)?;
+            record_loss(&mut log, &mut losses, s, v[0], step_info[&s], ips)?;
+        }
+        // The end of a search: the last evaluation point, the choice and parameter recycling.
+        if let (false, Some(s), Some(g)) = (interrupted, state.progress.search.clone(), growth.as_ref()) {
+            if epoch + 1 == s.start_epoch + s.epochs {
+                let mut s = s;
+                evaluation_point(ctx, &state.model, &state.optimizer, acts_by_res, g, &mut s, &holdout)?;
+                let (recycled, event, chosen) = finish_search(ctx, state, config, &s, epoch)?;
+                state = recycled;
+                eprintln!("stage {}: chose {} ({} candidates)", s.stage, event.winner, s.candidates.len());
+                log.write(&Event::Search(event))?;
+                state.progress.chosen = Some(chosen);
+                state.progress.trained.push((stages[s.stage].start_epoch, chosen.0, chosen.1));
+                state.progress.search = None;
+                planned = None;
+            }
         }
         let train_seconds = epoch_start.elapsed().as_secs_f64();
         bar.finish_and_clear();
@@ -572,7 +684,16 @@ pub fn train(
         // Evaluate the weights and every EMA.
         let mut arenas = vec![&state.model.params];
         arenas.extend(state.optimizer.emas.iter().map(|(t, _)| t));
-        let eval = evaluate(ctx, &state.model, &arenas, eval_acts, val_source.clone(), &aug, config.data.workers)?;
+        let fresh_eval;
+        let eval_acts = match &planned {
+            Some((_, d, _, e)) if *d == state.model.depth() => e,
+            _ => {
+                fresh_eval = state.model.plan(ctx, eval_batch, state.progress.resolution)?;
+                &fresh_eval
+            }
+        };
+        let val_aug = AugmentConfig { resolution: state.progress.resolution, ..aug.clone() };
+        let eval = evaluate(ctx, &state.model, &arenas, eval_acts, val_source.clone(), &val_aug, config.data.workers)?;
         state.progress.epoch += 1;
         state.progress.batch_in_epoch = 0;
         state.progress.wall_seconds = wall_before + session_start.elapsed().as_secs_f64();
@@ -599,8 +720,8 @@ pub fn train(
             images_per_second: ips,
             wall_seconds: state.progress.wall_seconds,
             train_flops: state.progress.train_flops,
-            resolution: resolution as u32,
-            depth: depth as u32,
+            resolution: state.progress.resolution as u32,
+            depth: state.model.depth() as u32,
         }))?;
         let emas: String = ema_accs.iter().map(|e| format!("  ema{} {:.4}", e.decay, e.acc)).collect();
         eprintln!(
@@ -630,17 +751,10 @@ pub fn train(
                 val_acc: eval.acc[0],
                 val_acc_ema: ema_accs.iter().map(|e| e.acc).reduce(f64::max),
                 best_val_acc: state.progress.best_val_acc,
-                final_resolution: resolution as u32,
-                final_depth: depth as u32,
+                final_resolution: state.progress.resolution as u32,
+                final_depth: state.model.depth() as u32,
                 adapter: adapter.clone(),
-                stages: stages
-                    .iter()
-                    .map(|s| StageSummary {
-                        start_epoch: s.start_epoch as u32,
-                        resolution: s.resolution as u32,
-                        depth: s.depth as u32,
-                    })
-                    .collect(),
+                stages: trained_stages(&stages, &state.progress, config),
                 seed: r.seed,
                 skipped_images: skipped.count(),
                 model: config.model_name.clone(),
@@ -664,6 +778,130 @@ pub fn train(
         }
     }
     bail!("{} already finished all {} epochs; nothing to resume", run_dir.display(), r.epochs)
+}
+
+/// Held-back training images at `resolution` (eval transform), in batches of `batch`.
+fn load_holdout(
+    source: Arc<dyn Source>,
+    resolution: usize,
+    batch: usize,
+    config: &TrainConfig,
+) -> anyhow::Result<Vec<(Vec<f32>, Vec<u32>)>> {
+    let aug = AugmentConfig { mean: config.augment.mean, std: config.augment.std, ..AugmentConfig::none(resolution) };
+    let order: Vec<usize> = (0..source.len()).collect();
+    let loader_config = LoaderConfig {
+        batch,
+        drop_last: true,
+        aug,
+        train: false,
+        workers: 0,
+        skipped: Skipped::default(),
+        ..LoaderConfig::default()
+    };
+    let mut out = Vec::new();
+    for item in Loader::new(source, order, loader_config)? {
+        let b = item?;
+        out.push((b.images, b.labels));
+    }
+    Ok(out)
+}
+
+/// One evaluation point of a search: each candidate's mean held-back loss with the fastest
+/// EMA (the weights without EMA), and, the first time, each candidate's step time.
+fn evaluation_point(
+    ctx: &GpuContext,
+    model: &GpuVit,
+    optimizer: &Optimizer,
+    acts: &mut ActsByResolution,
+    growth: &Growth,
+    search: &mut SearchState,
+    holdout: &[(Vec<f32>, Vec<u32>)],
+) -> anyhow::Result<()> {
+    if holdout.len() * acts.values().next().map_or(1, |a| a.batch) == 0 {
+        bail!("no held-back images to evaluate the candidates on; the training set is too small for --batch");
+    }
+    let fastest = optimizer.emas.iter().min_by(|a, b| a.1.total_cmp(&b.1)).map_or(&model.params, |(t, _)| t);
+    if search.step_ms.is_empty() {
+        for &c in &search.candidates {
+            search.step_ms.push(candidate_step_ms(ctx, model, acts, growth, c)?);
+        }
+    }
+    for (i, &c) in search.candidates.clone().iter().enumerate() {
+        search.losses[i].push(candidate_loss(ctx, model, fastest, acts, growth, c, holdout)?);
+    }
+    Ok(())
+}
+
+/// Chooses the winner of a finished search and recycles its weights: the sub-network is
+/// extracted from the supernet (weights and every EMA; fresh AdamW moments, as the
+/// official code) and trained on from here. Returns the new state, the log event and the
+/// chosen (resolution, depth).
+fn finish_search(
+    ctx: &GpuContext,
+    state: State,
+    config: &TrainConfig,
+    search: &SearchState,
+    epoch: usize,
+) -> anyhow::Result<(State, SearchEvent, (usize, usize))> {
+    let means: Vec<f64> = search.losses.iter().map(|l| l.iter().sum::<f64>() / l.len().max(1) as f64).collect();
+    let selection = select(&search.step_ms, &means)?;
+    let winner = search.candidates[selection.winner];
+    let active = search.growth().active(winner.depth)?;
+    let layout = ParamLayout::new(&config.model, winner.depth, ctx.arena_align());
+    let extract = |t: &autoprog::Tensor| -> anyhow::Result<Vec<f32>> {
+        Ok(extract_arena(&state.model.layout, &layout, &active, &ctx.read_blocking(t)?)?)
+    };
+    let model = GpuVit::new(ctx, config.model.clone(), layout.clone(), &extract(&state.model.params)?)?;
+    let optimizer = Optimizer::new(ctx, &model, &config.recipe.ema_decays)?;
+    for ((ema, _), (old, _)) in optimizer.emas.iter().zip(&state.optimizer.emas) {
+        ctx.write(ema, &extract(old)?)?;
+    }
+    let mut progress = state.progress.clone();
+    progress.depth = winner.depth;
+    progress.resolution = winner.resolution;
+    progress.adam_step = 0;
+    let event = SearchEvent {
+        stage: search.stage as u32,
+        epoch: epoch as u32,
+        step: progress.step,
+        candidates: search
+            .candidates
+            .iter()
+            .enumerate()
+            .map(|(i, c)| runlog::Candidate {
+                name: c.name(),
+                resolution: c.resolution as u32,
+                depth: c.depth as u32,
+                losses: search.losses[i].clone(),
+                step_ms: search.step_ms[i],
+                score: selection.scores[i],
+            })
+            .collect(),
+        fit: runlog::PowerLaw { a: selection.fit.a, b: selection.fit.b },
+        w: selection.w,
+        winner: winner.name(),
+    };
+    drop(state);
+    ctx.trim_pool();
+    Ok((State { model, optimizer, progress }, event, (winner.resolution, winner.depth)))
+}
+
+/// The stages a run trained, for summary.json: the schedule's for `none` and `prog`; for
+/// `auto`, what each search chose and the full model in the last stage.
+fn trained_stages(stages: &[Stage], progress: &Progress, config: &TrainConfig) -> Vec<StageSummary> {
+    let entry = |start: usize, resolution: usize, depth: usize| StageSummary {
+        start_epoch: start as u32,
+        resolution: resolution as u32,
+        depth: depth as u32,
+    };
+    if config.recipe.schedule == "auto" {
+        let last = stages[stages.len() - 1];
+        let mut out: Vec<StageSummary> = progress.trained.iter().map(|&(e, r, d)| entry(e, r, d)).collect();
+        out.push(entry(last.start_epoch, last.resolution, last.depth));
+        out
+    } else {
+        stages.iter().map(|s| entry(s.start_epoch, s.resolution, s.depth)).collect()
+    }
 }
 
 /// The schedule's name as logs and summaries give it.

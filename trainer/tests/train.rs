@@ -436,3 +436,51 @@ fn compare_trains_every_schedule_and_writes_compare_json() {
     assert!(flops("prog") < flops("none"));
     assert!(out.join("prog-seed1/summary.json").exists());
 }
+
+#[test]
+fn autoprog_searches_recycles_and_resumes_inside_a_search() {
+    let dir = scratch("auto");
+    let model = micro_model(&dir);
+    let auto_args = |out: &Path| {
+        let mut args = micro_args(&model, out, 6);
+        // Enough images to hold a batch back for the candidates' evaluation.
+        let at = args.iter().position(|a| a == "--train-images").unwrap();
+        args[at + 1] = "256".into();
+        args.extend(["--schedule", "auto", "--stages", "2"].map(String::from));
+        args
+    };
+    let whole = dir.join("whole");
+    let out = run(&auto_args(&whole));
+    assert!(out.status.success(), "{}", text(&out));
+    let log = parse_log(&std::fs::read_to_string(whole.join("log.jsonl")).unwrap());
+    let searches: Vec<_> =
+        log.events.iter().filter_map(|e| if let Event::Search(s) = e { Some(s) } else { None }).collect();
+    assert_eq!(searches.len(), 1, "one search: stage 0 of 2");
+    let search = searches[0];
+    // Stage 0 of a 16 px, 2-block model from 8 px and 1 block: {8, 16} px x {1, 2} blocks.
+    let names: Vec<&str> = search.candidates.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["r8_l1", "r8_l2", "r16_l1", "r16_l2"]);
+    for c in &search.candidates {
+        assert_eq!(c.losses.len(), 5, "{}: five evaluation points", c.name);
+        assert!(c.losses.iter().all(|l| l.is_finite() && *l > 0.0) && c.step_ms > 0.0 && c.score.is_finite());
+    }
+    let best = search.candidates.iter().min_by(|a, b| a.score.total_cmp(&b.score)).unwrap();
+    assert_eq!(search.winner, best.name);
+    assert_eq!((search.epoch, search.step), (1, 14), "2 search epochs of 7 steps");
+    let summary: Summary = serde_json::from_str(&std::fs::read_to_string(whole.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary.schedule, "auto");
+    assert_eq!(summary.stages.len(), 2);
+    assert_eq!((summary.stages[1].start_epoch, summary.stages[1].resolution, summary.stages[1].depth), (3, 16, 2));
+    assert_eq!(summary.stages[0].start_epoch, 0);
+    assert_eq!(format!("r{}_l{}", summary.stages[0].resolution, summary.stages[0].depth), search.winner);
+
+    // Interrupted inside the search, then resumed: the supernet steps repeat exactly. (What
+    // follows depends on the candidates' measured step times, which no two runs share.)
+    let interrupted = dir.join("interrupted");
+    interrupt_and_resume(&auto_args(&interrupted), &interrupted, 3);
+    let (a, b) = (step_losses(&interrupted), step_losses(&whole));
+    assert_eq!(a.len(), b.len());
+    assert_eq!(a[..14], b[..14], "supernet steps after resuming inside the search");
+    let log = parse_log(&std::fs::read_to_string(interrupted.join("log.jsonl")).unwrap());
+    assert_eq!(log.events.iter().filter(|e| matches!(e, Event::Search(_))).count(), 1);
+}

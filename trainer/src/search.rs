@@ -1,0 +1,146 @@
+//! The GPU side of AutoProg's one-shot search: the search state a checkpoint carries, the
+//! random sub-network of each supernet step, and the two measurements of every candidate
+//! (its loss on held-back training images with the fastest EMA, and its step time).
+
+use std::collections::BTreeMap;
+
+use autoprog::kernels::resize::resize_bilinear;
+use autoprog::model::{Activations, GpuVit, Loss};
+use autoprog::prog::grow::{grow_depth, Growth};
+use autoprog::prog::search::Candidate;
+use autoprog::{GpuContext, Tensor};
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+/// A search in progress (saved in checkpoints so that a run resumes inside it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SearchState {
+    /// The stage it chooses the sub-network for.
+    pub stage: usize,
+    pub start_epoch: usize,
+    /// Search epochs (counted in the training budget).
+    pub epochs: usize,
+    /// Depth before the supernet was grown, and the supernet's depth.
+    pub from_depth: usize,
+    pub to_depth: usize,
+    pub candidates: Vec<Candidate>,
+    /// Per candidate, its mean held-back loss at each evaluation point so far.
+    pub losses: Vec<Vec<f64>>,
+    /// Per candidate, its step time in milliseconds (measured at the first evaluation).
+    pub step_ms: Vec<f64>,
+}
+
+impl SearchState {
+    pub fn growth(&self) -> Growth {
+        grow_depth(self.from_depth, self.to_depth).expect("a search's growth was valid when it started")
+    }
+
+    /// The distinct candidate resolutions, ascending.
+    pub fn resolutions(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = self.candidates.iter().map(|c| c.resolution).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    fn depths(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = self.candidates.iter().map(|c| c.depth).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// The sub-network a supernet step trains: resolution and depth drawn independently and
+    /// uniformly (as the official code), deterministic in (seed, step).
+    pub fn sample(&self, seed: u64, step: u64) -> Candidate {
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(seed ^ 0x7375_7065_726e_6574 ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let (rs, ls) = (self.resolutions(), self.depths());
+        let resolution = rs[(rng.next_u64() % rs.len() as u64) as usize];
+        let depth = ls[(rng.next_u64() % ls.len() as u64) as usize];
+        Candidate { resolution, depth }
+    }
+
+    /// Whether an evaluation point falls before batch `position` of an epoch of `batches`:
+    /// in the last search epoch, at its start, ¼, ½ and ¾ (the end is evaluated separately).
+    pub fn evaluates_at(&self, epoch: usize, position: usize, batches: usize) -> bool {
+        epoch + 1 == self.start_epoch + self.epochs && (0..4).any(|q| q * batches / 4 == position)
+    }
+}
+
+/// Activations for each candidate resolution (all planned at the supernet's depth).
+pub type ActsByResolution = BTreeMap<usize, Activations>;
+
+/// Writes `images` (at the largest resolution) into the activations of resolution `r`:
+/// directly at the largest, else through the GPU bilinear resize, recorded into `rec`.
+pub fn stage_images(
+    ctx: &GpuContext,
+    rec: &mut autoprog::Recorder,
+    acts: &ActsByResolution,
+    images: &[f32],
+    r: usize,
+) -> autoprog::Result<()> {
+    let largest = *acts.keys().last().expect("at least one resolution");
+    let top = &acts[&largest];
+    ctx.write(&top.images, images)?;
+    if r != largest {
+        resize_bilinear(rec, &top.images, &acts[&r].images)?;
+    }
+    Ok(())
+}
+
+/// Mean cross-entropy (no smoothing) of candidate `c` with the weights in `arena` over the
+/// held-back batches (images at the largest resolution, labels).
+pub fn candidate_loss(
+    ctx: &GpuContext,
+    model: &GpuVit,
+    arena: &Tensor,
+    acts: &mut ActsByResolution,
+    growth: &Growth,
+    c: Candidate,
+    holdout: &[(Vec<f32>, Vec<u32>)],
+) -> anyhow::Result<f64> {
+    acts.get_mut(&c.resolution).expect("planned").set_active_blocks(&growth.active(c.depth)?)?;
+    let mut total = 0.0;
+    for (images, labels) in holdout {
+        let mut rec = ctx.recorder("search.eval");
+        stage_images(ctx, &mut rec, acts, images, c.resolution)?;
+        let a = &acts[&c.resolution];
+        ctx.write_u32(&a.labels, labels)?;
+        model.forward(&mut rec, arena, a, false)?;
+        model.loss(&mut rec, a, Loss::Hard { smoothing: 0.0 })?;
+        ctx.submit(rec)?;
+        total += ctx.read_blocking(&a.loss)?[0] as f64;
+    }
+    Ok(total / holdout.len().max(1) as f64)
+}
+
+/// Forward + backward time of one step of candidate `c` in milliseconds: the median of 3
+/// runs, from GPU timestamps where the adapter has them, wall clock otherwise.
+pub fn candidate_step_ms(
+    ctx: &GpuContext,
+    model: &GpuVit,
+    acts: &mut ActsByResolution,
+    growth: &Growth,
+    c: Candidate,
+) -> anyhow::Result<f64> {
+    let a = acts.get_mut(&c.resolution).expect("planned");
+    a.set_active_blocks(&growth.active(c.depth)?)?;
+    let a = &acts[&c.resolution];
+    let mut samples = Vec::new();
+    for rep in 0..4 {
+        let start = std::time::Instant::now();
+        let mut rec = ctx.timed_recorder("search.time");
+        model.forward(&mut rec, &model.params, a, false)?;
+        model.loss(&mut rec, a, Loss::Hard { smoothing: 0.0 })?;
+        model.backward(&mut rec, a, false)?;
+        let timing = pollster::block_on(ctx.submit_timed(rec))?;
+        let wall = start.elapsed().as_secs_f64() * 1e3;
+        if rep > 0 {
+            samples.push(if timing.passes.is_empty() { wall } else { timing.total_ms() });
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(samples[samples.len() / 2])
+}
