@@ -184,7 +184,8 @@ pub struct Candidate {
     /// Loss at each evaluation point, in order.
     #[serde(deserialize_with = "vec_f64_or_nan")]
     pub losses: Vec<f64>,
-    /// Forward + backward time of one step, milliseconds.
+    /// Forward + backward time of one step, milliseconds (with `--search-cost flops`: the
+    /// step's GFLOPs instead).
     pub step_ms: f64,
     /// `mean(losses) * step_ms^w`; the lowest wins.
     #[serde(deserialize_with = "f64_or_nan")]

@@ -68,6 +68,10 @@ pub struct TrainArgs {
     /// auto: epochs of supernet training at the start of each non-final stage (default 2).
     #[arg(long)]
     search_epochs: Option<usize>,
+    /// auto: a candidate's cost: time (its step time measured on the device, the default) or
+    /// flops (its step's FLOPs: every run then makes the same choice).
+    #[arg(long)]
+    search_cost: Option<String>,
     /// Stages of the prog schedule (default 4).
     #[arg(long)]
     stages: Option<usize>,
@@ -175,6 +179,9 @@ impl TrainArgs {
         }
         if let Some(e) = self.search_epochs {
             r.search_epochs = e;
+        }
+        if let Some(cost) = &self.search_cost {
+            r.search_cost = cost.clone();
         }
         if let Some(v) = self.res_scale {
             r.res_scale = v;

@@ -88,6 +88,14 @@ pub struct Recipe {
     /// `auto`: epochs of supernet training that open every non-final stage (in the budget).
     #[serde(default = "default_search_epochs")]
     pub search_epochs: usize,
+    /// `auto`: what a candidate costs: `time` (its step time measured on the device, as the
+    /// paper) or `flops` (its step's FLOPs: the same choice on every run, for reproducibility).
+    #[serde(default = "default_search_cost")]
+    pub search_cost: String,
+}
+
+fn default_search_cost() -> String {
+    "time".into()
 }
 
 fn default_search_epochs() -> usize {
@@ -243,6 +251,11 @@ impl TrainConfig {
             SCHEDULES.join(", ")
         );
         anyhow::ensure!(
+            ["time", "flops"].contains(&r.search_cost.as_str()),
+            "--search-cost {} must be time or flops",
+            r.search_cost
+        );
+        anyhow::ensure!(
             ["reset", "copy"].contains(&r.grow_opt_state.as_str()),
             "--grow-opt-state {} must be reset or copy",
             r.grow_opt_state
@@ -282,6 +295,7 @@ impl Default for Recipe {
             depth_scale: half(),
             grow_opt_state: default_grow_opt_state(),
             search_epochs: default_search_epochs(),
+            search_cost: default_search_cost(),
         }
     }
 }

@@ -577,7 +577,7 @@ pub fn train(
                         let ips = images_this_epoch as f64 / epoch_start.elapsed().as_secs_f64();
                         record_loss(&mut log, &mut losses, s_step, v[0], step_info[&s_step], ips)?;
                     }
-                    evaluation_point(ctx, &state.model, &state.optimizer, acts_by_res, g, s, &holdout)?;
+                    evaluation_point(ctx, config, &state.model, &state.optimizer, acts_by_res, g, s, &holdout)?;
                 }
             }
             // The sub-network this step trains (the only one outside a search).
@@ -647,7 +647,7 @@ pub fn train(
         if let (false, Some(s), Some(g)) = (interrupted, state.progress.search.clone(), growth.as_ref()) {
             if epoch + 1 == s.start_epoch + s.epochs {
                 let mut s = s;
-                evaluation_point(ctx, &state.model, &state.optimizer, acts_by_res, g, &mut s, &holdout)?;
+                evaluation_point(ctx, config, &state.model, &state.optimizer, acts_by_res, g, &mut s, &holdout)?;
                 let (recycled, event, chosen) = finish_search(ctx, state, config, &s, epoch)?;
                 state = recycled;
                 eprintln!("stage {}: chose {} ({} candidates)", s.stage, event.winner, s.candidates.len());
@@ -807,9 +807,12 @@ fn load_holdout(
 }
 
 /// One evaluation point of a search: each candidate's mean held-back loss with the fastest
-/// EMA (the weights without EMA), and, the first time, each candidate's step time.
+/// EMA (the weights without EMA), and, the first time, each candidate's cost (step time, or
+/// GFLOPs per step with `--search-cost flops`).
+#[allow(clippy::too_many_arguments, reason = "the model, its optimizer, the search and what it runs on")]
 fn evaluation_point(
     ctx: &GpuContext,
+    config: &TrainConfig,
     model: &GpuVit,
     optimizer: &Optimizer,
     acts: &mut ActsByResolution,
@@ -817,13 +820,20 @@ fn evaluation_point(
     search: &mut SearchState,
     holdout: &[(Vec<f32>, Vec<u32>)],
 ) -> anyhow::Result<()> {
-    if holdout.len() * acts.values().next().map_or(1, |a| a.batch) == 0 {
+    let batch = acts.values().next().map_or(1, |a| a.batch);
+    if holdout.is_empty() {
         bail!("no held-back images to evaluate the candidates on; the training set is too small for --batch");
     }
     let fastest = optimizer.emas.iter().min_by(|a, b| a.1.total_cmp(&b.1)).map_or(&model.params, |(t, _)| t);
     if search.step_ms.is_empty() {
         for &c in &search.candidates {
-            search.step_ms.push(candidate_step_ms(ctx, model, acts, growth, c)?);
+            let cost = match config.recipe.search_cost.as_str() {
+                // GFLOPs of one step: proportional to an ideal device's time, and the same on
+                // every run (the fit's exponent and the ranking ignore the scale).
+                "flops" => batch as f64 * config.model.train_flops_per_image(c.resolution, c.depth) / 1e9,
+                _ => candidate_step_ms(ctx, model, acts, growth, c)?,
+            };
+            search.step_ms.push(cost);
         }
     }
     for (i, &c) in search.candidates.clone().iter().enumerate() {

@@ -483,4 +483,16 @@ fn autoprog_searches_recycles_and_resumes_inside_a_search() {
     assert_eq!(a[..14], b[..14], "supernet steps after resuming inside the search");
     let log = parse_log(&std::fs::read_to_string(interrupted.join("log.jsonl")).unwrap());
     assert_eq!(log.events.iter().filter(|e| matches!(e, Event::Search(_))).count(), 1);
+
+    // With FLOPs as the cost the choice is the same on every run: the whole loss sequence
+    // repeats after an interruption inside the search.
+    let flops_args = |out: &Path| {
+        let mut args = auto_args(out);
+        args.extend(["--search-cost", "flops"].map(String::from));
+        args
+    };
+    let (whole, interrupted) = (dir.join("flops-whole"), dir.join("flops-interrupted"));
+    assert!(run(&flops_args(&whole)).status.success());
+    interrupt_and_resume(&flops_args(&interrupted), &interrupted, 3);
+    assert_eq!(step_losses(&interrupted), step_losses(&whole), "the same losses with --search-cost flops");
 }
