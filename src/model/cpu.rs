@@ -91,10 +91,6 @@ impl CpuVit<'_> {
         self.layout.slice(self.params, name)
     }
 
-    fn blocks(&self) -> usize {
-        self.layout.specs.iter().filter(|s| s.name.ends_with(".norm1.weight")).count()
-    }
-
     /// The position embedding [N, C] at `resolution`: the stored grid resized bicubically
     /// when the resolution is not the one it was made for (the class position as is).
     fn pos_embed(&self, resolution: usize) -> Vec<f64> {
@@ -128,7 +124,7 @@ impl CpuVit<'_> {
 
     /// Logits [B, K] of images [B, Ch, R, R] (normalised), with optional drop-path.
     pub fn forward(&self, images: &[f64], batch: usize, resolution: usize, drop: Option<DropPath>) -> Result<Forward> {
-        let all: Vec<usize> = (0..self.blocks()).collect();
+        let all: Vec<usize> = (0..self.layout.depth()).collect();
         self.forward_blocks(images, batch, resolution, drop, &all)
     }
 

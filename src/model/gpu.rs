@@ -163,7 +163,7 @@ impl GpuVit {
 
     /// Blocks in this model (L).
     pub fn depth(&self) -> usize {
-        self.layout.specs.iter().filter(|s| s.name.ends_with(".norm1.weight")).count()
+        self.layout.depth()
     }
 
     /// The view of parameter `name` in `arena` (parameters, gradients or an EMA).

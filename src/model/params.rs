@@ -118,6 +118,11 @@ impl ParamLayout {
         self.specs.iter().find(|s| s.name == name)
     }
 
+    /// Blocks (L) the layout holds.
+    pub fn depth(&self) -> usize {
+        self.specs.iter().filter(|s| s.name.ends_with(".norm1.weight")).count()
+    }
+
     /// Parameters that are trained (padding excluded).
     pub fn count(&self) -> usize {
         self.specs.iter().map(ParamSpec::numel).sum()

@@ -62,23 +62,12 @@ impl Growth {
     }
 }
 
-/// An arena of the grown model (`to`, with `growth.to` blocks) from one of the model
-/// before growth (`from`): block i of the new model is a copy of block `mapping[i]`, every
-/// other tensor (embeddings, final norm, head) is copied as is. Used for the weights, each
-/// EMA, and (with `--grow-opt-state copy`) the AdamW moments.
-pub fn grow_arena(from: &ParamLayout, to: &ParamLayout, growth: &Growth, arena: &[f32]) -> Result<Vec<f32>> {
-    map_blocks(from, to, &growth.mapping, arena)
-}
-
-/// Parameter recycling: the arena of the sub-network that runs `active` blocks of a
-/// supernet, as a model of `active.len()` blocks (block j is the supernet's `active[j]`).
-pub fn extract_arena(from: &ParamLayout, to: &ParamLayout, active: &[usize], arena: &[f32]) -> Result<Vec<f32>> {
-    map_blocks(from, to, active, arena)
-}
-
 /// An arena laid out by `to` whose block i is `from`'s block `source[i]`; every tensor
-/// outside the blocks is copied as is.
-fn map_blocks(from: &ParamLayout, to: &ParamLayout, source: &[usize], arena: &[f32]) -> Result<Vec<f32>> {
+/// outside the blocks (embeddings, final norm, head) is copied as is. With a growth's
+/// `mapping` this is MoGrow (for the weights, each EMA and, if kept, the AdamW moments);
+/// with a sub-network's active blocks it is parameter recycling: the sub-network extracted
+/// from the supernet as a model of its own.
+pub fn remap_blocks(from: &ParamLayout, to: &ParamLayout, source: &[usize], arena: &[f32]) -> Result<Vec<f32>> {
     let mut out = vec![0.0; to.len];
     for spec in &to.specs {
         let source_name = match spec.name.strip_prefix("blocks.") {
@@ -114,7 +103,7 @@ mod tests {
         let (small, large) = (ParamLayout::new(&config, 3, 16), ParamLayout::new(&config, 5, 16));
         let arena: Vec<f32> = (0..small.len).map(|i| i as f32).collect();
         let growth = grow_depth(3, 5).unwrap();
-        let grown = grow_arena(&small, &large, &growth, &arena).unwrap();
+        let grown = remap_blocks(&small, &large, &growth.mapping, &arena).unwrap();
         for (i, &source) in growth.mapping.iter().enumerate() {
             let name = |b: usize| format!("blocks.{b}.mlp.fc1.weight");
             assert_eq!(large.slice(&grown, &name(i)), small.slice(&arena, &name(source)));
@@ -125,12 +114,12 @@ mod tests {
         // whose blocks are the ones that sub-network ran.
         let active = growth.active(4).unwrap();
         let four = ParamLayout::new(&config, 4, 16);
-        let sub = extract_arena(&large, &four, &active, &grown).unwrap();
+        let sub = remap_blocks(&large, &four, &active, &grown).unwrap();
         for (j, &i) in active.iter().enumerate() {
             let name = |b: usize| format!("blocks.{b}.attn.qkv.bias");
             assert_eq!(four.slice(&sub, &name(j)), large.slice(&grown, &name(i)));
         }
-        assert!(extract_arena(&large, &four, &active[..2], &grown).is_err());
+        assert!(remap_blocks(&large, &four, &active[..2], &grown).is_err());
     }
 
     #[test]

@@ -24,7 +24,7 @@ impl Candidate {
 }
 
 /// Distinct values in ascending order.
-fn levels(values: impl Iterator<Item = usize>) -> Vec<usize> {
+pub fn levels(values: impl Iterator<Item = usize>) -> Vec<usize> {
     let mut v: Vec<usize> = values.collect();
     v.sort_unstable();
     v.dedup();

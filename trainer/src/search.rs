@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use autoprog::kernels::resize::resize_bilinear;
 use autoprog::model::{Activations, GpuVit, Loss};
 use autoprog::prog::grow::{grow_depth, Growth};
-use autoprog::prog::search::Candidate;
+use autoprog::prog::search::{levels, Candidate};
 use autoprog::{GpuContext, Tensor};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -38,17 +38,11 @@ impl SearchState {
 
     /// The distinct candidate resolutions, ascending.
     pub fn resolutions(&self) -> Vec<usize> {
-        let mut v: Vec<usize> = self.candidates.iter().map(|c| c.resolution).collect();
-        v.sort_unstable();
-        v.dedup();
-        v
+        levels(self.candidates.iter().map(|c| c.resolution))
     }
 
     fn depths(&self) -> Vec<usize> {
-        let mut v: Vec<usize> = self.candidates.iter().map(|c| c.depth).collect();
-        v.sort_unstable();
-        v.dedup();
-        v
+        levels(self.candidates.iter().map(|c| c.depth))
     }
 
     /// The sub-network a supernet step trains: resolution and depth drawn independently and

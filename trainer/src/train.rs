@@ -13,9 +13,10 @@ use autoprog::checkpoint::Checkpoint;
 use autoprog::data::Procedural;
 use autoprog::gpu::ReadbackRing;
 use autoprog::kernels::optimizer::AdamW;
+use autoprog::model::cpu::cross_entropy;
 use autoprog::model::step::{Optimizer, StepOptions};
 use autoprog::model::{Activations, GpuVit, Loss, ParamLayout};
-use autoprog::prog::grow::{extract_arena, grow_arena, grow_depth, Growth};
+use autoprog::prog::grow::{grow_depth, remap_blocks, Growth};
 use autoprog::prog::schedule::{stage_at, Stage};
 use autoprog::prog::search::{candidates as search_candidates, select, Candidate};
 use autoprog::runlog::{
@@ -141,20 +142,6 @@ fn argmax_rows(logits: &[f32], classes: usize) -> Vec<usize> {
         .collect()
 }
 
-/// Mean cross-entropy (no smoothing) of `logits` rows against `labels`, in f64.
-fn cross_entropy(logits: &[f32], labels: &[u32], classes: usize) -> f64 {
-    let total: f64 = logits
-        .chunks(classes)
-        .zip(labels)
-        .map(|(row, &label)| {
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-            let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
-            lse - row[label as usize] as f64
-        })
-        .sum();
-    total / labels.len().max(1) as f64
-}
-
 /// Top-1 accuracy and mean loss of each weight arena on a source.
 pub struct Evaluation {
     pub acc: Vec<f64>,
@@ -208,7 +195,8 @@ pub fn evaluate(
             let rows = &logits[i * batch * classes..][..n * classes];
             let predicted = argmax_rows(rows, classes);
             correct[i] += predicted.iter().zip(&b.labels).filter(|(p, l)| **p == **l as usize).count();
-            loss_sum[i] += cross_entropy(rows, &b.labels, classes) * n as f64;
+            let rows64: Vec<f64> = rows.iter().map(|&v| v as f64).collect();
+            loss_sum[i] += cross_entropy(&rows64, &b.labels, classes, 0.0).0 * n as f64;
         }
         count += n;
     }
@@ -282,48 +270,63 @@ fn fresh_state(ctx: &GpuContext, config: &TrainConfig, first: &Stage) -> anyhow:
     Ok(State { model, optimizer, progress })
 }
 
+/// The state rebuilt with block i of the new model taken from block `source[i]` of the old
+/// one, in the weights (from `weights`: the model's own, or an EMA), in every EMA and, with
+/// `keep_moments`, in the AdamW moments; fresh moments otherwise. The old model's buffers
+/// go back to the driver rather than waiting in the pool.
+fn remap_state(
+    ctx: &GpuContext,
+    state: State,
+    config: &TrainConfig,
+    source: &[usize],
+    weights: &autoprog::Tensor,
+    keep_moments: bool,
+) -> anyhow::Result<State> {
+    let layout = ParamLayout::new(&config.model, source.len(), ctx.arena_align());
+    let remap = |t: &autoprog::Tensor| -> anyhow::Result<Vec<f32>> {
+        Ok(remap_blocks(&state.model.layout, &layout, source, &ctx.read_blocking(t)?)?)
+    };
+    let model = GpuVit::new(ctx, config.model.clone(), layout.clone(), &remap(weights)?)?;
+    let mut optimizer = Optimizer::new(ctx, &model, &config.recipe.ema_decays)?;
+    for ((ema, _), (old_ema, _)) in optimizer.emas.iter().zip(&state.optimizer.emas) {
+        ctx.write(ema, &remap(old_ema)?)?;
+    }
+    let mut progress = state.progress.clone();
+    if keep_moments {
+        ctx.write(&optimizer.m, &remap(&state.optimizer.m)?)?;
+        ctx.write(&optimizer.v, &remap(&state.optimizer.v)?)?;
+        optimizer.step = state.optimizer.step;
+    } else {
+        progress.adam_step = 0;
+    }
+    progress.depth = source.len();
+    drop(state);
+    ctx.trim_pool();
+    Ok(State { model, optimizer, progress })
+}
+
 /// MoGrow: the state grown to `depth` blocks. The new weights are the slowest EMA's (the
 /// weights themselves without EMA) with blocks copied by the interleaved mapping; every EMA
 /// grows from its own weights; the AdamW moments restart (`reset`) or are copied from the
 /// source blocks (`copy`).
 fn grow(ctx: &GpuContext, state: State, config: &TrainConfig, depth: usize) -> anyhow::Result<(State, GrowthEvent)> {
-    let old = &state.model.layout;
     let growth = grow_depth(state.model.depth(), depth)?;
-    let new_layout = ParamLayout::new(&config.model, depth, ctx.arena_align());
-    let grown = |t: &autoprog::Tensor| -> anyhow::Result<Vec<f32>> {
-        Ok(grow_arena(old, &new_layout, &growth, &ctx.read_blocking(t)?)?)
-    };
     let slowest = state.optimizer.emas.iter().max_by(|a, b| a.1.total_cmp(&b.1));
-    let (source_tensor, source) = match slowest {
-        Some((t, decay)) => (t, format!("ema_{decay}")),
-        None => (&state.model.params, "weights".to_string()),
+    let (weights, source) = match slowest {
+        Some((t, decay)) => (t.clone(), format!("ema_{decay}")),
+        None => (state.model.params.clone(), "weights".to_string()),
     };
-    let model = GpuVit::new(ctx, config.model.clone(), new_layout.clone(), &grown(source_tensor)?)?;
-    let mut optimizer = Optimizer::new(ctx, &model, &config.recipe.ema_decays)?;
-    for ((ema, _), (old_ema, _)) in optimizer.emas.iter().zip(&state.optimizer.emas) {
-        ctx.write(ema, &grown(old_ema)?)?;
-    }
-    let mut progress = state.progress.clone();
-    if config.recipe.grow_opt_state == "copy" {
-        ctx.write(&optimizer.m, &grown(&state.optimizer.m)?)?;
-        ctx.write(&optimizer.v, &grown(&state.optimizer.v)?)?;
-        optimizer.step = state.optimizer.step;
-    } else {
-        progress.adam_step = 0;
-    }
-    progress.depth = depth;
+    let keep_moments = config.recipe.grow_opt_state == "copy";
+    let state = remap_state(ctx, state, config, &growth.mapping, &weights, keep_moments)?;
     let event = GrowthEvent {
-        epoch: progress.epoch as u32,
-        step: progress.step,
+        epoch: state.progress.epoch as u32,
+        step: state.progress.step,
         from_depth: growth.from as u32,
         to_depth: growth.to as u32,
-        mapping: growth.mapping.clone(),
+        mapping: growth.mapping,
         source,
     };
-    drop(state);
-    // The old model's buffers go back to the driver rather than waiting in the pool.
-    ctx.trim_pool();
-    Ok((State { model, optimizer, progress }, event))
+    Ok((state, event))
 }
 
 fn resumed_state(ctx: &GpuContext, config: &TrainConfig, path: &Path) -> anyhow::Result<State> {
@@ -383,7 +386,7 @@ pub fn train(
         version: env!("CARGO_PKG_VERSION").into(),
         config: serde_json::to_value(config)?,
         adapter: adapter.clone(),
-        schedule: r_schedule(config),
+        schedule: config.recipe.schedule.clone(),
     }))?;
 
     let r = &config.recipe;
@@ -428,7 +431,7 @@ pub fn train(
         dataset.summary(),
         r.batch,
         r.epochs,
-        r_schedule(config),
+        config.recipe.schedule.clone(),
     );
     while state.progress.epoch < r.epochs {
         let epoch = state.progress.epoch;
@@ -743,7 +746,7 @@ pub fn train(
         }
         if epoch + 1 == r.epochs {
             let summary = Summary {
-                schedule: r_schedule(config),
+                schedule: config.recipe.schedule.clone(),
                 epochs: r.epochs as u32,
                 wall_seconds: state.progress.wall_seconds,
                 train_flops: state.progress.train_flops,
@@ -857,23 +860,13 @@ fn finish_search(
     let selection = select(&search.step_ms, &means)?;
     let winner = search.candidates[selection.winner];
     let active = search.growth().active(winner.depth)?;
-    let layout = ParamLayout::new(&config.model, winner.depth, ctx.arena_align());
-    let extract = |t: &autoprog::Tensor| -> anyhow::Result<Vec<f32>> {
-        Ok(extract_arena(&state.model.layout, &layout, &active, &ctx.read_blocking(t)?)?)
-    };
-    let model = GpuVit::new(ctx, config.model.clone(), layout.clone(), &extract(&state.model.params)?)?;
-    let optimizer = Optimizer::new(ctx, &model, &config.recipe.ema_decays)?;
-    for ((ema, _), (old, _)) in optimizer.emas.iter().zip(&state.optimizer.emas) {
-        ctx.write(ema, &extract(old)?)?;
-    }
-    let mut progress = state.progress.clone();
-    progress.depth = winner.depth;
-    progress.resolution = winner.resolution;
-    progress.adam_step = 0;
+    let weights = state.model.params.clone();
+    let mut state = remap_state(ctx, state, config, &active, &weights, false)?;
+    state.progress.resolution = winner.resolution;
     let event = SearchEvent {
         stage: search.stage as u32,
         epoch: epoch as u32,
-        step: progress.step,
+        step: state.progress.step,
         candidates: search
             .candidates
             .iter()
@@ -891,9 +884,7 @@ fn finish_search(
         w: selection.w,
         winner: winner.name(),
     };
-    drop(state);
-    ctx.trim_pool();
-    Ok((State { model, optimizer, progress }, event, (winner.resolution, winner.depth)))
+    Ok((state, event, (winner.resolution, winner.depth)))
 }
 
 /// The stages a run trained, for summary.json: the schedule's for `none` and `prog`; for
@@ -912,11 +903,6 @@ fn trained_stages(stages: &[Stage], progress: &Progress, config: &TrainConfig) -
     } else {
         stages.iter().map(|s| entry(s.start_epoch, s.resolution, s.depth)).collect()
     }
-}
-
-/// The schedule's name as logs and summaries give it.
-fn r_schedule(config: &TrainConfig) -> String {
-    config.recipe.schedule.clone()
 }
 
 /// The run was stopped by Ctrl-C after writing its checkpoint.
@@ -977,7 +963,8 @@ mod tests {
     fn metrics_of_logits() {
         let logits = [0.0, 2.0, 1.0, 3.0, 0.0, 0.0];
         assert_eq!(argmax_rows(&logits, 3), [1, 0]);
-        let loss = cross_entropy(&logits, &[1, 0], 3);
+        let logits64: Vec<f64> = logits.iter().map(|&v| v as f64).collect();
+        let loss = cross_entropy(&logits64, &[1, 0], 3, 0.0).0;
         let row = |z: [f64; 3], l: usize| z.iter().map(|v| v.exp()).sum::<f64>().ln() - z[l];
         assert!((loss - (row([0.0, 2.0, 1.0], 1) + row([3.0, 0.0, 0.0], 0)) / 2.0).abs() < 1e-6);
     }
