@@ -137,6 +137,11 @@ impl Checkpoint {
     /// Serialises to safetensors bytes, every tensor as F32 little-endian. The safetensors
     /// writer orders tensors by name.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        self.to_bytes_as(Storage::F32)
+    }
+
+    /// [`Checkpoint::to_bytes`] with every tensor stored as `storage`.
+    pub fn to_bytes_as(&self, storage: Storage) -> Result<Vec<u8>> {
         let mut seen = HashSet::with_capacity(self.tensors.len());
         for t in &self.tensors {
             if !seen.insert(t.name.as_str()) {
@@ -160,7 +165,7 @@ impl Checkpoint {
         }
         let metadata: Option<HashMap<String, String>> =
             (!self.metadata.is_empty()).then(|| self.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
-        let views = self.tensors.iter().map(|t| (t.name.as_str(), F32View(t)));
+        let views = self.tensors.iter().map(|t| (t.name.as_str(), TensorView(t, storage)));
         safetensors::serialize(views, metadata)
             .map_err(|e| Error::invalid("checkpoint", format!("cannot serialise to safetensors: {e}")))
     }
@@ -205,12 +210,24 @@ impl Checkpoint {
     }
 }
 
-/// Borrows a tensor's f32 data as safetensors bytes for serialisation.
-struct F32View<'a>(&'a NamedTensor);
+/// How tensors are stored in a written file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    /// Exact.
+    F32,
+    /// Half the size, rounded to nearest (about 3 significant digits); for exported models.
+    F16,
+}
 
-impl View for F32View<'_> {
+/// A tensor's data as safetensors bytes of a storage type, for serialisation.
+struct TensorView<'a>(&'a NamedTensor, Storage);
+
+impl View for TensorView<'_> {
     fn dtype(&self) -> Dtype {
-        Dtype::F32
+        match self.1 {
+            Storage::F32 => Dtype::F32,
+            Storage::F16 => Dtype::F16,
+        }
     }
 
     fn shape(&self) -> &[usize] {
@@ -218,15 +235,19 @@ impl View for F32View<'_> {
     }
 
     fn data(&self) -> Cow<'_, [u8]> {
-        if cfg!(target_endian = "little") {
-            Cow::Borrowed(bytemuck::cast_slice(&self.0.data))
-        } else {
-            Cow::Owned(self.0.data.iter().flat_map(|v| v.to_le_bytes()).collect())
+        match self.1 {
+            Storage::F32 if cfg!(target_endian = "little") => Cow::Borrowed(bytemuck::cast_slice(&self.0.data)),
+            Storage::F32 => Cow::Owned(self.0.data.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            Storage::F16 => Cow::Owned(self.0.data.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect()),
         }
     }
 
     fn data_len(&self) -> usize {
-        self.0.data.len() * 4
+        self.0.data.len()
+            * match self.1 {
+                Storage::F32 => 4,
+                Storage::F16 => 2,
+            }
     }
 }
 
@@ -337,6 +358,23 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn f16_storage_halves_the_data_and_rounds_to_nearest() {
+        let ckpt = sample();
+        let (f32_bytes, f16_bytes) = (ckpt.to_bytes().unwrap(), ckpt.to_bytes_as(Storage::F16).unwrap());
+        let values: usize = ckpt.tensors.iter().map(|t| t.numel()).sum();
+        assert!(f32_bytes.len() - f16_bytes.len() >= 2 * values - 64, "{} vs {}", f32_bytes.len(), f16_bytes.len());
+        let back = Checkpoint::from_bytes(&f16_bytes, "half.safetensors").unwrap();
+        assert_eq!(back.metadata, ckpt.metadata);
+        for t in &ckpt.tensors {
+            let u = back.get(&t.name).unwrap();
+            assert_eq!(u.shape, t.shape);
+            for (&a, &b) in t.data.iter().zip(&u.data) {
+                assert_eq!(b, half::f16::from_f32(a).to_f32(), "{}: {a}", t.name);
+            }
+        }
     }
 
     #[test]

@@ -1,18 +1,217 @@
-// Loads the wasm viewer and shows the adapter and a kernel self-check.
-import init, { adapter_summary, kernel_selfcheck } from "./pkg/autoprog_viewer.js";
+// The page: fetches or reads the files, hands them to the wasm viewer (the same Rust crate as
+// the trainer), and places what it returns. All parsing, charting and inference is in Rust.
+import init, { open_run, Model, sample_image, sample_label, sample_size } from "./pkg/autoprog_viewer.js";
 
-const $ = (id) => document.querySelector(`[data-testid="${id}"]`);
+const $ = (id) => document.getElementById(id);
+const testid = (id) => document.querySelector(`[data-testid="${id}"]`);
+const params = new URLSearchParams(location.search);
+let model = null;
+let lastImage = null; // {rgba, width, height}
 
-async function main() {
+function showError(message) {
+  testid("error").textContent = message ? String(message) : "";
+}
+
+// An event handler that clears the last error and shows its own, if any.
+function userAction(handler) {
+  return (...args) => {
+    showError("");
+    Promise.resolve()
+      .then(() => handler(...args))
+      .catch(showError);
+  };
+}
+
+// A fetched text file; null when absent (404), an error for anything else.
+async function fetchText(url) {
+  const response = await fetch(url, { cache: "no-store" });
+  if (response.status === 404) return null;
+  if (!response.ok) throw new Error(`cannot fetch ${url}: HTTP ${response.status}`);
+  return response.text();
+}
+
+async function fetchBytes(url) {
+  const response = await fetch(url);
+  if (!response.ok) throw new Error(`cannot fetch ${url}: HTTP ${response.status}`);
+  return new Uint8Array(await response.arrayBuffer());
+}
+
+function showRun(name, log, summary, compare) {
+  const started = performance.now();
+  const report = JSON.parse(open_run(log, summary ?? undefined, compare ?? undefined));
+  $("run-name").textContent = name;
+  $("run-schedule").textContent = report.schedule || "–";
+  testid("stage-count").textContent = String(report.stage_count);
+  $("run-epochs").textContent = String(report.epochs);
+  $("run-acc").textContent = report.final_val_acc == null ? "–" : report.final_val_acc.toFixed(4);
+  $("run-adapter").textContent = report.adapter || "–";
+  const warnings = $("run-warnings");
+  warnings.replaceChildren(...report.warnings.map((w) => Object.assign(document.createElement("li"), { textContent: w })));
+  for (const panel of ["timeline", "curves", "searches", "compute", "network"]) {
+    $(`panel-${panel}`).innerHTML = report[panel]; // SVG and tables built (and escaped) in Rust
+  }
+  $("run-overview").hidden = false;
+  $("run-panels").hidden = false;
+  console.log(`run ${name} shown in ${(performance.now() - started).toFixed(0)} ms`);
+}
+
+async function openServedRun(name) {
+  const base = `runs/${encodeURIComponent(name)}/`;
+  const log = await fetchText(base + "log.jsonl");
+  if (log == null) throw new Error(`run "${name}" has no log.jsonl on this server; is it one of the directories given to autoprog serve?`);
+  const [summary, compare] = await Promise.all([fetchText(base + "summary.json"), fetchText(base + "compare.json")]);
+  showRun(name, log, summary, compare);
+}
+
+async function openRunFiles(files) {
+  const byName = {};
+  for (const f of files) byName[f.name.endsWith(".jsonl") ? "log" : f.name.replace(/\.json$/, "")] = f;
+  if (!byName.log) throw new Error("drop or pick the run's log.jsonl (summary.json and compare.json are optional)");
+  const text = async (f) => (f ? f.text() : null);
+  showRun(byName.log.name, await text(byName.log), await text(byName.summary), await text(byName.compare));
+}
+
+async function listServedRuns() {
+  let names = [];
   try {
-    await init();
-    if (!navigator.gpu) throw new Error("this browser has no WebGPU (navigator.gpu is missing)");
-    $("adapter").textContent = JSON.stringify(JSON.parse(await adapter_summary()), null, 2);
-    $("selfcheck").textContent = await kernel_selfcheck();
-  } catch (e) {
-    $("error").textContent = String(e);
-    $("selfcheck").textContent = "failed";
+    const text = await fetchText("runs/index.json");
+    names = text ? JSON.parse(text) : [];
+  } catch {
+    return; // a static server without runs: files can still be opened by hand
+  }
+  const select = $("run-select");
+  for (const name of names) select.append(new Option(name, name));
+  select.addEventListener("change", userAction(() => select.value && openServedRun(select.value)));
+}
+
+async function loadModel(bytes, name) {
+  model = null;
+  testid("backend").textContent = "loading…";
+  model = await Model.load(bytes, name, Boolean(navigator.gpu));
+  const info = JSON.parse(model.info());
+  testid("backend").textContent = info.backend;
+  $("adapter").textContent = `(${info.adapter})` + (info.fallback ? ` — CPU fallback: ${info.fallback}` : "");
+  $("model-info").textContent =
+    `${name}: ${info.parameters.toLocaleString()} parameters, ${info.depth} blocks of width ${info.dim} ` +
+    `(${info.heads} heads), ${info.image_size} px in ${info.patch_size} px patches, ${info.classes.length} classes.`;
+  if (lastImage) await classify(lastImage);
+}
+
+// An image file or URL as RGBA pixels exactly as stored (no colour management, no premultiplication).
+async function decodeImage(blob) {
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(blob, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
+  } catch {
+    throw new Error("that file is not an image the browser can decode (PNG, JPEG, GIF, WebP, BMP)");
+  }
+  const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+  const context = canvas.getContext("2d", { colorSpace: "srgb" });
+  context.drawImage(bitmap, 0, 0);
+  const data = context.getImageData(0, 0, bitmap.width, bitmap.height, { colorSpace: "srgb" }).data;
+  return { rgba: new Uint8Array(data.buffer), width: bitmap.width, height: bitmap.height };
+}
+
+function drawImage(image, prediction) {
+  const canvas = $("image-canvas");
+  const context = canvas.getContext("2d");
+  const pixels = new ImageData(new Uint8ClampedArray(image.rgba), image.width, image.height);
+  const source = new OffscreenCanvas(image.width, image.height);
+  source.getContext("2d").putImageData(pixels, 0, 0);
+  context.imageSmoothingEnabled = false;
+  context.clearRect(0, 0, canvas.width, canvas.height);
+  context.drawImage(source, 0, 0, canvas.width, canvas.height);
+  if (!prediction || !prediction.attention.length) return;
+  const grid = prediction.grid;
+  const max = Math.max(...prediction.attention);
+  const cell = canvas.width / grid;
+  prediction.attention.forEach((a, i) => {
+    context.fillStyle = `rgba(220, 30, 30, ${(0.65 * a) / max})`;
+    context.fillRect((i % grid) * cell, Math.floor(i / grid) * cell, cell, cell);
+  });
+}
+
+async function classify(image) {
+  lastImage = image;
+  drawImage(image, null);
+  if (!model) return;
+  const started = performance.now();
+  const prediction = JSON.parse(await model.predict(image.rgba, image.width, image.height));
+  const latency = performance.now() - started;
+  testid("top1").textContent = prediction.top[0].label;
+  testid("logits").textContent = JSON.stringify(prediction.logits);
+  $("latency").textContent = `(${latency.toFixed(1)} ms on ${testid("backend").textContent})`;
+  $("top5").tBodies[0].replaceChildren(
+    ...prediction.top.map((t) => {
+      const row = document.createElement("tr");
+      row.append(
+        Object.assign(document.createElement("td"), { textContent: t.label }),
+        Object.assign(document.createElement("td"), { textContent: `${(100 * t.prob).toFixed(1)} %` }),
+      );
+      return row;
+    }),
+  );
+  drawImage(image, prediction);
+}
+
+function showSamples() {
+  const size = sample_size();
+  const box = $("samples");
+  for (let i = 0; i < 10; i++) {
+    const rgba = sample_image(i);
+    const canvas = document.createElement("canvas");
+    canvas.width = canvas.height = size;
+    canvas.getContext("2d").putImageData(new ImageData(new Uint8ClampedArray(rgba), size, size), 0, 0);
+    const button = document.createElement("button");
+    button.title = `built-in sample: ${sample_label(i)}`;
+    button.append(canvas);
+    button.addEventListener("click", userAction(() => classify({ rgba, width: size, height: size })));
+    box.append(button);
   }
 }
 
-main();
+async function handleFiles(files) {
+  const list = [...files];
+  const model = list.find((f) => f.name.endsWith(".safetensors"));
+  const runFiles = list.filter((f) => /\.jsonl?$/.test(f.name));
+  const images = list.filter((f) => f !== model && !runFiles.includes(f));
+  if (model) await loadModel(new Uint8Array(await model.arrayBuffer()), model.name);
+  if (runFiles.length) await openRunFiles(runFiles);
+  if (images.length) await classify(await decodeImage(images[0]));
+}
+
+async function main() {
+  await init();
+  showSamples();
+  $("run-files").addEventListener("change", userAction((e) => openRunFiles(e.target.files)));
+  $("model-file").addEventListener("change", userAction((e) => handleFiles(e.target.files)));
+  $("image-file").addEventListener("change", userAction((e) => handleFiles(e.target.files)));
+  document.addEventListener("dragover", (e) => e.preventDefault());
+  const drop = userAction((files) => handleFiles(files));
+  document.addEventListener("drop", (e) => {
+    e.preventDefault(); // must happen now, or the browser navigates to the dropped file
+    drop(e.dataTransfer.files);
+  });
+  await listServedRuns();
+  // Deep links: ?run=NAME&model=URL&image=URL, each failure shown without stopping the others.
+  const run = params.get("run");
+  if (run) await openServedRun(run).catch(showError);
+  const modelUrl = params.get("model");
+  if (modelUrl) {
+    await fetchBytes(modelUrl).then((bytes) => loadModel(bytes, modelUrl.split("/").pop())).catch((e) => {
+      testid("backend").textContent = "–";
+      showError(e);
+    });
+  }
+  const imageUrl = params.get("image");
+  if (imageUrl) {
+    await fetch(imageUrl)
+      .then((r) => (r.ok ? r.blob() : Promise.reject(new Error(`cannot fetch ${imageUrl}: HTTP ${r.status}`))))
+      .then(decodeImage)
+      .then(classify)
+      .catch(showError);
+  }
+  document.body.dataset.ready = "true";
+}
+
+main().catch(showError);

@@ -86,6 +86,13 @@ fn linear_backward(x: &[f64], w: &[f64], dy: &[f64], rows: usize, out: usize) ->
     (dx, dw, db)
 }
 
+impl Forward {
+    /// The last block's q, k, v projection [B, N, 3C] (the input of attention maps).
+    pub fn last_block_qkv(&self) -> Option<&[f64]> {
+        self.blocks.last().map(|b| b.qkv.as_slice())
+    }
+}
+
 impl CpuVit<'_> {
     fn p(&self, name: &str) -> &[f64] {
         self.layout.slice(self.params, name)

@@ -128,6 +128,12 @@ impl Activations {
         &self.active
     }
 
+    /// The last block's q, k, v projection [B, N, 3C] of the latest forward pass (the
+    /// input of attention maps); `None` for a model without blocks.
+    pub fn last_block_qkv(&self) -> Option<&Tensor> {
+        self.blocks.get(self.active.len().checked_sub(1)?).map(|b| &b.qkv)
+    }
+
     /// Writes this step's drop-path factors, `scales[(2·block + branch)·B + b]` as in
     /// [`crate::model::cpu::DropPath`].
     pub fn write_drop_path(&self, ctx: &GpuContext, scales: &[f32]) -> Result<()> {

@@ -5,8 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use autoprog::checkpoint::{Checkpoint, NamedTensor};
-use autoprog::model::{infer_config, GpuVit, Loss, ParamLayout, VitConfig};
+use autoprog::checkpoint::{Checkpoint, NamedTensor, Storage};
+use autoprog::model::inference::{preprocess_rgb8, softmax, top_k, InferenceModel, LoadOptions};
+use autoprog::model::{GpuVit, Loss, ParamLayout, VitConfig};
 use autoprog::GpuContext;
 use clap::Args;
 use serde::Serialize;
@@ -16,14 +17,11 @@ use crate::data::{AugmentConfig, Dataset};
 use crate::train::{self, evaluate};
 use crate::GpuArgs;
 
-/// ImageNet's mean and std, for checkpoints that carry no normalisation (timm's ViTs).
-const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
-
 /// How to read a checkpoint into a model.
 #[derive(Args, Clone)]
 pub struct ModelArgs {
-    /// A checkpoint of `autoprog train` or a timm VisionTransformer saved with safetensors.
+    /// A checkpoint of `autoprog train`, a model file of `autoprog export`, or a timm
+    /// VisionTransformer saved with safetensors.
     #[arg(long)]
     checkpoint: PathBuf,
     /// Use this EMA of the weights (its decay, e.g. 0.999) instead of the weights.
@@ -42,12 +40,10 @@ pub struct ModelArgs {
 
 /// A model read from a checkpoint, with what inference needs besides the weights.
 pub struct LoadedModel {
+    pub model: InferenceModel,
     pub config: VitConfig,
     pub layout: ParamLayout,
     pub params: Vec<f32>,
-    pub classes: Vec<String>,
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
     /// The training config, for checkpoints written by `autoprog train`.
     pub train_config: Option<TrainConfig>,
 }
@@ -62,47 +58,27 @@ fn three(v: &Option<Vec<f32>>, what: &str) -> anyhow::Result<Option<[f32; 3]>> {
 }
 
 impl ModelArgs {
+    /// The model in the file, without a GPU.
+    pub fn read(&self) -> anyhow::Result<(InferenceModel, Checkpoint)> {
+        let ckpt = Checkpoint::load(&self.checkpoint)?;
+        let options = LoadOptions {
+            heads: self.heads,
+            ema: self.ema,
+            mean: three(&self.mean, "mean")?,
+            std: three(&self.std, "std")?,
+        };
+        let model = InferenceModel::from_checkpoint(&ckpt, &self.checkpoint.display().to_string(), &options)?;
+        Ok((model, ckpt))
+    }
+
     pub fn load(&self, ctx: &GpuContext) -> anyhow::Result<LoadedModel> {
-        let path = &self.checkpoint;
-        let ckpt = Checkpoint::load(path)?;
-        let config = match (ckpt.get_json::<VitConfig>("vit")?, self.heads) {
-            (Some(mut c), heads) => {
-                if let Some(h) = heads {
-                    c.heads = h;
-                }
-                c
-            }
-            (None, Some(heads)) => infer_config(&ckpt, heads)?,
-            (None, None) => bail!(
-                "{} does not say how many attention heads the model has (a timm file?); pass --heads N",
-                path.display()
-            ),
-        };
-        let depth = ckpt.get_json::<usize>("depth")?.unwrap_or(config.depth);
-        let layout = ParamLayout::new(&config, depth, ctx.arena_align());
-        let prefix = match self.ema {
-            Some(decay) => format!("ema_{decay}."),
-            None => String::new(),
-        };
-        if !prefix.is_empty() && ckpt.get(&format!("{prefix}head.weight")).is_none() {
-            bail!(
-                "{} has no EMA with decay {}; leave out --ema or pick a decay it was trained with",
-                path.display(),
-                self.ema.unwrap_or(0.0)
-            );
-        }
-        let params = layout
-            .arena_from(&ckpt, &prefix)
-            .with_context(|| format!("{} does not fit the model it describes", path.display()))?;
-        let classes = ckpt
-            .get_json::<Vec<String>>("classes")?
-            .unwrap_or_else(|| (0..config.classes).map(|i| i.to_string()).collect());
-        let mean = three(&self.mean, "mean")?.or(ckpt.get_json("mean")?).unwrap_or(IMAGENET_MEAN);
-        let std = three(&self.std, "std")?.or(ckpt.get_json("std")?).unwrap_or(IMAGENET_STD);
+        let (model, ckpt) = self.read()?;
+        let layout = model.layout(ctx.arena_align());
+        let params = model.arena(&layout)?;
         // Only `eval` without --data needs the training config; a config of an older
         // version must not stop inference.
         let train_config = ckpt.get_json::<TrainConfig>("config").ok().flatten();
-        Ok(LoadedModel { config, layout, params, classes, mean, std, train_config })
+        Ok(LoadedModel { config: model.config.clone(), model, layout, params, train_config })
     }
 }
 
@@ -155,7 +131,7 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     let model = GpuVit::new(&ctx, loaded.config.clone(), loaded.layout.clone(), &loaded.params)?;
     let val = dataset.val.clone().expect("open_dataset guarantees a val part");
     let acts = model.plan(&ctx, args.batch.min(val.len()).max(1), resolution)?;
-    let aug = AugmentConfig { mean: loaded.mean, std: loaded.std, ..AugmentConfig::none(resolution) };
+    let aug = AugmentConfig { mean: loaded.model.mean, std: loaded.model.std, ..AugmentConfig::none(resolution) };
     let result = evaluate(&ctx, &model, &[&model.params], &acts, val.clone(), &aug, config.data.workers)?;
     if args.json {
         let out = serde_json::json!({ "images": val.len(), "val_acc": result.acc[0], "val_loss": result.loss[0] });
@@ -203,8 +179,7 @@ struct Prediction {
     top: Vec<Top>,
 }
 
-/// An image file as the model's input [3, R, R]: decoded to RGB, scaled to [0, 1], resized
-/// bilinearly (torch's `F.interpolate(mode="bilinear", align_corners=False)`), normalised.
+/// An image file as the model's input [3, R, R] (see [`preprocess_rgb8`]).
 pub fn load_image(path: &Path, resolution: usize, mean: [f32; 3], std: [f32; 3]) -> anyhow::Result<Vec<f32>> {
     let image = image::ImageReader::open(path)
         .with_context(|| format!("cannot open {}", path.display()))?
@@ -216,26 +191,7 @@ pub fn load_image(path: &Path, resolution: usize, mean: [f32; 3], std: [f32; 3])
         })?
         .to_rgb8();
     let (w, h) = (image.width() as usize, image.height() as usize);
-    let mut chw = vec![0.0f64; 3 * h * w];
-    for (i, p) in image.pixels().enumerate() {
-        for c in 0..3 {
-            chw[c * h * w + i] = p.0[c] as f64 / 255.0;
-        }
-    }
-    let resized = if (h, w) == (resolution, resolution) {
-        chw
-    } else {
-        autoprog::cpu::resize::resize_bilinear(&chw, [1, 3, h, w], [resolution, resolution])
-    };
-    let plane = resolution * resolution;
-    Ok(resized.iter().enumerate().map(|(i, &v)| ((v as f32) - mean[i / plane]) / std[i / plane]).collect())
-}
-
-fn softmax(logits: &[f32]) -> Vec<f64> {
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-    let exp: Vec<f64> = logits.iter().map(|&v| (v as f64 - max).exp()).collect();
-    let sum: f64 = exp.iter().sum();
-    exp.iter().map(|e| e / sum).collect()
+    Ok(preprocess_rgb8(image.as_raw(), w, h, resolution, mean, std)?)
 }
 
 pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
@@ -249,7 +205,7 @@ pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
     for files in args.images.chunks(CHUNK) {
         let mut images = Vec::new();
         for f in files {
-            images.extend(load_image(f, resolution, loaded.mean, loaded.std)?);
+            images.extend(load_image(f, resolution, loaded.model.mean, loaded.model.std)?);
         }
         let acts = model.plan(&ctx, files.len(), resolution)?;
         ctx.write(&acts.images, &images)?;
@@ -259,12 +215,9 @@ pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
         let logits = ctx.read_blocking(&acts.logits)?;
         for (f, row) in files.iter().zip(logits.chunks(k)) {
             let probs = softmax(row);
-            let mut order: Vec<usize> = (0..k).collect();
-            order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-            let top = order
-                .iter()
-                .take(args.top_k.max(1))
-                .map(|&c| Top { class: c, label: loaded.classes[c].clone(), prob: probs[c] })
+            let top = top_k(&probs, args.top_k.max(1))
+                .into_iter()
+                .map(|c| Top { class: c, label: loaded.model.classes[c].clone(), prob: probs[c] })
                 .collect();
             predictions.push(Prediction { file: f.display().to_string(), logits: row.to_vec(), top });
         }
@@ -335,4 +288,44 @@ pub fn debug_step(args: &DebugStepArgs) -> anyhow::Result<()> {
         args.out.display()
     );
     Ok(())
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The model file to write (safetensors: weights under timm's names; architecture,
+    /// classes and normalisation in the header).
+    #[arg(long)]
+    out: PathBuf,
+    /// Store the weights as 16-bit floats (half the size; logits change by about 1e-3).
+    #[arg(long)]
+    f16: bool,
+}
+
+/// `autoprog export`: one set of weights (the model's or an EMA's) and everything needed to
+/// use it, in one file that `predict`, `eval` and the web viewer read.
+pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
+    let (model, _) = args.model.read()?;
+    let bytes = model.to_model_file(if args.f16 { Storage::F16 } else { Storage::F32 })?;
+    autoprog::fsutil::write_atomic(&args.out, &bytes)?;
+    println!(
+        "{}: {} ({} parameters, {} blocks, {} px, {} classes, {})",
+        args.out.display(),
+        human_bytes(bytes.len()),
+        model.parameter_count(),
+        model.depth,
+        model.config.image_size,
+        model.config.classes,
+        if args.f16 { "f16" } else { "f32" }
+    );
+    Ok(())
+}
+
+fn human_bytes(n: usize) -> String {
+    if n >= 1 << 20 {
+        format!("{:.1} MiB", n as f64 / (1 << 20) as f64)
+    } else {
+        format!("{:.1} KiB", n as f64 / 1024.0)
+    }
 }

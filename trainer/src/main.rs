@@ -62,6 +62,11 @@ enum Command {
         after_help = "Example:\n  autoprog predict --checkpoint runs/x/checkpoints/best.safetensors cat.png dog.jpg --top-k 3\n  autoprog predict --checkpoint vit.safetensors --heads 3 digit.png --json"
     )]
     Predict(cli_infer::PredictArgs),
+    /// Write one set of weights with its architecture, classes and normalisation as a model file (for predict, eval and the web viewer).
+    #[command(
+        after_help = "Example:\n  autoprog export --checkpoint runs/x/checkpoints/best.safetensors --ema 0.995 --out model.safetensors\n  autoprog export --checkpoint vit.safetensors --heads 3 --out vit16.safetensors --f16"
+    )]
+    Export(cli_infer::ExportArgs),
     /// One forward and backward pass on a given batch; writes loss, logits and gradients (for comparison with PyTorch).
     #[command(
         after_help = "Example:\n  autoprog debug-step --checkpoint vit.safetensors --heads 3 --batch batch.safetensors --out grads.safetensors"
@@ -119,6 +124,7 @@ fn main() -> ExitCode {
         Command::Compare(args) => return report(cli_compare::compare(&args)),
         Command::Eval(args) => return report(cli_infer::eval(&args)),
         Command::Predict(args) => return report(cli_infer::predict(&args)),
+        Command::Export(args) => return report(cli_infer::export(&args)),
         Command::DebugStep(args) => return report(cli_infer::debug_step(&args)),
         Command::Info { gpu, json } => info(&gpu, json),
         Command::Bench { gpu, json, sizes, vit_rows, attention_batch, reps, quiet, train, train_batch } => {

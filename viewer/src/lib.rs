@@ -1,37 +1,213 @@
 //! The web viewer: the core library compiled to wasm32 and bound to JavaScript.
 //!
-//! For now it opens the browser's WebGPU adapter through the same [`GpuContext`] the
-//! trainer uses and runs a kernel self-check; the run and inference views come later.
+//! Two halves: [`run`] turns a training run's files into the page's panels (plain Rust,
+//! tested natively), and [`Model`] runs a trained ViT on an image with the same WGSL kernels
+//! as the trainer through the browser's WebGPU, or with the f64 CPU twin where the browser
+//! has no WebGPU. The page (`www/main.js`) only fetches files and places what these return.
 
-use autoprog::kernels::gelu;
-use autoprog::tolerance::Tolerance;
-use autoprog::{cpu, ContextOptions, GpuContext};
+pub mod chart;
+pub mod run;
+
+use std::rc::Rc;
+
+use autoprog::data::{Procedural, Split, CLASSES};
+use autoprog::model::cpu::CpuVit;
+use autoprog::model::inference::{class_token_attention, preprocess_rgb8, softmax, top_k, InferenceModel, LoadOptions};
+use autoprog::model::{GpuVit, ParamLayout};
+use autoprog::{ContextOptions, GpuContext};
+use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
-fn js_error(e: autoprog::Error) -> JsValue {
+fn js_error(e: impl std::fmt::Display) -> JsValue {
     JsValue::from_str(&e.to_string())
 }
 
-/// The adapter the page would use, as JSON (name, backend, features, limits).
+/// The panels of a run as JSON ([`run::RunReport`]) from the text of its `log.jsonl` and,
+/// when present, `summary.json` and `compare.json`.
 #[wasm_bindgen]
-pub async fn adapter_summary() -> Result<String, JsValue> {
-    let ctx = GpuContext::new(&ContextOptions::default()).await.map_err(js_error)?;
-    Ok(serde_json::to_string(&ctx.summary).expect("serialisable"))
+pub fn open_run(log: &str, summary: Option<String>, compare: Option<String>) -> Result<String, JsValue> {
+    let run = run::Run::parse(log, summary.as_deref(), compare.as_deref()).map_err(js_error)?;
+    Ok(serde_json::to_string(&run.report()).expect("a report serialises"))
 }
 
-/// Runs the GELU kernel on the browser's GPU and compares it with its CPU twin.
-/// Returns a one-line report; errors name what failed.
+/// Image `index` of the built-in dataset's validation split at 32 px, as RGBA bytes
+/// (the same image the trainer would draw).
 #[wasm_bindgen]
-pub async fn kernel_selfcheck() -> Result<String, JsValue> {
-    let ctx = GpuContext::new(&ContextOptions::default()).await.map_err(js_error)?;
-    let xs: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) / 80.0).collect();
-    let x = ctx.upload(&xs, &[xs.len()], "selfcheck.x").map_err(js_error)?;
-    let y = ctx.empty(&[xs.len()], "selfcheck.y").map_err(js_error)?;
-    let mut rec = ctx.recorder("selfcheck");
-    gelu::gelu_forward(&mut rec, &x, &y).map_err(js_error)?;
-    ctx.submit(rec).map_err(js_error)?;
-    let got = ctx.read(&y).await.map_err(js_error)?;
-    let want = cpu::gelu::gelu_forward(&xs.iter().map(|&v| v as f64).collect::<Vec<_>>());
-    Tolerance::FORWARD.check("gelu_forward", &got, &want).map_err(|e| JsValue::from_str(&e))?;
-    Ok(format!("gelu_forward on {} matches its CPU twin ({} values)", ctx.summary.display_name(), got.len()))
+pub fn sample_image(index: u32) -> Vec<u8> {
+    let (chw, _) = Procedural::default().image(Split::Val, index as u64);
+    let plane = chw.len() / 3;
+    (0..plane)
+        .flat_map(|i| [chw[i], chw[plane + i], chw[2 * plane + i], 1.0])
+        .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+        .collect()
+}
+
+/// The built-in dataset's class name of sample `index`.
+#[wasm_bindgen]
+pub fn sample_label(index: u32) -> String {
+    let (_, label) = Procedural::default().image(Split::Val, index as u64);
+    CLASSES[label as usize].to_string()
+}
+
+/// Side of [`sample_image`]s in pixels.
+#[wasm_bindgen]
+pub fn sample_size() -> u32 {
+    Procedural::default().image_size as u32
+}
+
+/// Where the forward pass runs.
+enum Engine {
+    Gpu { ctx: GpuContext, vit: GpuVit },
+    Cpu { layout: ParamLayout, params: Vec<f64> },
+}
+
+struct Loaded {
+    model: InferenceModel,
+    engine: Engine,
+    /// Why the CPU twin runs instead of WebGPU, when it does.
+    fallback: Option<String>,
+}
+
+/// A trained model ready to classify images in the page.
+#[wasm_bindgen]
+pub struct Model {
+    inner: Rc<Loaded>,
+}
+
+#[derive(Serialize)]
+struct ModelInfo<'a> {
+    backend: &'static str,
+    adapter: String,
+    fallback: Option<&'a str>,
+    image_size: usize,
+    patch_size: usize,
+    dim: usize,
+    depth: usize,
+    heads: usize,
+    classes: &'a [String],
+    parameters: usize,
+}
+
+#[derive(Serialize)]
+struct Top {
+    class: usize,
+    label: String,
+    prob: f64,
+}
+
+#[derive(Serialize)]
+struct Prediction {
+    logits: Vec<f32>,
+    top: Vec<Top>,
+    /// The last block's class-token attention over the patch grid (row-major), summing
+    /// to at most 1 (the rest goes to the class token itself).
+    attention: Vec<f64>,
+    grid: usize,
+}
+
+#[wasm_bindgen]
+impl Model {
+    /// Reads a model file (`autoprog export`, a training checkpoint, or a timm file with its
+    /// heads in the header) and prepares it on WebGPU when `use_gpu` and the browser has it,
+    /// else on the CPU twin.
+    pub async fn load(bytes: Vec<u8>, name: String, use_gpu: bool) -> Result<Model, JsValue> {
+        let model = InferenceModel::from_bytes(&bytes, &name, &LoadOptions::default()).map_err(js_error)?;
+        let (engine, fallback) = if use_gpu {
+            match gpu_engine(&model).await {
+                Ok(engine) => (engine, None),
+                Err(why) => (cpu_engine(&model)?, Some(why)),
+            }
+        } else {
+            (cpu_engine(&model)?, Some("WebGPU is not available in this browser".to_string()))
+        };
+        Ok(Model { inner: Rc::new(Loaded { model, engine, fallback }) })
+    }
+
+    /// The architecture, classes and where it runs, as JSON.
+    pub fn info(&self) -> String {
+        let l = &*self.inner;
+        let (backend, adapter) = match &l.engine {
+            Engine::Gpu { ctx, .. } => ("webgpu", ctx.summary.display_name()),
+            Engine::Cpu { .. } => ("cpu", "the CPU twin in wasm (f64)".to_string()),
+        };
+        let c = &l.model.config;
+        serde_json::to_string(&ModelInfo {
+            backend,
+            adapter,
+            fallback: l.fallback.as_deref(),
+            image_size: c.image_size,
+            patch_size: c.patch_size,
+            dim: c.dim,
+            depth: l.model.depth,
+            heads: c.heads,
+            classes: &l.model.classes,
+            parameters: l.model.parameter_count(),
+        })
+        .expect("serialisable")
+    }
+
+    /// Classifies an RGBA image (`width`·`height`·4 bytes, alpha ignored): a promise of JSON
+    /// with the logits, the top 5 classes and the class-token attention map.
+    pub fn predict(&self, rgba: Vec<u8>, width: u32, height: u32) -> js_sys::Promise {
+        let inner = Rc::clone(&self.inner);
+        wasm_bindgen_futures::future_to_promise(async move {
+            let (w, h) = (width as usize, height as usize);
+            if rgba.len() != 4 * w * h {
+                return Err(js_error(format!("{} bytes for a {w}×{h} RGBA image", rgba.len())));
+            }
+            let rgb: Vec<u8> = rgba.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+            let m = &inner.model;
+            let r = m.config.image_size;
+            let input = preprocess_rgb8(&rgb, w, h, r, m.mean, m.std).map_err(js_error)?;
+            let (logits, qkv) = match &inner.engine {
+                Engine::Gpu { ctx, vit } => {
+                    let acts = vit.plan(ctx, 1, r).map_err(js_error)?;
+                    ctx.write(&acts.images, &input).map_err(js_error)?;
+                    let mut rec = ctx.recorder("predict");
+                    vit.forward(&mut rec, &vit.params, &acts, false).map_err(js_error)?;
+                    ctx.submit(rec).map_err(js_error)?;
+                    let logits = ctx.read(&acts.logits).await.map_err(js_error)?;
+                    let qkv = match acts.last_block_qkv() {
+                        Some(t) => ctx.read(t).await.map_err(js_error)?.into_iter().map(f64::from).collect(),
+                        None => Vec::new(),
+                    };
+                    (logits, qkv)
+                }
+                Engine::Cpu { layout, params } => {
+                    let cpu = CpuVit { config: &m.config, layout, params };
+                    let images: Vec<f64> = input.iter().map(|&v| v as f64).collect();
+                    let fwd = cpu.forward(&images, 1, r, None).map_err(js_error)?;
+                    let qkv = fwd.last_block_qkv().map(<[f64]>::to_vec).unwrap_or_default();
+                    (fwd.logits.iter().map(|&v| v as f32).collect(), qkv)
+                }
+            };
+            let probs = softmax(&logits);
+            let top = top_k(&probs, 5)
+                .into_iter()
+                .map(|c| Top { class: c, label: m.classes[c].clone(), prob: probs[c] })
+                .collect();
+            let tokens = m.config.tokens_at(r);
+            let attention = if qkv.is_empty() {
+                Vec::new()
+            } else {
+                class_token_attention(&qkv, tokens, m.config.heads, m.config.head_size())
+            };
+            let prediction = Prediction { logits, top, attention, grid: m.config.grid() };
+            Ok(JsValue::from_str(&serde_json::to_string(&prediction).map_err(js_error)?))
+        })
+    }
+}
+
+async fn gpu_engine(model: &InferenceModel) -> Result<Engine, String> {
+    let ctx = GpuContext::new(&ContextOptions::default()).await.map_err(|e| format!("no WebGPU adapter: {e}"))?;
+    let layout = model.layout(ctx.arena_align());
+    let params = model.arena(&layout).map_err(|e| e.to_string())?;
+    let vit = GpuVit::new(&ctx, model.config.clone(), layout, &params).map_err(|e| e.to_string())?;
+    Ok(Engine::Gpu { ctx, vit })
+}
+
+fn cpu_engine(model: &InferenceModel) -> Result<Engine, JsValue> {
+    let layout = model.layout(1);
+    let params = model.arena(&layout).map_err(js_error)?.into_iter().map(f64::from).collect();
+    Ok(Engine::Cpu { layout, params })
 }

@@ -1,0 +1,244 @@
+#!/usr/bin/env python3
+"""End-to-end test of the web viewer in headless Chromium, driven through chromedriver.
+
+Trains a small `--schedule auto` run, exports its model, classifies a fixture image with
+`autoprog predict --json`, serves the run with `autoprog serve`, and checks in the browser,
+once with WebGPU (SwiftShader) and once with WebGPU off (the CPU twin in wasm):
+  - `stage-count` equals the length of `stages` in summary.json,
+  - every `search-winner` equals the log's search winners, in order,
+  - `top1` and `logits` equal the native prediction (same top-1, logits within rel 1e-3,
+    abs 1e-4: f32 kernels in a different order on another GPU, or the f64 twin),
+  - `backend` is `webgpu`, then `cpu`, and `error` stays empty;
+and, with WebGPU off, that a malformed log, a model file that is not a model and a
+non-image show a readable error while the page stays usable, and that a log of 100 000
+events loads in under 2 s. Screenshots (1280x800 and phone width) go to target/e2e/.
+
+Usage: scripts/viewer_e2e.py  (after `cargo build --release -p autoprog-trainer` and `www/build.sh`)
+"""
+
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BINARY = os.path.join(ROOT, "target", "release", "autoprog")
+SHOTS = os.path.join(ROOT, "target", "e2e")
+IMAGE = os.path.join(ROOT, "tests", "fixtures", "viewer", "ring.png")
+REL, ABS = 1e-3, 1e-4
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+
+
+def fail(message):
+    print(f"error: viewer end-to-end test: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def run(*args, **kwargs):
+    """Runs the autoprog binary; its stdout, or a failure naming the command."""
+    result = subprocess.run([BINARY, *args], capture_output=True, text=True, **kwargs)
+    if result.returncode != 0:
+        fail(f"`autoprog {' '.join(args)}` failed:\n{result.stderr}")
+    return result.stdout
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class WebDriver:
+    """The few WebDriver commands the test needs, over plain HTTP."""
+
+    def __init__(self, url, args, profile):
+        self.url = url
+        caps = {"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
+            "binary": CHROMIUM,
+            "args": ["--headless=new", "--no-sandbox", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync", "--no-first-run",
+                     f"--user-data-dir={profile}", *args]}}}}
+        self.session = self.call("POST", "/session", caps)["sessionId"]
+
+    def call(self, method, path, body=None):
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.url + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=300) as response:
+                return json.load(response)["value"]
+        except urllib.error.HTTPError as e:
+            fail(f"WebDriver {method} {path}: {e.read().decode(errors='replace')[:500]}")
+
+    def do(self, method, path, body=None):
+        return self.call(method, f"/session/{self.session}{path}", body)
+
+    def js(self, script, *args):
+        return self.do("POST", "/execute/sync", {"script": script, "args": list(args)})
+
+    def text(self, testid):
+        return self.js("const e = document.querySelector(`[data-testid='${arguments[0]}']`);"
+                       "return e ? e.textContent : null;", testid)
+
+    def open(self, url):
+        self.do("POST", "/url", {"url": url})
+
+    def wait(self, what, condition, timeout=240):
+        """Polls the JS `condition` until it is true; on timeout fails showing the page's error."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.js(f"return Boolean({condition});"):
+                return
+            time.sleep(0.25)
+        fail(f"timed out after {timeout} s waiting for {what}; the page says: {self.text('error')!r}")
+
+    def screenshot(self, name, width, height):
+        self.do("POST", "/window/rect", {"width": width, "height": height})
+        time.sleep(0.5)
+        png = base64.b64decode(self.do("GET", "/screenshot"))
+        with open(os.path.join(SHOTS, name), "wb") as f:
+            f.write(png)
+
+    def close(self):
+        self.do("DELETE", "")
+
+
+def close_enough(got, want):
+    return all(abs(g - w) <= ABS + REL * abs(w) for g, w in zip(got, want)) and len(got) == len(want)
+
+
+def main():
+    for need, hint in [(BINARY, "cargo build --release -p autoprog-trainer"),
+                       (os.path.join(ROOT, "www", "pkg", "autoprog_viewer_bg.wasm"), "www/build.sh")]:
+        if not os.path.exists(need):
+            fail(f"{need} is missing; build it with `{hint}`")
+    for tool in ["chromedriver", CHROMIUM]:
+        if not shutil.which(tool):
+            fail(f"{tool} is not installed (Debian: apt-get install chromium chromium-driver)")
+    os.makedirs(SHOTS, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="autoprog-e2e-")
+    children = []
+    try:
+        # A small auto run: 2 stages, a one-epoch search; seconds on lavapipe.
+        run_dir = os.path.join(work, "tiny-auto")
+        run("train", "--schedule", "auto", "--stages", "2", "--search-epochs", "1", "--search-cost", "flops",
+            "--epochs", "3", "--train-images", "320", "--val-images", "64", "--batch", "32",
+            "--quiet", "--out", run_dir)
+        summary = json.load(open(os.path.join(run_dir, "summary.json")))
+        winners = [json.loads(line)["winner"] for line in open(os.path.join(run_dir, "log.jsonl"))
+                   if '"event":"search"' in line]
+        if not winners:
+            fail("the fixture run made no search")
+        model = os.path.join(run_dir, "model.safetensors")
+        run("export", "--checkpoint", os.path.join(run_dir, "checkpoints", "last.safetensors"),
+            "--ema", "0.995", "--out", model)
+        shutil.copy(IMAGE, os.path.join(run_dir, "image.png"))
+        native = json.loads(run("predict", "--checkpoint", model, IMAGE, "--json"))[0]
+
+        # Runs for the error paths and the load-time bar.
+        broken = os.path.join(work, "broken")
+        os.makedirs(broken)
+        with open(os.path.join(broken, "log.jsonl"), "w") as f:
+            f.write("this is not a log\n{\"event\": \"step\", \"step\":")
+        big = os.path.join(work, "big")
+        os.makedirs(big)
+        with open(os.path.join(big, "log.jsonl"), "w") as f:
+            for step in range(100_000):
+                f.write(json.dumps({"event": "step", "step": step, "epoch": step // 1000, "loss": 2.0 / (1 + step / 5e3),
+                                    "lr": 1e-3, "images_per_second": 100.0, "resolution": 32, "depth": 6}) + "\n")
+
+        port = free_port()
+        server = subprocess.Popen([BINARY, "serve", run_dir, broken, big, "--port", str(port), "--www",
+                                   os.path.join(ROOT, "www")], stdout=subprocess.PIPE, text=True)
+        children.append(server)
+        base = server.stdout.readline().strip()
+        if not base.startswith("http://127.0.0.1:"):
+            fail(f"autoprog serve printed {base!r} instead of its URL")
+        driver_port = free_port()
+        children.append(subprocess.Popen(["chromedriver", f"--port={driver_port}"],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        driver_url = f"http://127.0.0.1:{driver_port}"
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(driver_url + "/status", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+
+        deep_link = f"{base}?run=tiny-auto&model=runs/tiny-auto/model.safetensors&image=runs/tiny-auto/image.png"
+        modes = [("webgpu", ["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-webgpu-adapter=swiftshader"]),
+                 ("cpu", ["--disable-features=WebGPU", "--disable-gpu"])]
+        for backend, args in modes:
+            browser = WebDriver(driver_url, args, tempfile.mkdtemp(dir=work))
+            browser.open(deep_link)
+            browser.wait("the page to finish its deep link", "document.body.dataset.ready === 'true'")
+            error = browser.text("error")
+            if error:
+                fail(f"[{backend}] the page shows an error: {error}")
+            checks = {
+                "stage-count": (browser.text("stage-count"), str(len(summary["stages"]))),
+                "search-winner": (browser.js("return [...document.querySelectorAll(\"[data-testid='search-winner']\")]"
+                                             ".map(e => e.textContent);"), winners),
+                "backend": (browser.text("backend"), backend),
+                "top1": (browser.text("top1"), native["top"][0]["label"]),
+            }
+            for name, (got, want) in checks.items():
+                if got != want:
+                    fail(f"[{backend}] {name} is {got!r}, expected {want!r}")
+            logits = json.loads(browser.text("logits"))
+            if not close_enough(logits, native["logits"]):
+                fail(f"[{backend}] browser logits {logits} differ from native {native['logits']} "
+                     f"beyond rel {REL} / abs {ABS}")
+            worst = max(abs(g - w) / max(abs(w), 1e-12) for g, w in zip(logits, native["logits"]))
+            print(f"[{backend}] stage-count {checks['stage-count'][0]}, winners {winners}, top1 "
+                  f"{checks['top1'][0]}, logits max rel diff {worst:.2e}")
+            browser.screenshot(f"viewer-{backend}-1280x800.png", 1280, 800)
+            if backend == "cpu":
+                browser.screenshot("viewer-phone-390x844.png", 390, 844)
+                robustness(browser, base)
+            browser.close()
+        print(f"viewer end-to-end test passed; screenshots in {SHOTS}")
+    finally:
+        for child in children:
+            child.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def robustness(browser, base):
+    """Bad input shows a readable error and the page goes on working; a long log loads fast."""
+    cases = [
+        ("a malformed log", "?run=broken", "log.jsonl"),
+        ("a run that is not served", "?run=nope", "nope"),
+        ("a model file that is not a model", "?model=runs/tiny-auto/log.jsonl", "safetensors"),
+        ("an image that is not an image", "?image=runs/tiny-auto/summary.json", "not an image"),
+    ]
+    for what, query, expect in cases:
+        browser.open(base + query)
+        browser.wait(f"the page to load {what}", "document.body.dataset.ready === 'true'")
+        error = browser.text("error") or ""
+        if expect not in error:
+            fail(f"{what} ({query}): expected an error mentioning {expect!r}, the page shows {error!r}")
+        print(f"[cpu] {what}: {error}")
+    # Still usable after the last error: pick the good run from the list.
+    browser.js("const s = document.getElementById('run-select'); s.value = 'tiny-auto';"
+               "s.dispatchEvent(new Event('change'));")
+    browser.wait("the run picked after an error", "document.querySelector(\"[data-testid='stage-count']\").textContent !== ''")
+    if browser.text("error"):
+        fail(f"the error stayed after a good action: {browser.text('error')!r}")
+    browser.open(base + "?run=big")
+    browser.wait("the 100 000-event log", "document.body.dataset.ready === 'true'")
+    ms = float(browser.js("return document.body.dataset.runLoadMs || 'NaN';"))
+    if not ms < 2000:
+        fail(f"a log of 100 000 events took {ms:.0f} ms to load and draw (bar: < 2000 ms); error: {browser.text('error')!r}")
+    print(f"[cpu] a log of 100 000 events loaded and drawn in {ms:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()

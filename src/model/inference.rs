@@ -1,0 +1,299 @@
+//! A trained model ready for inference, read from any checkpoint we accept (a training
+//! checkpoint, an exported model file or a timm state dict), and the pieces around the forward
+//! pass that the command line and the browser share: image preprocessing, probabilities and
+//! the class token's attention map.
+
+use crate::checkpoint::{Checkpoint, NamedTensor, Storage};
+use crate::model::{infer_config, ParamLayout, VitConfig};
+use crate::{cpu, Error, Result};
+
+/// The `format` metadata of files written by [`InferenceModel::to_model_file`].
+pub const MODEL_FORMAT: &str = "autoprog-model-1";
+
+/// ImageNet's mean and std, for checkpoints that carry no normalisation (timm's ViTs).
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// What to read from a checkpoint besides the file itself.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Attention heads, for files that do not say (timm state dicts); overrides the file's.
+    pub heads: Option<usize>,
+    /// Take this EMA of the weights (its decay) instead of the weights.
+    pub ema: Option<f64>,
+    /// Normalisation overriding the file's.
+    pub mean: Option<[f32; 3]>,
+    pub std: Option<[f32; 3]>,
+}
+
+/// Weights under timm names with the architecture, the depth actually trained, class
+/// names and input normalisation.
+#[derive(Clone, Debug)]
+pub struct InferenceModel {
+    pub config: VitConfig,
+    /// Blocks present in the weights (a progressive run's checkpoint may be shallower than
+    /// `config.depth`).
+    pub depth: usize,
+    pub classes: Vec<String>,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    /// The weights (no prefix), exactly the tensors of `layout(…)`.
+    weights: Vec<NamedTensor>,
+}
+
+impl InferenceModel {
+    /// Reads the model out of `ckpt`; `what` (usually the file name) names it in errors.
+    pub fn from_checkpoint(ckpt: &Checkpoint, what: &str, options: &LoadOptions) -> Result<InferenceModel> {
+        let config = match (ckpt.get_json::<VitConfig>("vit")?, options.heads) {
+            (Some(mut c), heads) => {
+                if let Some(h) = heads {
+                    c.heads = h;
+                }
+                c
+            }
+            (None, Some(heads)) => infer_config(ckpt, heads)?,
+            (None, None) => {
+                return Err(Error::format(
+                    what,
+                    "it does not say how many attention heads the model has (a timm file?); pass --heads N",
+                ))
+            }
+        };
+        config.validate()?;
+        let depth = ckpt.get_json::<usize>("depth")?.unwrap_or(config.depth);
+        let prefix = match options.ema {
+            Some(decay) => format!("ema_{decay}."),
+            None => String::new(),
+        };
+        if !prefix.is_empty() && ckpt.get(&format!("{prefix}head.weight")).is_none() {
+            return Err(Error::format(
+                what,
+                format!(
+                    "it has no EMA with decay {}; leave out --ema or pick a decay it was trained with",
+                    options.ema.unwrap_or(0.0)
+                ),
+            ));
+        }
+        let layout = ParamLayout::new(&config, depth, 1);
+        let arena = layout
+            .arena_from(ckpt, &prefix)
+            .map_err(|e| Error::format(what, format!("it does not fit the model it describes: {e}")))?;
+        let classes = match ckpt.get_json::<Vec<String>>("classes")? {
+            Some(names) if names.len() == config.classes => names,
+            Some(names) => {
+                return Err(Error::format(
+                    what,
+                    format!("it names {} classes but its head has {}", names.len(), config.classes),
+                ))
+            }
+            None => (0..config.classes).map(|i| i.to_string()).collect(),
+        };
+        let mean = options.mean.or(ckpt.get_json("mean")?).unwrap_or(IMAGENET_MEAN);
+        let std = options.std.or(ckpt.get_json("std")?).unwrap_or(IMAGENET_STD);
+        if std.iter().any(|&s| !(s > 0.0 && s.is_finite())) {
+            return Err(Error::format(what, format!("normalisation std {std:?} must be positive")));
+        }
+        Ok(InferenceModel { config, depth, classes, mean, std, weights: layout.to_tensors(&arena, "") })
+    }
+
+    /// Parses a safetensors file's bytes and reads the model out of it.
+    pub fn from_bytes(bytes: &[u8], what: &str, options: &LoadOptions) -> Result<InferenceModel> {
+        InferenceModel::from_checkpoint(&Checkpoint::from_bytes(bytes, what)?, what, options)
+    }
+
+    /// The parameter layout of these weights, offsets aligned to `align` floats.
+    pub fn layout(&self, align: usize) -> ParamLayout {
+        ParamLayout::new(&self.config, self.depth, align)
+    }
+
+    /// The weights as a flat arena of `layout`.
+    pub fn arena(&self, layout: &ParamLayout) -> Result<Vec<f32>> {
+        let ckpt = Checkpoint { tensors: self.weights.clone(), metadata: Default::default() };
+        layout.arena_from(&ckpt, "")
+    }
+
+    /// A self-describing model file: the weights under timm names (so timm loads it too)
+    /// and, in the header, the architecture, depth, classes and normalisation.
+    pub fn to_model_file(&self, storage: Storage) -> Result<Vec<u8>> {
+        let mut ckpt = Checkpoint { tensors: self.weights.clone(), metadata: Default::default() };
+        ckpt.set_json("format", MODEL_FORMAT)?;
+        ckpt.set_json("vit", &self.config)?;
+        ckpt.set_json("depth", &self.depth)?;
+        ckpt.set_json("classes", &self.classes)?;
+        ckpt.set_json("mean", &self.mean)?;
+        ckpt.set_json("std", &self.std)?;
+        ckpt.to_bytes_as(storage)
+    }
+
+    /// The number of parameters.
+    pub fn parameter_count(&self) -> usize {
+        self.weights.iter().map(|t| t.numel()).sum()
+    }
+}
+
+/// An RGB image (8 bits per channel, rows of `width` pixels) as the model's input
+/// [3, R, R]: scaled to [0, 1], resized bilinearly (torch's `F.interpolate(mode="bilinear",
+/// align_corners=False)`), normalised.
+pub fn preprocess_rgb8(
+    rgb: &[u8],
+    width: usize,
+    height: usize,
+    resolution: usize,
+    mean: [f32; 3],
+    std: [f32; 3],
+) -> Result<Vec<f32>> {
+    if width == 0 || height == 0 || rgb.len() != 3 * width * height {
+        return Err(Error::shape(
+            "image",
+            format!("{} bytes for a {width}×{height} RGB image (need {})", rgb.len(), 3 * width * height),
+        ));
+    }
+    let plane = width * height;
+    let mut chw = vec![0.0f64; 3 * plane];
+    for (i, pixel) in rgb.chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            chw[c * plane + i] = pixel[c] as f64 / 255.0;
+        }
+    }
+    let resized = if (height, width) == (resolution, resolution) {
+        chw
+    } else {
+        cpu::resize::resize_bilinear(&chw, [1, 3, height, width], [resolution, resolution])
+    };
+    let out_plane = resolution * resolution;
+    Ok(resized.iter().enumerate().map(|(i, &v)| (v as f32 - mean[i / out_plane]) / std[i / out_plane]).collect())
+}
+
+/// Softmax of one row of logits, in f64.
+pub fn softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let exp: Vec<f64> = logits.iter().map(|&v| (v as f64 - max).exp()).collect();
+    let sum: f64 = exp.iter().sum();
+    exp.iter().map(|e| e / sum).collect()
+}
+
+/// The `k` most probable classes of `probs`, most probable first (ties: lower index first).
+pub fn top_k(probs: &[f64], k: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+    order.truncate(k);
+    order
+}
+
+/// How much the class token attends to each patch in one block, averaged over the heads:
+/// softmax(q_cls · k_j · scale) over all N tokens, returned for the N − 1 patches in
+/// row-major grid order. `qkv` is that block's [N, 3C] projection of one image (q, k, v
+/// blocks of C, heads contiguous inside each, as timm's reshape).
+pub fn class_token_attention<T: Copy + Into<f64>>(qkv: &[T], tokens: usize, heads: usize, head_size: usize) -> Vec<f64> {
+    let c = heads * head_size;
+    let scale = 1.0 / (head_size as f64).sqrt();
+    let mut map = vec![0.0; tokens.saturating_sub(1)];
+    for h in 0..heads {
+        let q = &qkv[h * head_size..][..head_size];
+        let scores: Vec<f64> = (0..tokens)
+            .map(|j| {
+                let k = &qkv[j * 3 * c + c + h * head_size..][..head_size];
+                q.iter().zip(k).map(|(&a, &b)| a.into() * b.into()).sum::<f64>() * scale
+            })
+            .collect();
+        let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let exp: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+        let sum: f64 = exp.iter().sum();
+        for (m, e) in map.iter_mut().zip(&exp[1..]) {
+            *m += e / sum / heads as f64;
+        }
+    }
+    map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> VitConfig {
+        VitConfig {
+            image_size: 8,
+            patch_size: 4,
+            in_chans: 3,
+            dim: 8,
+            depth: 2,
+            heads: 2,
+            mlp_hidden: 16,
+            classes: 3,
+            ..VitConfig::preset("nano", 3).unwrap()
+        }
+    }
+
+    fn checkpoint(config: &VitConfig) -> Checkpoint {
+        let layout = ParamLayout::new(config, config.depth, 1);
+        let arena = layout.init(config, 7);
+        let mut ckpt = Checkpoint { tensors: layout.to_tensors(&arena, ""), metadata: Default::default() };
+        ckpt.tensors.extend(layout.to_tensors(&arena.iter().map(|v| v * 0.5).collect::<Vec<_>>(), "ema_0.99."));
+        ckpt.set_json("vit", config).unwrap();
+        ckpt.set_json("classes", &["a", "b", "c"]).unwrap();
+        ckpt.set_json("mean", &[0.5f32; 3]).unwrap();
+        ckpt.set_json("std", &[0.25f32; 3]).unwrap();
+        ckpt
+    }
+
+    #[test]
+    fn a_model_file_reads_back_as_the_same_model() {
+        let config = tiny();
+        let ckpt = checkpoint(&config);
+        let ema = InferenceModel::from_checkpoint(&ckpt, "c", &LoadOptions { ema: Some(0.99), ..Default::default() })
+            .unwrap();
+        let plain = InferenceModel::from_checkpoint(&ckpt, "c", &LoadOptions::default()).unwrap();
+        assert_eq!(ema.weights[0].data[0], 0.5 * plain.weights[0].data[0]);
+        let bytes = ema.to_model_file(Storage::F32).unwrap();
+        let back = InferenceModel::from_bytes(&bytes, "model", &LoadOptions::default()).unwrap();
+        assert_eq!(back.config, ema.config);
+        assert_eq!(back.classes, ["a", "b", "c"]);
+        assert_eq!((back.mean, back.std), ([0.5; 3], [0.25; 3]));
+        assert_eq!(back.weights, ema.weights);
+        let file = Checkpoint::from_bytes(&bytes, "model").unwrap();
+        assert_eq!(file.get_json::<String>("format").unwrap().as_deref(), Some(MODEL_FORMAT));
+        assert!(file.get("ema_0.99.head.weight").is_none(), "a model file holds one set of weights");
+    }
+
+    #[test]
+    fn missing_heads_ema_and_class_names_are_explained() {
+        let config = tiny();
+        let mut ckpt = checkpoint(&config);
+        let err = InferenceModel::from_checkpoint(&ckpt, "c", &LoadOptions { ema: Some(0.5), ..Default::default() });
+        assert!(err.unwrap_err().to_string().contains("no EMA with decay 0.5"));
+        ckpt.set_json("classes", &["a"]).unwrap();
+        let err = InferenceModel::from_checkpoint(&ckpt, "c", &LoadOptions::default()).unwrap_err().to_string();
+        assert!(err.contains("1 classes") && err.contains("has 3"), "{err}");
+        ckpt.metadata.clear();
+        let err = InferenceModel::from_checkpoint(&ckpt, "c", &LoadOptions::default()).unwrap_err().to_string();
+        assert!(err.contains("--heads"), "{err}");
+    }
+
+    #[test]
+    fn preprocessing_scales_resizes_and_normalises() {
+        // A 2×2 image whose channels are constant: resizing keeps the constant.
+        let rgb = [255u8, 0, 51].repeat(4);
+        let x = preprocess_rgb8(&rgb, 2, 2, 4, [0.5; 3], [0.5; 3]).unwrap();
+        assert_eq!(x.len(), 3 * 16);
+        for (i, &v) in x.iter().enumerate() {
+            let want = [1.0, -1.0, -0.6][i / 16];
+            assert!((v - want).abs() < 1e-6, "{i}: {v} vs {want}");
+        }
+        assert!(preprocess_rgb8(&rgb, 3, 2, 4, [0.5; 3], [0.5; 3]).is_err());
+    }
+
+    #[test]
+    fn class_token_attention_is_a_distribution_that_follows_the_keys() {
+        // 1 head of size 2, 3 tokens: the class query points along the second patch's key.
+        let qkv: Vec<f32> = vec![
+            1.0, 0.0, /* k */ 0.0, 0.0, /* v */ 0.0, 0.0, // class token
+            0.0, 0.0, /* k */ 0.0, 0.0, /* v */ 0.0, 0.0, // patch 0
+            0.0, 0.0, /* k */ 4.0, 0.0, /* v */ 0.0, 0.0, // patch 1
+        ];
+        let map = class_token_attention(&qkv, 3, 1, 2);
+        let scale = 1.0 / 2f64.sqrt();
+        let e = (4.0 * scale).exp();
+        assert!((map[0] - 1.0 / (2.0 + e)).abs() < 1e-12 && (map[1] - e / (2.0 + e)).abs() < 1e-12, "{map:?}");
+        assert_eq!(top_k(&softmax(&[0.0, 2.0, 1.0]), 2), [1, 2]);
+    }
+}
