@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the viewer for the browser: the `viewer` crate to wasm32, bound into www/pkg/
 # by the wasm-bindgen CLI pinned to the crate's wasm-bindgen version (installed when
-# missing). Serve www/ with any static server that sends .wasm as application/wasm.
+# missing). Serve it with `autoprog serve`, or any static server that sends .wasm as
+# application/wasm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile="${1:-release}"

@@ -2,6 +2,7 @@
 
 mod cli_compare;
 mod cli_infer;
+mod cli_serve;
 mod cli_train;
 mod config;
 mod data;
@@ -72,6 +73,11 @@ enum Command {
         after_help = "Example:\n  autoprog debug-step --checkpoint vit.safetensors --heads 3 --batch batch.safetensors --out grads.safetensors"
     )]
     DebugStep(cli_infer::DebugStepArgs),
+    /// Serve the web viewer (www/) and training run directories to a browser, on 127.0.0.1 only.
+    #[command(
+        after_help = "Examples:\n  autoprog serve runs/20261127-0930-nano\n  autoprog serve runs/compare/none-seed0 runs/compare/prog-seed0 --port 8080\n  autoprog serve --www ~/autoprog/www --port 0 runs/latest"
+    )]
+    Serve(cli_serve::ServeArgs),
     /// List the GPU adapters with backend, type, features and key limits, and the one that would be used.
     #[command(after_help = "Example:\n  autoprog info\n  autoprog info --backend gl --json")]
     Info {
@@ -126,6 +132,7 @@ fn main() -> ExitCode {
         Command::Predict(args) => return report(cli_infer::predict(&args)),
         Command::Export(args) => return report(cli_infer::export(&args)),
         Command::DebugStep(args) => return report(cli_infer::debug_step(&args)),
+        Command::Serve(args) => return report(cli_serve::serve(&args)),
         Command::Info { gpu, json } => info(&gpu, json),
         Command::Bench { gpu, json, sizes, vit_rows, attention_batch, reps, quiet, train, train_batch } => {
             let opts = BenchOptions {

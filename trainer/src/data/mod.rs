@@ -11,7 +11,7 @@ mod folder;
 pub mod loader;
 mod mnist;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
