@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test: formatting, lints, all tests in release mode on lavapipe (Vulkan on the
-# CPU) and the kernel tests again on wgpu's GL backend (llvmpipe), and the wasm32
-# build of the viewer. Installs what is missing when run as root on Debian/Ubuntu.
+# CPU) and the kernel tests again on wgpu's GL backend (llvmpipe), the wasm32 build of
+# the viewer and its end-to-end test in headless Chromium. Installs what is missing
+# when run as root on Debian/Ubuntu.
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/env.sh
@@ -36,8 +37,12 @@ WGPU_BACKEND=gl cargo test --release -p autoprog --test kernels -- --test-thread
 
 say "wasm32 build of the viewer"
 www/build.sh
+wasm_bytes=$(stat -c %s www/pkg/autoprog_viewer_bg.wasm)
+max_wasm_bytes=$((3 * 1000 * 1000))
+[ "$wasm_bytes" -le "$max_wasm_bytes" ] ||
+    { echo "error: the release wasm is $wasm_bytes bytes, over the 3 MB budget" >&2; exit 1; }
 
-say "the viewer's kernel self-check in headless Chromium (WebGPU on SwiftShader)"
-scripts/browser_check.sh
+say "the viewer end to end in headless Chromium (WebGPU on SwiftShader, then the CPU fallback)"
+python3 scripts/viewer_e2e.py
 
 say "all checks passed in $(( $(date +%s) - start )) s"

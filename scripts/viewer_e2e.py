@@ -200,6 +200,7 @@ def main():
             print(f"[{backend}] stage-count {checks['stage-count'][0]}, winners {winners}, top1 "
                   f"{checks['top1'][0]}, logits max rel diff {worst:.2e}")
             browser.screenshot(f"viewer-{backend}-1280x800.png", 1280, 800)
+            browser.screenshot(f"viewer-{backend}-1280-tall.png", 1280, 4200)
             if backend == "cpu":
                 browser.screenshot("viewer-phone-390x844.png", 390, 844)
                 robustness(browser, base)

@@ -238,7 +238,9 @@ impl View for TensorView<'_> {
         match self.1 {
             Storage::F32 if cfg!(target_endian = "little") => Cow::Borrowed(bytemuck::cast_slice(&self.0.data)),
             Storage::F32 => Cow::Owned(self.0.data.iter().flat_map(|v| v.to_le_bytes()).collect()),
-            Storage::F16 => Cow::Owned(self.0.data.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect()),
+            Storage::F16 => {
+                Cow::Owned(self.0.data.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect())
+            }
         }
     }
 

@@ -8,8 +8,8 @@ const params = new URLSearchParams(location.search);
 let model = null;
 let lastImage = null; // {rgba, width, height}
 
-function showError(message) {
-  testid("error").textContent = message ? String(message) : "";
+function showError(error) {
+  testid("error").textContent = !error ? "" : error instanceof Error ? error.message : String(error);
 }
 
 // An event handler that clears the last error and shows its own, if any.
@@ -56,11 +56,14 @@ function showRun(name, log, summary, compare) {
 }
 
 async function openServedRun(name) {
+  const started = performance.now();
   const base = `runs/${encodeURIComponent(name)}/`;
   const log = await fetchText(base + "log.jsonl");
   if (log == null) throw new Error(`run "${name}" has no log.jsonl on this server; is it one of the directories given to autoprog serve?`);
   const [summary, compare] = await Promise.all([fetchText(base + "summary.json"), fetchText(base + "compare.json")]);
   showRun(name, log, summary, compare);
+  // Fetch, parse and draw, for the load-time check of the end-to-end test.
+  document.body.dataset.runLoadMs = (performance.now() - started).toFixed(0);
 }
 
 async function openRunFiles(files) {
@@ -123,10 +126,12 @@ function drawImage(image, prediction) {
   context.drawImage(source, 0, 0, canvas.width, canvas.height);
   if (!prediction || !prediction.attention.length) return;
   const grid = prediction.grid;
+  // Contrast stretch: attention is often nearly uniform, and only its differences matter here.
   const max = Math.max(...prediction.attention);
+  const min = Math.min(...prediction.attention);
   const cell = canvas.width / grid;
   prediction.attention.forEach((a, i) => {
-    context.fillStyle = `rgba(220, 30, 30, ${(0.65 * a) / max})`;
+    context.fillStyle = `rgba(220, 30, 30, ${(0.6 * (a - min)) / Math.max(max - min, 1e-12)})`;
     context.fillRect((i % grid) * cell, Math.floor(i / grid) * cell, cell, cell);
   });
 }

@@ -184,7 +184,12 @@ pub fn top_k(probs: &[f64], k: usize) -> Vec<usize> {
 /// softmax(q_cls · k_j · scale) over all N tokens, returned for the N − 1 patches in
 /// row-major grid order. `qkv` is that block's [N, 3C] projection of one image (q, k, v
 /// blocks of C, heads contiguous inside each, as timm's reshape).
-pub fn class_token_attention<T: Copy + Into<f64>>(qkv: &[T], tokens: usize, heads: usize, head_size: usize) -> Vec<f64> {
+pub fn class_token_attention<T: Copy + Into<f64>>(
+    qkv: &[T],
+    tokens: usize,
+    heads: usize,
+    head_size: usize,
+) -> Vec<f64> {
     let c = heads * head_size;
     let scale = 1.0 / (head_size as f64).sqrt();
     let mut map = vec![0.0; tokens.saturating_sub(1)];

@@ -270,6 +270,38 @@ fn predict_and_debug_step_on_a_checkpoint() {
         assert!(autoprog::data::CLASSES.contains(&top[0]["label"].as_str().unwrap()));
     }
 
+    // export: the EMA's weights alone with their description; predict gives what the
+    // checkpoint with --ema gives (exactly in f32; f16 weights move logits by ~1e-3).
+    let predict_logits = |args: &[&str]| -> Vec<f64> {
+        let mut all = vec!["predict", "--json"];
+        all.extend_from_slice(args);
+        let png = png.display().to_string();
+        all.push(&png);
+        let out = autoprog(&all);
+        assert!(out.status.success(), "{}", text(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v[0]["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    };
+    let reference = predict_logits(&["--checkpoint", &ckpt, "--ema", "0.995"]);
+    for (name, extra, tolerance) in [("model.safetensors", None, 0.0), ("model16.safetensors", Some("--f16"), 2e-2)] {
+        let exported = dir.join(name).display().to_string();
+        let mut args = vec!["export", "--checkpoint", &ckpt, "--ema", "0.995", "--out", &exported];
+        args.extend(extra);
+        let out = autoprog(&args);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(text(&out).contains("parameters"), "{}", text(&out));
+        let file = Checkpoint::load(Path::new(&exported)).unwrap();
+        assert_eq!(file.get_json::<String>("format").unwrap().as_deref(), Some("autoprog-model-1"));
+        assert!(file.get("ema_0.995.head.weight").is_none() && file.get("optimizer.m.head.weight").is_none());
+        let logits = predict_logits(&["--checkpoint", &exported]);
+        for (a, b) in logits.iter().zip(&reference) {
+            assert!((a - b).abs() <= tolerance * (1.0 + b.abs()), "{name}: {logits:?} vs {reference:?}");
+        }
+    }
+    let out =
+        autoprog(&["export", "--checkpoint", &ckpt, "--ema", "0.5", "--out", &dir.join("x").display().to_string()]);
+    assert!(!out.status.success() && text(&out).contains("no EMA with decay 0.5"), "{}", text(&out));
+
     // debug-step: loss, logits and a gradient per parameter.
     let batch = dir.join("batch.safetensors");
     let mut input = Checkpoint::default();

@@ -56,7 +56,13 @@ pub fn format_number(v: f64) -> String {
         return format!("{}", v.round());
     }
     let digits = (2 - a.log10().floor() as i32).clamp(0, 6) as usize;
-    format!("{v:.digits$}")
+    let text = format!("{v:.digits$}");
+    // 0.600 → 0.6: ticks are round numbers, trailing zeros only add noise.
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
+    }
 }
 
 /// Escapes text for HTML and SVG.
@@ -292,6 +298,8 @@ mod tests {
         assert_eq!(format_number(12000.0), "12k");
         assert_eq!(format_number(0.125), "0.125");
         assert_eq!(format_number(1.25), "1.25");
+        assert_eq!(format_number(0.6), "0.6");
+        assert_eq!(format_number(-2.5), "-2.5");
     }
 
     #[test]

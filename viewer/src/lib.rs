@@ -57,7 +57,7 @@ pub fn sample_size() -> u32 {
 
 /// Where the forward pass runs.
 enum Engine {
-    Gpu { ctx: GpuContext, vit: GpuVit },
+    Gpu { ctx: Box<GpuContext>, vit: GpuVit },
     Cpu { layout: ParamLayout, params: Vec<f64> },
 }
 
@@ -199,11 +199,14 @@ impl Model {
 }
 
 async fn gpu_engine(model: &InferenceModel) -> Result<Engine, String> {
-    let ctx = GpuContext::new(&ContextOptions::default()).await.map_err(|e| format!("no WebGPU adapter: {e}"))?;
+    // The core's message suggests installing drivers, which is advice for the native tool.
+    let ctx = GpuContext::new(&ContextOptions::default())
+        .await
+        .map_err(|_| "the browser has WebGPU but offers no adapter (GPU blocked or disabled)".to_string())?;
     let layout = model.layout(ctx.arena_align());
     let params = model.arena(&layout).map_err(|e| e.to_string())?;
     let vit = GpuVit::new(&ctx, model.config.clone(), layout, &params).map_err(|e| e.to_string())?;
-    Ok(Engine::Gpu { ctx, vit })
+    Ok(Engine::Gpu { ctx: Box::new(ctx), vit })
 }
 
 fn cpu_engine(model: &InferenceModel) -> Result<Engine, JsValue> {

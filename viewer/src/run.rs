@@ -31,6 +31,8 @@ pub struct Run {
     pub searches: Vec<SearchEvent>,
     pub schedule: String,
     pub adapter: String,
+    /// How searches costed candidates: `time` (step ms) or `flops` (GFLOPs per step).
+    pub search_cost: String,
     pub summary: Option<Summary>,
     pub compare: Option<Compare>,
     /// What could not be read, for the page to show.
@@ -82,6 +84,7 @@ impl Run {
                 Event::RunStart(e) => {
                     run.schedule = e.schedule;
                     run.adapter = e.adapter;
+                    run.search_cost = e.config["recipe"]["search_cost"].as_str().unwrap_or("time").to_string();
                 }
                 Event::Step(e) => run.steps.push(e),
                 Event::Epoch(e) => {
@@ -168,7 +171,8 @@ impl Run {
         self.searches
             .iter()
             .map(|s| {
-                let start = self.stages.iter().find(|st| st.stage == s.stage).map_or(s.epoch as f64, |st| st.epoch as f64);
+                let start =
+                    self.stages.iter().find(|st| st.stage == s.stage).map_or(s.epoch as f64, |st| st.epoch as f64);
                 (start, s.epoch as f64 + 1.0, format!("search for stage {}: chose {}", s.stage, s.winner))
             })
             .collect()
@@ -179,7 +183,10 @@ impl Run {
             plot.band(start, end, &label);
         }
         for s in self.stage_list().iter().skip(1) {
-            plot.vline(s.start_epoch as f64, &format!("stage {}", self.stage_list().iter().position(|x| x == s).unwrap_or(0)));
+            plot.vline(
+                s.start_epoch as f64,
+                &format!("stage {}", self.stage_list().iter().position(|x| x == s).unwrap_or(0)),
+            );
         }
     }
 
@@ -194,7 +201,11 @@ impl Run {
             adapter: self.adapter.clone(),
             stage_count: self.stage_list().len(),
             epochs: self.epoch_count(),
-            final_val_acc: self.summary.as_ref().map(|s| s.val_acc).or_else(|| self.epochs.last().and_then(|e| e.val_acc)),
+            final_val_acc: self
+                .summary
+                .as_ref()
+                .map(|s| s.val_acc)
+                .or_else(|| self.epochs.last().and_then(|e| e.val_acc)),
             warnings: self.warnings.clone(),
             timeline: self.timeline(),
             curves: self.curves(),
@@ -210,7 +221,11 @@ impl Run {
         let stages = self.stage_list();
         let mut out = String::new();
         for (title, unit, pick) in [
-            ("Input resolution", "resolution (px)", (|s: &StageSummary| s.resolution as f64) as fn(&StageSummary) -> f64),
+            (
+                "Input resolution",
+                "resolution (px)",
+                (|s: &StageSummary| s.resolution as f64) as fn(&StageSummary) -> f64,
+            ),
             ("Depth", "depth (blocks)", |s: &StageSummary| s.depth as f64),
         ] {
             let mut points: Vec<(f64, f64)> = stages.iter().map(|s| (s.start_epoch as f64, pick(s))).collect();
@@ -218,7 +233,9 @@ impl Run {
                 points = self
                     .epochs
                     .iter()
-                    .map(|e| (e.epoch as f64, if unit.starts_with("res") { e.resolution as f64 } else { e.depth as f64 }))
+                    .map(|e| {
+                        (e.epoch as f64, if unit.starts_with("res") { e.resolution as f64 } else { e.depth as f64 })
+                    })
                     .collect();
             }
             let max = points.iter().map(|p| p.1).fold(0.0, f64::max);
@@ -248,7 +265,8 @@ impl Run {
 
         let mut acc_plot = Plot::new("Validation accuracy", "epoch", "top-1 accuracy", (0.0, end), (0.0, 1.0), 240.0);
         self.mark_stages(&mut acc_plot);
-        let model: Vec<(f64, f64)> = self.epochs.iter().filter_map(|e| Some((e.epoch as f64 + 1.0, e.val_acc?))).collect();
+        let model: Vec<(f64, f64)> =
+            self.epochs.iter().filter_map(|e| Some((e.epoch as f64 + 1.0, e.val_acc?))).collect();
         acc_plot.line(&model, "model", PALETTE[0], false);
         let mut decays: Vec<f64> = self.epochs.iter().flat_map(|e| e.val_acc_ema.iter().map(|a| a.decay)).collect();
         decays.sort_by(f64::total_cmp);
@@ -268,17 +286,23 @@ impl Run {
     /// and the score table.
     pub fn search_panels(&self) -> String {
         if self.searches.is_empty() {
-            return "<p class=\"empty\">No searches in this run (only <code>--schedule auto</code> searches).</p>".into();
+            return "<p class=\"empty\">No searches in this run (only <code>--schedule auto</code> searches).</p>"
+                .into();
         }
         let mut out = String::new();
         for s in &self.searches {
-            let unit = if s.candidates.iter().all(|c| c.step_ms > 0.0) { "step time (ms)" } else { "cost" };
+            let unit = if self.search_cost == "flops" { "GFLOPs per step" } else { "step time (ms)" };
             let points: Vec<(f64, f64, String, bool)> = s
                 .candidates
                 .iter()
                 .map(|c| {
                     let loss = mean(&c.losses);
-                    (c.step_ms, loss, format!("{}: loss {loss:.4}, {:.2} ms, score {:.4}", c.name, c.step_ms, c.score), c.name == s.winner)
+                    (
+                        c.step_ms,
+                        loss,
+                        format!("{}: loss {loss:.4}, {:.2} ms, score {:.4}", c.name, c.step_ms, c.score),
+                        c.name == s.winner,
+                    )
                 })
                 .collect();
             let (t_lo, t_hi) = min_max(points.iter().map(|p| p.0));
@@ -356,7 +380,12 @@ impl Run {
                 (|e: &EpochEvent| e.train_flops) as fn(&EpochEvent) -> f64,
                 baseline.as_ref().map(|(_, m)| m.train_flops),
             ),
-            ("Wall time", "seconds (cumulative)", |e: &EpochEvent| e.wall_seconds, baseline.as_ref().map(|(_, m)| m.wall_seconds)),
+            (
+                "Wall time",
+                "seconds (cumulative)",
+                |e: &EpochEvent| e.wall_seconds,
+                baseline.as_ref().map(|(_, m)| m.wall_seconds),
+            ),
         ] {
             let mut points = vec![(0.0, 0.0)];
             points.extend(self.epochs.iter().map(|e| (e.epoch as f64 + 1.0, pick(e))));
@@ -407,7 +436,8 @@ impl Run {
             return "<p class=\"empty\">The log names no depth.</p>".into();
         }
         // Columns: the starting stack, then one per growth.
-        let mut columns: Vec<(String, usize, Option<&GrowthEvent>)> = vec![(format!("start: {first_depth} blocks"), first_depth, None)];
+        let mut columns: Vec<(String, usize, Option<&GrowthEvent>)> =
+            vec![(format!("start: {first_depth} blocks"), first_depth, None)];
         for g in &self.growths {
             // Under `auto` every growth builds the supernet that the next search trains.
             let supernet = self.schedule == "auto" && self.searches.iter().any(|s| s.step >= g.step);
@@ -415,7 +445,7 @@ impl Run {
             columns.push((format!("epoch {}: {what}, {} blocks", g.epoch, g.to_depth), g.to_depth as usize, Some(g)));
         }
         let max_depth = columns.iter().map(|c| c.1).max().unwrap_or(1);
-        let (col_w, row_h, top) = (150.0, 22.0, 40.0);
+        let (col_w, row_h, top) = (190.0, 22.0, 40.0);
         let width = 20.0 + col_w * columns.len() as f64;
         let height = top + row_h * max_depth as f64 + 20.0;
         let mut svg = format!("<svg viewBox=\"0 0 {width} {height}\" class=\"chart network\" role=\"img\" aria-label=\"layer stacks and MoGrow mappings\">");
@@ -468,9 +498,18 @@ impl Run {
             out.push_str("</tr></thead><tbody>");
             for c in &s.candidates {
                 let active = growth.active(c.depth as usize).unwrap_or_default();
-                let _ = write!(out, "<tr{}><td>{}</td>", if c.name == s.winner { " class=\"winner\"" } else { "" }, escape(&c.name));
+                let _ = write!(
+                    out,
+                    "<tr{}><td>{}</td>",
+                    if c.name == s.winner { " class=\"winner\"" } else { "" },
+                    escape(&c.name)
+                );
                 for b in 0..growth.to {
-                    out.push_str(if active.contains(&b) { "<td class=\"on\">●</td>" } else { "<td class=\"off\">·</td>" });
+                    out.push_str(if active.contains(&b) {
+                        "<td class=\"on\">●</td>"
+                    } else {
+                        "<td class=\"off\">·</td>"
+                    });
                 }
                 out.push_str("</tr>");
             }
@@ -595,7 +634,15 @@ mod tests {
     #[test]
     fn long_runs_are_bucketed() {
         let steps: Vec<StepEvent> = (0..100_000)
-            .map(|i| StepEvent { step: i, epoch: 0, loss: if i == 5 { f64::NAN } else { 1.0 }, lr: 0.0, images_per_second: 0.0, resolution: 8, depth: 2 })
+            .map(|i| StepEvent {
+                step: i,
+                epoch: 0,
+                loss: if i == 5 { f64::NAN } else { 1.0 },
+                lr: 0.0,
+                images_per_second: 0.0,
+                resolution: 8,
+                depth: 2,
+            })
             .collect();
         let buckets = bucket_means(&steps, MAX_CURVE_POINTS);
         assert!(buckets.len() <= MAX_CURVE_POINTS && buckets.len() > MAX_CURVE_POINTS / 2);
