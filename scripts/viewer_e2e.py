@@ -9,9 +9,10 @@ once with WebGPU (SwiftShader) and once with WebGPU off (the CPU twin in wasm):
   - `top1` and `logits` equal the native prediction (same top-1, logits within rel 1e-3,
     abs 1e-4: f32 kernels in a different order on another GPU, or the f64 twin),
   - `backend` is `webgpu`, then `cpu`, and `error` stays empty;
-and, with WebGPU off, that a malformed log, a model file that is not a model and a
-non-image show a readable error while the page stays usable, and that a log of 100 000
-events loads in under 2 s. Screenshots (1280x800 and phone width) go to target/e2e/.
+and, with WebGPU off, that a malformed log, a run that is not served, a file that is not a
+model, a model of an unknown architecture and a non-image each show a readable error while
+the page stays usable, and that a log of 100 000 events loads in under 2 s. Screenshots
+(1280x800, the whole page, and phone width) go to target/e2e/.
 
 Usage: scripts/viewer_e2e.py  (after `cargo build --release -p autoprog-trainer` and `www/build.sh`)
 """
@@ -140,6 +141,10 @@ def main():
         run("export", "--checkpoint", os.path.join(run_dir, "checkpoints", "last.safetensors"),
             "--ema", "0.995", "--out", model)
         shutil.copy(IMAGE, os.path.join(run_dir, "image.png"))
+        # A valid safetensors file that holds no ViT.
+        header = json.dumps({"weights": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+        with open(os.path.join(run_dir, "foreign.safetensors"), "wb") as f:
+            f.write(len(header).to_bytes(8, "little") + header + b"\0\0\0\0")
         native = json.loads(run("predict", "--checkpoint", model, IMAGE, "--json"))[0]
 
         # Runs for the error paths and the load-time bar.
@@ -218,6 +223,7 @@ def robustness(browser, base):
         ("a malformed log", "?run=broken", "log.jsonl"),
         ("a run that is not served", "?run=nope", "nope"),
         ("a model file that is not a model", "?model=runs/tiny-auto/log.jsonl", "safetensors"),
+        ("a model of an unknown architecture", "?model=runs/tiny-auto/foreign.safetensors", "not a timm VisionTransformer"),
         ("an image that is not an image", "?image=runs/tiny-auto/summary.json", "not an image"),
     ]
     for what, query, expect in cases:

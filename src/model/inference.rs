@@ -53,10 +53,13 @@ impl InferenceModel {
             }
             (None, Some(heads)) => infer_config(ckpt, heads)?,
             (None, None) => {
+                // Name what is wrong with a file that is no ViT at all before asking for heads.
+                infer_config(ckpt, 1).map_err(|e| Error::format(what, e.to_string()))?;
                 return Err(Error::format(
                     what,
-                    "it does not say how many attention heads the model has (a timm file?); pass --heads N",
-                ))
+                    "it does not say how many attention heads the model has (a timm file?); pass --heads N, \
+                     or write a file that records it with `autoprog export --checkpoint FILE --heads N --out MODEL`",
+                ));
             }
         };
         config.validate()?;
@@ -115,6 +118,11 @@ impl InferenceModel {
     /// A self-describing model file: the weights under timm names (so timm loads it too)
     /// and, in the header, the architecture, depth, classes and normalisation.
     pub fn to_model_file(&self, storage: Storage) -> Result<Vec<u8>> {
+        self.to_checkpoint()?.to_bytes_as(storage)
+    }
+
+    /// [`InferenceModel::to_model_file`] before serialisation, for callers that add metadata.
+    pub fn to_checkpoint(&self) -> Result<Checkpoint> {
         let mut ckpt = Checkpoint { tensors: self.weights.clone(), metadata: Default::default() };
         ckpt.set_json("format", MODEL_FORMAT)?;
         ckpt.set_json("vit", &self.config)?;
@@ -122,7 +130,7 @@ impl InferenceModel {
         ckpt.set_json("classes", &self.classes)?;
         ckpt.set_json("mean", &self.mean)?;
         ckpt.set_json("std", &self.std)?;
-        ckpt.to_bytes_as(storage)
+        Ok(ckpt)
     }
 
     /// The number of parameters.
@@ -272,6 +280,10 @@ mod tests {
         ckpt.metadata.clear();
         let err = InferenceModel::from_checkpoint(&ckpt, "c", &LoadOptions::default()).unwrap_err().to_string();
         assert!(err.contains("--heads"), "{err}");
+        // A file that is no ViT at all says so instead of asking for heads.
+        let foreign = Checkpoint { tensors: vec![NamedTensor::new("foo", vec![1], vec![0.0])], ..Default::default() };
+        let err = InferenceModel::from_checkpoint(&foreign, "c", &LoadOptions::default()).unwrap_err().to_string();
+        assert!(err.contains("patch_embed") && !err.contains("--heads"), "{err}");
     }
 
     #[test]

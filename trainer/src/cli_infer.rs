@@ -306,8 +306,13 @@ pub struct ExportArgs {
 /// `autoprog export`: one set of weights (the model's or an EMA's) and everything needed to
 /// use it, in one file that `predict`, `eval` and the web viewer read.
 pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
-    let (model, _) = args.model.read()?;
-    let bytes = model.to_model_file(if args.f16 { Storage::F16 } else { Storage::F32 })?;
+    let (model, source) = args.model.read()?;
+    let mut file = model.to_checkpoint()?;
+    // The training config lets `eval` find the data the model was trained on.
+    if let Some(config) = source.metadata.get("config") {
+        file.metadata.insert("config".into(), config.clone());
+    }
+    let bytes = file.to_bytes_as(if args.f16 { Storage::F16 } else { Storage::F32 })?;
     autoprog::fsutil::write_atomic(&args.out, &bytes)?;
     println!(
         "{}: {} ({} parameters, {} blocks, {} px, {} classes, {})",

@@ -84,6 +84,10 @@ pub struct TrainArgs {
     /// AdamW moments of grown blocks: reset (as the paper) or copy (from the source blocks).
     #[arg(long)]
     grow_opt_state: Option<String>,
+    /// Weights MoGrow grows from: ema (the slowest EMA, as the paper), weights, or best
+    /// (the one with the higher accuracy at the last validation).
+    #[arg(long)]
+    grow_from: Option<String>,
     /// No random horizontal flips (for digits, text and other data that mirroring changes).
     #[arg(long)]
     no_hflip: bool,
@@ -191,6 +195,9 @@ impl TrainArgs {
         }
         if let Some(mode) = &self.grow_opt_state {
             r.grow_opt_state = mode.clone();
+        }
+        if let Some(source) = &self.grow_from {
+            r.grow_from = source.clone();
         }
         if self.no_hflip {
             config.augment.hflip = false;

@@ -85,6 +85,11 @@ pub struct Recipe {
     /// AdamW moments of grown blocks: `reset` (as the paper) or `copy` (from their source blocks).
     #[serde(default = "default_grow_opt_state")]
     pub grow_opt_state: String,
+    /// Which weights MoGrow grows: `ema` (the slowest EMA, as the paper), `weights`, or
+    /// `best` (whichever of the two scored higher at the last validation: in short runs a
+    /// slow EMA lags the weights, and growing it throws training away).
+    #[serde(default = "default_grow_from")]
+    pub grow_from: String,
     /// `auto`: epochs of supernet training that open every non-final stage (in the budget).
     #[serde(default = "default_search_epochs")]
     pub search_epochs: usize,
@@ -110,6 +115,9 @@ fn default_stages() -> usize {
 }
 fn half() -> f64 {
     0.5
+}
+fn default_grow_from() -> String {
+    "ema".into()
 }
 fn default_grow_opt_state() -> String {
     "reset".into()
@@ -256,6 +264,11 @@ impl TrainConfig {
             r.search_cost
         );
         anyhow::ensure!(
+            ["ema", "weights", "best"].contains(&r.grow_from.as_str()),
+            "--grow-from {} must be ema, weights or best",
+            r.grow_from
+        );
+        anyhow::ensure!(
             ["reset", "copy"].contains(&r.grow_opt_state.as_str()),
             "--grow-opt-state {} must be reset or copy",
             r.grow_opt_state
@@ -294,6 +307,7 @@ impl Default for Recipe {
             res_scale: half(),
             depth_scale: half(),
             grow_opt_state: default_grow_opt_state(),
+            grow_from: default_grow_from(),
             search_epochs: default_search_epochs(),
             search_cost: default_search_cost(),
         }

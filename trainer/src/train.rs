@@ -69,6 +69,9 @@ pub struct Progress {
     pub depth: usize,
     /// Per-epoch validation accuracies of the weights so far.
     pub val_accs: Vec<f64>,
+    /// The last validation's accuracy of the weights, then of each EMA (for `--grow-from best`).
+    #[serde(default)]
+    pub last_val_accs: Vec<f64>,
     /// AdamW's own step count (its bias correction restarts when growth resets the moments).
     #[serde(default)]
     pub adam_step: u64,
@@ -305,16 +308,27 @@ fn remap_state(
     Ok(State { model, optimizer, progress })
 }
 
-/// MoGrow: the state grown to `depth` blocks. The new weights are the slowest EMA's (the
-/// weights themselves without EMA) with blocks copied by the interleaved mapping; every EMA
-/// grows from its own weights; the AdamW moments restart (`reset`) or are copied from the
-/// source blocks (`copy`).
+/// MoGrow: the state grown to `depth` blocks. The new weights are those `--grow-from`
+/// names (by default the slowest EMA's, the weights themselves without EMA) with blocks
+/// copied by the interleaved mapping; every EMA grows from its own weights; the AdamW
+/// moments restart (`reset`) or are copied from the source blocks (`copy`).
 fn grow(ctx: &GpuContext, state: State, config: &TrainConfig, depth: usize) -> anyhow::Result<(State, GrowthEvent)> {
     let growth = grow_depth(state.model.depth(), depth)?;
-    let slowest = state.optimizer.emas.iter().max_by(|a, b| a.1.total_cmp(&b.1));
-    let (weights, source) = match slowest {
-        Some((t, decay)) => (t.clone(), format!("ema_{decay}")),
-        None => (state.model.params.clone(), "weights".to_string()),
+    let emas = &state.optimizer.emas;
+    let slowest = emas.iter().enumerate().max_by(|a, b| a.1 .1.total_cmp(&b.1 .1)).map(|(i, _)| i);
+    // Index into [weights, EMA 0, EMA 1, …], as the validation accuracies are.
+    let pick = match config.recipe.grow_from.as_str() {
+        "weights" => 0,
+        "best" if state.progress.last_val_accs.len() == emas.len() + 1 => {
+            let accs = &state.progress.last_val_accs;
+            // max_by keeps the last of equal maxima: ties go to an EMA, as the paper prefers.
+            (0..accs.len()).max_by(|&a, &b| accs[a].total_cmp(&accs[b])).unwrap_or(0)
+        }
+        _ => slowest.map_or(0, |i| i + 1),
+    };
+    let (weights, source) = match pick {
+        0 => (state.model.params.clone(), "weights".to_string()),
+        i => (emas[i - 1].0.clone(), format!("ema_{}", emas[i - 1].1)),
     };
     let keep_moments = config.recipe.grow_opt_state == "copy";
     let state = remap_state(ctx, state, config, &growth.mapping, &weights, keep_moments)?;
@@ -701,6 +715,7 @@ pub fn train(
         state.progress.batch_in_epoch = 0;
         state.progress.wall_seconds = wall_before + session_start.elapsed().as_secs_f64();
         state.progress.val_accs.push(eval.acc[0]);
+        state.progress.last_val_accs = eval.acc.clone();
         let best = eval.acc[0] > state.progress.best_val_acc;
         if best {
             state.progress.best_val_acc = eval.acc[0];
