@@ -3,6 +3,8 @@
 //! pass that the command line and the browser share: image preprocessing, probabilities and
 //! the class token's attention map.
 
+use serde::Serialize;
+
 use crate::checkpoint::{Checkpoint, NamedTensor, Storage};
 use crate::model::{infer_config, ParamLayout, VitConfig};
 use crate::{cpu, Error, Result};
@@ -188,6 +190,24 @@ pub fn top_k(probs: &[f64], k: usize) -> Vec<usize> {
     order
 }
 
+/// One of the most probable classes of a prediction.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TopClass {
+    pub class: usize,
+    /// The class's name.
+    pub label: String,
+    pub prob: f64,
+}
+
+/// The `k` most probable classes of one row of `logits`, named from `classes`.
+pub fn top_classes(logits: &[f32], classes: &[String], k: usize) -> Vec<TopClass> {
+    let probs = softmax(logits);
+    top_k(&probs, k)
+        .into_iter()
+        .map(|c| TopClass { class: c, label: classes.get(c).cloned().unwrap_or_else(|| c.to_string()), prob: probs[c] })
+        .collect()
+}
+
 /// How much the class token attends to each patch in one block, averaged over the heads:
 /// softmax(q_cls · k_j · scale) over all N tokens, returned for the N − 1 patches in
 /// row-major grid order. `qkv` is that block's [N, 3C] projection of one image (q, k, v
@@ -312,5 +332,9 @@ mod tests {
         let e = (4.0 * scale).exp();
         assert!((map[0] - 1.0 / (2.0 + e)).abs() < 1e-12 && (map[1] - e / (2.0 + e)).abs() < 1e-12, "{map:?}");
         assert_eq!(top_k(&softmax(&[0.0, 2.0, 1.0]), 2), [1, 2]);
+        let names = ["a".to_string(), "b".to_string(), "c".to_string()];
+        let top = top_classes(&[0.0, 2.0, 1.0], &names, 1);
+        assert_eq!((top[0].class, top[0].label.as_str()), (1, "b"));
+        assert!((top[0].prob - 2f64.exp() / (1.0 + 2f64.exp() + 1f64.exp())).abs() < 1e-12);
     }
 }

@@ -40,6 +40,7 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<()> {
     let out: PathBuf = args.train.out.clone().unwrap_or_else(|| default_run_dir("compare"));
     let stop = stop_on_ctrl_c()?;
     let mut runs = Vec::new();
+    let mut dirs = Vec::new();
     for offset in 0..args.seeds {
         for schedule in &args.schedules {
             let mut config = base.clone();
@@ -47,12 +48,17 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<()> {
             config.recipe.seed = base.recipe.seed + offset;
             let dir = out.join(format!("{schedule}-seed{}", config.recipe.seed));
             eprintln!("== {schedule}, seed {} -> {}", config.recipe.seed, dir.display());
-            let options = RunOptions { out: dir, resume: false, quiet: args.train.quiet };
+            let options = RunOptions { out: dir.clone(), resume: false, quiet: args.train.quiet };
             runs.push(train::train(&ctx, &config, &dataset, &options, &stop)?);
+            dirs.push(dir);
         }
     }
     let comparison = Compare::from_runs(runs, "none");
     runlog::write_json_atomic(&out.join("compare.json"), &comparison)?;
+    // A copy in every run directory, so the viewer shows each run against the baseline.
+    for dir in &dirs {
+        runlog::write_json_atomic(&dir.join("compare.json"), &comparison)?;
+    }
     println!(
         "{:<10} {:>4} {:>10} {:>14} {:>8} {:>9} {:>8} {:>10}",
         "schedule", "runs", "wall s", "train FLOPs", "val_acc", "EMA acc", "speedup", "acc delta"

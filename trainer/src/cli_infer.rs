@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use autoprog::checkpoint::{Checkpoint, NamedTensor, Storage};
-use autoprog::model::inference::{preprocess_rgb8, softmax, top_k, InferenceModel, LoadOptions};
+use autoprog::model::inference::{preprocess_rgb8, top_classes, InferenceModel, LoadOptions, TopClass};
 use autoprog::model::{GpuVit, Loss, ParamLayout, VitConfig};
 use autoprog::GpuContext;
 use clap::Args;
@@ -166,17 +166,10 @@ pub struct PredictArgs {
 }
 
 #[derive(Serialize)]
-struct Top {
-    class: usize,
-    label: String,
-    prob: f64,
-}
-
-#[derive(Serialize)]
 struct Prediction {
     file: String,
     logits: Vec<f32>,
-    top: Vec<Top>,
+    top: Vec<TopClass>,
 }
 
 /// An image file as the model's input [3, R, R] (see [`preprocess_rgb8`]).
@@ -214,11 +207,7 @@ pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
         ctx.submit(rec)?;
         let logits = ctx.read_blocking(&acts.logits)?;
         for (f, row) in files.iter().zip(logits.chunks(k)) {
-            let probs = softmax(row);
-            let top = top_k(&probs, args.top_k.max(1))
-                .into_iter()
-                .map(|c| Top { class: c, label: loaded.model.classes[c].clone(), prob: probs[c] })
-                .collect();
+            let top = top_classes(row, &loaded.model.classes, args.top_k.max(1));
             predictions.push(Prediction { file: f.display().to_string(), logits: row.to_vec(), top });
         }
     }

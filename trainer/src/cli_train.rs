@@ -312,5 +312,6 @@ fn run_inner(args: &TrainArgs) -> anyhow::Result<()> {
         summary.val_acc, summary.epochs, summary.wall_seconds, summary.images_per_second, summary.adapter
     );
     println!("run written to {}", out.display());
+    eprintln!("see it in the browser: autoprog serve {} (after www/build.sh)", out.display());
     Ok(())
 }

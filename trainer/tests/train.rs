@@ -467,6 +467,9 @@ fn compare_trains_every_schedule_and_writes_compare_json() {
     let flops = |s: &str| json["by_schedule"][s]["train_flops"].as_f64().unwrap();
     assert!(flops("prog") < flops("none"));
     assert!(out.join("prog-seed1/summary.json").exists());
+    // Each run directory holds the comparison too, for the viewer's baseline.
+    let copy = std::fs::read_to_string(out.join("none-seed0/compare.json")).unwrap();
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&copy).unwrap(), json);
 }
 
 #[test]

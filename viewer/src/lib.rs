@@ -12,7 +12,9 @@ use std::rc::Rc;
 
 use autoprog::data::{Procedural, Split, CLASSES};
 use autoprog::model::cpu::CpuVit;
-use autoprog::model::inference::{class_token_attention, preprocess_rgb8, softmax, top_k, InferenceModel, LoadOptions};
+use autoprog::model::inference::{
+    class_token_attention, preprocess_rgb8, top_classes, InferenceModel, LoadOptions, TopClass,
+};
 use autoprog::model::{GpuVit, ParamLayout};
 use autoprog::{ContextOptions, GpuContext};
 use serde::Serialize;
@@ -89,16 +91,9 @@ struct ModelInfo<'a> {
 }
 
 #[derive(Serialize)]
-struct Top {
-    class: usize,
-    label: String,
-    prob: f64,
-}
-
-#[derive(Serialize)]
 struct Prediction {
     logits: Vec<f32>,
-    top: Vec<Top>,
+    top: Vec<TopClass>,
     /// The last block's class-token attention over the patch grid (row-major), summing
     /// to at most 1 (the rest goes to the class token itself).
     attention: Vec<f64>,
@@ -181,11 +176,7 @@ impl Model {
                     (fwd.logits.iter().map(|&v| v as f32).collect(), qkv)
                 }
             };
-            let probs = softmax(&logits);
-            let top = top_k(&probs, 5)
-                .into_iter()
-                .map(|c| Top { class: c, label: m.classes[c].clone(), prob: probs[c] })
-                .collect();
+            let top = top_classes(&logits, &m.classes, 5);
             let tokens = m.config.tokens_at(r);
             let attention = if qkv.is_empty() {
                 Vec::new()

@@ -182,11 +182,8 @@ impl Run {
         for (start, end, label) in self.search_windows() {
             plot.band(start, end, &label);
         }
-        for s in self.stage_list().iter().skip(1) {
-            plot.vline(
-                s.start_epoch as f64,
-                &format!("stage {}", self.stage_list().iter().position(|x| x == s).unwrap_or(0)),
-            );
+        for (i, s) in self.stage_list().iter().enumerate().skip(1) {
+            plot.vline(s.start_epoch as f64, &format!("stage {i}"));
         }
     }
 
@@ -340,7 +337,7 @@ impl Run {
             );
             let _ = write!(
                 out,
-                "<table><thead><tr><th>candidate</th><th>resolution</th><th>depth</th><th>mean loss</th><th>{}</th><th>score = loss · t<sup>w</sup>, w = {}</th></tr></thead><tbody>",
+                "<table><thead><tr><th>candidate</th><th>resolution</th><th>depth</th><th>mean loss</th><th>{}</th><th title=\"mean loss · t^w, the lowest wins\">score (w = {})</th></tr></thead><tbody>",
                 escape(unit),
                 format_number(s.w)
             );
@@ -359,7 +356,7 @@ impl Run {
                     c.score
                 );
             }
-            out.push_str("</tbody></table></div>");
+            out.push_str("</tbody></table><p class=\"note\">score = mean loss · t<sup>w</sup> with w = max(−b, 0) from the fit; the lowest wins.</p></div>");
         }
         out
     }
@@ -435,10 +432,14 @@ impl Run {
         if first_depth == 0 {
             return "<p class=\"empty\">The log names no depth.</p>".into();
         }
-        // Columns: the starting stack, then one per growth.
+        // Columns: the starting stack, then one per growth, and where a search recycled the
+        // supernet into a shallower sub-network, that sub-network before the next growth.
         let mut columns: Vec<(String, usize, Option<&GrowthEvent>)> =
             vec![(format!("start: {first_depth} blocks"), first_depth, None)];
         for g in &self.growths {
+            if columns.last().is_some_and(|c| c.1 != g.from_depth as usize) {
+                columns.push((format!("chosen: {} blocks", g.from_depth), g.from_depth as usize, None));
+            }
             // Under `auto` every growth builds the supernet that the next search trains.
             let supernet = self.schedule == "auto" && self.searches.iter().any(|s| s.step >= g.step);
             let what = if supernet { "supernet" } else { "grown" };
@@ -591,6 +592,20 @@ mod tests {
         assert!(report.network.contains("<td>r8_l2</td><td class=\"on\">●</td><td class=\"off\">·</td><td class=\"on\">●</td><td class=\"off\">·</td>"), "{}", report.network);
         assert!(report.compute.contains("autoprog compare"));
         assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    }
+
+    #[test]
+    fn a_recycled_sub_network_gets_a_column_before_the_next_growth() {
+        let mut text = log();
+        text.push_str(r#"{"event":"growth","epoch":3,"step":30,"from_depth":3,"to_depth":6,"mapping":[0,0,1,1,2,2],"source":"weights"}"#);
+        text.push('\n');
+        let network = Run::parse(&text, None, None).unwrap().network();
+        let columns: Vec<&str> =
+            ["start: 2 blocks", "epoch 0: supernet, 4 blocks", "chosen: 3 blocks", "epoch 3: grown, 6 blocks"]
+                .into_iter()
+                .filter(|c| network.contains(c))
+                .collect();
+        assert_eq!(columns.len(), 4, "{network}");
     }
 
     #[test]
