@@ -147,6 +147,11 @@ def main():
             f.write(len(header).to_bytes(8, "little") + header + b"\0\0\0\0")
         native = json.loads(run("predict", "--checkpoint", model, IMAGE, "--json"))[0]
 
+        # The same run without summary.json: the stage count must then come from the log.
+        bare = os.path.join(work, "tiny-auto-log-only")
+        os.makedirs(bare)
+        shutil.copy(os.path.join(run_dir, "log.jsonl"), bare)
+
         # Runs for the error paths and the load-time bar.
         broken = os.path.join(work, "broken")
         os.makedirs(broken)
@@ -160,7 +165,7 @@ def main():
                                     "lr": 1e-3, "images_per_second": 100.0, "resolution": 32, "depth": 6}) + "\n")
 
         port = free_port()
-        server = subprocess.Popen([BINARY, "serve", run_dir, broken, big, "--port", str(port), "--www",
+        server = subprocess.Popen([BINARY, "serve", run_dir, bare, broken, big, "--port", str(port), "--www",
                                    os.path.join(ROOT, "www")], stdout=subprocess.PIPE, text=True)
         children.append(server)
         base = server.stdout.readline().strip()
@@ -208,7 +213,7 @@ def main():
             browser.screenshot(f"viewer-{backend}-1280-tall.png", 1280, 4200)
             if backend == "cpu":
                 browser.screenshot("viewer-phone-390x844.png", 390, 844)
-                robustness(browser, base)
+                robustness(browser, base, str(len(summary["stages"])), winners)
             browser.close()
         print(f"viewer end-to-end test passed; screenshots in {SHOTS}")
     finally:
@@ -217,14 +222,22 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
 
 
-def robustness(browser, base):
-    """Bad input shows a readable error and the page goes on working; a long log loads fast."""
+def robustness(browser, base, stage_count, winners):
+    """The log alone tells the stages; bad input shows a readable error and the page goes on
+    working; a long log loads fast and draws inside its charts."""
+    browser.open(base + "?run=tiny-auto-log-only")
+    browser.wait("the run without summary.json", "document.body.dataset.ready === 'true'")
+    got = (browser.text("stage-count"), browser.js("return [...document.querySelectorAll(\"[data-testid='search-winner']\")]"
+                                                    ".map(e => e.textContent);"))
+    if got != (stage_count, winners) or browser.text("error"):
+        fail(f"from log.jsonl alone the page shows stages/winners {got} (expected {(stage_count, winners)}), "
+             f"error {browser.text('error')!r}")
     cases = [
-        ("a malformed log", "?run=broken", "log.jsonl"),
-        ("a run that is not served", "?run=nope", "nope"),
-        ("a model file that is not a model", "?model=runs/tiny-auto/log.jsonl", "safetensors"),
-        ("a model of an unknown architecture", "?model=runs/tiny-auto/foreign.safetensors", "not a timm VisionTransformer"),
-        ("an image that is not an image", "?image=runs/tiny-auto/summary.json", "not an image"),
+        ("a malformed log", "?run=broken", "log.jsonl has nothing to show"),
+        ("a run that is not served", "?run=nope", 'run "nope" has no log.jsonl on this server'),
+        ("a model file that is not a model", "?model=runs/tiny-auto/log.jsonl", "not a safetensors file"),
+        ("a model of an unknown architecture", "?model=runs/tiny-auto/foreign.safetensors", "not a ViT model"),
+        ("an image that is not an image", "?image=runs/tiny-auto/summary.json", "not an image the browser can decode"),
     ]
     for what, query, expect in cases:
         browser.open(base + query)
@@ -244,7 +257,14 @@ def robustness(browser, base):
     ms = float(browser.js("return document.body.dataset.runLoadMs || 'NaN';"))
     if not ms < 2000:
         fail(f"a log of 100 000 events took {ms:.0f} ms to load and draw (bar: < 2000 ms); error: {browser.text('error')!r}")
-    print(f"[cpu] a log of 100 000 events loaded and drawn in {ms:.0f} ms")
+    # Every point of every curve lies inside the 640-unit-wide charts.
+    outside = browser.js("""
+        const xs = [...document.querySelectorAll('#panel-curves path')]
+            .flatMap(p => [...p.getAttribute('d').matchAll(/[ML](-?[0-9.]+),/g)].map(m => Number(m[1])));
+        return xs.length ? xs.filter(x => !(x >= 0 && x <= 640)).length : -1;""")
+    if outside != 0:
+        fail(f"the 100 000-event log's curves: {outside} points outside the chart (-1: no curve drawn)")
+    print(f"[cpu] a log of 100 000 events loaded and drawn in {ms:.0f} ms, inside its charts")
 
 
 if __name__ == "__main__":

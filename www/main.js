@@ -7,6 +7,11 @@ const testid = (id) => document.querySelector(`[data-testid="${id}"]`);
 const params = new URLSearchParams(location.search);
 let model = null;
 let lastImage = null; // {rgba, width, height}
+// Each load or classification takes a number; a result whose number is no longer the
+// latest (the user picked something else meanwhile) is dropped.
+let modelGeneration = 0;
+let imageGeneration = 0;
+let runGeneration = 0;
 
 function showError(error) {
   testid("error").textContent = !error ? "" : error instanceof Error ? error.message : String(error);
@@ -56,11 +61,13 @@ function showRun(name, log, summary, compare) {
 }
 
 async function openServedRun(name) {
+  const generation = ++runGeneration;
   const started = performance.now();
   const base = `runs/${encodeURIComponent(name)}/`;
   const log = await fetchText(base + "log.jsonl");
   if (log == null) throw new Error(`run "${name}" has no log.jsonl on this server; is it one of the directories given to autoprog serve?`);
   const [summary, compare] = await Promise.all([fetchText(base + "summary.json"), fetchText(base + "compare.json")]);
+  if (generation !== runGeneration) return; // another run was picked meanwhile
   showRun(name, log, summary, compare);
   // Fetch, parse and draw, for the load-time check of the end-to-end test.
   document.body.dataset.runLoadMs = (performance.now() - started).toFixed(0);
@@ -71,6 +78,7 @@ async function openRunFiles(files) {
   for (const f of files) byName[f.name.endsWith(".jsonl") ? "log" : f.name.replace(/\.json$/, "")] = f;
   if (!byName.log) throw new Error("drop or pick the run's log.jsonl (summary.json and compare.json are optional)");
   const text = async (f) => (f ? f.text() : null);
+  ++runGeneration; // supersedes a served run still loading
   showRun(byName.log.name, await text(byName.log), await text(byName.summary), await text(byName.compare));
 }
 
@@ -82,15 +90,29 @@ async function listServedRuns() {
   } catch {
     return; // a static server without runs: files can still be opened by hand
   }
+  if (!Array.isArray(names)) return; // not autoprog serve's list
   const select = $("run-select");
   for (const name of names) select.append(new Option(name, name));
   select.addEventListener("change", userAction(() => select.value && openServedRun(select.value)));
 }
 
 async function loadModel(bytes, name) {
-  model = null;
+  const generation = ++modelGeneration;
+  const shown = testid("backend").textContent;
   testid("backend").textContent = "loading…";
-  model = await Model.load(bytes, name, Boolean(navigator.gpu));
+  let loaded;
+  try {
+    loaded = await Model.load(bytes, name, Boolean(navigator.gpu));
+  } catch (error) {
+    if (generation === modelGeneration) testid("backend").textContent = shown; // the old model stays
+    throw error;
+  }
+  if (generation !== modelGeneration) {
+    loaded.free(); // a later load replaced this one while it was loading
+    return;
+  }
+  model?.free(); // releases its GPU buffers
+  model = loaded;
   const info = JSON.parse(model.info());
   testid("backend").textContent = info.backend;
   $("adapter").textContent = `(${info.adapter})` + (info.fallback ? ` — CPU fallback: ${info.fallback}` : "");
@@ -100,7 +122,8 @@ async function loadModel(bytes, name) {
   if (lastImage) await classify(lastImage);
 }
 
-// An image file or URL as RGBA pixels exactly as stored (no colour management, no premultiplication).
+// An image file or URL as RGBA pixels without colour management. Opaque pixels come back exactly as
+// stored; a 2D canvas premultiplies alpha, so fully transparent ones lose their colour (the CLI keeps it).
 async function decodeImage(blob) {
   let bitmap;
   try {
@@ -137,12 +160,17 @@ function drawImage(image, prediction) {
 }
 
 async function classify(image) {
+  const generation = ++imageGeneration;
   lastImage = image;
   drawImage(image, null);
+  testid("top1").textContent = "–";
+  testid("logits").textContent = "";
+  $("top5").tBodies[0].replaceChildren();
   if (!model) return;
   const started = performance.now();
   const prediction = JSON.parse(await model.predict(image.rgba, image.width, image.height));
   const latency = performance.now() - started;
+  if (generation !== imageGeneration) return; // another image was picked meanwhile
   testid("top1").textContent = prediction.top[0].label;
   testid("logits").textContent = JSON.stringify(prediction.logits);
   $("latency").textContent = `(${latency.toFixed(1)} ms on ${testid("backend").textContent})`;
@@ -177,10 +205,10 @@ function showSamples() {
 
 async function handleFiles(files) {
   const list = [...files];
-  const model = list.find((f) => f.name.endsWith(".safetensors"));
+  const modelFile = list.find((f) => f.name.endsWith(".safetensors"));
   const runFiles = list.filter((f) => /\.jsonl?$/.test(f.name));
-  const images = list.filter((f) => f !== model && !runFiles.includes(f));
-  if (model) await loadModel(new Uint8Array(await model.arrayBuffer()), model.name);
+  const images = list.filter((f) => f !== modelFile && !runFiles.includes(f));
+  if (modelFile) await loadModel(new Uint8Array(await modelFile.arrayBuffer()), modelFile.name);
   if (runFiles.length) await openRunFiles(runFiles);
   if (images.length) await classify(await decodeImage(images[0]));
 }
@@ -198,24 +226,24 @@ async function main() {
     drop(e.dataTransfer.files);
   });
   await listServedRuns();
-  // Deep links: ?run=NAME&model=URL&image=URL, each failure shown without stopping the others.
+  // Deep links: ?run=NAME&model=URL&image=URL; one failing does not stop the others, and every
+  // failure is shown.
+  const errors = [];
+  const attempt = (promise) => promise.catch((e) => errors.push(e instanceof Error ? e.message : String(e)));
   const run = params.get("run");
-  if (run) await openServedRun(run).catch(showError);
+  if (run) await attempt(openServedRun(run));
   const modelUrl = params.get("model");
-  if (modelUrl) {
-    await fetchBytes(modelUrl).then((bytes) => loadModel(bytes, modelUrl.split("/").pop())).catch((e) => {
-      testid("backend").textContent = "–";
-      showError(e);
-    });
-  }
+  if (modelUrl) await attempt(fetchBytes(modelUrl).then((bytes) => loadModel(bytes, modelUrl.split("/").pop())));
   const imageUrl = params.get("image");
   if (imageUrl) {
-    await fetch(imageUrl)
-      .then((r) => (r.ok ? r.blob() : Promise.reject(new Error(`cannot fetch ${imageUrl}: HTTP ${r.status}`))))
-      .then(decodeImage)
-      .then(classify)
-      .catch(showError);
+    await attempt(
+      fetch(imageUrl)
+        .then((r) => (r.ok ? r.blob() : Promise.reject(new Error(`cannot fetch ${imageUrl}: HTTP ${r.status}`))))
+        .then(decodeImage)
+        .then(classify),
+    );
   }
+  showError(errors.join(" · "));
   document.body.dataset.ready = "true";
 }
 

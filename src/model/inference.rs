@@ -16,6 +16,9 @@ pub const MODEL_FORMAT: &str = "autoprog-model-1";
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
+/// Tensors every ViT file has, whatever its size.
+const VIT_TENSORS: [&str; 4] = ["patch_embed.proj.weight", "cls_token", "pos_embed", "head.weight"];
+
 /// What to read from a checkpoint besides the file itself.
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
@@ -55,8 +58,13 @@ impl InferenceModel {
             }
             (None, Some(heads)) => infer_config(ckpt, heads)?,
             (None, None) => {
-                // Name what is wrong with a file that is no ViT at all before asking for heads.
-                infer_config(ckpt, 1).map_err(|e| Error::format(what, e.to_string()))?;
+                // A file that is no ViT at all says so before being asked for heads.
+                if let Some(missing) = VIT_TENSORS.iter().find(|name| ckpt.get(name).is_none()) {
+                    return Err(Error::format(
+                        what,
+                        format!("it has no `{missing}`, so it is not a ViT model (timm VisionTransformer names)"),
+                    ));
+                }
                 return Err(Error::format(
                     what,
                     "it does not say how many attention heads the model has (a timm file?); pass --heads N, \
@@ -65,7 +73,6 @@ impl InferenceModel {
             }
         };
         config.validate()?;
-        let depth = ckpt.get_json::<usize>("depth")?.unwrap_or(config.depth);
         let prefix = match options.ema {
             Some(decay) => format!("ema_{decay}."),
             None => String::new(),
@@ -76,6 +83,19 @@ impl InferenceModel {
                 format!(
                     "it has no EMA with decay {}; leave out --ema or pick a decay it was trained with",
                     options.ema.unwrap_or(0.0)
+                ),
+            ));
+        }
+        let depth = ckpt.get_json::<usize>("depth")?.unwrap_or(config.depth);
+        // Checked before laying out `depth` blocks: a damaged header must not allocate them.
+        let present = (0..).take_while(|i| ckpt.get(&format!("{prefix}blocks.{i}.norm1.weight")).is_some()).count();
+        if depth != present || depth > config.depth {
+            return Err(Error::format(
+                what,
+                format!(
+                    "its header says {depth} blocks (of at most {}) but it holds weights for {present}; \
+                     the file is damaged or was edited",
+                    config.depth
                 ),
             ));
         }
@@ -304,6 +324,11 @@ mod tests {
         let foreign = Checkpoint { tensors: vec![NamedTensor::new("foo", vec![1], vec![0.0])], ..Default::default() };
         let err = InferenceModel::from_checkpoint(&foreign, "c", &LoadOptions::default()).unwrap_err().to_string();
         assert!(err.contains("patch_embed") && !err.contains("--heads"), "{err}");
+        // A header whose depth disagrees with the weights is refused before any layout.
+        let mut deep = checkpoint(&config);
+        deep.set_json("depth", &1_000_000_000usize).unwrap();
+        let err = InferenceModel::from_checkpoint(&deep, "c", &LoadOptions::default()).unwrap_err().to_string();
+        assert!(err.contains("1000000000 blocks") && err.contains("holds weights for 2"), "{err}");
     }
 
     #[test]

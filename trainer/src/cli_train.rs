@@ -85,7 +85,7 @@ pub struct TrainArgs {
     #[arg(long)]
     grow_opt_state: Option<String>,
     /// Weights MoGrow grows from: ema (the slowest EMA, as the paper), weights, or best
-    /// (the one with the higher accuracy at the last validation).
+    /// (of the weights and every EMA, the most accurate at the last validation).
     #[arg(long)]
     grow_from: Option<String>,
     /// No random horizontal flips (for digits, text and other data that mirroring changes).

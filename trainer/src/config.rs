@@ -86,8 +86,9 @@ pub struct Recipe {
     #[serde(default = "default_grow_opt_state")]
     pub grow_opt_state: String,
     /// Which weights MoGrow grows: `ema` (the slowest EMA, as the paper), `weights`, or
-    /// `best` (whichever of the two scored higher at the last validation: in short runs a
-    /// slow EMA lags the weights, and growing it throws training away).
+    /// `best`: whichever of the weights and every EMA had the highest accuracy at the last
+    /// validation (ties go to the EMA listed last; before any validation, the slowest EMA).
+    /// In short runs a slow EMA lags the weights, and growing it throws training away.
     #[serde(default = "default_grow_from")]
     pub grow_from: String,
     /// `auto`: epochs of supernet training that open every non-final stage (in the budget).

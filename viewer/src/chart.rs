@@ -45,9 +45,10 @@ impl Scale {
 pub fn format_number(v: f64) -> String {
     let a = v.abs();
     if a >= 1e3 {
+        // A value that rounds up to the next unit (999 950 → "1000.0k") takes that unit.
         let (div, unit) = [(1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")]
             .into_iter()
-            .find(|(d, _)| a >= *d)
+            .find(|(d, _)| a >= *d * (1.0 - 5e-5))
             .expect("a >= 1e3 matches k");
         let x = v / div;
         return if (x - x.round()).abs() < 1e-9 { format!("{}{unit}", x.round()) } else { format!("{x:.1}{unit}") };
@@ -296,6 +297,7 @@ mod tests {
         assert_eq!(format_number(3.0), "3");
         assert_eq!(format_number(2.5e9), "2.5G");
         assert_eq!(format_number(12000.0), "12k");
+        assert_eq!(format_number(999_950.0), "1.0M");
         assert_eq!(format_number(0.125), "0.125");
         assert_eq!(format_number(1.25), "1.25");
         assert_eq!(format_number(0.6), "0.6");

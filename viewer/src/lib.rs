@@ -147,7 +147,8 @@ impl Model {
         let inner = Rc::clone(&self.inner);
         wasm_bindgen_futures::future_to_promise(async move {
             let (w, h) = (width as usize, height as usize);
-            if rgba.len() != 4 * w * h {
+            // checked: 4·w·h of a hostile size overflows a 32-bit usize.
+            if w.checked_mul(h).and_then(|n| n.checked_mul(4)) != Some(rgba.len()) {
                 return Err(js_error(format!("{} bytes for a {w}×{h} RGBA image", rgba.len())));
             }
             let rgb: Vec<u8> = rgba.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();

@@ -19,6 +19,9 @@ use crate::chart::{escape, format_number, Plot, PALETTE};
 /// draws as fast as a short one and the curve is smoother.
 const MAX_CURVE_POINTS: usize = 600;
 
+/// Deeper stacks than this (only a damaged log has them) are not drawn.
+const MAX_DRAWN_DEPTH: usize = 256;
+
 /// A parsed run.
 #[derive(Debug, Default)]
 pub struct Run {
@@ -37,6 +40,8 @@ pub struct Run {
     pub compare: Option<Compare>,
     /// What could not be read, for the page to show.
     pub warnings: Vec<String>,
+    /// [`Run::steps_per_epoch`], computed once.
+    per_epoch: f64,
 }
 
 /// The panels, ready to insert into the page.
@@ -114,6 +119,7 @@ impl Run {
         run.steps = steps;
         run.epochs = epochs.into_values().collect();
         run.stages = stages.into_values().collect();
+        run.per_epoch = run.steps_per_epoch();
         run.summary = summary.and_then(|text| match serde_json::from_str::<Summary>(text) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -146,8 +152,26 @@ impl Run {
     /// Epochs the run was set up for (the summary's, else the last logged epoch + 1).
     fn epoch_count(&self) -> usize {
         let logged = self.epochs.last().map_or(0, |e| e.epoch as usize + 1);
+        // A run still in its first epochs has steps beyond its last finished epoch.
+        let stepped = self.steps.last().map_or(0, |s| s.epoch as usize + 1);
         let summary = self.summary.as_ref().map_or(0, |s| s.epochs as usize);
-        logged.max(summary).max(1)
+        logged.max(stepped).max(summary).max(1)
+    }
+
+    /// Steps in an epoch, for steps past the last finished epoch: the last finished epoch's,
+    /// else the span of the steps logged in the most-logged epoch.
+    fn steps_per_epoch(&self) -> f64 {
+        if let Some(last) = self.epochs.last() {
+            let before = self.epochs.iter().rev().nth(1).map_or(0, |e| e.step);
+            return (last.step.saturating_sub(before)).max(1) as f64;
+        }
+        let mut spans: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+        for s in &self.steps {
+            let span = spans.entry(s.epoch).or_insert((s.step, s.step));
+            span.0 = span.0.min(s.step);
+            span.1 = span.1.max(s.step);
+        }
+        spans.values().map(|(lo, hi)| hi - lo + 1).max().unwrap_or(1) as f64
     }
 
     /// Global step → fractional epoch, by interpolating between epoch ends.
@@ -161,9 +185,8 @@ impl Run {
             }
             prev = end;
         }
-        // Past the last finished epoch: extrapolate at the last epoch's steps per epoch.
-        let per_epoch = self.epochs.last().map_or(1.0, |e| (e.step as f64 / (e.epoch as f64 + 1.0)).max(1.0));
-        prev.0 + (step - prev.1) as f64 / per_epoch
+        // Past the last finished epoch (or before any): extrapolate.
+        prev.0 + (step - prev.1) as f64 / self.per_epoch
     }
 
     /// Each search's window in epochs: from its stage's start to the end of its last epoch.
@@ -198,11 +221,12 @@ impl Run {
             adapter: self.adapter.clone(),
             stage_count: self.stage_list().len(),
             epochs: self.epoch_count(),
+            // The log's last epoch; the summary (whose fields default to 0) only without one.
             final_val_acc: self
-                .summary
-                .as_ref()
-                .map(|s| s.val_acc)
-                .or_else(|| self.epochs.last().and_then(|e| e.val_acc)),
+                .epochs
+                .last()
+                .and_then(|e| e.val_acc)
+                .or_else(|| self.summary.as_ref().map(|s| s.val_acc)),
             warnings: self.warnings.clone(),
             timeline: self.timeline(),
             curves: self.curves(),
@@ -297,7 +321,7 @@ impl Run {
                     (
                         c.step_ms,
                         loss,
-                        format!("{}: loss {loss:.4}, {:.2} ms, score {:.4}", c.name, c.step_ms, c.score),
+                        format!("{}: loss {loss:.4}, {}: {:.2}, score {:.4}", c.name, unit, c.step_ms, c.score),
                         c.name == s.winner,
                     )
                 })
@@ -325,7 +349,7 @@ impl Run {
                 plot.line(&curve, &format!("fit {:.3}·t^{:.3}", s.fit.a, s.fit.b), PALETTE[1], true);
             }
             plot.points(&points, PALETTE[0]);
-            if let Some(w) = points.iter().find(|p| p.3) {
+            if let Some(w) = points.iter().find(|p| p.3 && p.0.is_finite() && p.1.is_finite()) {
                 plot.label(w.0, w.1, &s.winner);
             }
             let _ = write!(
@@ -441,11 +465,15 @@ impl Run {
                 columns.push((format!("chosen: {} blocks", g.from_depth), g.from_depth as usize, None));
             }
             // Under `auto` every growth builds the supernet that the next search trains.
-            let supernet = self.schedule == "auto" && self.searches.iter().any(|s| s.step >= g.step);
+            // (The search event and the next stage's growth share a step: strictly later.)
+            let supernet = self.schedule == "auto" && self.searches.iter().any(|s| s.step > g.step);
             let what = if supernet { "supernet" } else { "grown" };
             columns.push((format!("epoch {}: {what}, {} blocks", g.epoch, g.to_depth), g.to_depth as usize, Some(g)));
         }
         let max_depth = columns.iter().map(|c| c.1).max().unwrap_or(1);
+        if max_depth > MAX_DRAWN_DEPTH {
+            return format!("<p class=\"empty\">The log names {max_depth} blocks; the network is drawn up to {MAX_DRAWN_DEPTH}.</p>");
+        }
         let (col_w, row_h, top) = (190.0, 22.0, 40.0);
         let width = 20.0 + col_w * columns.len() as f64;
         let height = top + row_h * max_depth as f64 + 20.0;
@@ -484,7 +512,7 @@ impl Run {
         }
         svg.push_str("</svg>");
         let mut out = svg;
-        out.push_str("<p class=\"note\">Lines: MoGrow copies each old block into the new stack (shaded: the second copy, initialised from the EMA).</p>");
+        out.push_str("<p class=\"note\">Lines: MoGrow copies each old block into the new stack; shaded blocks are the second copies. Both copies start from the growth's source weights (named in each line's tooltip).</p>");
         for s in &self.searches {
             let Some(g) = self.growths.iter().rev().find(|g| g.step <= s.step) else { continue };
             let Ok(growth) = grow_depth(g.from_depth as usize, g.to_depth as usize) else { continue };
@@ -520,8 +548,9 @@ impl Run {
     }
 }
 
+/// The mean; NaN for no values (drawn as nothing rather than as a loss of 0).
 fn mean(values: &[f64]) -> f64 {
-    values.iter().sum::<f64>() / values.len().max(1) as f64
+    values.iter().sum::<f64>() / values.len() as f64
 }
 
 fn min_max(values: impl Iterator<Item = f64>) -> (f64, f64) {
@@ -623,6 +652,23 @@ mod tests {
         assert_eq!(run.step_to_epoch(10), 1.0);
         assert_eq!(run.step_to_epoch(15), 1.5);
         assert_eq!(run.step_to_epoch(50), 5.0);
+    }
+
+    #[test]
+    fn a_log_without_epoch_ends_places_steps_by_their_epoch() {
+        // A run still in its first epochs (or a log of step events only).
+        let text: String = (0..25)
+            .map(|step| {
+                format!(
+                    "{{\"event\":\"step\",\"step\":{step},\"epoch\":{},\"loss\":1.0,\"lr\":0.001,\"images_per_second\":1,\"resolution\":8,\"depth\":2}}\n",
+                    step / 10
+                )
+            })
+            .collect();
+        let run = Run::parse(&text, None, None).unwrap();
+        assert_eq!(run.epoch_count(), 3);
+        assert_eq!(run.step_to_epoch(15), 1.5);
+        assert!(run.step_to_epoch(24) <= run.epoch_count() as f64);
     }
 
     #[test]
