@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use autoprog::checkpoint::{Checkpoint, NamedTensor, Storage};
 use autoprog::model::inference::{preprocess_rgb8, top_classes, InferenceModel, LoadOptions, TopClass};
-use autoprog::model::{GpuVit, Loss, ParamLayout, VitConfig};
+use autoprog::model::{GpuVit, Loss, ParamLayout};
 use autoprog::GpuContext;
 use clap::Args;
 use serde::Serialize;
@@ -41,11 +41,17 @@ pub struct ModelArgs {
 /// A model read from a checkpoint, with what inference needs besides the weights.
 pub struct LoadedModel {
     pub model: InferenceModel,
-    pub config: VitConfig,
     pub layout: ParamLayout,
     pub params: Vec<f32>,
     /// The training config, for checkpoints written by `autoprog train`.
     pub train_config: Option<TrainConfig>,
+}
+
+impl LoadedModel {
+    /// The model on the GPU, ready for inference.
+    fn gpu_model(&self, ctx: &GpuContext) -> anyhow::Result<GpuVit> {
+        Ok(GpuVit::new(ctx, self.model.config.clone(), self.layout.clone(), &self.params)?)
+    }
 }
 
 fn three(v: &Option<Vec<f32>>, what: &str) -> anyhow::Result<Option<[f32; 3]>> {
@@ -78,7 +84,7 @@ impl ModelArgs {
         // Only `eval` without --data needs the training config; a config of an older
         // version must not stop inference.
         let train_config = ckpt.get_json::<TrainConfig>("config").ok().flatten();
-        Ok(LoadedModel { config: model.config.clone(), model, layout, params, train_config })
+        Ok(LoadedModel { model, layout, params, train_config })
     }
 }
 
@@ -118,17 +124,17 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     } else if loaded.train_config.is_none() {
         bail!("{} does not record its training data; pass --data", args.model.checkpoint.display());
     }
-    config.model = loaded.config.clone();
+    config.model = loaded.model.config.clone();
     let dataset: Dataset = train::open_dataset(&config)?;
     let classes = dataset.classes().len();
-    if classes != loaded.config.classes {
+    if classes != loaded.model.config.classes {
         bail!(
             "the model has {} classes but the data has {classes}; evaluate it on the data it was trained for",
-            loaded.config.classes
+            loaded.model.config.classes
         );
     }
-    let resolution = loaded.config.image_size;
-    let model = GpuVit::new(&ctx, loaded.config.clone(), loaded.layout.clone(), &loaded.params)?;
+    let resolution = loaded.model.config.image_size;
+    let model = loaded.gpu_model(&ctx)?;
     let val = dataset.val.clone().expect("open_dataset guarantees a val part");
     let acts = model.plan(&ctx, args.batch.min(val.len()).max(1), resolution)?;
     let aug = AugmentConfig { mean: loaded.model.mean, std: loaded.model.std, ..AugmentConfig::none(resolution) };
@@ -190,9 +196,9 @@ pub fn load_image(path: &Path, resolution: usize, mean: [f32; 3], std: [f32; 3])
 pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
     let ctx = GpuContext::new_blocking(&args.gpu.options())?;
     let loaded = args.model.load(&ctx)?;
-    let resolution = loaded.config.image_size;
-    let model = GpuVit::new(&ctx, loaded.config.clone(), loaded.layout.clone(), &loaded.params)?;
-    let k = loaded.config.classes;
+    let resolution = loaded.model.config.image_size;
+    let model = loaded.gpu_model(&ctx)?;
+    let k = loaded.model.config.classes;
     let mut predictions = Vec::new();
     const CHUNK: usize = 32;
     for files in args.images.chunks(CHUNK) {
@@ -244,19 +250,23 @@ pub fn debug_step(args: &DebugStepArgs) -> anyhow::Result<()> {
     let input = Checkpoint::load(&args.batch)?;
     let images = input.get("images").with_context(|| format!("{} has no `images` tensor", args.batch.display()))?;
     let (b, resolution) = match images.shape.as_slice() {
-        &[b, c, h, w] if c == loaded.config.in_chans && h == w && b > 0 => (b, h),
+        &[b, c, h, w] if c == loaded.model.config.in_chans && h == w && b > 0 => (b, h),
         other => {
-            bail!("`images` in {} is {other:?}; it must be [B, {}, R, R]", args.batch.display(), loaded.config.in_chans)
+            bail!(
+                "`images` in {} is {other:?}; it must be [B, {}, R, R]",
+                args.batch.display(),
+                loaded.model.config.in_chans
+            )
         }
     };
     let labels = input
         .require("labels", &[b])
         .with_context(|| format!("{} needs `labels` [{b}]", args.batch.display()))?
         .as_labels()?;
-    if let Some(&bad) = labels.iter().find(|&&l| l as usize >= loaded.config.classes) {
-        bail!("label {bad} is out of range for a model of {} classes", loaded.config.classes);
+    if let Some(&bad) = labels.iter().find(|&&l| l as usize >= loaded.model.config.classes) {
+        bail!("label {bad} is out of range for a model of {} classes", loaded.model.config.classes);
     }
-    let model = GpuVit::new(&ctx, loaded.config.clone(), loaded.layout.clone(), &loaded.params)?;
+    let model = loaded.gpu_model(&ctx)?;
     let acts = model.plan(&ctx, b, resolution)?;
     ctx.write(&acts.images, &images.data)?;
     ctx.write_u32(&acts.labels, &labels)?;
@@ -267,7 +277,11 @@ pub fn debug_step(args: &DebugStepArgs) -> anyhow::Result<()> {
     ctx.submit(rec)?;
     let mut out = Checkpoint::default();
     out.tensors.push(NamedTensor::new("loss", vec![], ctx.read_blocking(&acts.loss)?));
-    out.tensors.push(NamedTensor::new("logits", vec![b, loaded.config.classes], ctx.read_blocking(&acts.logits)?));
+    out.tensors.push(NamedTensor::new(
+        "logits",
+        vec![b, loaded.model.config.classes],
+        ctx.read_blocking(&acts.logits)?,
+    ));
     out.tensors.extend(model.layout.to_tensors(&ctx.read_blocking(&model.grads)?, ""));
     out.save(&args.out)?;
     eprintln!(
