@@ -172,6 +172,10 @@ pub struct SearchEvent {
     pub w: f64,
     /// Name of the chosen candidate.
     pub winner: String,
+    /// The weights the candidates were scored with: `ema_<decay>` (the fastest EMA) or
+    /// `weights` (when that EMA is too slow for the search's length). Absent in older logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scored_with: Option<String>,
 }
 
 /// One (resolution, depth) candidate of a search.
@@ -627,6 +631,7 @@ mod tests {
                 fit: PowerLaw { a: 3.0, b: -0.15 },
                 w: 0.15,
                 winner: "r24_l5".into(),
+                scored_with: Some("ema_0.9998".into()),
             }),
             Event::Checkpoint(CheckpointEvent {
                 epoch: 3,

@@ -114,6 +114,15 @@ impl Procedural {
         (pixels, label as u32)
     }
 
+    /// Image `index` as 8-bit RGB, row-major and interleaved ([R, R, 3]), with its label:
+    /// the pixels a file of it would hold.
+    pub fn image_rgb8(&self, split: Split, index: u64) -> (Vec<u8>, u32) {
+        let (chw, label) = self.image(split, index);
+        let plane = self.image_size.max(1).pow(2);
+        let rgb = (0..plane).flat_map(|i| (0..3).map(move |c| c * plane + i)).map(|j| (chw[j] * 255.0).round() as u8);
+        (rgb.collect(), label)
+    }
+
     /// A batch of consecutive images: ([n, 3, R, R] values, labels).
     pub fn batch(&self, split: Split, start: u64, n: usize) -> (Vec<f32>, Vec<u32>) {
         let mut images = Vec::with_capacity(n * 3 * self.image_size * self.image_size);

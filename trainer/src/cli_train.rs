@@ -65,9 +65,10 @@ pub struct TrainArgs {
     /// supernet search at the start of every stage but the last picks resolution and depth).
     #[arg(long)]
     schedule: Option<String>,
-    /// auto: epochs of supernet training at the start of each non-final stage (default 2).
+    /// auto: epochs of supernet training at the start of each non-final stage (default 2; a
+    /// fraction such as 0.25 suits short runs)
     #[arg(long)]
-    search_epochs: Option<usize>,
+    search_epochs: Option<f64>,
     /// auto: a candidate's cost: time (its step time measured on the device, the default) or
     /// flops (its step's FLOPs: every run then makes the same choice).
     #[arg(long)]

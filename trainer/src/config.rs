@@ -91,9 +91,10 @@ pub struct Recipe {
     /// In short runs a slow EMA lags the weights, and growing it throws training away.
     #[serde(default = "default_grow_from")]
     pub grow_from: String,
-    /// `auto`: epochs of supernet training that open every non-final stage (in the budget).
+    /// `auto`: epochs of supernet training that open every non-final stage (in the budget);
+    /// a fraction (0.25) ends the search inside an epoch, for short runs.
     #[serde(default = "default_search_epochs")]
-    pub search_epochs: usize,
+    pub search_epochs: f64,
     /// `auto`: what a candidate costs: `time` (its step time measured on the device, as the
     /// paper) or `flops` (its step's FLOPs: the same choice on every run, for reproducibility).
     #[serde(default = "default_search_cost")]
@@ -104,8 +105,8 @@ fn default_search_cost() -> String {
     "time".into()
 }
 
-fn default_search_epochs() -> usize {
-    2
+fn default_search_epochs() -> f64 {
+    2.0
 }
 
 fn default_schedule() -> String {
@@ -258,6 +259,11 @@ impl TrainConfig {
             "unknown schedule `{}`; use one of {}",
             r.schedule,
             SCHEDULES.join(", ")
+        );
+        anyhow::ensure!(
+            r.search_epochs > 0.0 && r.search_epochs.is_finite(),
+            "--search-epochs {} must be positive (a fraction such as 0.25 is allowed)",
+            r.search_epochs
         );
         anyhow::ensure!(
             ["time", "flops"].contains(&r.search_cost.as_str()),

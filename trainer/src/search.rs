@@ -18,9 +18,13 @@ use serde::{Deserialize, Serialize};
 pub struct SearchState {
     /// The stage it chooses the sub-network for.
     pub stage: usize,
-    pub start_epoch: usize,
-    /// Search epochs (counted in the training budget).
-    pub epochs: usize,
+    /// The global step the search starts at, and how many steps of supernet training it
+    /// lasts (counted in the training budget; `--search-epochs` may be a fraction, so a
+    /// search can end inside an epoch).
+    pub start_step: u64,
+    pub steps: u64,
+    /// The last `window` steps hold the evaluation points.
+    pub window: u64,
     /// Depth before the supernet was grown, and the supernet's depth.
     pub from_depth: usize,
     pub to_depth: usize,
@@ -29,6 +33,18 @@ pub struct SearchState {
     pub losses: Vec<Vec<f64>>,
     /// Per candidate, its step time in milliseconds (measured at the first evaluation).
     pub step_ms: Vec<f64>,
+}
+
+/// The evaluation window of a search of `steps` steps with epochs of `steps_per_epoch`:
+/// its last epoch when it lasts two or more (as the official code, which scores during
+/// the last search epoch), else its second half, so that a short search never scores
+/// the supernet it has only just grown.
+pub fn evaluation_window(steps: u64, steps_per_epoch: u64) -> u64 {
+    if steps >= 2 * steps_per_epoch {
+        steps_per_epoch
+    } else {
+        (steps / 2).max(1)
+    }
 }
 
 impl SearchState {
@@ -56,10 +72,16 @@ impl SearchState {
         Candidate { resolution, depth }
     }
 
-    /// Whether an evaluation point falls before batch `position` of an epoch of `batches`:
-    /// in the last search epoch, at its start, ¼, ½ and ¾ (the end is evaluated separately).
-    pub fn evaluates_at(&self, epoch: usize, position: usize, batches: usize) -> bool {
-        epoch + 1 == self.start_epoch + self.epochs && (0..4).any(|q| q * batches / 4 == position)
+    /// The step the search ends before (its last supernet step is `end() - 1`).
+    pub fn end(&self) -> u64 {
+        self.start_step + self.steps
+    }
+
+    /// Whether an evaluation point falls before global step `step`: at the start, ¼, ½
+    /// and ¾ of the evaluation window (its end is evaluated when the search finishes).
+    pub fn evaluates_at(&self, step: u64) -> bool {
+        let window_start = self.end() - self.window;
+        (0..4).any(|q| window_start + q * self.window / 4 == step)
     }
 }
 
@@ -137,4 +159,47 @@ pub fn candidate_step_ms(
     }
     samples.sort_by(f64::total_cmp);
     Ok(samples[samples.len() / 2])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn search(start_step: u64, steps: u64, steps_per_epoch: u64) -> SearchState {
+        SearchState {
+            stage: 0,
+            start_step,
+            steps,
+            window: evaluation_window(steps, steps_per_epoch),
+            from_depth: 3,
+            to_depth: 6,
+            candidates: vec![Candidate { resolution: 16, depth: 3 }, Candidate { resolution: 16, depth: 6 }],
+            losses: vec![Vec::new(); 2],
+            step_ms: Vec::new(),
+        }
+    }
+
+    fn points(s: &SearchState) -> Vec<u64> {
+        (s.start_step..s.end()).filter(|&step| s.evaluates_at(step)).collect()
+    }
+
+    #[test]
+    fn two_search_epochs_are_scored_in_the_last_one() {
+        let s = search(1000, 200, 100);
+        assert_eq!(s.window, 100);
+        assert_eq!(points(&s), vec![1100, 1125, 1150, 1175]);
+    }
+
+    #[test]
+    fn a_short_search_is_scored_in_its_second_half_never_at_its_start() {
+        // One epoch, and a quarter of one: no point at the freshly grown supernet.
+        assert_eq!(points(&search(0, 100, 100)), vec![50, 62, 75, 87]);
+        let quarter = search(468, 117, 468);
+        assert_eq!(quarter.window, 58);
+        assert_eq!(points(&quarter), vec![527, 541, 556, 570]);
+        assert_eq!(quarter.end(), 585);
+        // Tiny searches still have one point before the end.
+        assert_eq!(points(&search(10, 1, 100)), vec![10]);
+        assert_eq!(points(&search(10, 3, 100)), vec![12]);
+    }
 }

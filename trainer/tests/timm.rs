@@ -52,6 +52,7 @@ fn debug_step_matches_pytorch() {
         out.to_str().unwrap(),
     ]);
     let ours = Checkpoint::load(&out).unwrap();
+    std::fs::remove_file(&out).ok();
     let reference = Checkpoint::load(&fixture("step_reference.safetensors")).unwrap();
     LOGITS.assert("loss", &ours.get("loss").unwrap().data, &reference.get("loss").unwrap().data);
     LOGITS.assert("logits", &ours.get("logits").unwrap().data, &reference.get("logits").unwrap().data);

@@ -19,12 +19,32 @@ fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
-/// A fresh temporary directory for one test.
-fn scratch(name: &str) -> PathBuf {
+/// A fresh temporary directory for one test: removed when the test passes, kept (and
+/// named on stderr) when it fails, for a look at the run it left.
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept the failed test's directory {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn scratch(name: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!("autoprog-train-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch(dir)
 }
 
 /// A micro ViT (16 px, patch 4, width 16, one block of 2 heads) so each run takes seconds.
@@ -530,4 +550,32 @@ fn autoprog_searches_recycles_and_resumes_inside_a_search() {
     assert!(run(&flops_args(&whole)).status.success());
     interrupt_and_resume(&flops_args(&interrupted), &interrupted, 3);
     assert_eq!(step_losses(&interrupted), step_losses(&whole), "the same losses with --search-cost flops");
+
+    // A fractional search ends inside an epoch: half of 7 steps rounds to 4, scored at steps
+    // 2 and 3 (its second half) and at its end, with the weights (the EMA of 0.995 is far
+    // too slow for 4 steps). The chosen sub-network trains on from step 4, inside epoch 0,
+    // and a run interrupted around there resumes with the same losses.
+    let half_args = |out: &Path| {
+        let mut args = flops_args(out);
+        args.extend(["--search-epochs", "0.5"].map(String::from));
+        args
+    };
+    let (whole, interrupted) = (dir.join("half-whole"), dir.join("half-interrupted"));
+    let out = run(&half_args(&whole));
+    assert!(out.status.success(), "{}", text(&out));
+    let log = parse_log(&std::fs::read_to_string(whole.join("log.jsonl")).unwrap());
+    let searches: Vec<_> =
+        log.events.iter().filter_map(|e| if let Event::Search(s) = e { Some(s) } else { None }).collect();
+    assert_eq!(searches.len(), 1);
+    assert_eq!((searches[0].epoch, searches[0].step), (0, 4), "the search ends after 4 steps, inside epoch 0");
+    assert_eq!(searches[0].scored_with.as_deref(), Some("weights"));
+    assert!(searches[0].candidates.iter().all(|c| c.losses.len() == 3), "{:?}", searches[0].candidates);
+    let epochs: Vec<u32> =
+        log.events.iter().filter_map(|e| if let Event::Epoch(e) = e { Some(e.epoch) } else { None }).collect();
+    assert_eq!(epochs, [0, 1, 2, 3, 4, 5], "each epoch reported once");
+    let steps: Vec<u64> =
+        log.events.iter().filter_map(|e| if let Event::Step(s) = e { Some(s.step) } else { None }).collect();
+    assert_eq!(steps, (0..42).collect::<Vec<u64>>(), "every step once, in order");
+    interrupt_and_resume(&half_args(&interrupted), &interrupted, 5);
+    assert_eq!(step_losses(&interrupted), step_losses(&whole), "the same losses around a mid-epoch search end");
 }

@@ -168,15 +168,8 @@ impl Source for ProceduralSource {
     }
 
     fn load(&self, index: usize) -> Result<RgbImage, LoadError> {
-        let (chw, _) = self.data.image(self.split, index as u64); // [3, S, S] in [0, 1]
+        let (data, _) = self.data.image_rgb8(self.split, index as u64);
         let side = self.data.image_size.max(1);
-        let plane = side * side;
-        let mut data = Vec::with_capacity(3 * plane);
-        for i in 0..plane {
-            for c in 0..3 {
-                data.push((chw[c * plane + i] * 255.0).round() as u8);
-            }
-        }
         Ok(RgbImage { width: side, height: side, data })
     }
 
