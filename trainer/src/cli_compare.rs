@@ -1,15 +1,18 @@
 //! `autoprog compare`: trains each schedule with the same data, epochs and seeds, one run
 //! after another, and reports wall time, training FLOPs and accuracy against `none`.
+//! Started again on the same `--out`, it keeps the runs that finished, resumes the one a
+//! crash or Ctrl-C cut short, and trains the rest.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use autoprog::runlog::{self, Compare};
+use anyhow::Context;
+use autoprog::runlog::{self, Compare, Summary};
 use autoprog::GpuContext;
 use clap::Args;
 
 use crate::cli_train::{default_run_dir, prepare, stop_on_ctrl_c, TrainArgs};
-use crate::config::SCHEDULES;
-use crate::train::{self, RunOptions};
+use crate::config::{TrainConfig, SCHEDULES};
+use crate::train::{self, Interrupted, RunOptions};
 
 #[derive(Args)]
 pub struct CompareArgs {
@@ -47,9 +50,22 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<()> {
             config.recipe.schedule = schedule.clone();
             config.recipe.seed = base.recipe.seed + offset;
             let dir = out.join(format!("{schedule}-seed{}", config.recipe.seed));
-            eprintln!("== {schedule}, seed {} -> {}", config.recipe.seed, dir.display());
-            let options = RunOptions { out: dir.clone(), resume: false, quiet: args.train.quiet };
-            runs.push(train::train(&ctx, &config, &dataset, &options, &stop)?);
+            let previous = previous_run(&dir, &config)?;
+            if let Some(summary) = previous.finished {
+                eprintln!("== {schedule}, seed {}: finished before in {}, kept", config.recipe.seed, dir.display());
+                runs.push(summary);
+            } else {
+                eprintln!("== {schedule}, seed {} -> {}", config.recipe.seed, dir.display());
+                let options = RunOptions { out: dir.clone(), resume: previous.started, quiet: args.train.quiet };
+                match train::train(&ctx, &config, &dataset, &options, &stop) {
+                    Ok(summary) => runs.push(summary),
+                    Err(e) if e.is::<Interrupted>() => anyhow::bail!(Interrupted {
+                        resume: "the same autoprog compare command (it keeps the finished runs and resumes this one)"
+                            .into()
+                    }),
+                    Err(e) => return Err(e),
+                }
+            }
             dirs.push(dir);
         }
     }
@@ -78,4 +94,35 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<()> {
     }
     println!("comparison written to {}", out.join("compare.json").display());
     Ok(())
+}
+
+/// What an earlier `compare` left in a run's directory.
+struct PreviousRun {
+    /// Its summary, when it finished.
+    finished: Option<Summary>,
+    /// Whether it wrote a checkpoint to resume from.
+    started: bool,
+}
+
+/// The run in `dir`, if an earlier comparison trained it with exactly `config`; another
+/// configuration there is an error rather than a run silently mixed into this comparison.
+fn previous_run(dir: &Path, config: &TrainConfig) -> anyhow::Result<PreviousRun> {
+    let started = dir.join("checkpoints/last.safetensors").exists();
+    let summary_path = dir.join("summary.json");
+    if !started && !summary_path.exists() {
+        return Ok(PreviousRun { finished: None, started: false });
+    }
+    let recorded = TrainConfig::load(&dir.join("config.toml"))?;
+    anyhow::ensure!(
+        &recorded == config,
+        "{} holds a run with another configuration than this comparison's; pass another --out, or remove it",
+        dir.display()
+    );
+    let finished = match std::fs::read_to_string(&summary_path) {
+        Ok(text) => Some(serde_json::from_str(&text).with_context(|| {
+            format!("{} is not a run summary; remove it to train the run again", summary_path.display())
+        })?),
+        Err(_) => None,
+    };
+    Ok(PreviousRun { finished, started })
 }

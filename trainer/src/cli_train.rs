@@ -82,7 +82,8 @@ pub struct TrainArgs {
     /// First stage's depth as a fraction of the full one (default 0.5).
     #[arg(long)]
     depth_scale: Option<f64>,
-    /// AdamW moments of grown blocks: reset (as the paper) or copy (from the source blocks).
+    /// AdamW moments of grown blocks and of the sub-network a search recycles: reset (as the
+    /// paper) or copy (from the source blocks).
     #[arg(long)]
     grow_opt_state: Option<String>,
     /// Weights MoGrow grows from: ema (the slowest EMA, as the paper), weights, or best

@@ -82,7 +82,8 @@ pub struct Recipe {
     pub res_scale: f64,
     #[serde(default = "half")]
     pub depth_scale: f64,
-    /// AdamW moments of grown blocks: `reset` (as the paper) or `copy` (from their source blocks).
+    /// AdamW moments of grown blocks, and of the sub-network AutoProg recycles: `reset` (as
+    /// the paper) or `copy` (from their source blocks).
     #[serde(default = "default_grow_opt_state")]
     pub grow_opt_state: String,
     /// Which weights MoGrow grows: `ema` (the slowest EMA, as the paper), `weights`, or

@@ -479,25 +479,30 @@ pub fn train(
         if auto && !last_stage && epoch == stage.start_epoch && fresh_epoch && state.progress.search.is_none() {
             let current = Candidate { resolution: state.progress.resolution, depth: state.model.depth() };
             let candidates = search_candidates(&stages, stage_index, current)?;
-            let to_depth = candidates.iter().map(|c| c.depth).max().expect("at least one candidate");
-            let stage_epochs = stages.get(stage_index + 1).map_or(r.epochs, |s| s.start_epoch) - stage.start_epoch;
-            let stage_steps = stage_epochs as u64 * steps_per_epoch;
-            let steps = ((r.search_epochs * steps_per_epoch as f64).round() as u64).clamp(1, stage_steps);
-            state.progress.search = Some(SearchState {
-                stage: stage_index,
-                start_step: state.progress.step,
-                steps,
-                window: evaluation_window(steps, steps_per_epoch),
-                from_depth: state.model.depth(),
-                to_depth,
-                losses: vec![Vec::new(); candidates.len()],
-                candidates,
-                step_ms: Vec::new(),
-            });
-            eprintln!(
-                "stage {stage_index}: searching {} candidates",
-                state.progress.search.as_ref().map_or(0, |s| s.candidates.len())
-            );
+            if let [only] = candidates[..] {
+                // Nothing to choose between (e.g. the depth can only grow to the full one):
+                // a supernet would spend its search window on no decision.
+                eprintln!("stage {stage_index}: one candidate ({}), trained without a search", only.name());
+                state.progress.chosen = Some((only.resolution, only.depth));
+                state.progress.trained.push((stage.start_epoch, only.resolution, only.depth));
+            } else {
+                let to_depth = candidates.iter().map(|c| c.depth).max().expect("at least one candidate");
+                let stage_epochs = stages.get(stage_index + 1).map_or(r.epochs, |s| s.start_epoch) - stage.start_epoch;
+                let stage_steps = stage_epochs as u64 * steps_per_epoch;
+                let steps = ((r.search_epochs * steps_per_epoch as f64).round() as u64).clamp(1, stage_steps);
+                eprintln!("stage {stage_index}: searching {} candidates", candidates.len());
+                state.progress.search = Some(SearchState {
+                    stage: stage_index,
+                    start_step: state.progress.step,
+                    steps,
+                    window: evaluation_window(steps, steps_per_epoch),
+                    from_depth: state.model.depth(),
+                    to_depth,
+                    losses: vec![Vec::new(); candidates.len()],
+                    candidates,
+                    step_ms: Vec::new(),
+                });
+            }
         }
         // What this epoch trains: the supernet during a search, else one (resolution, depth).
         let search = state.progress.search.clone();
@@ -715,7 +720,7 @@ pub fn train(
                 status: RunStatus::Interrupted,
                 message: Some(format!("stopped at step {} of epoch {epoch}", state.progress.step)),
             }))?;
-            bail!(Interrupted { run_dir: run_dir.clone() });
+            bail!(Interrupted { resume: format!("autoprog train --resume {}", run_dir.display()) });
         }
 
         // Evaluate the weights and every EMA.
@@ -894,8 +899,8 @@ fn evaluation_point(
 }
 
 /// Chooses the winner of a finished search and recycles its weights: the sub-network is
-/// extracted from the supernet (weights and every EMA; fresh AdamW moments, as the
-/// official code) and trained on from here. Returns the new state, the log event and the
+/// extracted from the supernet (weights and every EMA; AdamW moments as
+/// `--grow-opt-state` says) and trained on from here. Returns the new state, the log event and the
 /// chosen (resolution, depth).
 fn finish_search(
     ctx: &GpuContext,
@@ -910,7 +915,10 @@ fn finish_search(
     let active = search.growth().active(winner.depth)?;
     let (_, scored_with) = scoring_weights(&state.model, &state.optimizer, search);
     let weights = state.model.params.clone();
-    let mut state = remap_state(ctx, state, config, &active, &weights, false)?;
+    // The official code restarts AdamW here; `--grow-opt-state copy` carries the chosen
+    // blocks' moments through, as it does through growth.
+    let keep_moments = config.recipe.grow_opt_state == "copy";
+    let mut state = remap_state(ctx, state, config, &active, &weights, keep_moments)?;
     state.progress.resolution = winner.resolution;
     let event = SearchEvent {
         stage: search.stage as u32,
@@ -955,11 +963,11 @@ fn trained_stages(stages: &[Stage], progress: &Progress, config: &TrainConfig) -
     }
 }
 
-/// The run was stopped by Ctrl-C after writing its checkpoint.
+/// The run was stopped by Ctrl-C after writing its checkpoint; `resume` says how to go on.
 #[derive(Debug, thiserror::Error)]
-#[error("interrupted; the run is saved, continue it with: autoprog train --resume {}", run_dir.display())]
+#[error("interrupted; the run is saved, continue it with: {resume}")]
 pub struct Interrupted {
-    pub run_dir: PathBuf,
+    pub resume: String,
 }
 
 fn progress_bar(quiet: bool, steps: u64, epoch: usize, epochs: usize) -> ProgressBar {

@@ -490,6 +490,52 @@ fn compare_trains_every_schedule_and_writes_compare_json() {
     // Each run directory holds the comparison too, for the viewer's baseline.
     let copy = std::fs::read_to_string(out.join("none-seed0/compare.json")).unwrap();
     assert_eq!(serde_json::from_str::<serde_json::Value>(&copy).unwrap(), json);
+
+    // Run again on the same folder: the finished runs are kept, not trained again; a run
+    // whose directory is gone is trained anew.
+    std::fs::remove_dir_all(out.join("prog-seed1")).unwrap();
+    let again = run(&args);
+    assert!(again.status.success(), "{}", text(&again));
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(stderr.matches("finished before").count(), 3, "{stderr}");
+    assert!(stderr.contains("== prog, seed 1 ->"), "{stderr}");
+    let json_again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("compare.json")).unwrap()).unwrap();
+    assert_eq!(json_again["runs"][0], json["runs"][0], "a kept run's summary is the one it wrote");
+    assert_eq!(json_again["runs"].as_array().unwrap().len(), 4);
+
+    // A comparison stopped by Ctrl-C inside its first run resumes that run (with the losses
+    // of an uninterrupted one) when started again.
+    let cut = dir.join("cut");
+    let mut cut_args = args.clone();
+    let at = cut_args.iter().position(|a| a == "--out").unwrap();
+    cut_args[at + 1] = cut.display().to_string();
+    let child = Command::new(env!("CARGO_BIN_EXE_autoprog"))
+        .args(&cut_args)
+        .env("AUTOPROG_CACHE_DIR", std::env::temp_dir().join("autoprog-cli-test-cache"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = cut.join("none-seed0/log.jsonl");
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(&log).map_or(0, |t| t.matches("\"event\":\"step\"").count()) < 6 {
+        assert!(start.elapsed().as_secs() < 120, "the comparison never reached step 6");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let stopped = child.wait_with_output().unwrap();
+    assert_eq!(stopped.status.code(), Some(130), "{}", String::from_utf8_lossy(&stopped.stderr));
+    let resumed = run(&cut_args);
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    assert_eq!(step_losses(&cut.join("none-seed0")), step_losses(&out.join("none-seed0")));
+
+    // Another configuration on the same folder is refused rather than mixed in.
+    let mut other = args.clone();
+    let at = other.iter().position(|a| a == "--epochs").unwrap();
+    other[at + 1] = "3".into();
+    let refused = run(&other);
+    assert!(!refused.status.success());
+    assert!(text(&refused).contains("another configuration"), "{}", text(&refused));
 }
 
 #[test]

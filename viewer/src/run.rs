@@ -189,14 +189,15 @@ impl Run {
         prev.0 + (step - prev.1) as f64 / self.per_epoch
     }
 
-    /// Each search's window in epochs: from its stage's start to the end of its last epoch.
+    /// Each search's window in epochs: from its stage's start to the step it ended at (a
+    /// search of a fraction of an epoch ends inside one).
     fn search_windows(&self) -> Vec<(f64, f64, String)> {
         self.searches
             .iter()
             .map(|s| {
                 let start =
                     self.stages.iter().find(|st| st.stage == s.stage).map_or(s.epoch as f64, |st| st.epoch as f64);
-                (start, s.epoch as f64 + 1.0, format!("search for stage {}: chose {}", s.stage, s.winner))
+                (start, self.step_to_epoch(s.step), format!("search for stage {}: chose {}", s.stage, s.winner))
             })
             .collect()
     }
@@ -380,7 +381,14 @@ impl Run {
                     c.score
                 );
             }
-            out.push_str("</tbody></table><p class=\"note\">score = mean loss · t<sup>w</sup> with w = max(−b, 0) from the fit; the lowest wins.</p></div>");
+            let scored_with = match s.scored_with.as_deref() {
+                Some("weights") => {
+                    " Losses measured with the weights (the EMA is too slow for this search).".to_string()
+                }
+                Some(ema) => format!(" Losses measured with {}.", escape(ema)),
+                None => String::new(),
+            };
+            out.push_str(&format!("</tbody></table><p class=\"note\">score = mean loss · t<sup>w</sup> with w = max(−b, 0) from the fit; the lowest wins.{scored_with}</p></div>"));
         }
         out
     }
@@ -598,7 +606,7 @@ mod tests {
                 ));
             }
             if step == 19 {
-                lines.push(r#"{"event":"search","stage":0,"epoch":1,"step":20,"candidates":[{"name":"r8_l2","resolution":8,"depth":2,"losses":[1.5,1.4],"step_ms":10,"score":1.2},{"name":"r8_l4","resolution":8,"depth":4,"losses":[1.3,1.2],"step_ms":20,"score":1.1}],"fit":{"a":2.0,"b":-0.2},"w":0.2,"winner":"r8_l4"}"#.into());
+                lines.push(r#"{"event":"search","stage":0,"epoch":1,"step":20,"candidates":[{"name":"r8_l2","resolution":8,"depth":2,"losses":[1.5,1.4],"step_ms":10,"score":1.2},{"name":"r8_l4","resolution":8,"depth":4,"losses":[1.3,1.2],"step_ms":20,"score":1.1}],"fit":{"a":2.0,"b":-0.2},"w":0.2,"winner":"r8_l4","scored_with":"weights"}"#.into());
                 lines.push(r#"{"event":"stage","stage":1,"epoch":2,"step":20,"resolution":16,"depth":4,"regularisation":{"randaug_magnitude":0,"drop_path":0,"erase_prob":0,"mixup":0}}"#.into());
             }
         }
@@ -615,6 +623,7 @@ mod tests {
         assert_eq!(report.stage_count, 2);
         assert_eq!((report.schedule.as_str(), report.epochs), ("auto", 4));
         assert!(report.searches.contains("<span data-testid=\"search-winner\">r8_l4</span>"), "{}", report.searches);
+        assert!(report.searches.contains("measured with the weights"), "{}", report.searches);
         assert!(report.timeline.contains("class=\"band\""), "the search window is shaded");
         assert!(report.network.contains("new block 1 copies block 0"), "{}", report.network);
         // The winner r8_l4 runs every block of the supernet; r8_l2 only the originals 0 and 2.
