@@ -193,18 +193,17 @@ fn resumed_runs_repeat_the_uninterrupted_losses() {
     assert_eq!(step_losses(&interrupted), step_losses(&whole), "resumed after Ctrl-C");
 }
 
-/// Starts a run, sends it Ctrl-C once its log holds `steps` step events, checks that it
-/// stopped resumably, and resumes it to the end.
-fn interrupt_and_resume(args: &[String], run_dir: &Path, steps: usize) {
+/// Starts `autoprog args` and sends it Ctrl-C once `log` holds `steps` step events; it must
+/// stop with code 130 and say how to go on.
+fn interrupt_at(args: &[String], log: &Path, steps: usize) {
     let child = Command::new(env!("CARGO_BIN_EXE_autoprog"))
         .args(args)
         .env("AUTOPROG_CACHE_DIR", std::env::temp_dir().join("autoprog-cli-test-cache"))
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let log = run_dir.join("log.jsonl");
     let start = std::time::Instant::now();
-    while std::fs::read_to_string(&log).map_or(0, |t| t.matches("\"event\":\"step\"").count()) < steps {
+    while std::fs::read_to_string(log).map_or(0, |t| t.matches("\"event\":\"step\"").count()) < steps {
         assert!(start.elapsed().as_secs() < 120, "the run never reached step {steps}");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
@@ -212,7 +211,12 @@ fn interrupt_and_resume(args: &[String], run_dir: &Path, steps: usize) {
     let result = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert_eq!(result.status.code(), Some(130), "{stderr}");
-    assert!(stderr.contains("--resume"), "{stderr}");
+    assert!(stderr.contains("continue it with"), "{stderr}");
+}
+
+/// Interrupts the run of `args` after `steps` steps, then resumes it to the end.
+fn interrupt_and_resume(args: &[String], run_dir: &Path, steps: usize) {
+    interrupt_at(args, &run_dir.join("log.jsonl"), steps);
     let out = autoprog(&["train", "--resume", &run_dir.display().to_string(), "--quiet"]);
     assert!(out.status.success(), "{}", text(&out));
 }
@@ -510,21 +514,7 @@ fn compare_trains_every_schedule_and_writes_compare_json() {
     let mut cut_args = args.clone();
     let at = cut_args.iter().position(|a| a == "--out").unwrap();
     cut_args[at + 1] = cut.display().to_string();
-    let child = Command::new(env!("CARGO_BIN_EXE_autoprog"))
-        .args(&cut_args)
-        .env("AUTOPROG_CACHE_DIR", std::env::temp_dir().join("autoprog-cli-test-cache"))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = cut.join("none-seed0/log.jsonl");
-    let start = std::time::Instant::now();
-    while std::fs::read_to_string(&log).map_or(0, |t| t.matches("\"event\":\"step\"").count()) < 6 {
-        assert!(start.elapsed().as_secs() < 120, "the comparison never reached step 6");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
-    let stopped = child.wait_with_output().unwrap();
-    assert_eq!(stopped.status.code(), Some(130), "{}", String::from_utf8_lossy(&stopped.stderr));
+    interrupt_at(&cut_args, &cut.join("none-seed0/log.jsonl"), 6);
     let resumed = run(&cut_args);
     assert!(resumed.status.success(), "{}", text(&resumed));
     assert_eq!(step_losses(&cut.join("none-seed0")), step_losses(&out.join("none-seed0")));
