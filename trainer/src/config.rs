@@ -363,5 +363,19 @@ mod tests {
         let mut c = TrainConfig::preset("quick").unwrap();
         c.recipe.drop_path = 1.5;
         assert!(c.validate().unwrap_err().to_string().contains("drop_path"));
+        let mut c = TrainConfig::preset("quick").unwrap();
+        c.recipe.search_epochs = 0.0;
+        assert!(c.validate().unwrap_err().to_string().contains("--search-epochs"));
+    }
+
+    #[test]
+    fn search_epochs_take_fractions_and_the_integers_of_older_configs() {
+        let config = TrainConfig::preset("quick").unwrap();
+        let written = config.to_toml();
+        assert!(written.contains("search_epochs = 2.0"), "{written}");
+        let older: TrainConfig = toml::from_str(&written.replace("search_epochs = 2.0", "search_epochs = 2")).unwrap();
+        assert_eq!(older.recipe.search_epochs, 2.0);
+        let half: TrainConfig = toml::from_str(&written.replace("search_epochs = 2.0", "search_epochs = 0.5")).unwrap();
+        assert_eq!(half.recipe.search_epochs, 0.5);
     }
 }
