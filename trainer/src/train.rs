@@ -279,7 +279,8 @@ fn fresh_state(ctx: &GpuContext, config: &TrainConfig, first: &Stage) -> anyhow:
 
 /// The state rebuilt with block i of the new model taken from block `source[i]` of the old
 /// one, in the weights (from `weights`: the model's own, or an EMA), in every EMA and, with
-/// `keep_moments`, in the AdamW moments; fresh moments otherwise. The old model's buffers
+/// `--grow-opt-state copy`, in the AdamW moments; fresh moments otherwise (`reset`, as the
+/// official code does both at growth and at parameter recycling). The old model's buffers
 /// go back to the driver rather than waiting in the pool.
 fn remap_state(
     ctx: &GpuContext,
@@ -287,7 +288,6 @@ fn remap_state(
     config: &TrainConfig,
     source: &[usize],
     weights: &autoprog::Tensor,
-    keep_moments: bool,
 ) -> anyhow::Result<State> {
     let layout = ParamLayout::new(&config.model, source.len(), ctx.arena_align());
     let remap = |t: &autoprog::Tensor| -> anyhow::Result<Vec<f32>> {
@@ -299,7 +299,7 @@ fn remap_state(
         ctx.write(ema, &remap(old_ema)?)?;
     }
     let mut progress = state.progress.clone();
-    if keep_moments {
+    if config.recipe.grow_opt_state == "copy" {
         ctx.write(&optimizer.m, &remap(&state.optimizer.m)?)?;
         ctx.write(&optimizer.v, &remap(&state.optimizer.v)?)?;
         optimizer.step = state.optimizer.step;
@@ -334,8 +334,7 @@ fn grow(ctx: &GpuContext, state: State, config: &TrainConfig, depth: usize) -> a
         0 => (state.model.params.clone(), "weights".to_string()),
         i => (emas[i - 1].0.clone(), format!("ema_{}", emas[i - 1].1)),
     };
-    let keep_moments = config.recipe.grow_opt_state == "copy";
-    let state = remap_state(ctx, state, config, &growth.mapping, &weights, keep_moments)?;
+    let state = remap_state(ctx, state, config, &growth.mapping, &weights)?;
     let event = GrowthEvent {
         epoch: state.progress.epoch as u32,
         step: state.progress.step,
@@ -915,10 +914,7 @@ fn finish_search(
     let active = search.growth().active(winner.depth)?;
     let (_, scored_with) = scoring_weights(&state.model, &state.optimizer, search);
     let weights = state.model.params.clone();
-    // The official code restarts AdamW here; `--grow-opt-state copy` carries the chosen
-    // blocks' moments through, as it does through growth.
-    let keep_moments = config.recipe.grow_opt_state == "copy";
-    let mut state = remap_state(ctx, state, config, &active, &weights, keep_moments)?;
+    let mut state = remap_state(ctx, state, config, &active, &weights)?;
     state.progress.resolution = winner.resolution;
     let event = SearchEvent {
         stage: search.stage as u32,
