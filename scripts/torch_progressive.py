@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch reference for progressive schedules on the built-in data (BENCHMARKS.md).
+"""PyTorch reference for progressive schedules and recipes (BENCHMARKS.md).
 
 Trains timm's VisionTransformer in the `quick` recipe (nano: width 64, 6 blocks of 4 heads,
 patch 4; AdamW lr 1e-3, weight decay 0.05, batch 32, half an epoch of warmup then a cosine
@@ -10,6 +10,13 @@ stage's resolution.
 
     cargo run --release --example export_procedural -- /tmp/builtin 15000 1000
     python3 scripts/torch_progressive.py /tmp/builtin --epochs 4 --stages 0:16:3,1:16:4,2:16:5,3:16:6
+
+The digits recipe of configs/digits.toml (random-resized crops of 60-100% of the area, no
+flips, drop-path 0.1, one epoch of warmup, an EMA of 0.998):
+
+    python3 scripts/fetch_digits.py data/digits
+    python3 scripts/torch_progressive.py data/digits --epochs 30 --stages 0:28:6 --no-hflip \
+        --crop-scale 0.6 --drop-path 0.1 --warmup 1 --ema 0.998
 
 `--stages` lists `start_epoch:resolution:depth`; one stage (the default) is the `none`
 schedule. Needs torch, timm and pillow.
@@ -42,11 +49,32 @@ def load_split(root, split):
     return x, torch.tensor([label for _, label, _ in items])
 
 
+def random_resized_crop(x, min_area):
+    """Per image: a crop of a uniform fraction [min_area, 1] of the area with an aspect ratio
+    in [3/4, 4/3] (log-uniform), at a uniform position inside the image, resized back."""
+    b = x.shape[0]
+    area = torch.empty(b).uniform_(min_area, 1.0)
+    ratio = torch.empty(b).uniform_(math.log(3 / 4), math.log(4 / 3)).exp()
+    w, h = (area * ratio).sqrt().clamp(max=1), (area / ratio).sqrt().clamp(max=1)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1] = w, h
+    theta[:, 0, 2], theta[:, 1, 2] = (torch.rand(b) * 2 - 1) * (1 - w), (torch.rand(b) * 2 - 1) * (1 - h)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", align_corners=False)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("data", help="ImageFolder with train/ and val/ (export_procedural writes one)")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--stages", default="0:16:6", help="start_epoch:resolution:depth,...")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--warmup", type=float, default=0.5, help="epochs of linear warmup")
+    p.add_argument("--no-hflip", action="store_true")
+    p.add_argument("--crop-scale", type=float, default=1.0,
+                   help="random-resized crops of this fraction of the area and more (1: no crops)")
+    p.add_argument("--drop-path", type=float, default=0.0)
+    p.add_argument("--ema", type=float, default=0.0, help="also evaluate an EMA of the weights with this decay")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
@@ -65,13 +93,14 @@ def main():
             resized[(res, split)] = F.interpolate(x, size=(res, res), mode="bilinear", antialias=True, align_corners=False)
         return resized[(res, split)]
 
-    lr, batch, n = 1e-3, 32, len(y_train)
+    lr, batch, n = 1e-3, a.batch, len(y_train)
     model = timm.models.vision_transformer.VisionTransformer(
         img_size=stages[-1][1], patch_size=4, num_classes=10, embed_dim=64, depth=stages[0][2], num_heads=4,
-        mlp_ratio=4, dynamic_img_size=True)
+        mlp_ratio=4, dynamic_img_size=True, drop_path_rate=a.drop_path)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    ema = copy.deepcopy(model).eval() if a.ema else None
     per_epoch = n // batch
-    total, warmup = a.epochs * per_epoch, per_epoch // 2
+    total, warmup = a.epochs * per_epoch, int(a.warmup * per_epoch)
     step, cost, full_cost = 0, 0.0, 0.0
     for epoch in range(a.epochs):
         _, res, depth = [s for s in stages if s[0] <= epoch][-1]
@@ -91,6 +120,8 @@ def main():
                 if not name.startswith("blocks.") and param in opt.state:
                     grown.state[param] = opt.state[param]
             opt = grown
+            if ema is not None:
+                ema.blocks = torch.nn.Sequential(*[copy.deepcopy(ema.blocks[i]) for i in mapping])
             print(f"epoch {epoch}: grew {old} -> {depth} blocks, new layer j from old layer {mapping}")
         x = at(res, "train")
         model.train()
@@ -98,8 +129,11 @@ def main():
         for i in range(per_epoch):
             idx = order[i * batch:(i + 1) * batch]
             xb, yb = x[idx], y_train[idx]
-            flip = torch.rand(batch) < 0.5
-            xb = torch.where(flip.view(-1, 1, 1, 1), xb.flip(3), xb)
+            if a.crop_scale < 1:
+                xb = random_resized_crop(xb, a.crop_scale)
+            if not a.no_hflip:
+                flip = torch.rand(batch) < 0.5
+                xb = torch.where(flip.view(-1, 1, 1, 1), xb.flip(3), xb)
             if step < warmup:
                 current = lr * (step + 1) / warmup
             else:
@@ -111,6 +145,10 @@ def main():
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
+            if ema is not None:
+                with torch.no_grad():
+                    for e, w in zip(ema.parameters(), model.parameters()):
+                        e.mul_(a.ema).add_(w, alpha=1 - a.ema)
             step += 1
             tokens = (res // 4) ** 2 + 1
             cost += depth * tokens
@@ -118,8 +156,9 @@ def main():
         model.eval()
         with torch.no_grad():
             acc = (model(at(stages[-1][1], "val")).argmax(1) == y_val).float().mean().item()
-        print(f"epoch {epoch + 1}/{a.epochs}  {res} px, {depth} blocks  val_acc {acc:.4f}", flush=True)
-    print(f"stages {a.stages}  seed {a.seed}  val_acc {acc:.4f}  block-token cost {cost / full_cost:.3f} of none")
+            ema_acc = f"  ema {(ema(at(stages[-1][1], 'val')).argmax(1) == y_val).float().mean().item():.4f}" if ema else ""
+        print(f"epoch {epoch + 1}/{a.epochs}  {res} px, {depth} blocks  val_acc {acc:.4f}{ema_acc}", flush=True)
+    print(f"stages {a.stages}  seed {a.seed}  val_acc {acc:.4f}{ema_acc}  block-token cost {cost / full_cost:.3f} of none")
 
 
 if __name__ == "__main__":
