@@ -75,6 +75,8 @@ def main():
                    help="random-resized crops of this fraction of the area and more (1: no crops)")
     p.add_argument("--drop-path", type=float, default=0.0)
     p.add_argument("--ema", type=float, default=0.0, help="also evaluate an EMA of the weights with this decay")
+    p.add_argument("--decay-matrices-only", action="store_true",
+                   help="no weight decay on biases, norms, the class token and the position embedding (as autoprog)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
@@ -97,7 +99,16 @@ def main():
     model = timm.models.vision_transformer.VisionTransformer(
         img_size=stages[-1][1], patch_size=4, num_classes=10, embed_dim=64, depth=stages[0][2], num_heads=4,
         mlp_ratio=4, dynamic_img_size=True, drop_path_rate=a.drop_path)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+
+    def optimizer():
+        if not a.decay_matrices_only:
+            return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+        named = list(model.named_parameters())
+        flat = [p for n, p in named if p.ndim < 2 or n in ("cls_token", "pos_embed")]
+        matrices = [p for n, p in named if not (p.ndim < 2 or n in ("cls_token", "pos_embed"))]
+        return torch.optim.AdamW([{"params": matrices}, {"params": flat, "weight_decay": 0.0}], lr=lr, weight_decay=0.05)
+
+    opt = optimizer()
     ema = copy.deepcopy(model).eval() if a.ema else None
     per_epoch = n // batch
     total, warmup = a.epochs * per_epoch, int(a.warmup * per_epoch)
@@ -111,7 +122,7 @@ def main():
             mapping = [i for i in range(old) for _ in range(2 if i >= 2 * old - depth else 1)]
             sources = [model.blocks[i] for i in mapping]
             model.blocks = torch.nn.Sequential(*[copy.deepcopy(b) for b in sources])
-            grown = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+            grown = optimizer()
             for new_block, old_block in zip(model.blocks, sources):
                 for new_p, old_p in zip(new_block.parameters(), old_block.parameters()):
                     if old_p in opt.state:
