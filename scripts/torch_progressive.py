@@ -103,9 +103,11 @@ def main():
     def optimizer():
         if not a.decay_matrices_only:
             return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+        def decayed(name, param):
+            return param.ndim >= 2 and name not in ("cls_token", "pos_embed")
         named = list(model.named_parameters())
-        flat = [p for n, p in named if p.ndim < 2 or n in ("cls_token", "pos_embed")]
-        matrices = [p for n, p in named if not (p.ndim < 2 or n in ("cls_token", "pos_embed"))]
+        matrices = [param for name, param in named if decayed(name, param)]
+        flat = [param for name, param in named if not decayed(name, param)]
         return torch.optim.AdamW([{"params": matrices}, {"params": flat, "weight_decay": 0.0}], lr=lr, weight_decay=0.05)
 
     opt = optimizer()
