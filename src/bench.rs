@@ -54,6 +54,8 @@ pub struct BenchOptions {
     pub train_only: bool,
     /// Images per step of the training-step cases.
     pub train_batch: usize,
+    /// Time every matmul candidate of this adapter at the square sizes, not only the tuned one.
+    pub all_variants: bool,
 }
 
 impl BenchOptions {
@@ -66,6 +68,7 @@ impl BenchOptions {
             attention_batch: 32,
             train_only: false,
             train_batch: 64,
+            all_variants: false,
         }
     }
 }
@@ -174,9 +177,14 @@ pub async fn bench_attention(
     Ok([result("attention_forward", &mut fwd, fwd_flops), result("attention_backward", &mut bwd, 2.5 * fwd_flops)])
 }
 
-/// Times one matmul problem with the tuned config.
-pub async fn bench_matmul(ctx: &GpuContext, layout: Layout, dims: Dims, reps: usize) -> Result<BenchResult> {
-    let config = matmul::config_for(ctx, layout);
+/// Times one matmul problem with `config`.
+pub async fn bench_matmul(
+    ctx: &GpuContext,
+    layout: Layout,
+    config: matmul::Config,
+    dims: Dims,
+    reps: usize,
+) -> Result<BenchResult> {
     let mut samples = matmul::time_config(ctx, layout, config, dims, reps).await?;
     let ms = median(&mut samples);
     let flops = 2.0 * (dims.batch * dims.m * dims.n * dims.k) as f64;
@@ -285,16 +293,21 @@ pub async fn run(
     let mut cases = Vec::new();
     for &s in &opts.square {
         for layout in Layout::ALL {
-            cases.push((layout, Dims { batch: 1, m: s, n: s, k: s }));
+            let dims = Dims { batch: 1, m: s, n: s, k: s };
+            if opts.all_variants {
+                cases.extend(matmul::candidates(ctx).into_iter().map(|c| (layout, c, dims)));
+            } else {
+                cases.push((layout, matmul::config_for(ctx, layout), dims));
+            }
         }
     }
     for (k, n) in [(192, 576), (192, 768), (384, 1152), (384, 1536)] {
         for layout in Layout::ALL {
-            cases.push((layout, Dims { batch: 1, m: opts.vit_rows, n, k }));
+            cases.push((layout, matmul::config_for(ctx, layout), Dims { batch: 1, m: opts.vit_rows, n, k }));
         }
     }
-    for (layout, dims) in cases {
-        let r = bench_matmul(ctx, layout, dims, opts.reps).await?;
+    for (layout, config, dims) in cases {
+        let r = bench_matmul(ctx, layout, config, dims, opts.reps).await?;
         progress(&r);
         results.push(r);
     }

@@ -1,7 +1,10 @@
 //! Matrix multiply with fused epilogues: `shaders/matmul.wgsl`.
 //!
-//! Two variants: `register` (register tiles, no workgroup memory, no barriers; fastest
-//! on CPU adapters such as lavapipe) and `tiled` (shared-memory tiles for real GPUs).
+//! Three variants: `register` (register tiles, no workgroup memory, no barriers; fastest
+//! on CPU adapters such as lavapipe), `tiled` (shared-memory tiles written as plain
+//! loops, any tile shape) and `blocked` (shared-memory tiles generated fully unrolled,
+//! with vec4 reads from workgroup memory and the next k-tile prefetched into registers
+//! while the current one is multiplied: the one meant for real GPUs).
 //! Which variant and which tile sizes a layout uses is decided per adapter by
 //! [`autotune`], which times candidates at first use and caches the choice on disk
 //! (native) or in memory (web). Until tuned, a per-adapter-type default is used.
@@ -61,7 +64,7 @@ pub struct Config {
     /// Workgroup width (columns) and height (rows).
     pub wx: u32,
     pub wy: u32,
-    /// K-tile depth (tiled variant only).
+    /// K-tile depth (shared-memory variants only).
     pub bk: u32,
 }
 
@@ -70,6 +73,7 @@ pub struct Config {
 pub enum Variant {
     Register,
     Tiled,
+    Blocked,
 }
 
 impl Config {
@@ -80,6 +84,11 @@ impl Config {
     pub const fn tiled(tm: u32, tn: u32, wx: u32, wy: u32, bk: u32) -> Self {
         Config { variant: Variant::Tiled, tm, tn, wx, wy, bk }
     }
+    /// Shared-memory tiles, unrolled, vec4 workgroup reads: `tm` and `tn` must be
+    /// multiples of 4, and every invocation stages whole vec4 groups of both tiles.
+    pub const fn blocked(tm: u32, tn: u32, wx: u32, wy: u32, bk: u32) -> Self {
+        Config { variant: Variant::Blocked, tm, tn, wx, wy, bk }
+    }
     /// Rows x columns of C covered by one workgroup.
     pub fn block(&self) -> (u32, u32) {
         (self.wy * self.tm, self.wx * self.tn)
@@ -89,6 +98,7 @@ impl Config {
         match self.variant {
             Variant::Register => format!("register_{}x{}_{}", self.tm, self.tn, self.wx),
             Variant::Tiled => format!("tiled_{}x{}_{}x{}_k{}", self.tm, self.tn, self.wx, self.wy, self.bk),
+            Variant::Blocked => format!("blocked_{}x{}_{}x{}_k{}", self.tm, self.tn, self.wx, self.wy, self.bk),
         }
     }
     fn fits(&self, limits: &wgpu::Limits) -> bool {
@@ -96,9 +106,19 @@ impl Config {
         let (bm, bn) = self.block();
         let shared = match self.variant {
             Variant::Register => 0,
-            Variant::Tiled => (bm + bn) * self.bk * 4,
+            Variant::Tiled | Variant::Blocked => (bm + bn) * self.bk * 4,
         };
-        invocations <= limits.max_compute_invocations_per_workgroup
+        let shape_ok = match self.variant {
+            Variant::Blocked => {
+                self.tm.is_multiple_of(4)
+                    && self.tn.is_multiple_of(4)
+                    && (bm * self.bk / 4).is_multiple_of(invocations)
+                    && (bn * self.bk / 4).is_multiple_of(invocations)
+            }
+            _ => true,
+        };
+        shape_ok
+            && invocations <= limits.max_compute_invocations_per_workgroup
             && self.wx <= limits.max_compute_workgroup_size_x
             && self.wy <= limits.max_compute_workgroup_size_y
             && shared <= limits.max_compute_workgroup_storage_size
@@ -122,12 +142,16 @@ pub fn candidates(ctx: &GpuContext) -> Vec<Config> {
         ]
     } else {
         vec![
+            Config::blocked(8, 8, 16, 16, 8),
+            Config::blocked(8, 8, 16, 16, 16),
+            Config::blocked(8, 8, 16, 16, 32),
+            Config::blocked(8, 4, 16, 16, 16),
+            Config::blocked(4, 8, 16, 16, 16),
+            Config::blocked(4, 4, 16, 16, 16),
+            Config::blocked(8, 8, 8, 16, 16),
+            Config::blocked(8, 8, 16, 8, 16),
             Config::tiled(4, 4, 16, 16, 16),
-            Config::tiled(8, 8, 16, 16, 8),
             Config::tiled(8, 8, 16, 16, 16),
-            Config::tiled(8, 4, 16, 16, 16),
-            Config::tiled(4, 8, 16, 16, 16),
-            Config::tiled(8, 8, 8, 8, 16),
             Config::register(4, 4, 64),
         ]
     };
@@ -292,6 +316,7 @@ pub fn matmul_with(
     let (entry, generated) = match config.variant {
         Variant::Register => ("matmul_register", register_source(config, choose_reads(layout, config, &d))),
         Variant::Tiled => ("matmul_tiled", String::new()),
+        Variant::Blocked => ("matmul_blocked", blocked_source(config, a_trans, b_trans)),
     };
     use Access::*;
     let spec = KernelSpec {
@@ -325,9 +350,12 @@ pub fn matmul_with(
     };
     let (bm, bn) = match config.variant {
         Variant::Register => (config.tm, config.wx * config.tn),
-        Variant::Tiled => config.block(),
+        Variant::Tiled | Variant::Blocked => config.block(),
     };
     let groups = [(d.n as u32).div_ceil(bn), (d.m as u32).div_ceil(bm), d.batch as u32];
+    if let Some(splits) = split_k_count(rec.ctx(), layout, config, &d, a, b, epi) {
+        return matmul_split_k(rec, config, a, b, c, epi.accumulate, splits);
+    }
     let chunk = k_chunk(rec.ctx(), config, d.k);
     if chunk >= d.k {
         return rec.dispatch(&kernel, &[a, b, bias, residual, c, pre], &params, groups);
@@ -359,6 +387,86 @@ pub fn matmul_with(
     Ok(())
 }
 
+/// Workgroups a matmul should launch to fill a large GPU (an H100 runs about two
+/// 256-invocation workgroups on each of its 132 multiprocessors).
+const SPLIT_K_TARGET_WORKGROUPS: usize = 256;
+/// The shortest K slice worth a workgroup of its own; a multiple of 64 so that every
+/// slice starts at an aligned view (see [`GpuContext::arena_align`]).
+const SPLIT_K_MIN_SLICE: usize = 256;
+
+/// How many K slices to split a weight-gradient matmul into, if any. A dW = dYᵀ·X is TN
+/// with a small output (width × width) and a long K (batch × tokens): one workgroup per
+/// output tile would leave most of a GPU idle. Only on GPUs (CPU adapters have a handful
+/// of cores, which the tiles already fill) and only for a plain or accumulating epilogue.
+fn split_k_count(
+    ctx: &GpuContext,
+    layout: Layout,
+    config: Config,
+    d: &Dims,
+    a: &Tensor,
+    b: &Tensor,
+    epi: &Epilogue,
+) -> Option<usize> {
+    let plain = epi.bias.is_none() && !epi.gelu && epi.pre.is_none() && epi.residual.is_none();
+    let two_d = a.shape().len() == 2 && b.shape().len() == 2;
+    if ctx.summary.is_cpu() || layout != Layout::TN || !plain || !two_d || d.batch != 1 {
+        return None;
+    }
+    let (bm, bn) = config.block();
+    let tiles = d.m.div_ceil(bm as usize) * d.n.div_ceil(bn as usize);
+    let splits = SPLIT_K_TARGET_WORKGROUPS.div_ceil(tiles).min(d.k / SPLIT_K_MIN_SLICE);
+    (tiles * 2 <= SPLIT_K_TARGET_WORKGROUPS && splits >= 2).then_some(splits)
+}
+
+/// C (+)= Aᵀ·B for A [K, M] and B [K, N], with K cut into about `splits` slices that run
+/// as one batched matmul into a scratch [slices, M, N], then summed into C in a fixed
+/// order (deterministic, no atomics). Public for tests; [`matmul`] picks it by itself on
+/// GPUs when the output is too small to fill the device.
+pub fn matmul_split_k(
+    rec: &mut Recorder,
+    config: Config,
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    accumulate: bool,
+    splits: usize,
+) -> Result<()> {
+    let d = dims(Layout::TN, a, b, c)?;
+    if a.shape().len() != 2 || b.shape().len() != 2 || d.batch != 1 || splits == 0 {
+        return Err(Error::invalid(
+            "matmul_tn",
+            format!(
+                "split-K takes 2-D operands and output and at least one slice (A {:?}, B {:?}, C {:?}, {splits} slices)",
+                a.shape(),
+                b.shape(),
+                c.shape()
+            ),
+        ));
+    }
+    let slice = d.k.div_ceil(splits).next_multiple_of(64);
+    let full = d.k / slice;
+    let tail = d.k - full * slice;
+    if full == 0 {
+        return matmul_with(rec, Layout::TN, config, a, b, c, &Epilogue { accumulate, ..Default::default() });
+    }
+    // The tail (K not a multiple of the slice) goes straight into C, the slices' sum after it.
+    let mut add_slices = accumulate;
+    if tail > 0 {
+        let at = full * slice;
+        let (a_tail, b_tail) = (a.view(at * d.m, &[tail, d.m])?, b.view(at * d.n, &[tail, d.n])?);
+        matmul_with(rec, Layout::TN, config, &a_tail, &b_tail, c, &Epilogue { accumulate, ..Default::default() })?;
+        add_slices = true;
+    }
+    let partial = rec.ctx().empty(&[full, d.m, d.n], "matmul.split_k")?;
+    // Held until submission, so that the pool cannot hand it out again before the sum runs.
+    rec.keep(partial.clone());
+    let a_slices = a.view(0, &[full, slice, d.m])?;
+    let b_slices = b.view(0, &[full, slice, d.n])?;
+    matmul_with(rec, Layout::TN, config, &a_slices, &b_slices, &partial, &Epilogue::default())?;
+    let flat = |t: &Tensor, shape: &[usize]| t.reshape(shape);
+    crate::kernels::ops::column_sum(rec, &flat(&partial, &[full, d.m * d.n])?, &flat(c, &[d.m * d.n])?, add_slices)
+}
+
 /// `consts` with ACCUMULATE switched on.
 fn consts_accumulating(consts: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
     consts.iter().map(|(k, v)| (*k, if *k == "ACCUMULATE" { "true".to_string() } else { v.clone() })).collect()
@@ -374,6 +482,8 @@ fn k_chunk(ctx: &GpuContext, config: Config, k: usize) -> usize {
     let per_k = match config.variant {
         // The k loop, a quarter of it with vec4 reads: count it fully to stay simple.
         Variant::Register => 1.0,
+        // One unrolled iteration per k-tile.
+        Variant::Blocked => 1.0 / config.bk as f64,
         // Per k-tile: the two staging loops, then BK steps of the TM x TN loops.
         Variant::Tiled => {
             let threads = (config.wx * config.wy) as f64;
@@ -495,8 +605,8 @@ fn save_cached(path: &std::path::Path, tuning: &Tuning) {
     let _ = (path, json);
 }
 
-/// Full sources of generated register kernels (every read mode, a spread of tile
-/// shapes), for validation by naga in the tests.
+/// Full sources of generated kernels (register: every read mode, a spread of tile
+/// shapes; blocked: every layout), for validation by naga in the tests.
 pub fn generated_sources() -> Vec<(String, String)> {
     let mut out = Vec::new();
     for config in [Config::register(8, 4, 8), Config::register(16, 8, 8), Config::register(3, 5, 4)] {
@@ -508,14 +618,21 @@ pub fn generated_sources() -> Vec<(String, String)> {
             out.push((format!("{} {reads:?}", config.label()), source));
         }
     }
+    for config in [Config::blocked(8, 8, 16, 16, 8), Config::blocked(4, 8, 8, 4, 8)] {
+        for layout in Layout::ALL {
+            let (a_trans, b_trans) = layout.transposes();
+            let source = crate::gpu::specialise(SHADER.source, &[]) + &blocked_source(config, a_trans, b_trans);
+            out.push((format!("{} {}", config.label(), layout.name()), source));
+        }
+    }
     out
 }
 
 /// Writes the epilogue: the accumulators go into a private array, then one loop
 /// stores them through `store()`. Unrolling `store()` per output would multiply the
 /// epilogue code (bias, GELU, residual) by TM x TN and make compilation very slow.
-/// `column` is the WGSL expression of output column j.
-fn write_epilogue(w: &mut String, tm: u32, tn: u32, outputs: &[String], column: &str) {
+/// `row` and `column` are the WGSL expressions of output row i and column j.
+fn write_epilogue(w: &mut String, tm: u32, tn: u32, outputs: &[String], row: &str, column: &str) {
     use std::fmt::Write;
     let _ = writeln!(w, "    var out: array<f32, {}>;", tm * tn);
     for (e, value) in outputs.iter().enumerate() {
@@ -524,7 +641,7 @@ fn write_epilogue(w: &mut String, tm: u32, tn: u32, outputs: &[String], column: 
     let _ = writeln!(w, "    for (var e = 0u; e < {}u; e++) {{", tm * tn);
     let _ = writeln!(w, "        let i = e / {tn}u;");
     let _ = writeln!(w, "        let j = e % {tn}u;");
-    let _ = writeln!(w, "        store(batch, row0 + i, {column}, out[e]);");
+    let _ = writeln!(w, "        store(batch, {row}, {column}, out[e]);");
     let _ = writeln!(w, "    }}");
 }
 
@@ -641,7 +758,7 @@ fn register_source(config: Config, reads: Reads) -> String {
                 })
                 .collect();
             let column = format!("(g0 + {wx}u * (j / 4u)) * 4u + j % 4u");
-            write_epilogue(w, tm, tn, &outputs, &column);
+            write_epilogue(w, tm, tn, &outputs, "row0 + i", &column);
         }
         Reads::Vec4K | Reads::Scalar => {
             let _ = writeln!(w, "    let col0 = wg.x * {}u + lid.x;", wx * tn);
@@ -683,9 +800,141 @@ fn register_source(config: Config, reads: Reads) -> String {
             }
             let _ = writeln!(w, "    }}");
             let outputs: Vec<String> = (0..tm).flat_map(|i| (0..tn).map(move |j| format!("acc{i}_{j}"))).collect();
-            write_epilogue(w, tm, tn, &outputs, &format!("col0 + {wx}u * j"));
+            write_epilogue(w, tm, tn, &outputs, "row0 + i", &format!("col0 + {wx}u * j"));
         }
     }
+    let _ = writeln!(w, "}}");
+    s
+}
+
+/// Generates the fully unrolled `matmul_blocked` entry point.
+///
+/// The workgroup computes a BM x BN block of C (BM = WY·TM, BN = WX·TN). Workgroup
+/// memory holds one BK-deep slice of op(A) as [BK][BM] and of op(B) as [BK][BN], both
+/// as vec4 along M and N, so an invocation reads its TM rows and TN columns of one k-step
+/// with TM/4 + TN/4 vec4 loads. An invocation owns rows `(ty + WY·g)·4 + q` and columns
+/// `(tx + WX·g)·4 + q`: neighbouring invocations read neighbouring vec4s, without bank
+/// conflicts. While a slice is multiplied, the next one is loaded from global memory into
+/// registers, so global latency hides behind the multiply-adds.
+///
+/// Staging: every invocation loads whole groups of four elements that are neighbours in
+/// the tile's vec4 direction (M for A, N for B). Which tile index runs fastest across
+/// invocations follows the operand's contiguous dimension in global memory, so a warp's
+/// loads always cover consecutive addresses.
+fn blocked_source(config: Config, a_trans: bool, b_trans: bool) -> String {
+    use std::fmt::Write;
+    let Config { tm, tn, wx, wy, bk, .. } = config;
+    let threads = wx * wy;
+    let (bm, bn) = config.block();
+    let (bm4, bn4) = (bm / 4, bn / 4);
+    let (groups_a, groups_b) = (bm4 * bk / threads, bn4 * bk / threads);
+    let mut s = String::new();
+    let w = &mut s;
+    let _ = writeln!(w, "var<workgroup> blk_a: array<vec4<f32>, {}>;", bk * bm4);
+    let _ = writeln!(w, "var<workgroup> blk_b: array<vec4<f32>, {}>;", bk * bn4);
+    let _ = writeln!(w, "@compute @workgroup_size({wx}, {wy})");
+    let _ = writeln!(
+        w,
+        "fn matmul_blocked(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, \
+         @builtin(local_invocation_index) li: u32) {{"
+    );
+    let _ = writeln!(w, "    let batch = wg.z;");
+    let _ = writeln!(w, "    let a_base = batch * p.batch_a + p.a_offset;");
+    let _ = writeln!(w, "    let b_base = batch * p.batch_b + p.b_offset;");
+    let _ = writeln!(w, "    let m0 = wg.y * {bm}u;");
+    let _ = writeln!(w, "    let n0 = wg.x * {bn}u;");
+    // Where each staged group sits in the tile: (k within the slice, vec4 index along M/N).
+    // `contiguous_k`: the operand's rows run along k in memory, so k runs fastest.
+    let place = |w: &mut String, name: &str, g: u32, span4: u32, contiguous_k: bool| {
+        let _ = writeln!(w, "    let {name}e{g} = li + {}u;", g * threads);
+        if contiguous_k {
+            let _ = writeln!(w, "    let {name}k{g} = {name}e{g} % {bk}u;");
+            let _ = writeln!(w, "    let {name}v{g} = {name}e{g} / {bk}u;");
+        } else {
+            let _ = writeln!(w, "    let {name}k{g} = {name}e{g} / {span4}u;");
+            let _ = writeln!(w, "    let {name}v{g} = {name}e{g} % {span4}u;");
+        }
+    };
+    for g in 0..groups_a {
+        place(w, "sa", g, bm4, !a_trans);
+    }
+    for g in 0..groups_b {
+        place(w, "sb", g, bn4, b_trans);
+    }
+    // Staging registers, loaded for the slice starting at k0.
+    for g in 0..groups_a {
+        let _ = writeln!(w, "    var la{g} = vec4<f32>(0.0);");
+    }
+    for g in 0..groups_b {
+        let _ = writeln!(w, "    var lb{g} = vec4<f32>(0.0);");
+    }
+    let load = |w: &mut String, k0: &str| {
+        for g in 0..groups_a {
+            let _ = writeln!(w, "        {{");
+            let _ = writeln!(w, "            let gk = {k0} + sak{g};");
+            let _ = writeln!(w, "            let kc = min(gk, p.k - 1u);");
+            for q in 0..4 {
+                let _ = writeln!(w, "            let r{q} = m0 + sav{g} * 4u + {q}u;");
+            }
+            let comps: Vec<String> = (0..4)
+                .map(|q| format!("select(0.0, a[a_base + a_at(min(r{q}, p.m - 1u), kc)], r{q} < p.m && gk < p.k)"))
+                .collect();
+            let _ = writeln!(w, "            la{g} = vec4<f32>({});", comps.join(", "));
+            let _ = writeln!(w, "        }}");
+        }
+        for g in 0..groups_b {
+            let _ = writeln!(w, "        {{");
+            let _ = writeln!(w, "            let gk = {k0} + sbk{g};");
+            let _ = writeln!(w, "            let kc = min(gk, p.k - 1u);");
+            for q in 0..4 {
+                let _ = writeln!(w, "            let c{q} = n0 + sbv{g} * 4u + {q}u;");
+            }
+            let comps: Vec<String> = (0..4)
+                .map(|q| format!("select(0.0, b[b_base + b_at(kc, min(c{q}, p.n - 1u))], c{q} < p.n && gk < p.k)"))
+                .collect();
+            let _ = writeln!(w, "            lb{g} = vec4<f32>({});", comps.join(", "));
+            let _ = writeln!(w, "        }}");
+        }
+    };
+    load(w, "0u");
+    for i in 0..tm {
+        for j in 0..tn / 4 {
+            let _ = writeln!(w, "    var acc{i}_{j} = vec4<f32>(0.0);");
+        }
+    }
+    let _ = writeln!(w, "    for (var k0 = 0u; k0 < p.k; k0 += {bk}u) {{");
+    for g in 0..groups_a {
+        let _ = writeln!(w, "        blk_a[sak{g} * {bm4}u + sav{g}] = la{g};");
+    }
+    for g in 0..groups_b {
+        let _ = writeln!(w, "        blk_b[sbk{g} * {bn4}u + sbv{g}] = lb{g};");
+    }
+    let _ = writeln!(w, "        workgroupBarrier();");
+    // Past the end of K the loads read clamped addresses and select zeros: harmless.
+    load(w, &format!("k0 + {bk}u"));
+    for kk in 0..bk {
+        for g in 0..tm / 4 {
+            let _ = writeln!(w, "        let a{kk}_{g} = blk_a[{}u + lid.y];", kk * bm4 + g * wy);
+        }
+        for g in 0..tn / 4 {
+            let _ = writeln!(w, "        let b{kk}_{g} = blk_b[{}u + lid.x];", kk * bn4 + g * wx);
+        }
+        for i in 0..tm {
+            let comp = ["x", "y", "z", "w"][(i % 4) as usize];
+            for j in 0..tn / 4 {
+                let _ =
+                    writeln!(w, "        acc{i}_{j} = fma(vec4<f32>(a{kk}_{}.{comp}), b{kk}_{j}, acc{i}_{j});", i / 4);
+            }
+        }
+    }
+    let _ = writeln!(w, "        workgroupBarrier();");
+    let _ = writeln!(w, "    }}");
+    let outputs: Vec<String> = (0..tm)
+        .flat_map(|i| (0..tn).map(move |j| format!("acc{i}_{}.{}", j / 4, ["x", "y", "z", "w"][(j % 4) as usize])))
+        .collect();
+    let row = format!("m0 + (lid.y + {wy}u * (i / 4u)) * 4u + i % 4u");
+    let column = format!("n0 + (lid.x + {wx}u * (j / 4u)) * 4u + j % 4u");
+    write_epilogue(w, tm, tn, &outputs, &row, &column);
     let _ = writeln!(w, "}}");
     s
 }

@@ -119,6 +119,10 @@ enum Command {
         /// Images per step of the training-step cases.
         #[arg(long, default_value_t = 64)]
         train_batch: usize,
+        /// Time every matmul variant this adapter's tuner chooses from at the --size
+        /// sizes, not only the chosen one.
+        #[arg(long)]
+        all_variants: bool,
     },
 }
 
@@ -134,7 +138,18 @@ fn main() -> ExitCode {
         Command::DebugStep(args) => return report(cli_infer::debug_step(&args)),
         Command::Serve(args) => return report(cli_serve::serve(&args)),
         Command::Info { gpu, json } => info(&gpu, json),
-        Command::Bench { gpu, json, sizes, vit_rows, attention_batch, reps, quiet, train, train_batch } => {
+        Command::Bench {
+            gpu,
+            json,
+            sizes,
+            vit_rows,
+            attention_batch,
+            reps,
+            quiet,
+            train,
+            train_batch,
+            all_variants,
+        } => {
             let opts = BenchOptions {
                 square: sizes,
                 vit_rows,
@@ -142,6 +157,7 @@ fn main() -> ExitCode {
                 attention_batch,
                 train_only: train,
                 train_batch: train_batch.max(1),
+                all_variants,
             };
             run_bench(&gpu, &opts, json, quiet)
         }
