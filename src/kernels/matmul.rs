@@ -868,33 +868,34 @@ fn blocked_source(config: Config, a_trans: bool, b_trans: bool) -> String {
     for g in 0..groups_b {
         let _ = writeln!(w, "    var lb{g} = vec4<f32>(0.0);");
     }
+    // One operand's staging loads for the slice at `k0`: register `{reg}{g}` takes the four
+    // elements of group g, indices clamped into the matrix and zeros selected outside it.
+    let load_operand = |w: &mut String,
+                        k0: &str,
+                        reg: &str,
+                        place: &str,
+                        groups: u32,
+                        origin: &str,
+                        bound: &str,
+                        element: &dyn Fn(&str) -> String| {
+        for g in 0..groups {
+            let _ = writeln!(w, "        {{");
+            let _ = writeln!(w, "            let gk = {k0} + {place}k{g};");
+            let _ = writeln!(w, "            let kc = min(gk, p.k - 1u);");
+            let comps: Vec<String> = (0..4)
+                .map(|q| {
+                    let index = format!("{origin} + {place}v{g} * 4u + {q}u");
+                    let value = element(&format!("min({index}, {bound} - 1u)"));
+                    format!("select(0.0, {value}, {index} < {bound} && gk < p.k)")
+                })
+                .collect();
+            let _ = writeln!(w, "            {reg}{g} = vec4<f32>({});", comps.join(", "));
+            let _ = writeln!(w, "        }}");
+        }
+    };
     let load = |w: &mut String, k0: &str| {
-        for g in 0..groups_a {
-            let _ = writeln!(w, "        {{");
-            let _ = writeln!(w, "            let gk = {k0} + sak{g};");
-            let _ = writeln!(w, "            let kc = min(gk, p.k - 1u);");
-            for q in 0..4 {
-                let _ = writeln!(w, "            let r{q} = m0 + sav{g} * 4u + {q}u;");
-            }
-            let comps: Vec<String> = (0..4)
-                .map(|q| format!("select(0.0, a[a_base + a_at(min(r{q}, p.m - 1u), kc)], r{q} < p.m && gk < p.k)"))
-                .collect();
-            let _ = writeln!(w, "            la{g} = vec4<f32>({});", comps.join(", "));
-            let _ = writeln!(w, "        }}");
-        }
-        for g in 0..groups_b {
-            let _ = writeln!(w, "        {{");
-            let _ = writeln!(w, "            let gk = {k0} + sbk{g};");
-            let _ = writeln!(w, "            let kc = min(gk, p.k - 1u);");
-            for q in 0..4 {
-                let _ = writeln!(w, "            let c{q} = n0 + sbv{g} * 4u + {q}u;");
-            }
-            let comps: Vec<String> = (0..4)
-                .map(|q| format!("select(0.0, b[b_base + b_at(kc, min(c{q}, p.n - 1u))], c{q} < p.n && gk < p.k)"))
-                .collect();
-            let _ = writeln!(w, "            lb{g} = vec4<f32>({});", comps.join(", "));
-            let _ = writeln!(w, "        }}");
-        }
+        load_operand(w, k0, "la", "sa", groups_a, "m0", "p.m", &|row| format!("a[a_base + a_at({row}, kc)]"));
+        load_operand(w, k0, "lb", "sb", groups_b, "n0", "p.n", &|col| format!("b[b_base + b_at(kc, {col})]"));
     };
     load(w, "0u");
     for i in 0..tm {
