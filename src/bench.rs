@@ -33,6 +33,10 @@ pub struct BenchResult {
     /// Training throughput of the `train_step` cases (images per second, from the median).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub images_per_second: Option<f64>,
+    /// `train_step` cases: host time to record and submit one step (median, ms), the part
+    /// of a step that the GPU's speed does not change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_ms: Option<f64>,
     /// `train_step` cases: GPU time per kernel in one step (label, ms, dispatches), largest
     /// first; empty without timestamp queries.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -171,6 +175,7 @@ pub async fn bench_attention(
             variant: "two-rows-per-invocation".to_string(),
             timer: timer_name(ctx),
             images_per_second: None,
+            host_ms: None,
             kernels: Vec::new(),
         }
     };
@@ -200,6 +205,7 @@ pub async fn bench_matmul(
         variant: config.label(),
         timer: timer_name(ctx),
         images_per_second: None,
+        host_ms: None,
         kernels: Vec::new(),
     })
 }
@@ -240,14 +246,17 @@ pub async fn bench_train_step(
         drop_path: true,
     };
     let mut samples = Vec::with_capacity(reps);
+    let mut host = Vec::with_capacity(reps);
     for rep in 0..=reps {
         let start = now_ms();
         let mut rec = ctx.recorder("bench.train_step");
         opt.record_step(&mut rec, &vit, &acts, &options)?;
         ctx.submit(rec)?;
+        let submitted = now_ms();
         ctx.read(&acts.loss).await?;
         if rep > 0 {
             samples.push(now_ms() - start);
+            host.push(submitted - start);
         }
     }
     let mut rec = ctx.timed_recorder("bench.train_step");
@@ -267,6 +276,7 @@ pub async fn bench_train_step(
         variant: "one submission".into(),
         timer: "wall-clock",
         images_per_second: Some(batch as f64 / (ms / 1e3)),
+        host_ms: Some(median(&mut host)),
         kernels: breakdown,
     };
     Ok(result)

@@ -11,7 +11,7 @@ mod recorder;
 mod tensor;
 
 pub use context::{AdapterSummary, ContextOptions, GpuContext};
-pub use pipeline::{specialise, Access, Kernel, KernelSpec, Shader};
+pub use pipeline::{specialise, Access, Generated, Kernel, KernelSpec, Shader};
 pub use pool::BufferPool;
 pub use readback::ReadbackRing;
 pub use recorder::{Recorder, Timing};

@@ -35,13 +35,29 @@ pub struct KernelSpec<'a> {
     /// `const NAME ... = value;` declarations to rewrite, as (NAME, value).
     pub consts: &'a [(&'a str, String)],
     /// Generated WGSL appended to the specialised source (e.g. unrolled entry points).
-    pub generated: &'a str,
+    pub generated: Option<Generated<'a>>,
+}
+
+/// WGSL generated for one variant of a shader. Only its name enters the cache key, and
+/// the generator runs only when the pipeline is first built: writing out a fully unrolled
+/// kernel on every dispatch would cost more host time than recording it.
+#[derive(Clone, Copy)]
+pub struct Generated<'a> {
+    /// Identifies the generated code among the shader's variants.
+    pub name: &'a str,
+    pub source: &'a dyn Fn() -> String,
+}
+
+impl std::fmt::Debug for Generated<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Generated({})", self.name)
+    }
 }
 
 impl<'a> KernelSpec<'a> {
     /// An entry point compiled as written, without specialisation.
     pub fn new(shader: Shader, entry: &'a str, bindings: &'a [Access]) -> Self {
-        KernelSpec { shader, entry, bindings, consts: &[], generated: "" }
+        KernelSpec { shader, entry, bindings, consts: &[], generated: None }
     }
 
     /// The same entry point with `const` declarations rewritten (see [`specialise`]).
@@ -81,17 +97,6 @@ pub fn specialise(source: &str, consts: &[(&str, String)]) -> String {
     out
 }
 
-/// A short fingerprint of generated code for the cache key (empty for none).
-fn fingerprint(generated: &str) -> String {
-    use std::hash::{Hash, Hasher};
-    if generated.is_empty() {
-        return String::new();
-    }
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    generated.hash(&mut h);
-    format!("#{:016x}", h.finish())
-}
-
 impl PipelineCache {
     pub(crate) fn new(device: &wgpu::Device, use_driver_cache: bool) -> Self {
         // SAFETY: no data is passed in, so there is nothing to validate; the cache only
@@ -125,11 +130,13 @@ impl GpuContext {
     /// The compiled kernel for `spec`, built on first use.
     pub fn kernel(&self, spec: &KernelSpec) -> Result<Arc<Kernel>> {
         let consts: Vec<String> = spec.consts.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let key = format!("{}::{}[{}]{}", spec.shader.name, spec.entry, consts.join(","), fingerprint(spec.generated));
+        let generated = spec.generated.map(|g| format!("#{}", g.name)).unwrap_or_default();
+        let key = format!("{}::{}[{}]{generated}", spec.shader.name, spec.entry, consts.join(","));
         if let Some(k) = self.pipelines.kernels.lock().expect("pipeline lock").get(&key) {
             return Ok(k.clone());
         }
-        let source = specialise(spec.shader.source, spec.consts) + spec.generated;
+        let source =
+            specialise(spec.shader.source, spec.consts) + &spec.generated.map(|g| (g.source)()).unwrap_or_default();
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(spec.shader.name),
             source: wgpu::ShaderSource::Wgsl(source.into()),

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use bytemuck::{Pod, Zeroable};
 use serde::{Deserialize, Serialize};
 
-use crate::gpu::{Access, GpuContext, KernelSpec, Recorder, Shader, Tensor};
+use crate::gpu::{Access, Generated, GpuContext, KernelSpec, Recorder, Shader, Tensor};
 use crate::kernels::LOOP_BUDGET;
 use crate::{Error, Result};
 
@@ -313,10 +313,18 @@ pub fn matmul_with(
         ("ACCUMULATE", flag(epi.accumulate)),
     ];
     let config = fit_scalar_reads(layout, config, &d);
+    let reads = choose_reads(layout, config, &d);
+    let register = || register_source(config, reads);
+    let blocked = || blocked_source(config, a_trans, b_trans);
+    let name = match config.variant {
+        Variant::Register => format!("{}_{reads:?}", config.label()),
+        Variant::Tiled => String::new(),
+        Variant::Blocked => format!("{}_{}", config.label(), layout.name()),
+    };
     let (entry, generated) = match config.variant {
-        Variant::Register => ("matmul_register", register_source(config, choose_reads(layout, config, &d))),
-        Variant::Tiled => ("matmul_tiled", String::new()),
-        Variant::Blocked => ("matmul_blocked", blocked_source(config, a_trans, b_trans)),
+        Variant::Register => ("matmul_register", Some(Generated { name: &name, source: &register })),
+        Variant::Tiled => ("matmul_tiled", None),
+        Variant::Blocked => ("matmul_blocked", Some(Generated { name: &name, source: &blocked })),
     };
     use Access::*;
     let spec = KernelSpec {
@@ -324,7 +332,7 @@ pub fn matmul_with(
         entry,
         bindings: &[Read, Read, Read, Read, ReadWrite, ReadWrite, Uniform],
         consts: &consts,
-        generated: &generated,
+        generated,
     };
     let kernel = rec.ctx().kernel(&spec)?;
     // Unused bindings still need a buffer.

@@ -274,11 +274,12 @@ fn run_bench(gpu: &GpuArgs, opts: &BenchOptions, json: bool, quiet: bool) -> aut
 fn describe(r: &BenchResult) -> String {
     if let Some(ips) = r.images_per_second {
         return format!(
-            "{} {}: {:.1} images/s ({:.1} ms per step)",
+            "{} {}: {:.1} images/s ({:.1} ms per step, {:.1} ms of it recording and submitting)",
             r.name,
             r.shape.as_deref().unwrap_or(""),
             ips,
-            r.ms
+            r.ms,
+            r.host_ms.unwrap_or(f64::NAN)
         );
     }
     match (r.m, r.n, r.k) {
