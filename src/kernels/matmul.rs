@@ -296,6 +296,9 @@ pub fn matmul_with(
     if d.m == 0 || d.n == 0 || d.batch == 0 {
         return Ok(());
     }
+    if let Some(splits) = split_k_count(rec.ctx(), layout, config, &d, a, b, epi) {
+        return matmul_split_k(rec, config, a, b, c, epi.accumulate, splits);
+    }
     let (a_trans, b_trans) = layout.transposes();
     let flag = |b: bool| b.to_string();
     let consts = [
@@ -361,9 +364,6 @@ pub fn matmul_with(
         Variant::Tiled | Variant::Blocked => config.block(),
     };
     let groups = [(d.n as u32).div_ceil(bn), (d.m as u32).div_ceil(bm), d.batch as u32];
-    if let Some(splits) = split_k_count(rec.ctx(), layout, config, &d, a, b, epi) {
-        return matmul_split_k(rec, config, a, b, c, epi.accumulate, splits);
-    }
     let chunk = k_chunk(rec.ctx(), config, d.k);
     if chunk >= d.k {
         return rec.dispatch(&kernel, &[a, b, bias, residual, c, pre], &params, groups);
@@ -398,8 +398,7 @@ pub fn matmul_with(
 /// Workgroups a matmul should launch to fill a large GPU (an H100 runs about two
 /// 256-invocation workgroups on each of its 132 multiprocessors).
 const SPLIT_K_TARGET_WORKGROUPS: usize = 256;
-/// The shortest K slice worth a workgroup of its own; a multiple of 64 so that every
-/// slice starts at an aligned view (see [`GpuContext::arena_align`]).
+/// The shortest K slice worth a workgroup of its own.
 const SPLIT_K_MIN_SLICE: usize = 256;
 
 /// How many K slices to split a weight-gradient matmul into, if any. A dW = dYᵀ·X is TN
@@ -451,6 +450,8 @@ pub fn matmul_split_k(
             ),
         ));
     }
+    // Slices of a multiple of 64 rows start every view of A and B at a multiple of 256
+    // bytes, the largest storage offset alignment an adapter may ask for.
     let slice = d.k.div_ceil(splits).next_multiple_of(64);
     let full = d.k / slice;
     let tail = d.k - full * slice;
@@ -471,8 +472,8 @@ pub fn matmul_split_k(
     let a_slices = a.view(0, &[full, slice, d.m])?;
     let b_slices = b.view(0, &[full, slice, d.n])?;
     matmul_with(rec, Layout::TN, config, &a_slices, &b_slices, &partial, &Epilogue::default())?;
-    let flat = |t: &Tensor, shape: &[usize]| t.reshape(shape);
-    crate::kernels::ops::column_sum(rec, &flat(&partial, &[full, d.m * d.n])?, &flat(c, &[d.m * d.n])?, add_slices)
+    let sums = partial.reshape(&[full, d.m * d.n])?;
+    crate::kernels::ops::column_sum(rec, &sums, &c.reshape(&[d.m * d.n])?, add_slices)
 }
 
 /// `consts` with ACCUMULATE switched on.
