@@ -420,8 +420,14 @@ fn split_k_count(
         return None;
     }
     let (bm, bn) = config.block();
-    let tiles = d.m.div_ceil(bm as usize) * d.n.div_ceil(bn as usize);
-    let splits = SPLIT_K_TARGET_WORKGROUPS.div_ceil(tiles).min(d.k / SPLIT_K_MIN_SLICE);
+    split_k_slices(d.m.div_ceil(bm as usize) * d.n.div_ceil(bn as usize), d.k)
+}
+
+/// Slices for an output of `tiles` workgroup tiles and a reduction of length `k`: enough
+/// to reach the target number of workgroups, none shorter than the minimum slice, and
+/// none at all when the tiles alone fill half the target.
+fn split_k_slices(tiles: usize, k: usize) -> Option<usize> {
+    let splits = SPLIT_K_TARGET_WORKGROUPS.div_ceil(tiles).min(k / SPLIT_K_MIN_SLICE);
     (tiles * 2 <= SPLIT_K_TARGET_WORKGROUPS && splits >= 2).then_some(splits)
 }
 
@@ -954,4 +960,23 @@ fn blocked_source(config: Config, a_trans: bool, b_trans: bool) -> String {
     write_epilogue(w, tm, tn, &outputs, &row, &column);
     let _ = writeln!(w, "}}");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_k_slices;
+
+    #[test]
+    fn split_k_fills_the_device_only_when_the_output_cannot() {
+        // nano at batch 512 (K = 512 x 65 tokens): qkv's dW [192, 64] is 2 tiles of 128 x 128.
+        assert_eq!(split_k_slices(2, 33_280), Some(128));
+        // A short K limits the slices to 256 rows each.
+        assert_eq!(split_k_slices(2, 1_000), Some(3));
+        assert_eq!(split_k_slices(2, 511), None);
+        // tiny's fc1 dW [768, 192]: 12 tiles.
+        assert_eq!(split_k_slices(12, 33_280), Some(22));
+        // Up to half the target the tiles are doubled at least; beyond it they go unsplit.
+        assert_eq!(split_k_slices(128, 1 << 20), Some(2));
+        assert_eq!(split_k_slices(129, 1 << 20), None);
+    }
 }
