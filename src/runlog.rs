@@ -170,8 +170,13 @@ pub struct SearchEvent {
     /// Exponent of the score, `max(-fit.b, 0)`.
     #[serde(deserialize_with = "f64_or_nan")]
     pub w: f64,
-    /// Name of the chosen candidate.
+    /// Name of the chosen candidate: the cheapest whose score is not significantly above the
+    /// smallest (`prog::search::select`).
     pub winner: String,
+    /// Name of the candidate with the smallest score (the official rule's winner). Absent
+    /// in older logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lowest_score: Option<String>,
     /// The weights the candidates were scored with: `ema_<decay>` (the fastest EMA) or
     /// `weights` (when that EMA is too slow for the search's length). Absent in older logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -631,6 +636,7 @@ mod tests {
                 fit: PowerLaw { a: 3.0, b: -0.15 },
                 w: 0.15,
                 winner: "r24_l5".into(),
+                lowest_score: Some("r24_l5".into()),
                 scored_with: Some("ema_0.9998".into()),
             }),
             Event::Checkpoint(CheckpointEvent {

@@ -1,8 +1,9 @@
 //! The one-shot search of a stage: which sub-networks (resolution, depth) are candidates,
 //! and which one wins. Each candidate's loss is measured at several points of the search
 //! and averaged (L̄), its step time T measured on the device; a power law L̄ = a·T^b is
-//! fitted over the candidates and the winner minimises L̄·T^max(−b, 0): the candidate
-//! furthest below the loss-for-time trend.
+//! fitted over the candidates and the smallest L̄·T^max(−b, 0) marks the candidate furthest
+//! below the loss-for-time trend; the cheapest candidate within the evaluation noise of it
+//! wins.
 
 use serde::{Deserialize, Serialize};
 
@@ -36,7 +37,15 @@ pub fn levels(values: impl Iterator<Item = usize>) -> Vec<usize> {
 /// middle and last depths of the schedule (9 candidates). Later stages: the current and
 /// the next resolution × up to three depth levels above the current one (growth by at
 /// least one level), at most twice the current depth.
-pub fn candidates(stages: &[Stage], stage: usize, current: Candidate) -> Result<Vec<Candidate>> {
+///
+/// One departure, `max_res_lag`: a later stage's resolution may trail the manual schedule
+/// by at most that many stages (the official code: unbounded). A search compares the
+/// current resolution, trained for a whole stage, with the next, trained only during the
+/// search, so it keeps choosing the current one; the last stage must then jump to the full
+/// resolution at once (on digits, 16 to 28 px cost two points, BENCHMARKS.md). With a lag
+/// of at most one stage the candidates start at the schedule's resolution of the stage
+/// before; a current resolution below that is not offered.
+pub fn candidates(stages: &[Stage], stage: usize, current: Candidate, max_res_lag: usize) -> Result<Vec<Candidate>> {
     if stage + 1 >= stages.len() {
         return Err(Error::invalid(
             "search",
@@ -52,11 +61,13 @@ pub fn candidates(stages: &[Stage], stage: usize, current: Candidate) -> Result<
         };
         (pick(|s| s.resolution), pick(|s| s.depth))
     } else {
-        let next_res = resolutions.iter().copied().find(|&r| r > current.resolution).unwrap_or(current.resolution);
+        let floor = stages[stage.saturating_sub(max_res_lag)].resolution;
+        let low = current.resolution.max(floor);
+        let next_res = resolutions.iter().copied().find(|&r| r > low).unwrap_or(low);
         let above: Vec<usize> =
             depths.iter().copied().filter(|&l| l > current.depth && l <= 2 * current.depth).take(3).collect();
         let ls = if above.is_empty() { vec![current.depth] } else { above };
-        (levels([current.resolution, next_res].into_iter()), ls)
+        (levels([low, next_res].into_iter()), ls)
     };
     Ok(rs.iter().flat_map(|&resolution| ls.iter().map(move |&depth| Candidate { resolution, depth })).collect())
 }
@@ -100,18 +111,55 @@ pub struct Selection {
     pub w: f64,
     /// L̄ · T^w per candidate, in the order given.
     pub scores: Vec<f64>,
-    /// Index of the smallest score.
+    /// Index of the smallest score (the official winner).
+    pub lowest_score: usize,
+    /// Index of the chosen candidate: the cheapest whose score is not significantly above
+    /// the smallest one (see [`select`]).
     pub winner: usize,
 }
 
-/// Scores every candidate from its mean loss `losses[i]` and step time `times[i]` and
-/// picks the smallest score (ties: the earlier candidate).
-pub fn select(times: &[f64], losses: &[f64]) -> Result<Selection> {
-    let fit = fit_power_law(times, losses)?;
+/// How many standard errors of the paired difference a candidate's score may lie above the
+/// smallest before it counts as worse: about a one-sided 95 % test for the 4–5 evaluation
+/// points of a search.
+pub const TIE_STANDARD_ERRORS: f64 = 2.0;
+
+/// Scores every candidate from its held-back losses at each evaluation point
+/// (`losses[i]`, L̄ their mean) and its step time `times[i]`, and picks the winner.
+///
+/// The official rule takes the smallest L̄·T^w. Early in training, or when a stage's
+/// candidates differ little, the losses lie within their noise and the fitted trend is
+/// flat or rising (w = 0): the rule then picks a costlier candidate on a loss that is lower
+/// by chance (on digits, 32 px over 28 px for a 0.3 % lower loss that flipped sign between
+/// evaluation points, at 1.8× the time). So a candidate ties with the smallest score when
+/// their per-point scores differ, on average, by at most [`TIE_STANDARD_ERRORS`] standard
+/// errors of that paired difference, and the cheapest of the tied candidates wins. With a
+/// single evaluation point there is no noise estimate, and the smallest score wins.
+pub fn select(times: &[f64], losses: &[Vec<f64>]) -> Result<Selection> {
+    if let Some(empty) = losses.iter().position(Vec::is_empty) {
+        return Err(Error::invalid("search", format!("candidate {empty} has no evaluation point")));
+    }
+    let means: Vec<f64> = losses.iter().map(|l| l.iter().sum::<f64>() / l.len() as f64).collect();
+    let fit = fit_power_law(times, &means)?;
     let w = (-fit.b).max(0.0);
-    let scores: Vec<f64> = losses.iter().zip(times).map(|(l, t)| l * t.powf(w)).collect();
-    let winner = scores.iter().enumerate().fold(0, |best, (i, s)| if *s < scores[best] { i } else { best });
-    Ok(Selection { fit, w, scores, winner })
+    let scores: Vec<f64> = means.iter().zip(times).map(|(l, t)| l * t.powf(w)).collect();
+    let lowest_score = scores.iter().enumerate().fold(0, |best, (i, s)| if *s < scores[best] { i } else { best });
+    let per_point = |i: usize| -> Vec<f64> { losses[i].iter().map(|l| l * times[i].powf(w)).collect() };
+    let best = per_point(lowest_score);
+    let ties = |i: usize| -> bool {
+        let d: Vec<f64> = per_point(i).iter().zip(&best).map(|(a, b)| a - b).collect();
+        if d.len() < 2 || d.len() != best.len() {
+            return i == lowest_score;
+        }
+        let n = d.len() as f64;
+        let mean = d.iter().sum::<f64>() / n;
+        let sd = (d.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+        mean <= TIE_STANDARD_ERRORS * sd / n.sqrt()
+    };
+    let winner = (0..times.len())
+        .filter(|&i| ties(i))
+        .min_by(|&a, &b| times[a].total_cmp(&times[b]).then(scores[a].total_cmp(&scores[b])))
+        .unwrap_or(lowest_score);
+    Ok(Selection { fit, w, scores, lowest_score, winner })
 }
 
 #[cfg(test)]
@@ -144,16 +192,42 @@ mod tests {
     #[test]
     fn candidate_sets_follow_the_official_rules() {
         let stages = nano_stages(); // r 16, 20, 28, 32; depth 3, 4, 5, 6
-        let first = candidates(&stages, 0, Candidate { resolution: 16, depth: 3 }).unwrap();
+        let first = candidates(&stages, 0, Candidate { resolution: 16, depth: 3 }, usize::MAX).unwrap();
         let names: Vec<String> = first.iter().map(Candidate::name).collect();
         assert_eq!(names, ["r16_l3", "r16_l5", "r16_l6", "r28_l3", "r28_l5", "r28_l6", "r32_l3", "r32_l5", "r32_l6"]);
         // Later: current and next resolution, up to three deeper levels within 2x.
-        let later = candidates(&stages, 1, Candidate { resolution: 20, depth: 4 }).unwrap();
+        let later = candidates(&stages, 1, Candidate { resolution: 20, depth: 4 }, usize::MAX).unwrap();
         let names: Vec<String> = later.iter().map(Candidate::name).collect();
         assert_eq!(names, ["r20_l5", "r20_l6", "r28_l5", "r28_l6"]);
-        let capped = candidates(&stages, 2, Candidate { resolution: 32, depth: 6 }).unwrap();
+        let capped = candidates(&stages, 2, Candidate { resolution: 32, depth: 6 }, usize::MAX).unwrap();
         assert_eq!(capped, [Candidate { resolution: 32, depth: 6 }]);
-        assert!(candidates(&stages, 3, Candidate { resolution: 32, depth: 6 }).is_err());
+        assert!(candidates(&stages, 3, Candidate { resolution: 32, depth: 6 }, usize::MAX).is_err());
+    }
+
+    #[test]
+    fn the_resolution_trails_the_schedule_by_at_most_the_lag() {
+        let stages = nano_stages(); // r 16, 20, 28, 32
+        let names = |stage, resolution, lag| {
+            candidates(&stages, stage, Candidate { resolution, depth: 4 }, lag)
+                .unwrap()
+                .iter()
+                .map(|c| format!("r{}", c.resolution))
+                .collect::<Vec<_>>()
+        };
+        // Stage 2 after staying at 16 px: unbounded, 16 or 20; one stage behind the
+        // schedule (its 20 px at stage 1), 20 or 28; no lag, 28 or 32.
+        assert_eq!(levels_of(names(2, 16, usize::MAX)), ["r16", "r20"]);
+        assert_eq!(levels_of(names(2, 16, 1)), ["r20", "r28"]);
+        assert_eq!(levels_of(names(2, 16, 0)), ["r28", "r32"]);
+        // A resolution ahead of the schedule is never pulled back.
+        assert_eq!(levels_of(names(1, 28, 0)), ["r28", "r32"]);
+        // Stage 0 offers its three levels whatever the lag.
+        assert_eq!(levels_of(names(0, 16, 0)), ["r16", "r28", "r32"]);
+    }
+
+    fn levels_of(mut names: Vec<String>) -> Vec<String> {
+        names.dedup();
+        names
     }
 
     #[test]
@@ -168,18 +242,52 @@ mod tests {
         assert!(fit_power_law(&[1.0, 2.0], &[1.0, f64::NAN]).is_err());
     }
 
+    /// Evaluation points falling along a curve, the same for every candidate, shifted by
+    /// each candidate's level (the shape a search's losses have).
+    fn series(levels: &[f64], jitter: &[f64]) -> Vec<Vec<f64>> {
+        levels.iter().map(|l| [1.2, 1.1, 1.05, 1.0].iter().zip(jitter).map(|(c, j)| l * c + j).collect()).collect()
+    }
+
     #[test]
     fn the_winner_sits_furthest_below_the_trend() {
         // On the trend L = 2 T^-0.5 every score is ~2; the third point is 10 % below it.
         let times = [1.0, 4.0, 9.0, 16.0];
-        let mut losses: Vec<f64> = times.iter().map(|t: &f64| 2.0 / t.sqrt()).collect();
-        losses[2] *= 0.9;
-        let s = select(&times, &losses).unwrap();
-        assert_eq!(s.winner, 2);
+        let mut levels: Vec<f64> = times.iter().map(|t: &f64| 2.0 / t.sqrt()).collect();
+        levels[2] *= 0.9;
+        let s = select(&times, &series(&levels, &[0.0; 4])).unwrap();
+        assert_eq!((s.lowest_score, s.winner), (2, 2));
         assert!(s.w > 0.4 && s.w < 0.6, "{s:?}");
         // Loss rising with time (b > 0): w = 0 and the lowest loss wins.
-        let s = select(&[1.0, 2.0, 3.0], &[0.9, 1.5, 1.6]).unwrap();
+        let s = select(&[1.0, 2.0, 3.0], &series(&[0.9, 1.5, 1.6], &[0.0; 4])).unwrap();
         assert!(s.fit.b > 0.0);
         assert_eq!((s.w, s.winner), (0.0, 0));
+    }
+
+    #[test]
+    fn a_costlier_candidate_must_beat_the_noise() {
+        // The second search of a digits run (r28/r32 × 4/5/6 blocks; losses at five points,
+        // step times in ms). The loss rises with time (w = 0), and the lowest mean loss,
+        // r32_l4's, is 0.3 % below r28_l4's with the sign flipping between points: a tie,
+        // and the cheaper r28_l4 wins. r28_l5 is higher at four of five points: no tie.
+        let mut losses = vec![
+            vec![0.431, 0.417, 0.410, 0.408, 0.392],
+            vec![0.450, 0.429, 0.416, 0.405, 0.383],
+            vec![0.487, 0.461, 0.434, 0.420, 0.396],
+            vec![0.431, 0.420, 0.407, 0.400, 0.385],
+            vec![0.459, 0.438, 0.420, 0.405, 0.383],
+            vec![0.539, 0.501, 0.463, 0.438, 0.413],
+        ];
+        let times = [244.0, 289.0, 355.0, 445.0, 391.0, 609.0];
+        let s = select(&times, &losses).unwrap();
+        assert_eq!((s.w, s.lowest_score, s.winner), (0.0, 3, 0), "{s:?}");
+        // r32_l4 lower by 2.5 % at every point: a real difference, and it wins.
+        losses[3] = losses[0].iter().map(|l| l - 0.01).collect();
+        let s = select(&times, &losses).unwrap();
+        assert_eq!((s.lowest_score, s.winner), (3, 3), "{s:?}");
+        // One evaluation point each: no noise estimate, the smallest score wins.
+        let single: Vec<Vec<f64>> = losses.iter().map(|l| vec![l[4]]).collect();
+        let s = select(&times, &single).unwrap();
+        assert_eq!(s.winner, s.lowest_score);
+        assert!(select(&times[..2], &[vec![0.41], vec![]]).is_err());
     }
 }

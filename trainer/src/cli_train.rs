@@ -73,6 +73,10 @@ pub struct TrainArgs {
     /// flops (its step's FLOPs: every run then makes the same choice).
     #[arg(long)]
     search_cost: Option<String>,
+    /// auto: how many stages the resolution may trail the prog schedule's (default 0: the
+    /// search may grow it sooner, never later; a large value is the official, unbounded rule).
+    #[arg(long)]
+    max_res_lag: Option<usize>,
     /// Stages of the prog schedule (default 4).
     #[arg(long)]
     stages: Option<usize>,
@@ -188,6 +192,9 @@ impl TrainArgs {
         }
         if let Some(cost) = &self.search_cost {
             r.search_cost = cost.clone();
+        }
+        if let Some(lag) = self.max_res_lag {
+            r.max_res_lag = lag;
         }
         if let Some(v) = self.res_scale {
             r.res_scale = v;

@@ -100,6 +100,15 @@ pub struct Recipe {
     /// paper) or `flops` (its step's FLOPs: the same choice on every run, for reproducibility).
     #[serde(default = "default_search_cost")]
     pub search_cost: String,
+    /// `auto`: how many stages a search's resolution may trail the `prog` schedule's (the
+    /// official code: unbounded). Every stage the resolution lags must be made up by the
+    /// jump to the full resolution that the last stage forces.
+    #[serde(default = "default_max_res_lag")]
+    pub max_res_lag: usize,
+}
+
+fn default_max_res_lag() -> usize {
+    0
 }
 
 fn default_search_cost() -> String {
@@ -318,6 +327,7 @@ impl Default for Recipe {
             grow_from: default_grow_from(),
             search_epochs: default_search_epochs(),
             search_cost: default_search_cost(),
+            max_res_lag: default_max_res_lag(),
         }
     }
 }

@@ -477,7 +477,7 @@ pub fn train(
         // AutoProg: a search opens at the start of every stage but the last.
         if auto && !last_stage && epoch == stage.start_epoch && fresh_epoch && state.progress.search.is_none() {
             let current = Candidate { resolution: state.progress.resolution, depth: state.model.depth() };
-            let candidates = search_candidates(&stages, stage_index, current)?;
+            let candidates = search_candidates(&stages, stage_index, current, r.max_res_lag)?;
             if let [only] = candidates[..] {
                 // Nothing to choose between (e.g. the depth can only grow to the full one):
                 // a supernet would spend its search window on no decision.
@@ -908,8 +908,7 @@ fn finish_search(
     search: &SearchState,
     epoch: usize,
 ) -> anyhow::Result<(State, SearchEvent, (usize, usize))> {
-    let means: Vec<f64> = search.losses.iter().map(|l| l.iter().sum::<f64>() / l.len().max(1) as f64).collect();
-    let selection = select(&search.step_ms, &means)?;
+    let selection = select(&search.step_ms, &search.losses)?;
     let winner = search.candidates[selection.winner];
     let active = search.growth().active(winner.depth)?;
     let (_, scored_with) = scoring_weights(&state.model, &state.optimizer, search);
@@ -936,6 +935,7 @@ fn finish_search(
         fit: runlog::PowerLaw { a: selection.fit.a, b: selection.fit.b },
         w: selection.w,
         winner: winner.name(),
+        lowest_score: Some(search.candidates[selection.lowest_score].name()),
         scored_with: Some(scored_with),
     };
     Ok((state, event, (winner.resolution, winner.depth)))

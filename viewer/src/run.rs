@@ -388,7 +388,17 @@ impl Run {
                 Some(ema) => format!(" Losses measured with {}.", escape(ema)),
                 None => String::new(),
             };
-            out.push_str(&format!("</tbody></table><p class=\"note\">score = mean loss · t<sup>w</sup> with w = max(−b, 0) from the fit; the lowest wins.{scored_with}</p></div>"));
+            let rule = match s.lowest_score.as_deref() {
+                Some(lowest) if lowest != s.winner => format!(
+                    "the lowest, {}, ties with the cheaper {} within the evaluation noise (two standard errors of their paired difference), so {} wins.",
+                    escape(lowest),
+                    escape(&s.winner),
+                    escape(&s.winner)
+                ),
+                Some(_) => "the lowest wins; no cheaper candidate ties with it within the evaluation noise.".into(),
+                None => "the lowest wins.".into(),
+            };
+            out.push_str(&format!("</tbody></table><p class=\"note\">score = mean loss · t<sup>w</sup> with w = max(−b, 0) from the fit; {rule}{scored_with}</p></div>"));
         }
         out
     }
@@ -614,6 +624,14 @@ mod tests {
     }
 
     const SUMMARY: &str = r#"{"schedule":"auto","epochs":4,"stages":[{"start_epoch":0,"resolution":8,"depth":4},{"start_epoch":2,"resolution":16,"depth":4}],"val_acc":0.6}"#;
+
+    #[test]
+    fn a_tie_within_the_noise_is_explained() {
+        let tied = log().replace(r#""winner":"r8_l4""#, r#""winner":"r8_l2","lowest_score":"r8_l4""#);
+        let report = Run::parse(&tied, Some(SUMMARY), None).unwrap().report();
+        assert!(report.searches.contains("<span data-testid=\"search-winner\">r8_l2</span>"), "{}", report.searches);
+        assert!(report.searches.contains("the lowest, r8_l4, ties with the cheaper r8_l2"), "{}", report.searches);
+    }
 
     #[test]
     fn a_run_reads_into_stages_searches_and_panels() {
