@@ -388,4 +388,14 @@ mod tests {
         let half: TrainConfig = toml::from_str(&written.replace("search_epochs = 2.0", "search_epochs = 0.5")).unwrap();
         assert_eq!(half.recipe.search_epochs, 0.5);
     }
+
+    #[test]
+    fn configs_without_a_resolution_lag_get_the_capped_default() {
+        let mut config = TrainConfig::preset("quick").unwrap();
+        config.recipe.max_res_lag = 2;
+        let written = config.to_toml();
+        assert!(written.contains("max_res_lag = 2"), "{written}");
+        let older: TrainConfig = toml::from_str(&written.replace("max_res_lag = 2\n", "")).unwrap();
+        assert_eq!(older.recipe.max_res_lag, 0);
+    }
 }
