@@ -127,10 +127,11 @@ def main():
     work = tempfile.mkdtemp(prefix="autoprog-e2e-")
     children = []
     try:
-        # A small auto run: 2 stages, a one-epoch search; seconds on lavapipe.
+        # A small auto run: 2 stages, a one-epoch search over resolutions and depths; seconds on
+        # lavapipe.
         run_dir = os.path.join(work, "tiny-auto")
         run("train", "--schedule", "auto", "--stages", "2", "--search-epochs", "1", "--search-cost", "flops",
-            "--epochs", "3", "--train-images", "320", "--val-images", "64", "--batch", "32",
+            "--res-scale", "0.5", "--epochs", "3", "--train-images", "320", "--val-images", "64", "--batch", "32",
             "--quiet", "--out", run_dir)
         summary = json.load(open(os.path.join(run_dir, "summary.json")))
         winners = [json.loads(line)["winner"] for line in open(os.path.join(run_dir, "log.jsonl"))

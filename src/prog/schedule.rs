@@ -71,10 +71,16 @@ impl ScheduleConfig {
     /// The stages, first to last; the last is always the full model with full regularisation.
     pub fn stages(&self) -> Result<Vec<Stage>> {
         let bad = |msg: String| Err(Error::invalid("progressive schedule", msg));
-        if self.stages == 0 || self.stages > self.epochs.max(1) {
+        if self.stages == 0 {
+            return bad("--stages 0: a schedule needs at least one stage".into());
+        }
+        if self.stages > self.epochs.max(1) {
             return bad(format!(
-                "{} stages over {} epochs; need 1 to {} stages",
-                self.stages, self.epochs, self.epochs
+                "{} stages over {} epochs; a stage lasts at least an epoch, so pass --stages {} or fewer, or --epochs {} or more",
+                self.stages,
+                self.epochs,
+                self.epochs.max(1),
+                self.stages
             ));
         }
         for (name, v) in [("--res-scale", self.res_scale), ("--depth-scale", self.depth_scale)] {
@@ -173,7 +179,8 @@ mod tests {
     #[test]
     fn bad_schedules_are_errors() {
         assert!(ScheduleConfig { stages: 0, ..official() }.stages().is_err());
-        assert!(ScheduleConfig { stages: 200, ..official() }.stages().is_err());
+        let err = ScheduleConfig { stages: 4, epochs: 3, ..official() }.stages().unwrap_err().to_string();
+        assert!(err.contains("--stages 3 or fewer") && err.contains("--epochs 4 or more"), "{err}");
         let err = ScheduleConfig { res_scale: 0.0, ..official() }.stages().unwrap_err().to_string();
         assert!(err.contains("--res-scale"), "{err}");
     }

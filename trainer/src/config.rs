@@ -147,9 +147,13 @@ impl TrainConfig {
     pub fn preset(name: &str) -> anyhow::Result<TrainConfig> {
         let classes = autoprog::data::CLASSES.len();
         let (model, data, recipe, augment) = match name {
-            // nano at 16 px (17 tokens) on 20 000 images for 3 epochs: about 8 minutes on
+            // nano at 16 px (17 tokens) on 20 000 images for 3 epochs: about 5 minutes on
             // two CPU cores through lavapipe. Light augmentation: the run is too short for
-            // strong regularisation to pay off.
+            // strong regularisation to pay off. Three growth stages, one per epoch, so that
+            // `--schedule prog|auto` works without `--stages` (a stage is at least an epoch),
+            // and AutoProg searches for half of one (a longer search would fill the stage).
+            // Depth grows, the resolution does not: at 16 px a smaller input is a 3×3 or 2×2
+            // patch grid, which loses the textures (BENCHMARKS.md).
             "quick" => {
                 let mut model = VitConfig::preset("nano", classes)?;
                 model.image_size = 16;
@@ -169,6 +173,9 @@ impl TrainConfig {
                     warmup_epochs: 0.5,
                     drop_path: 0.0,
                     ema_decays: vec![0.995],
+                    stages: 3,
+                    res_scale: 1.0,
+                    search_epochs: 0.5,
                     ..Recipe::default()
                 };
                 let augment = AugmentConfig {
@@ -380,13 +387,27 @@ mod tests {
 
     #[test]
     fn search_epochs_take_fractions_and_the_integers_of_older_configs() {
-        let config = TrainConfig::preset("quick").unwrap();
+        let config = TrainConfig::preset("standard").unwrap();
         let written = config.to_toml();
         assert!(written.contains("search_epochs = 2.0"), "{written}");
         let older: TrainConfig = toml::from_str(&written.replace("search_epochs = 2.0", "search_epochs = 2")).unwrap();
         assert_eq!(older.recipe.search_epochs, 2.0);
         let half: TrainConfig = toml::from_str(&written.replace("search_epochs = 2.0", "search_epochs = 0.5")).unwrap();
         assert_eq!(half.recipe.search_epochs, 0.5);
+    }
+
+    #[test]
+    fn every_preset_runs_every_schedule_without_further_options() {
+        for name in PRESETS {
+            for schedule in SCHEDULES {
+                let mut config = TrainConfig::preset(name).unwrap();
+                config.recipe.schedule = schedule.into();
+                config.validate().unwrap_or_else(|e| panic!("{name}, {schedule}: {e}"));
+                let stages = config.schedule().unwrap_or_else(|e| panic!("{name}, {schedule}: {e}"));
+                let expected = if schedule == "none" { 1 } else { config.recipe.stages };
+                assert_eq!(stages.len(), expected, "{name}, {schedule}");
+            }
+        }
     }
 
     #[test]

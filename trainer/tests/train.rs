@@ -227,7 +227,8 @@ fn progressive_schedule_grows_the_model_and_resumes_across_growth() {
     let model = micro_model(&dir);
     let prog_args = |out: &Path| {
         let mut args = micro_args(&model, out, 6);
-        args.extend(["--schedule", "prog", "--stages", "2"].map(String::from));
+        // Resolution and depth both grow (the quick preset grows the depth only).
+        args.extend(["--schedule", "prog", "--stages", "2", "--res-scale", "0.5"].map(String::from));
         args
     };
     let whole = dir.join("whole");
@@ -537,7 +538,10 @@ fn autoprog_searches_recycles_and_resumes_inside_a_search() {
         // Enough images to hold a batch back for the candidates' evaluation.
         let at = args.iter().position(|a| a == "--train-images").unwrap();
         args[at + 1] = "256".into();
-        args.extend(["--schedule", "auto", "--stages", "2"].map(String::from));
+        // Both resolutions and depths as candidates, and the official two search epochs
+        // (the quick preset grows the depth only and searches for half an epoch).
+        let official = ["--schedule", "auto", "--stages", "2", "--res-scale", "0.5", "--search-epochs", "2"];
+        args.extend(official.map(String::from));
         args
     };
     let whole = dir.join("whole");
@@ -593,7 +597,8 @@ fn autoprog_searches_recycles_and_resumes_inside_a_search() {
     // and a run interrupted around there resumes with the same losses.
     let half_args = |out: &Path| {
         let mut args = flops_args(out);
-        args.extend(["--search-epochs", "0.5"].map(String::from));
+        let at = args.iter().position(|a| a == "--search-epochs").unwrap();
+        args[at + 1] = "0.5".into();
         args
     };
     let (whole, interrupted) = (dir.join("half-whole"), dir.join("half-interrupted"));
