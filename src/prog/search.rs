@@ -42,9 +42,9 @@ pub fn levels(values: impl Iterator<Item = usize>) -> Vec<usize> {
 /// by at most that many stages (the official code: unbounded). A search compares the
 /// current resolution, trained for a whole stage, with the next, trained only during the
 /// search, so it keeps choosing the current one; the last stage must then jump to the full
-/// resolution at once (on digits, 16 to 28 px cost two points, BENCHMARKS.md). With a lag
-/// of at most one stage the candidates start at the schedule's resolution of the stage
-/// before; a current resolution below that is not offered.
+/// resolution at once (on digits, 16 to 28 px cost two points, BENCHMARKS.md). So the
+/// candidates start no lower than the schedule's resolution `max_res_lag` stages before
+/// this one (0: this stage's own); a current resolution below that is not offered.
 pub fn candidates(stages: &[Stage], stage: usize, current: Candidate, max_res_lag: usize) -> Result<Vec<Candidate>> {
     if stage + 1 >= stages.len() {
         return Err(Error::invalid(
