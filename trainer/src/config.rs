@@ -147,19 +147,21 @@ impl TrainConfig {
     pub fn preset(name: &str) -> anyhow::Result<TrainConfig> {
         let classes = autoprog::data::CLASSES.len();
         let (model, data, recipe, augment) = match name {
-            // nano at 16 px (17 tokens) on 20 000 images for 3 epochs: about 5 minutes on
-            // two CPU cores through lavapipe. Light augmentation: the run is too short for
-            // strong regularisation to pay off. Three growth stages, one per epoch, so that
-            // `--schedule prog|auto` works without `--stages` (a stage is at least an epoch),
-            // and AutoProg searches for half of one (a longer search would fill the stage).
-            // Depth grows, the resolution does not: at 16 px a smaller input is a 3×3 or 2×2
-            // patch grid, which loses the textures (BENCHMARKS.md).
+            // nano at 24 px (37 tokens) on 15 000 images for 4 epochs: about 11 minutes on
+            // two CPU cores through lavapipe with `--schedule none`. Light augmentation: the
+            // run is too short for strong regularisation to pay off. Four growth stages, one
+            // per epoch (a stage is at least an epoch), from 16 px and 4 blocks: 24 px leaves
+            // the resolution room to grow, and 16 px (4×4 patches) still shows the textures,
+            // which 12 px does not; from 3 blocks PyTorch lost 0.8 points, from 4 blocks 0.1
+            // (BENCHMARKS.md). AutoProg searches for half a stage. Growth starts from whichever of the weights
+            // and the EMA validated best, with the AdamW moments copied: in one-epoch stages
+            // the EMA lags the weights, and fresh moments cost accuracy too.
             "quick" => {
                 let mut model = VitConfig::preset("nano", classes)?;
-                model.image_size = 16;
+                model.image_size = 24;
                 let data = DataConfig {
                     path: None,
-                    train_images: 20_000,
+                    train_images: 15_000,
                     val_images: 1000,
                     classes,
                     image_size: 32,
@@ -168,18 +170,21 @@ impl TrainConfig {
                     workers: 2,
                 };
                 let recipe = Recipe {
-                    epochs: 3,
+                    epochs: 4,
                     batch: 32,
                     warmup_epochs: 0.5,
                     drop_path: 0.0,
                     ema_decays: vec![0.995],
-                    stages: 3,
-                    res_scale: 1.0,
+                    stages: 4,
+                    res_scale: 2.0 / 3.0,
+                    depth_scale: 2.0 / 3.0,
                     search_epochs: 0.5,
+                    grow_from: "best".into(),
+                    grow_opt_state: "copy".into(),
                     ..Recipe::default()
                 };
                 let augment = AugmentConfig {
-                    resolution: 16,
+                    resolution: 24,
                     min_scale: 1.0,
                     randaug_ops: 0,
                     erase_prob: 0.0,

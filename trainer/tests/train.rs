@@ -227,7 +227,7 @@ fn progressive_schedule_grows_the_model_and_resumes_across_growth() {
     let model = micro_model(&dir);
     let prog_args = |out: &Path| {
         let mut args = micro_args(&model, out, 6);
-        // Resolution and depth both grow (the quick preset grows the depth only).
+        // Resolution and depth both grow from half (the quick preset's resolution from 2/3).
         args.extend(["--schedule", "prog", "--stages", "2", "--res-scale", "0.5"].map(String::from));
         args
     };
@@ -539,7 +539,7 @@ fn autoprog_searches_recycles_and_resumes_inside_a_search() {
         let at = args.iter().position(|a| a == "--train-images").unwrap();
         args[at + 1] = "256".into();
         // Both resolutions and depths as candidates, and the official two search epochs
-        // (the quick preset grows the depth only and searches for half an epoch).
+        // (the quick preset starts at 2/3 of the resolution and searches for half an epoch).
         let official = ["--schedule", "auto", "--stages", "2", "--res-scale", "0.5", "--search-epochs", "2"];
         args.extend(official.map(String::from));
         args
