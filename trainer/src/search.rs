@@ -132,9 +132,41 @@ pub fn candidate_loss(
     Ok(total / holdout.len().max(1) as f64)
 }
 
-/// Forward + backward time of one step of candidate `c` in milliseconds: the median of 3
-/// runs, from GPU timestamps where the adapter has them, wall clock otherwise.
-pub fn candidate_step_ms(
+/// Timed forward + backward steps per candidate, after one untimed warm-up step each.
+const TIMING_ROUNDS: usize = 3;
+
+/// Forward + backward time of one step of each candidate in milliseconds: the median of
+/// [`TIMING_ROUNDS`] steps, from GPU timestamps where the adapter has them, wall clock
+/// otherwise. The rounds go over all candidates in turn rather than one candidate at a
+/// time, so that a passing disturbance (another process on a CPU adapter, the data
+/// workers) slows one sample of many candidates instead of every sample of one.
+pub fn candidates_step_ms(
+    ctx: &GpuContext,
+    model: &GpuVit,
+    acts: &mut ActsByResolution,
+    growth: &Growth,
+    candidates: &[Candidate],
+) -> anyhow::Result<Vec<f64>> {
+    let mut samples = vec![Vec::with_capacity(TIMING_ROUNDS); candidates.len()];
+    for round in 0..=TIMING_ROUNDS {
+        for (i, &c) in candidates.iter().enumerate() {
+            let ms = step_ms(ctx, model, acts, growth, c)?;
+            if round > 0 {
+                samples[i].push(ms);
+            }
+        }
+    }
+    Ok(samples
+        .into_iter()
+        .map(|mut s| {
+            s.sort_by(f64::total_cmp);
+            s[s.len() / 2]
+        })
+        .collect())
+}
+
+/// One timed forward + backward step of candidate `c` in milliseconds.
+fn step_ms(
     ctx: &GpuContext,
     model: &GpuVit,
     acts: &mut ActsByResolution,
@@ -144,21 +176,14 @@ pub fn candidate_step_ms(
     let a = acts.get_mut(&c.resolution).expect("planned");
     a.set_active_blocks(&growth.active(c.depth)?)?;
     let a = &acts[&c.resolution];
-    let mut samples = Vec::new();
-    for rep in 0..4 {
-        let start = std::time::Instant::now();
-        let mut rec = ctx.timed_recorder("search.time");
-        model.forward(&mut rec, &model.params, a, false)?;
-        model.loss(&mut rec, a, Loss::Hard { smoothing: 0.0 })?;
-        model.backward(&mut rec, a, false)?;
-        let timing = pollster::block_on(ctx.submit_timed(rec))?;
-        let wall = start.elapsed().as_secs_f64() * 1e3;
-        if rep > 0 {
-            samples.push(if timing.passes.is_empty() { wall } else { timing.total_ms() });
-        }
-    }
-    samples.sort_by(f64::total_cmp);
-    Ok(samples[samples.len() / 2])
+    let start = std::time::Instant::now();
+    let mut rec = ctx.timed_recorder("search.time");
+    model.forward(&mut rec, &model.params, a, false)?;
+    model.loss(&mut rec, a, Loss::Hard { smoothing: 0.0 })?;
+    model.backward(&mut rec, a, false)?;
+    let timing = pollster::block_on(ctx.submit_timed(rec))?;
+    let wall = start.elapsed().as_secs_f64() * 1e3;
+    Ok(if timing.passes.is_empty() { wall } else { timing.total_ms() })
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::config::TrainConfig;
 use crate::data::{self, epoch_order, AugmentConfig, Dataset, Loader, LoaderConfig, Skipped, Source};
 use crate::search::{
-    candidate_loss, candidate_step_ms, evaluation_window, stage_images, ActsByResolution, SearchState,
+    candidate_loss, candidates_step_ms, evaluation_window, stage_images, ActsByResolution, SearchState,
 };
 
 /// Name of the checkpoint metadata entry that holds [`Progress`].
@@ -881,15 +881,16 @@ fn evaluation_point(
     }
     let (scoring, _) = scoring_weights(model, optimizer, search);
     if search.step_ms.is_empty() {
-        for &c in &search.candidates {
-            let cost = match config.recipe.search_cost.as_str() {
-                // GFLOPs of one step: proportional to an ideal device's time, and the same on
-                // every run (the fit's exponent and the ranking ignore the scale).
-                "flops" => batch as f64 * config.model.train_flops_per_image(c.resolution, c.depth) / 1e9,
-                _ => candidate_step_ms(ctx, model, acts, growth, c)?,
-            };
-            search.step_ms.push(cost);
-        }
+        search.step_ms = match config.recipe.search_cost.as_str() {
+            // GFLOPs of one step: proportional to an ideal device's time, and the same on
+            // every run (the fit's exponent and the ranking ignore the scale).
+            "flops" => search
+                .candidates
+                .iter()
+                .map(|c| batch as f64 * config.model.train_flops_per_image(c.resolution, c.depth) / 1e9)
+                .collect(),
+            _ => candidates_step_ms(ctx, model, acts, growth, &search.candidates)?,
+        };
     }
     for (i, &c) in search.candidates.clone().iter().enumerate() {
         search.losses[i].push(candidate_loss(ctx, model, scoring, acts, growth, c, holdout)?);
