@@ -60,13 +60,14 @@ pub struct TrainArgs {
     /// Data loading threads.
     #[arg(long)]
     workers: Option<usize>,
-    /// How the model grows: none (the full model throughout), prog (progressive learning with
-    /// MoGrow: resolution and depth rise over --stages equal stages) or auto (AutoProg: a
-    /// supernet search at the start of every stage but the last picks resolution and depth).
+    /// How the model grows: auto (AutoProg, the default: a supernet search at the start of
+    /// every stage but the last picks resolution and depth), prog (progressive learning with
+    /// MoGrow: resolution and depth rise over --stages equal stages) or none (the full model
+    /// throughout).
     #[arg(long)]
     schedule: Option<String>,
-    /// auto: epochs of supernet training at the start of each non-final stage (default 2; a
-    /// fraction such as 0.25 suits short runs)
+    /// auto: epochs of supernet training at the start of each non-final stage (default 2, the
+    /// quick preset 0.5; a fraction such as 0.25 suits short runs)
     #[arg(long)]
     search_epochs: Option<f64>,
     /// auto: a candidate's cost: time (its step time measured on the device, the default) or
@@ -77,21 +78,23 @@ pub struct TrainArgs {
     /// search may grow it sooner, never later; a large value is the official, unbounded rule).
     #[arg(long)]
     max_res_lag: Option<usize>,
-    /// Stages of the prog schedule (default 4).
+    /// Stages of the prog schedule, which auto searches within (default 4, or one per epoch
+    /// in runs of fewer epochs).
     #[arg(long)]
     stages: Option<usize>,
-    /// First stage's resolution as a fraction of the full one (default 0.5).
+    /// First stage's resolution as a fraction of the full one (default 0.5, the quick preset 2/3).
     #[arg(long)]
     res_scale: Option<f64>,
-    /// First stage's depth as a fraction of the full one (default 0.5).
+    /// First stage's depth as a fraction of the full one (default 0.5, the quick preset 2/3).
     #[arg(long)]
     depth_scale: Option<f64>,
     /// AdamW moments of grown blocks and of the sub-network a search recycles: reset (as the
-    /// paper) or copy (from the source blocks).
+    /// paper, the default) or copy (from the source blocks; the quick preset).
     #[arg(long)]
     grow_opt_state: Option<String>,
-    /// Weights MoGrow grows from: ema (the slowest EMA, as the paper), weights, or best
-    /// (of the weights and every EMA, the most accurate at the last validation).
+    /// Weights MoGrow grows from: ema (the slowest EMA, as the paper, the default), weights,
+    /// or best (of the weights and every EMA, the most accurate at the last validation; the
+    /// quick preset).
     #[arg(long)]
     grow_from: Option<String>,
     /// No random horizontal flips (for digits, text and other data that mirroring changes).
@@ -223,6 +226,9 @@ impl TrainArgs {
         }
         if self.val_split.is_some() {
             d.val_split = self.val_split;
+        }
+        if self.stages.is_none() {
+            config.fit_stages_to_epochs();
         }
         Ok(config)
     }

@@ -70,11 +70,12 @@ pub struct Recipe {
     pub seed: u64,
     /// Evaluation batch.
     pub eval_batch: usize,
-    /// How the model grows: `none` (the full model throughout) or `prog` (progressive
-    /// learning with MoGrow over `stages` equal stages).
+    /// How the model grows: `auto` (AutoProg, the default: a supernet search at the start
+    /// of every stage but the last picks resolution and depth), `prog` (progressive learning
+    /// with MoGrow over `stages` equal stages) or `none` (the full model throughout).
     #[serde(default = "default_schedule")]
     pub schedule: String,
-    /// Stages of the `prog` schedule.
+    /// Stages of the `prog` schedule, which `auto` searches within.
     #[serde(default = "default_stages")]
     pub stages: usize,
     /// The first stage's resolution and depth, as fractions of the full ones.
@@ -120,7 +121,7 @@ fn default_search_epochs() -> f64 {
 }
 
 fn default_schedule() -> String {
-    "none".into()
+    "auto".into()
 }
 fn default_stages() -> usize {
     4
@@ -212,6 +213,14 @@ impl TrainConfig {
             other => anyhow::bail!("unknown preset `{other}`; use one of {}", PRESETS.join(", ")),
         };
         Ok(TrainConfig { preset: name.into(), model_name: "nano".into(), model, data, recipe, augment })
+    }
+
+    /// A run of fewer epochs than the configured stages gets one stage per epoch (a stage
+    /// lasts at least an epoch); for when the stage count was not asked for explicitly, so
+    /// that `--epochs 2` works with the default `auto` schedule.
+    pub fn fit_stages_to_epochs(&mut self) {
+        let r = &mut self.recipe;
+        r.stages = r.stages.min(r.epochs.max(1));
     }
 
     /// Reads a `config.toml` written by an earlier run.
@@ -413,6 +422,20 @@ mod tests {
                 assert_eq!(stages.len(), expected, "{name}, {schedule}");
             }
         }
+    }
+
+    #[test]
+    fn auto_is_the_default_and_short_runs_get_a_stage_per_epoch() {
+        let mut config = TrainConfig::preset("standard").unwrap();
+        assert_eq!((config.recipe.schedule.as_str(), config.recipe.stages), ("auto", 4));
+        config.recipe.epochs = 2;
+        assert!(config.validate().is_err(), "4 stages cannot fit 2 epochs");
+        config.fit_stages_to_epochs();
+        assert_eq!(config.recipe.stages, 2);
+        config.validate().unwrap();
+        config.recipe.epochs = 30;
+        config.fit_stages_to_epochs();
+        assert_eq!(config.recipe.stages, 2, "only ever fewer stages");
     }
 
     #[test]

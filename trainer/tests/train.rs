@@ -72,10 +72,20 @@ fn micro_args(model: &str, out: &Path, epochs: usize) -> Vec<String> {
         "--out",
         &out.display().to_string(),
         "--quiet",
+        "--schedule",
+        "none",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect()
+}
+
+/// `args` with option `name` set to `value`: replaced where given, appended otherwise.
+fn set_option(args: &mut Vec<String>, name: &str, value: &str) {
+    match args.iter().position(|a| a == name) {
+        Some(at) => args[at + 1] = value.into(),
+        None => args.extend([name.into(), value.into()]),
+    }
 }
 
 fn run(args: &[String]) -> Output {
@@ -227,8 +237,9 @@ fn progressive_schedule_grows_the_model_and_resumes_across_growth() {
     let model = micro_model(&dir);
     let prog_args = |out: &Path| {
         let mut args = micro_args(&model, out, 6);
-        // Resolution and depth both grow from half (the quick preset's resolution from 2/3).
-        args.extend(["--schedule", "prog", "--stages", "2", "--res-scale", "0.5"].map(String::from));
+        // Resolution and depth both grow from half (the quick preset's from 2/3).
+        set_option(&mut args, "--schedule", "prog");
+        args.extend(["--stages", "2", "--res-scale", "0.5", "--depth-scale", "0.5"].map(String::from));
         args
     };
     let whole = dir.join("whole");
@@ -536,11 +547,11 @@ fn autoprog_searches_recycles_and_resumes_inside_a_search() {
     let auto_args = |out: &Path| {
         let mut args = micro_args(&model, out, 6);
         // Enough images to hold a batch back for the candidates' evaluation.
-        let at = args.iter().position(|a| a == "--train-images").unwrap();
-        args[at + 1] = "256".into();
+        set_option(&mut args, "--train-images", "256");
+        set_option(&mut args, "--schedule", "auto");
         // Both resolutions and depths as candidates, and the official two search epochs
-        // (the quick preset starts at 2/3 of the resolution and searches for half an epoch).
-        let official = ["--schedule", "auto", "--stages", "2", "--res-scale", "0.5", "--search-epochs", "2"];
+        // (the quick preset starts at 2/3 of resolution and depth and searches for half an epoch).
+        let official = ["--stages", "2", "--res-scale", "0.5", "--depth-scale", "0.5", "--search-epochs", "2"];
         args.extend(official.map(String::from));
         args
     };
@@ -619,4 +630,26 @@ fn autoprog_searches_recycles_and_resumes_inside_a_search() {
     assert_eq!(steps, (0..42).collect::<Vec<u64>>(), "every step once, in order");
     interrupt_and_resume(&half_args(&interrupted), &interrupted, 5);
     assert_eq!(step_losses(&interrupted), step_losses(&whole), "the same losses around a mid-epoch search end");
+}
+
+#[test]
+fn the_default_schedule_is_auto_with_a_stage_per_epoch_in_short_runs() {
+    let dir = scratch("default");
+    let model = micro_model(&dir);
+    let out_dir = dir.join("run");
+    let mut args = micro_args(&model, &out_dir, 2);
+    let at = args.iter().position(|a| a == "--schedule").unwrap();
+    args.drain(at..at + 2);
+    // Enough images to hold a batch back for the candidates' evaluation.
+    set_option(&mut args, "--train-images", "256");
+    let out = run(&args);
+    assert!(out.status.success(), "2 epochs under the default 4 stages: {}", text(&out));
+    let summary: Summary =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary.schedule, "auto");
+    let stages: Vec<(u32, u32, u32)> = summary.stages.iter().map(|s| (s.start_epoch, s.resolution, s.depth)).collect();
+    assert_eq!(stages.len(), 2, "one stage per epoch: {stages:?}");
+    assert_eq!(stages[1], (1, 16, 2), "the last stage trains the full model");
+    let log = parse_log(&std::fs::read_to_string(out_dir.join("log.jsonl")).unwrap());
+    assert_eq!(log.events.iter().filter(|e| matches!(e, Event::Search(_))).count(), 1);
 }
