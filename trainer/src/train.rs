@@ -415,7 +415,8 @@ pub fn train(
         let held = ((n / 10) / r.batch).clamp(1, HOLDOUT_BATCHES) * r.batch;
         anyhow::ensure!(
             n >= held + r.batch,
-            "AutoProg holds back {held} of the {n} training images to compare its candidates; too few are left for --batch {}",
+            "AutoProg holds back {held} of the {n} training images to compare its candidates; too few are left for --batch {}: \
+             use a smaller --batch, more images, or --schedule none (the full model, no search)",
             r.batch
         );
         let (train, holdout) = data::split_train_val(dataset.train.clone(), held as f64 / n as f64, r.seed)?;

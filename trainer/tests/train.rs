@@ -385,6 +385,10 @@ fn bad_input_gives_clear_errors() {
     std::fs::write(not_data.join("data_batch_1.bin"), [0u8; 100]).unwrap();
     check(&["train", "--data", &not_data.display().to_string(), "--model", &model], &["CIFAR-10"]);
     check(&["train", "--model", "huge"], &["huge", "nano"]);
+    // Too few images for AutoProg to hold a batch back and still train on one.
+    let few = dir.join("few").display().to_string();
+    let too_few = ["train", "--model", &model, "--train-images", "40", "--batch", "32", "--epochs", "2", "--out", &few];
+    check(&too_few, &["holds back", "--batch", "--schedule none"]);
     check(
         &["predict", "--checkpoint", &dir.join("nope.safetensors").display().to_string(), "x.png"],
         &["nope.safetensors"],
