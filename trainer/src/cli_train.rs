@@ -67,7 +67,7 @@ pub struct TrainArgs {
     #[arg(long)]
     schedule: Option<String>,
     /// auto: epochs of supernet training at the start of each non-final stage (default 2, the
-    /// quick preset 0.5; a fraction such as 0.25 suits short runs)
+    /// quick preset 0.25; a fraction ends the search inside an epoch, for short runs)
     #[arg(long)]
     search_epochs: Option<f64>,
     /// auto: a candidate's cost: time (its step time measured on the device, the default) or

@@ -154,9 +154,10 @@ impl TrainConfig {
             // per epoch (a stage is at least an epoch), from 16 px and 4 blocks: 24 px leaves
             // the resolution room to grow, and 16 px (4×4 patches) still shows the textures,
             // which 12 px does not; from 3 blocks PyTorch lost 0.8 points, from 4 blocks 0.1
-            // (BENCHMARKS.md). AutoProg searches for half a stage. Growth starts from whichever of the weights
-            // and the EMA validated best, with the AdamW moments copied: in one-epoch stages
-            // the EMA lags the weights, and fresh moments cost accuracy too.
+            // (BENCHMARKS.md). AutoProg searches for a quarter of a stage (half a stage cost
+            // 1.3 points more on two seeds, at the same speed). Growth starts from whichever of
+            // the weights and the EMA validated best, with the AdamW moments copied: in
+            // one-epoch stages the EMA lags the weights, and fresh moments cost accuracy too.
             "quick" => {
                 let mut model = VitConfig::preset("nano", classes)?;
                 model.image_size = 24;
@@ -179,7 +180,7 @@ impl TrainConfig {
                     stages: 4,
                     res_scale: 2.0 / 3.0,
                     depth_scale: 2.0 / 3.0,
-                    search_epochs: 0.5,
+                    search_epochs: 0.25,
                     grow_from: "best".into(),
                     grow_opt_state: "copy".into(),
                     ..Recipe::default()

@@ -554,7 +554,7 @@ fn autoprog_searches_recycles_and_resumes_inside_a_search() {
         set_option(&mut args, "--train-images", "256");
         set_option(&mut args, "--schedule", "auto");
         // Both resolutions and depths as candidates, and the official two search epochs
-        // (the quick preset starts at 2/3 of resolution and depth and searches for half an epoch).
+        // (the quick preset starts at 2/3 of resolution and depth and searches for a quarter of an epoch).
         let official = ["--stages", "2", "--res-scale", "0.5", "--depth-scale", "0.5", "--search-epochs", "2"];
         args.extend(official.map(String::from));
         args
