@@ -148,8 +148,8 @@ impl TrainConfig {
     pub fn preset(name: &str) -> anyhow::Result<TrainConfig> {
         let classes = autoprog::data::CLASSES.len();
         let (model, data, recipe, augment) = match name {
-            // nano at 24 px (37 tokens) on 15 000 images for 4 epochs: about 11 minutes on
-            // two CPU cores through lavapipe with `--schedule none`. Light augmentation: the
+            // nano at 24 px (37 tokens) on 15 000 images for 4 epochs: about 8 minutes on two
+            // CPU cores through lavapipe (10 with `--schedule none`). Light augmentation: the
             // run is too short for strong regularisation to pay off. Four growth stages, one
             // per epoch (a stage is at least an epoch), from 16 px and 4 blocks: 24 px leaves
             // the resolution room to grow, and 16 px (4×4 patches) still shows the textures,
