@@ -129,6 +129,10 @@ pub struct StageEvent {
     pub resolution: u32,
     pub depth: u32,
     pub regularisation: Regularisation,
+    /// `auto`: the sub-network the stage trains when no search was needed (its only
+    /// candidate, or the cheaper of two, which the criterion cannot rank).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chosen_without_search: Option<String>,
 }
 
 /// Regularisation strengths of a stage (AutoProg scales them with model size).
@@ -181,6 +185,12 @@ pub struct SearchEvent {
     /// `weights` (when that EMA is too slow for the search's length). Absent in older logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scored_with: Option<String>,
+    /// Wall seconds the search spent scoring its candidates on held-back images, and timing
+    /// their steps (the rest of it trained the supernet). Absent in older logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timing_seconds: Option<f64>,
 }
 
 /// One (resolution, depth) candidate of a search.
@@ -602,6 +612,7 @@ mod tests {
                 resolution: 28,
                 depth: 5,
                 regularisation: Regularisation { randaug_magnitude: 5.0, drop_path: 0.05, erase_prob: 0.1, mixup: 0.0 },
+                chosen_without_search: Some("r28_l5".into()),
             }),
             Event::Growth(GrowthEvent {
                 epoch: 8,
@@ -638,6 +649,8 @@ mod tests {
                 winner: "r24_l5".into(),
                 lowest_score: Some("r24_l5".into()),
                 scored_with: Some("ema_0.9998".into()),
+                evaluation_seconds: Some(12.5),
+                timing_seconds: Some(3.25),
             }),
             Event::Checkpoint(CheckpointEvent {
                 epoch: 3,

@@ -32,20 +32,58 @@ pub fn levels(values: impl Iterator<Item = usize>) -> Vec<usize> {
     v
 }
 
+/// Which depths a later stage's search offers (see [`candidates`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DepthGrowth {
+    /// At least one level deeper than now, as the official code.
+    Always,
+    /// From the `prog` schedule's depth for the stage (or the current one, if deeper).
+    Schedule,
+}
+
+impl DepthGrowth {
+    /// The names `--depth-growth` accepts.
+    pub const NAMES: [&'static str; 2] = ["schedule", "always"];
+
+    pub fn parse(name: &str) -> Result<DepthGrowth> {
+        match name {
+            "schedule" => Ok(DepthGrowth::Schedule),
+            "always" => Ok(DepthGrowth::Always),
+            other => Err(Error::invalid(
+                "depth_growth",
+                format!("unknown value {other:?}; use one of {}", DepthGrowth::NAMES.join(", ")),
+            )),
+        }
+    }
+}
+
 /// The candidates of the search at the start of stage `stage` (not the last) as the
 /// official code forms them. Stage 0: the first, middle and last resolutions × the first,
 /// middle and last depths of the schedule (9 candidates). Later stages: the current and
 /// the next resolution × up to three depth levels above the current one (growth by at
 /// least one level), at most twice the current depth.
 ///
-/// One departure, `max_res_lag`: a later stage's resolution may trail the manual schedule
-/// by at most that many stages (the official code: unbounded). A search compares the
-/// current resolution, trained for a whole stage, with the next, trained only during the
-/// search, so it keeps choosing the current one; the last stage must then jump to the full
-/// resolution at once (on digits, 16 to 28 px cost two points, BENCHMARKS.md). So the
-/// candidates start no lower than the schedule's resolution `max_res_lag` stages before
-/// this one (0: this stage's own); a current resolution below that is not offered.
-pub fn candidates(stages: &[Stage], stage: usize, current: Candidate, max_res_lag: usize) -> Result<Vec<Candidate>> {
+/// Two departures, both bounded by the manual (`prog`) schedule:
+/// - `max_res_lag`: a later stage's resolution may trail the schedule by at most that many
+///   stages (the official code: unbounded). A search compares the current resolution,
+///   trained for a whole stage, with the next, trained only during the search, so it keeps
+///   choosing the current one; the last stage must then jump to the full resolution at
+///   once (on digits, 16 to 28 px cost two points, BENCHMARKS.md). So the candidates start
+///   no lower than the schedule's resolution `max_res_lag` stages before this one (0: this
+///   stage's own); a current resolution below that is not offered.
+/// - [`DepthGrowth::Schedule`]: the depth levels start at the schedule's depth for this
+///   stage, or the current depth where that is deeper, so a search decides *whether* to
+///   grow (as the paper describes it) instead of always adding a level (the code). Without
+///   it a stage that the schedule leaves at its depth is forced deeper than `prog` trains
+///   it, and `auto` can never be as cheap as `prog`.
+pub fn candidates(
+    stages: &[Stage],
+    stage: usize,
+    current: Candidate,
+    max_res_lag: usize,
+    depth_growth: DepthGrowth,
+) -> Result<Vec<Candidate>> {
     if stage + 1 >= stages.len() {
         return Err(Error::invalid(
             "search",
@@ -64,12 +102,45 @@ pub fn candidates(stages: &[Stage], stage: usize, current: Candidate, max_res_la
         let floor = stages[stage.saturating_sub(max_res_lag)].resolution;
         let low = current.resolution.max(floor);
         let next_res = resolutions.iter().copied().find(|&r| r > low).unwrap_or(low);
-        let above: Vec<usize> =
-            depths.iter().copied().filter(|&l| l > current.depth && l <= 2 * current.depth).take(3).collect();
-        let ls = if above.is_empty() { vec![current.depth] } else { above };
+        let deepest = 2 * current.depth;
+        let ls: Vec<usize> = match depth_growth {
+            DepthGrowth::Always => {
+                let above: Vec<usize> =
+                    depths.iter().copied().filter(|&l| l > current.depth && l <= deepest).take(3).collect();
+                if above.is_empty() {
+                    vec![current.depth]
+                } else {
+                    above
+                }
+            }
+            DepthGrowth::Schedule => {
+                let low = current.depth.max(stages[stage].depth);
+                let from: Vec<usize> =
+                    depths.iter().copied().filter(|&l| l >= low && l <= deepest.max(low)).take(3).collect();
+                if from.is_empty() {
+                    vec![low]
+                } else {
+                    from
+                }
+            }
+        };
         (levels([low, next_res].into_iter()), ls)
     };
     Ok(rs.iter().flat_map(|&resolution| ls.iter().map(move |&depth| Candidate { resolution, depth })).collect())
+}
+
+/// The candidate a search would choose before it measures anything, if there is one: the
+/// only candidate, or the cheaper of two (by `cost`, e.g. FLOPs per step). With two
+/// candidates the power law passes through both points, so both score exactly `a`; they
+/// tie and [`select`] takes the cheaper, whatever the losses. The official rule's argmin
+/// between the two equal scores is decided by rounding. Either way the supernet training
+/// would buy no decision, so the stage trains the foregone winner from its start.
+pub fn foregone(candidates: &[Candidate], cost: impl Fn(Candidate) -> f64) -> Option<Candidate> {
+    match candidates {
+        [only] => Some(*only),
+        [a, b] => Some(if cost(*b) < cost(*a) { *b } else { *a }),
+        _ => None,
+    }
 }
 
 /// A power law `loss = a · time^b`.
@@ -192,23 +263,28 @@ mod tests {
     #[test]
     fn candidate_sets_follow_the_official_rules() {
         let stages = nano_stages(); // r 16, 20, 28, 32; depth 3, 4, 5, 6
-        let first = candidates(&stages, 0, Candidate { resolution: 16, depth: 3 }, usize::MAX).unwrap();
+        let first =
+            candidates(&stages, 0, Candidate { resolution: 16, depth: 3 }, usize::MAX, DepthGrowth::Always).unwrap();
         let names: Vec<String> = first.iter().map(Candidate::name).collect();
         assert_eq!(names, ["r16_l3", "r16_l5", "r16_l6", "r28_l3", "r28_l5", "r28_l6", "r32_l3", "r32_l5", "r32_l6"]);
         // Later: current and next resolution, up to three deeper levels within 2x.
-        let later = candidates(&stages, 1, Candidate { resolution: 20, depth: 4 }, usize::MAX).unwrap();
+        let later =
+            candidates(&stages, 1, Candidate { resolution: 20, depth: 4 }, usize::MAX, DepthGrowth::Always).unwrap();
         let names: Vec<String> = later.iter().map(Candidate::name).collect();
         assert_eq!(names, ["r20_l5", "r20_l6", "r28_l5", "r28_l6"]);
-        let capped = candidates(&stages, 2, Candidate { resolution: 32, depth: 6 }, usize::MAX).unwrap();
+        let capped =
+            candidates(&stages, 2, Candidate { resolution: 32, depth: 6 }, usize::MAX, DepthGrowth::Always).unwrap();
         assert_eq!(capped, [Candidate { resolution: 32, depth: 6 }]);
-        assert!(candidates(&stages, 3, Candidate { resolution: 32, depth: 6 }, usize::MAX).is_err());
+        assert!(
+            candidates(&stages, 3, Candidate { resolution: 32, depth: 6 }, usize::MAX, DepthGrowth::Always).is_err()
+        );
     }
 
     #[test]
     fn the_resolution_trails_the_schedule_by_at_most_the_lag() {
         let stages = nano_stages(); // r 16, 20, 28, 32
         let names = |stage, resolution, lag| {
-            candidates(&stages, stage, Candidate { resolution, depth: 4 }, lag)
+            candidates(&stages, stage, Candidate { resolution, depth: 4 }, lag, DepthGrowth::Always)
                 .unwrap()
                 .iter()
                 .map(|c| format!("r{}", c.resolution))
@@ -225,9 +301,58 @@ mod tests {
         assert_eq!(levels_of(names(0, 16, 0)), ["r16", "r28", "r32"]);
     }
 
+    #[test]
+    fn a_search_may_keep_the_depth_the_schedule_keeps() {
+        let stages = nano_stages(); // depth 3, 4, 5, 6
+        let depths = |stage, depth, growth| {
+            let mut d: Vec<usize> = candidates(&stages, stage, Candidate { resolution: 20, depth }, 0, growth)
+                .unwrap()
+                .iter()
+                .map(|c| c.depth)
+                .collect();
+            d.sort_unstable();
+            d.dedup();
+            d
+        };
+        // Ahead of the schedule (5 blocks where stage 1 has 4): the official rule must grow,
+        // the schedule rule may keep 5.
+        assert_eq!(depths(1, 5, DepthGrowth::Always), [6]);
+        assert_eq!(depths(1, 5, DepthGrowth::Schedule), [5, 6]);
+        // Behind it: both start at the schedule's 4 (up to three levels).
+        assert_eq!(depths(1, 3, DepthGrowth::Always), [4, 5, 6]);
+        assert_eq!(depths(1, 3, DepthGrowth::Schedule), [4, 5, 6]);
+        // At it (stage 2 has 5): the schedule rule offers keeping it.
+        assert_eq!(depths(2, 5, DepthGrowth::Schedule), [5, 6]);
+        // Stage 0 is the same 3 × 3 under both.
+        assert_eq!(
+            candidates(&stages, 0, Candidate { resolution: 16, depth: 3 }, 0, DepthGrowth::Schedule).unwrap(),
+            candidates(&stages, 0, Candidate { resolution: 16, depth: 3 }, 0, DepthGrowth::Always).unwrap()
+        );
+        assert!(DepthGrowth::parse("sometimes").unwrap_err().to_string().contains("schedule, always"));
+    }
+
     fn levels_of(mut names: Vec<String>) -> Vec<String> {
         names.dedup();
         names
+    }
+
+    #[test]
+    fn two_candidates_are_decided_before_any_search() {
+        let (r20, r24) = (Candidate { resolution: 20, depth: 6 }, Candidate { resolution: 24, depth: 6 });
+        let tokens = |c: Candidate| (c.resolution * c.resolution) as f64;
+        assert_eq!(foregone(&[r24, r20], tokens), Some(r20));
+        assert_eq!(foregone(&[r24], tokens), Some(r24));
+        assert_eq!(foregone(&[r20, r24, Candidate { resolution: 20, depth: 5 }], tokens), None);
+        // What the search would have found: the cheaper wins whatever the losses. Where the
+        // costlier has the lower loss, the fitted power law passes through both points and
+        // both score exactly a; where it has the higher loss, w = 0 and the lower loss wins.
+        for losses in [[0.452, 0.405], [1.0, 0.5], [0.40, 0.45]] {
+            let s = select(&[173.0, 255.0], &[vec![losses[0]; 3], vec![losses[1]; 3]]).unwrap();
+            if losses[1] < losses[0] {
+                assert!((s.scores[0] - s.scores[1]).abs() < 1e-9 * s.scores[0], "{s:?}");
+            }
+            assert_eq!(s.winner, 0, "{losses:?}");
+        }
     }
 
     #[test]

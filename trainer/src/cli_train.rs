@@ -78,6 +78,11 @@ pub struct TrainArgs {
     /// search may grow it sooner, never later; a large value is the official, unbounded rule).
     #[arg(long)]
     max_res_lag: Option<usize>,
+    /// auto: schedule (the default: a later search may keep the depth where the prog schedule
+    /// keeps it, so it decides whether to grow) or always (one level deeper at every search,
+    /// the official rule).
+    #[arg(long)]
+    depth_growth: Option<String>,
     /// Stages of the prog schedule, which auto searches within (default 4, or one per epoch
     /// in runs of fewer epochs).
     #[arg(long)]
@@ -198,6 +203,9 @@ impl TrainArgs {
         }
         if let Some(lag) = self.max_res_lag {
             r.max_res_lag = lag;
+        }
+        if let Some(growth) = &self.depth_growth {
+            r.depth_growth = growth.clone();
         }
         if let Some(v) = self.res_scale {
             r.res_scale = v;

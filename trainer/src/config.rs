@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use autoprog::model::VitConfig;
 use autoprog::prog::schedule::{ScheduleConfig, Stage};
+use autoprog::prog::search::DepthGrowth;
 use serde::{Deserialize, Serialize};
 
 use crate::data::augment::AugmentConfig;
@@ -106,6 +107,16 @@ pub struct Recipe {
     /// jump to the full resolution that the last stage forces.
     #[serde(default = "default_max_res_lag")]
     pub max_res_lag: usize,
+    /// `auto`: whether a later stage's search may keep the depth: `schedule` (its depths
+    /// start at the `prog` schedule's depth for the stage, or the current one if deeper, so
+    /// the search decides whether to grow, as the paper) or `always` (one level deeper at
+    /// every search, as the official code).
+    #[serde(default = "default_depth_growth")]
+    pub depth_growth: String,
+}
+
+fn default_depth_growth() -> String {
+    "schedule".into()
 }
 
 fn default_max_res_lag() -> usize {
@@ -303,6 +314,12 @@ impl TrainConfig {
             r.search_cost
         );
         anyhow::ensure!(
+            DepthGrowth::NAMES.contains(&r.depth_growth.as_str()),
+            "--depth-growth {} must be one of {}",
+            r.depth_growth,
+            DepthGrowth::NAMES.join(", ")
+        );
+        anyhow::ensure!(
             ["ema", "weights", "best"].contains(&r.grow_from.as_str()),
             "--grow-from {} must be ema, weights or best",
             r.grow_from
@@ -350,6 +367,7 @@ impl Default for Recipe {
             search_epochs: default_search_epochs(),
             search_cost: default_search_cost(),
             max_res_lag: default_max_res_lag(),
+            depth_growth: default_depth_growth(),
         }
     }
 }
@@ -447,5 +465,17 @@ mod tests {
         assert!(written.contains("max_res_lag = 2"), "{written}");
         let older: TrainConfig = toml::from_str(&written.replace("max_res_lag = 2\n", "")).unwrap();
         assert_eq!(older.recipe.max_res_lag, 0);
+    }
+
+    #[test]
+    fn depth_growth_is_checked_and_defaults_to_the_schedule() {
+        let mut config = TrainConfig::preset("quick").unwrap();
+        assert_eq!(config.recipe.depth_growth, "schedule");
+        let written = config.to_toml();
+        let older: TrainConfig = toml::from_str(&written.replace("depth_growth = \"schedule\"\n", "")).unwrap();
+        assert_eq!(older.recipe.depth_growth, "schedule");
+        config.recipe.depth_growth = "sometimes".into();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("--depth-growth sometimes") && err.contains("schedule, always"), "{err}");
     }
 }

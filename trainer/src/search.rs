@@ -33,6 +33,31 @@ pub struct SearchState {
     pub losses: Vec<Vec<f64>>,
     /// Per candidate, its step time in milliseconds (measured at the first evaluation).
     pub step_ms: Vec<f64>,
+    /// Seconds spent so far scoring the candidates and timing them (absent in older
+    /// checkpoints).
+    #[serde(default)]
+    pub evaluation_seconds: f64,
+    #[serde(default)]
+    pub timing_seconds: f64,
+}
+
+/// Evaluation points of a search: four in its window and one at its end.
+pub const EVALUATION_POINTS: usize = 5;
+
+/// Forward passes of a held-back batch that a search spends on scoring, per step of
+/// supernet training. The official code scores 9 candidates × 5 points × 50 batches =
+/// 2250 forward passes over a two-epoch ImageNet search of a few thousand steps, a small
+/// part of the search; a fixed number of batches would cost more than the supernet
+/// training itself in a search of a hundred steps.
+const EVALUATION_FORWARDS_PER_STEP: f64 = 0.5;
+
+/// Held-back batches each candidate is scored on at one evaluation point: the search's
+/// share of forward passes ([`EVALUATION_FORWARDS_PER_STEP`]) spread over its points and
+/// candidates, at least one and at most all `available`. Successive points take successive
+/// batches, so a search still sees every held-back image when it scores few per point.
+pub fn evaluation_batches(search_steps: u64, candidates: usize, available: usize) -> usize {
+    let budget = EVALUATION_FORWARDS_PER_STEP * search_steps as f64 / (EVALUATION_POINTS * candidates.max(1)) as f64;
+    (budget.round() as usize).clamp(1, available.max(1))
 }
 
 /// The evaluation window of a search of `steps` steps with epochs of `steps_per_epoch`:
@@ -81,7 +106,7 @@ impl SearchState {
     /// and ¾ of the evaluation window (its end is evaluated when the search finishes).
     pub fn evaluates_at(&self, step: u64) -> bool {
         let window_start = self.end() - self.window;
-        (0..4).any(|q| window_start + q * self.window / 4 == step)
+        (0..EVALUATION_POINTS as u64 - 1).any(|q| window_start + q * self.window / 4 == step)
     }
 }
 
@@ -107,7 +132,7 @@ pub fn stage_images(
 }
 
 /// Mean cross-entropy (no smoothing) of candidate `c` with the weights in `arena` over the
-/// held-back batches (images at the largest resolution, labels).
+/// given held-back batches (images at the largest resolution, labels).
 pub fn candidate_loss(
     ctx: &GpuContext,
     model: &GpuVit,
@@ -115,11 +140,11 @@ pub fn candidate_loss(
     acts: &mut ActsByResolution,
     growth: &Growth,
     c: Candidate,
-    holdout: &[(Vec<f32>, Vec<u32>)],
+    holdout: &[&(Vec<f32>, Vec<u32>)],
 ) -> anyhow::Result<f64> {
     acts.get_mut(&c.resolution).expect("planned").set_active_blocks(&growth.active(c.depth)?)?;
     let mut total = 0.0;
-    for (images, labels) in holdout {
+    for (images, labels) in holdout.iter().copied() {
         let mut rec = ctx.recorder("search.eval");
         stage_images(ctx, &mut rec, acts, images, c.resolution)?;
         let a = &acts[&c.resolution];
@@ -201,11 +226,25 @@ mod tests {
             candidates: vec![Candidate { resolution: 16, depth: 3 }, Candidate { resolution: 16, depth: 6 }],
             losses: vec![Vec::new(); 2],
             step_ms: Vec::new(),
+            evaluation_seconds: 0.0,
+            timing_seconds: 0.0,
         }
     }
 
     fn points(s: &SearchState) -> Vec<u64> {
         (s.start_step..s.end()).filter(|&step| s.evaluates_at(step)).collect()
+    }
+
+    #[test]
+    fn short_searches_score_on_fewer_batches() {
+        // The quick preset: 115 supernet steps. Nine candidates at stage 0 get one batch per
+        // point (45 forward passes, about half the steps), four candidates later get three.
+        assert_eq!(evaluation_batches(115, 9, 8), 1);
+        assert_eq!(evaluation_batches(115, 4, 8), 3);
+        // A long search is capped by what is held back; a tiny one still scores one batch.
+        assert_eq!(evaluation_batches(5000, 9, 8), 8);
+        assert_eq!(evaluation_batches(3, 9, 8), 1);
+        assert_eq!(evaluation_batches(5000, 9, 0), 1);
     }
 
     #[test]

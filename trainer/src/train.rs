@@ -3,6 +3,7 @@
 //! summary in the run directory. Every random choice is a function of (seed, epoch,
 //! position) or (seed, step), so a resumed run repeats an uninterrupted one exactly.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use autoprog::model::step::{Optimizer, StepOptions};
 use autoprog::model::{Activations, GpuVit, Loss, ParamLayout};
 use autoprog::prog::grow::{grow_depth, remap_blocks, Growth};
 use autoprog::prog::schedule::{stage_at, Stage};
-use autoprog::prog::search::{candidates as search_candidates, select, Candidate};
+use autoprog::prog::search::{candidates as search_candidates, foregone, select, Candidate, DepthGrowth};
 use autoprog::runlog::{
     self, CheckpointEvent, CheckpointKind, EmaAcc, EpochEvent, Event, GrowthEvent, LogWriter, Regularisation,
     RunEndEvent, RunStartEvent, RunStatus, SearchEvent, StageEvent, StageSummary, StepEvent, Summary,
@@ -31,7 +32,8 @@ use rand_chacha::ChaCha8Rng;
 use crate::config::TrainConfig;
 use crate::data::{self, epoch_order, AugmentConfig, Dataset, Loader, LoaderConfig, Skipped, Source};
 use crate::search::{
-    candidate_loss, candidates_step_ms, evaluation_window, stage_images, ActsByResolution, SearchState,
+    candidate_loss, candidates_step_ms, evaluation_batches, evaluation_window, stage_images, ActsByResolution,
+    SearchState,
 };
 
 /// Name of the checkpoint metadata entry that holds [`Progress`].
@@ -86,6 +88,11 @@ pub struct Progress {
     /// AutoProg: (start epoch, resolution, depth) of each stage a search configured.
     #[serde(default)]
     pub trained: Vec<(usize, usize, usize)>,
+    /// AutoProg: the step time in milliseconds of every sub-network a search has timed, by
+    /// name (`r20_l5`). It depends on the shape and the device, not on the weights, so a
+    /// later search times only the candidates no earlier one did.
+    #[serde(default)]
+    pub step_ms: BTreeMap<String, f64>,
 }
 
 /// The dataset a config asks for, with a validation part.
@@ -460,29 +467,21 @@ pub fn train(
         let last_stage = stage_index + 1 == stages.len();
         let auto = config.recipe.schedule == "auto";
         let fresh_epoch = state.progress.batch_in_epoch == 0;
-        if epoch == stage.start_epoch && fresh_epoch {
-            log.write(&Event::Stage(StageEvent {
-                stage: stage_index as u32,
-                epoch: epoch as u32,
-                step: state.progress.step,
-                resolution: stage.resolution as u32,
-                depth: stage.depth as u32,
-                regularisation: Regularisation {
-                    randaug_magnitude: stage.randaug_magnitude as f64,
-                    drop_path: stage.drop_path,
-                    erase_prob: stage.erase_prob,
-                    mixup: stage.mix_prob,
-                },
-            }))?;
-        }
+        // AutoProg: the sub-network of a stage decided without a search.
+        let mut without_search = None;
         // AutoProg: a search opens at the start of every stage but the last.
         if auto && !last_stage && epoch == stage.start_epoch && fresh_epoch && state.progress.search.is_none() {
             let current = Candidate { resolution: state.progress.resolution, depth: state.model.depth() };
-            let candidates = search_candidates(&stages, stage_index, current, r.max_res_lag)?;
-            if let [only] = candidates[..] {
-                // Nothing to choose between (e.g. the depth can only grow to the full one):
-                // a supernet would spend its search window on no decision.
-                eprintln!("stage {stage_index}: one candidate ({}), trained without a search", only.name());
+            let candidates =
+                search_candidates(&stages, stage_index, current, r.max_res_lag, DepthGrowth::parse(&r.depth_growth)?)?;
+            let flops = |c: Candidate| config.model.train_flops_per_image(c.resolution, c.depth);
+            if let Some(only) = foregone(&candidates, flops) {
+                // Nothing to choose between (e.g. the depth can only grow to the full one,
+                // or two candidates, which the criterion cannot rank): a supernet would
+                // spend its search window on no decision.
+                let why = if candidates.len() == 1 { "the only candidate" } else { "the cheaper of two" };
+                eprintln!("stage {stage_index}: {} ({why}) trains without a search", only.name());
+                without_search = Some(only.name());
                 state.progress.chosen = Some((only.resolution, only.depth));
                 state.progress.trained.push((stage.start_epoch, only.resolution, only.depth));
             } else {
@@ -501,8 +500,26 @@ pub fn train(
                     losses: vec![Vec::new(); candidates.len()],
                     candidates,
                     step_ms: Vec::new(),
+                    evaluation_seconds: 0.0,
+                    timing_seconds: 0.0,
                 });
             }
+        }
+        if epoch == stage.start_epoch && fresh_epoch {
+            log.write(&Event::Stage(StageEvent {
+                stage: stage_index as u32,
+                epoch: epoch as u32,
+                step: state.progress.step,
+                resolution: stage.resolution as u32,
+                depth: stage.depth as u32,
+                regularisation: Regularisation {
+                    randaug_magnitude: stage.randaug_magnitude as f64,
+                    drop_path: stage.drop_path,
+                    erase_prob: stage.erase_prob,
+                    mixup: stage.mix_prob,
+                },
+                chosen_without_search: without_search,
+            }))?;
         }
         // What this epoch trains: the supernet during a search, else one (resolution, depth).
         let search = state.progress.search.clone();
@@ -574,7 +591,7 @@ pub fn train(
             Instant::now().checked_sub(std::time::Duration::from_secs_f64(seconds_before)).unwrap_or_else(Instant::now);
         let mut interrupted = false;
         // lr, resolution and depth of each step, for its log line.
-        let mut step_info: std::collections::BTreeMap<u64, (f64, usize, usize)> = std::collections::BTreeMap::new();
+        let mut step_info: BTreeMap<u64, (f64, usize, usize)> = BTreeMap::new();
         let record_loss =
             |log: &mut LogWriter, losses: &mut Vec<f64>, step: u64, loss: f32, info: (f64, usize, usize), ips: f64| {
                 if !loss.is_finite() {
@@ -609,7 +626,8 @@ pub fn train(
                         let ips = images_this_epoch as f64 / epoch_start.elapsed().as_secs_f64();
                         record_loss(&mut log, &mut losses, s_step, v[0], step_info[&s_step], ips)?;
                     }
-                    evaluation_point(ctx, config, &state.model, &state.optimizer, acts_by_res, g, s, &holdout)?;
+                    let timed = &mut state.progress.step_ms;
+                    evaluation_point(ctx, config, &state.model, &state.optimizer, acts_by_res, g, s, timed, &holdout)?;
                 }
             }
             // The sub-network this step trains (the only one outside a search).
@@ -682,7 +700,8 @@ pub fn train(
         if let (false, Some(s), Some(g)) = (interrupted, state.progress.search.clone(), growth.as_ref()) {
             if s.end() == state.progress.step {
                 let mut s = s;
-                evaluation_point(ctx, config, &state.model, &state.optimizer, acts_by_res, g, &mut s, &holdout)?;
+                let timed = &mut state.progress.step_ms;
+                evaluation_point(ctx, config, &state.model, &state.optimizer, acts_by_res, g, &mut s, timed, &holdout)?;
                 let (recycled, event, chosen) = finish_search(ctx, state, config, &s, epoch)?;
                 state = recycled;
                 eprintln!("stage {}: chose {} ({} candidates)", s.stage, event.winner, s.candidates.len());
@@ -864,7 +883,8 @@ fn scoring_weights<'a>(model: &'a GpuVit, optimizer: &'a Optimizer, search: &Sea
 
 /// One evaluation point of a search: each candidate's mean held-back loss with the
 /// [`scoring_weights`], and, the first time, each candidate's cost (step time, or GFLOPs
-/// per step with `--search-cost flops`).
+/// per step with `--search-cost flops`). Step times come from `timed` where an earlier
+/// search measured them; the others are measured and added.
 #[allow(clippy::too_many_arguments, reason = "the model, its optimizer, the search and what it runs on")]
 fn evaluation_point(
     ctx: &GpuContext,
@@ -874,6 +894,7 @@ fn evaluation_point(
     acts: &mut ActsByResolution,
     growth: &Growth,
     search: &mut SearchState,
+    timed: &mut BTreeMap<String, f64>,
     holdout: &[(Vec<f32>, Vec<u32>)],
 ) -> anyhow::Result<()> {
     let batch = acts.values().next().map_or(1, |a| a.batch);
@@ -882,6 +903,7 @@ fn evaluation_point(
     }
     let (scoring, _) = scoring_weights(model, optimizer, search);
     if search.step_ms.is_empty() {
+        let start = Instant::now();
         search.step_ms = match config.recipe.search_cost.as_str() {
             // GFLOPs of one step: proportional to an ideal device's time, and the same on
             // every run (the fit's exponent and the ranking ignore the scale).
@@ -890,12 +912,28 @@ fn evaluation_point(
                 .iter()
                 .map(|c| batch as f64 * config.model.train_flops_per_image(c.resolution, c.depth) / 1e9)
                 .collect(),
-            _ => candidates_step_ms(ctx, model, acts, growth, &search.candidates)?,
+            _ => {
+                let untimed: Vec<Candidate> =
+                    search.candidates.iter().copied().filter(|c| !timed.contains_key(&c.name())).collect();
+                if !untimed.is_empty() {
+                    for (c, ms) in untimed.iter().zip(candidates_step_ms(ctx, model, acts, growth, &untimed)?) {
+                        timed.insert(c.name(), ms);
+                    }
+                }
+                search.candidates.iter().map(|c| timed[&c.name()]).collect()
+            }
         };
+        search.timing_seconds += start.elapsed().as_secs_f64();
     }
+    let start = Instant::now();
+    // This point's share of the held-back batches, following on from the last point's.
+    let per_point = evaluation_batches(search.steps, search.candidates.len(), holdout.len());
+    let first = search.losses.first().map_or(0, Vec::len) * per_point;
+    let batches: Vec<&(Vec<f32>, Vec<u32>)> = (first..first + per_point).map(|b| &holdout[b % holdout.len()]).collect();
     for (i, &c) in search.candidates.clone().iter().enumerate() {
-        search.losses[i].push(candidate_loss(ctx, model, scoring, acts, growth, c, holdout)?);
+        search.losses[i].push(candidate_loss(ctx, model, scoring, acts, growth, c, &batches)?);
     }
+    search.evaluation_seconds += start.elapsed().as_secs_f64();
     Ok(())
 }
 
@@ -939,6 +977,8 @@ fn finish_search(
         winner: winner.name(),
         lowest_score: Some(search.candidates[selection.lowest_score].name()),
         scored_with: Some(scored_with),
+        evaluation_seconds: Some(search.evaluation_seconds),
+        timing_seconds: Some(search.timing_seconds),
     };
     Ok((state, event, (winner.resolution, winner.depth)))
 }

@@ -576,6 +576,8 @@ fn autoprog_searches_recycles_and_resumes_inside_a_search() {
     }
     let best = search.candidates.iter().min_by(|a, b| a.score.total_cmp(&b.score)).unwrap();
     assert_eq!(search.winner, best.name);
+    // Where the search's time went besides the supernet steps.
+    assert!(search.evaluation_seconds.unwrap() > 0.0 && search.timing_seconds.unwrap() > 0.0, "{search:?}");
     assert_eq!((search.epoch, search.step), (1, 14), "2 search epochs of 7 steps");
     let summary: Summary = serde_json::from_str(&std::fs::read_to_string(whole.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary.schedule, "auto");
@@ -654,6 +656,11 @@ fn the_default_schedule_is_auto_with_a_stage_per_epoch_in_short_runs() {
     let stages: Vec<(u32, u32, u32)> = summary.stages.iter().map(|s| (s.start_epoch, s.resolution, s.depth)).collect();
     assert_eq!(stages.len(), 2, "one stage per epoch: {stages:?}");
     assert_eq!(stages[1], (1, 16, 2), "the last stage trains the full model");
+    // The micro model keeps its 2 blocks (2/3 of 2 rounds up to 2), so stage 0 has two
+    // candidates, 12 and 16 px: a search cannot rank two, and the cheaper trains without one.
+    assert_eq!(stages[0], (0, 12, 2));
     let log = parse_log(&std::fs::read_to_string(out_dir.join("log.jsonl")).unwrap());
-    assert_eq!(log.events.iter().filter(|e| matches!(e, Event::Search(_))).count(), 1);
+    assert_eq!(log.events.iter().filter(|e| matches!(e, Event::Search(_))).count(), 0);
+    let first = log.events.iter().find_map(|e| if let Event::Stage(s) = e { Some(s) } else { None }).unwrap();
+    assert_eq!(first.chosen_without_search.as_deref(), Some("r12_l2"));
 }

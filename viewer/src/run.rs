@@ -398,7 +398,13 @@ impl Run {
                 Some(_) => "the lowest wins; no cheaper candidate ties with it within the evaluation noise.".into(),
                 None => "the lowest wins.".into(),
             };
-            out.push_str(&format!("</tbody></table><p class=\"note\">score = mean loss · t<sup>w</sup> with w = max(−b, 0) from the fit; {rule}{scored_with}</p></div>"));
+            let overhead = match (s.evaluation_seconds, s.timing_seconds) {
+                (Some(eval), Some(timing)) => format!(
+                    " Scoring took {eval:.1} s and timing {timing:.1} s of the search; the rest trained the supernet."
+                ),
+                _ => String::new(),
+            };
+            out.push_str(&format!("</tbody></table><p class=\"note\">score = mean loss · t<sup>w</sup> with w = max(−b, 0) from the fit; {rule}{scored_with}{overhead}</p></div>"));
         }
         out
     }
@@ -616,7 +622,7 @@ mod tests {
                 ));
             }
             if step == 19 {
-                lines.push(r#"{"event":"search","stage":0,"epoch":1,"step":20,"candidates":[{"name":"r8_l2","resolution":8,"depth":2,"losses":[1.5,1.4],"step_ms":10,"score":1.2},{"name":"r8_l4","resolution":8,"depth":4,"losses":[1.3,1.2],"step_ms":20,"score":1.1}],"fit":{"a":2.0,"b":-0.2},"w":0.2,"winner":"r8_l4","scored_with":"weights"}"#.into());
+                lines.push(r#"{"event":"search","stage":0,"epoch":1,"step":20,"candidates":[{"name":"r8_l2","resolution":8,"depth":2,"losses":[1.5,1.4],"step_ms":10,"score":1.2},{"name":"r8_l4","resolution":8,"depth":4,"losses":[1.3,1.2],"step_ms":20,"score":1.1}],"fit":{"a":2.0,"b":-0.2},"w":0.2,"winner":"r8_l4","scored_with":"weights","evaluation_seconds":2.5,"timing_seconds":6}"#.into());
                 lines.push(r#"{"event":"stage","stage":1,"epoch":2,"step":20,"resolution":16,"depth":4,"regularisation":{"randaug_magnitude":0,"drop_path":0,"erase_prob":0,"mixup":0}}"#.into());
             }
         }
@@ -642,6 +648,7 @@ mod tests {
         assert_eq!((report.schedule.as_str(), report.epochs), ("auto", 4));
         assert!(report.searches.contains("<span data-testid=\"search-winner\">r8_l4</span>"), "{}", report.searches);
         assert!(report.searches.contains("measured with the weights"), "{}", report.searches);
+        assert!(report.searches.contains("Scoring took 2.5 s and timing 6.0 s"), "{}", report.searches);
         assert!(report.timeline.contains("class=\"band\""), "the search window is shaded");
         assert!(report.network.contains("new block 1 copies block 0"), "{}", report.network);
         // The winner r8_l4 runs every block of the supernet; r8_l2 only the originals 0 and 2.
