@@ -102,28 +102,17 @@ pub fn candidates(
         let floor = stages[stage.saturating_sub(max_res_lag)].resolution;
         let low = current.resolution.max(floor);
         let next_res = resolutions.iter().copied().find(|&r| r > low).unwrap_or(low);
-        let deepest = 2 * current.depth;
-        let ls: Vec<usize> = match depth_growth {
-            DepthGrowth::Always => {
-                let above: Vec<usize> =
-                    depths.iter().copied().filter(|&l| l > current.depth && l <= deepest).take(3).collect();
-                if above.is_empty() {
-                    vec![current.depth]
-                } else {
-                    above
-                }
-            }
+        // The shallowest depth offered, and the one kept when no level lies in range.
+        let (shallowest, kept) = match depth_growth {
+            DepthGrowth::Always => (current.depth + 1, current.depth),
             DepthGrowth::Schedule => {
-                let low = current.depth.max(stages[stage].depth);
-                let from: Vec<usize> =
-                    depths.iter().copied().filter(|&l| l >= low && l <= deepest.max(low)).take(3).collect();
-                if from.is_empty() {
-                    vec![low]
-                } else {
-                    from
-                }
+                let floor = current.depth.max(stages[stage].depth);
+                (floor, floor)
             }
         };
+        let deepest = (2 * current.depth).max(kept);
+        let ls: Vec<usize> = depths.iter().copied().filter(|&l| l >= shallowest && l <= deepest).take(3).collect();
+        let ls = if ls.is_empty() { vec![kept] } else { ls };
         (levels([low, next_res].into_iter()), ls)
     };
     Ok(rs.iter().flat_map(|&resolution| ls.iter().map(move |&depth| Candidate { resolution, depth })).collect())

@@ -106,7 +106,8 @@ impl SearchState {
     /// and ¾ of the evaluation window (its end is evaluated when the search finishes).
     pub fn evaluates_at(&self, step: u64) -> bool {
         let window_start = self.end() - self.window;
-        (0..EVALUATION_POINTS as u64 - 1).any(|q| window_start + q * self.window / 4 == step)
+        let inside = EVALUATION_POINTS as u64 - 1;
+        (0..inside).any(|q| window_start + q * self.window / inside == step)
     }
 }
 
