@@ -41,6 +41,23 @@ fn layernorm_eps() -> f64 {
 /// Named architectures: `nano` for quick runs, `tiny` and `small` as DeiT-Ti and DeiT-S.
 pub const PRESETS: [&str; 3] = ["nano", "tiny", "small"];
 
+/// Upper bounds on every size of a model, checked by [`VitConfig::validate`]. They lie far
+/// above any ViT trained (ViT-22B: width 6144, depth 48, MLP 24576; ImageNet-21k: 21 843
+/// classes) and low enough that no tensor of a valid config has more than 2^31 elements,
+/// so shapes never overflow, not even in wasm32's 32-bit `usize`, and a damaged or hostile
+/// file cannot make a reader allocate terabytes.
+pub mod limits {
+    pub const IMAGE_SIZE: usize = 4096;
+    pub const PATCH_SIZE: usize = 64;
+    pub const IN_CHANS: usize = 16;
+    pub const DIM: usize = 16384;
+    pub const DEPTH: usize = 1024;
+    pub const MLP_HIDDEN: usize = 65536;
+    pub const CLASSES: usize = 100_000;
+    /// Patches plus the class token: a 256 × 256 patch grid.
+    pub const TOKENS: usize = 256 * 256 + 1;
+}
+
 impl VitConfig {
     /// A preset by name at `image_size` px with `classes` outputs.
     pub fn preset(name: &str, classes: usize) -> Result<VitConfig> {
@@ -81,12 +98,38 @@ impl VitConfig {
         if self.classes < 2 {
             return bad(format!("{} classes; a classifier needs at least 2", self.classes));
         }
+        for (name, value, limit) in [
+            ("image_size", self.image_size, limits::IMAGE_SIZE),
+            ("patch_size", self.patch_size, limits::PATCH_SIZE),
+            ("in_chans", self.in_chans, limits::IN_CHANS),
+            ("dim", self.dim, limits::DIM),
+            ("depth", self.depth, limits::DEPTH),
+            ("mlp_hidden", self.mlp_hidden, limits::MLP_HIDDEN),
+            ("classes", self.classes, limits::CLASSES),
+        ] {
+            if value > limit {
+                return bad(format!(
+                    "{name} {value} is above the largest this tool supports ({limit}); \
+                     a file that says so is damaged, or the config has a typo"
+                ));
+            }
+        }
         if !self.image_size.is_multiple_of(self.patch_size) {
             return bad(format!(
                 "image_size {} is not a multiple of patch_size {}; pick e.g. {}",
                 self.image_size,
                 self.patch_size,
                 self.image_size.div_ceil(self.patch_size) * self.patch_size
+            ));
+        }
+        // Both sides are at most 4096 here, so the product cannot overflow.
+        if self.grid() * self.grid() + 1 > limits::TOKENS {
+            return bad(format!(
+                "image_size {} with patch_size {} makes {} tokens, above the {} supported; use larger patches",
+                self.image_size,
+                self.patch_size,
+                self.grid() * self.grid() + 1,
+                limits::TOKENS
             ));
         }
         if !self.dim.is_multiple_of(self.heads) {
@@ -175,5 +218,47 @@ mod tests {
         c.image_size = 32;
         c.heads = 5;
         assert!(c.validate().unwrap_err().to_string().contains("heads 5"));
+    }
+
+    #[test]
+    fn sizes_beyond_the_limits_are_refused() {
+        let nano = VitConfig::preset("nano", 10).unwrap();
+        let cases: [(&str, fn(&mut VitConfig)); 6] = [
+            ("dim 1000000000", |c| c.dim = 1_000_000_000),
+            ("depth 1000000000", |c| c.depth = 1_000_000_000),
+            ("mlp_hidden 4294967296", |c| c.mlp_hidden = 1 << 32),
+            ("classes 2147483648", |c| c.classes = 1 << 31),
+            ("image_size 8192", |c| c.image_size = 8192),
+            ("patch_size 1 makes", |c| {
+                c.image_size = 4096;
+                c.patch_size = 1
+            }),
+        ];
+        for (expected, change) in cases {
+            let mut c = nano.clone();
+            change(&mut c);
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
+        // At every limit at once, the largest tensor still has fewer than 2^31 elements.
+        let largest = VitConfig {
+            image_size: 4096,
+            patch_size: 16,
+            in_chans: limits::IN_CHANS,
+            dim: limits::DIM,
+            depth: 1,
+            heads: limits::DIM / 64,
+            mlp_hidden: limits::MLP_HIDDEN,
+            classes: limits::CLASSES,
+            layernorm_eps: 1e-6,
+        };
+        largest.validate().unwrap();
+        let biggest = [
+            largest.dim as u64 * largest.mlp_hidden as u64,
+            largest.classes as u64 * largest.dim as u64,
+            limits::TOKENS as u64 * largest.dim as u64,
+            (largest.dim * limits::IN_CHANS * limits::PATCH_SIZE * limits::PATCH_SIZE) as u64,
+        ];
+        assert!(biggest.iter().all(|&n| n < 1 << 31), "{biggest:?}");
     }
 }

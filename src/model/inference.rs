@@ -3,10 +3,12 @@
 //! pass that the command line and the browser share: image preprocessing, probabilities and
 //! the class token's attention map.
 
+use std::collections::HashSet;
+
 use serde::Serialize;
 
 use crate::checkpoint::{Checkpoint, NamedTensor, Storage};
-use crate::model::{infer_config, ParamLayout, VitConfig};
+use crate::model::{infer_config, parameter_count, ParamLayout, VitConfig};
 use crate::{cpu, Error, Result};
 
 /// The `format` metadata of files written by [`InferenceModel::to_model_file`].
@@ -88,7 +90,10 @@ impl InferenceModel {
         }
         let depth = ckpt.get_json::<usize>("depth")?.unwrap_or(config.depth);
         // Checked before laying out `depth` blocks: a damaged header must not allocate them.
-        let present = (0..).take_while(|i| ckpt.get(&format!("{prefix}blocks.{i}.norm1.weight")).is_some()).count();
+        let names: HashSet<&str> = ckpt.tensors.iter().map(|t| t.name.as_str()).collect();
+        let present = (0..=config.depth)
+            .take_while(|i| names.contains(format!("{prefix}blocks.{i}.norm1.weight").as_str()))
+            .count();
         if depth != present || depth > config.depth {
             return Err(Error::format(
                 what,
@@ -96,6 +101,19 @@ impl InferenceModel {
                     "its header says {depth} blocks (of at most {}) but it holds weights for {present}; \
                      the file is damaged or was edited",
                     config.depth
+                ),
+            ));
+        }
+        // The arena below is as large as the model the header describes; the file must hold
+        // at least that many values, so memory stays within a small multiple of its size.
+        let needed = parameter_count(&config, depth);
+        let held: u64 = ckpt.tensors.iter().map(|t| t.data.len() as u64).sum();
+        if needed > held {
+            return Err(Error::format(
+                what,
+                format!(
+                    "its header describes a model of {needed} parameters but the file holds {held} values; \
+                     the file is damaged or was edited"
                 ),
             ));
         }

@@ -11,6 +11,6 @@ pub mod inference;
 mod params;
 pub mod step;
 
-pub use config::{VitConfig, PRESETS};
+pub use config::{limits, VitConfig, PRESETS};
 pub use gpu::{Activations, GpuVit, Loss};
-pub use params::{infer_config, param_shapes, ParamLayout, ParamSpec};
+pub use params::{infer_config, param_shapes, parameter_count, ParamLayout, ParamSpec};

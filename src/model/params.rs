@@ -5,6 +5,9 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::checkpoint::{Checkpoint, NamedTensor};
+use std::collections::{HashMap, HashSet};
+
+use crate::model::config::limits;
 use crate::model::VitConfig;
 use crate::{Error, Result};
 
@@ -173,19 +176,33 @@ impl ParamLayout {
     /// An arena filled from the tensors named `prefix` + timm name in `checkpoint`; a
     /// missing tensor or a shape of another architecture is an error that names it.
     pub fn arena_from(&self, checkpoint: &Checkpoint, prefix: &str) -> Result<Vec<f32>> {
+        // One pass over the file's tensors, so a file with very many cannot make the lookups
+        // quadratic; misses go through `require` for its message.
+        let by_name: HashMap<&str, &NamedTensor> = checkpoint.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
         let mut arena = vec![0.0; self.len];
         for spec in &self.specs {
             let name = format!("{prefix}{}", spec.name);
-            let t = checkpoint.require(&name, &spec.shape)?;
+            let t = match by_name.get(name.as_str()) {
+                Some(t) if t.shape == spec.shape => t,
+                _ => checkpoint.require(&name, &spec.shape)?,
+            };
             arena[spec.range()].copy_from_slice(&t.data);
         }
         Ok(arena)
     }
 }
 
+/// Parameters (padding excluded) of a ViT of `config` with `depth` blocks, counted in u64 so
+/// that the sum cannot overflow a 32-bit `usize`. `config` must be valid (every tensor then
+/// has fewer than 2^31 elements).
+pub fn parameter_count(config: &VitConfig, depth: usize) -> u64 {
+    param_shapes(config, depth).iter().map(|(_, shape, _)| shape.iter().product::<usize>() as u64).sum()
+}
+
 /// The architecture of a timm VisionTransformer state dict, from its tensor shapes: width,
 /// depth, patch size, grid, MLP width and classes. The number of heads is not in the
-/// shapes; it comes from the caller (`--heads` or a config file).
+/// shapes; it comes from the caller (`--heads` or a config file). Every shape is matched
+/// whole, so a file of the wrong rank gets an error, never an index out of range.
 pub fn infer_config(checkpoint: &Checkpoint, heads: usize) -> Result<VitConfig> {
     let shape = |name: &str| -> Result<&[usize]> {
         checkpoint.get(name).map(|t| t.shape.as_slice()).ok_or_else(|| {
@@ -195,33 +212,41 @@ pub fn infer_config(checkpoint: &Checkpoint, heads: usize) -> Result<VitConfig> 
             )
         })
     };
+    let not_vit = |name: &str, found: &[usize], expected: &str| {
+        Error::format("checkpoint", format!("{name} is {found:?}; a timm VisionTransformer has {expected}"))
+    };
     let (dim, in_chans, patch) = match shape("patch_embed.proj.weight")? {
-        &[c, ch, p, q] if p == q => (c, ch, p),
-        other => {
-            return Err(Error::format(
-                "checkpoint",
-                format!("patch_embed.proj.weight is {other:?}; expected [C, 3, P, P]"),
-            ))
-        }
+        &[c, ch, p, q] if p == q && c > 0 && ch > 0 && p > 0 => (c, ch, p),
+        other => return Err(not_vit("patch_embed.proj.weight", other, "[C, 3, P, P]")),
     };
     let tokens = match shape("pos_embed")? {
-        &[1, n, c] if c == dim => n,
-        other => {
-            return Err(Error::format("checkpoint", format!("pos_embed is {other:?}; expected [1, 1 + N, {dim}]")))
-        }
+        &[1, n, c] if c == dim && n >= 2 => n,
+        other => return Err(not_vit("pos_embed", other, &format!("[1, 1 + N, {dim}] with N >= 1 patches"))),
     };
     let grid = ((tokens - 1) as f64).sqrt().round() as usize;
-    if grid * grid + 1 != tokens {
+    if grid.checked_mul(grid).and_then(|g| g.checked_add(1)) != Some(tokens) {
         return Err(Error::format(
             "checkpoint",
             format!("pos_embed has {tokens} positions, not a square grid plus a class token"),
         ));
     }
-    let depth = (0..).take_while(|i| checkpoint.get(&format!("blocks.{i}.norm1.weight")).is_some()).count();
-    let mlp_hidden = if depth > 0 { shape("blocks.0.mlp.fc1.weight")?[0] } else { 4 * dim };
-    let classes = shape("head.weight")?[0];
+    let names: HashSet<&str> = checkpoint.tensors.iter().map(|t| t.name.as_str()).collect();
+    // One past the limit is enough for validate() to refuse a deeper file.
+    let depth = (0..=limits::DEPTH).take_while(|i| names.contains(format!("blocks.{i}.norm1.weight").as_str())).count();
+    let mlp_hidden = if depth > 0 {
+        match shape("blocks.0.mlp.fc1.weight")? {
+            &[h, c] if c == dim => h,
+            other => return Err(not_vit("blocks.0.mlp.fc1.weight", other, &format!("[H, {dim}]"))),
+        }
+    } else {
+        4 * dim
+    };
+    let classes = match shape("head.weight")? {
+        &[k, c] if c == dim => k,
+        other => return Err(not_vit("head.weight", other, &format!("[classes, {dim}]"))),
+    };
     let config = VitConfig {
-        image_size: grid * patch,
+        image_size: grid.saturating_mul(patch),
         patch_size: patch,
         in_chans,
         dim,
@@ -328,5 +353,37 @@ mod tests {
         // Heads that do not divide the width are refused.
         assert!(infer_config(&ckpt, 5).is_err());
         Ok(())
+    }
+
+    #[test]
+    fn shapes_of_the_wrong_rank_or_size_are_errors_not_panics() {
+        let mut config = VitConfig::preset("nano", 7).unwrap();
+        config.depth = 1;
+        let layout = ParamLayout::new(&config, 1, 1);
+        let good = Checkpoint { tensors: layout.to_tensors(&layout.init(&config, 1), ""), ..Default::default() };
+        let with = |name: &str, shape: Vec<usize>| {
+            let mut ckpt = good.clone();
+            let t = ckpt.tensors.iter_mut().find(|t| t.name == name).unwrap();
+            t.data = vec![0.0; shape.iter().product()];
+            t.shape = shape;
+            ckpt
+        };
+        for (name, shape, expected) in [
+            ("head.weight", vec![], "head.weight is []"),
+            ("head.weight", vec![0, 1 << 31], "head.weight is [0, 2147483648]"),
+            ("head.weight", vec![1 << 31, 0], "head.weight is [2147483648, 0]"),
+            ("pos_embed", vec![1, 0, 64], "pos_embed is [1, 0, 64]"),
+            ("pos_embed", vec![1, 1, 64], "pos_embed is [1, 1, 64]"),
+            ("pos_embed", vec![], "pos_embed is []"),
+            ("patch_embed.proj.weight", vec![1 << 31, 3, 0, 0], "patch_embed.proj.weight is"),
+            ("patch_embed.proj.weight", vec![64], "patch_embed.proj.weight is [64]"),
+            ("blocks.0.mlp.fc1.weight", vec![7], "blocks.0.mlp.fc1.weight is [7]"),
+        ] {
+            let err = infer_config(&with(name, shape), 4).unwrap_err().to_string();
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
+        // Sizes within the shapes' rules but beyond the limits.
+        let err = infer_config(&with("head.weight", vec![1 << 20, 64]), 4).unwrap_err().to_string();
+        assert!(err.contains("classes 1048576"), "{err}");
     }
 }

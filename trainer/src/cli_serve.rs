@@ -5,6 +5,11 @@
 //! Nothing outside `www/` and the given run directories can be read: every request path goes
 //! through [`Site::resolve`], which refuses `..`, backslashes, NULs and empty segments, and
 //! anything whose canonical path (symlinks resolved) leaves the folder it was asked from.
+//!
+//! Binding to 127.0.0.1 is not enough on its own: a web page on another site can point a
+//! name it controls at 127.0.0.1 (DNS rebinding) and read the answers as its own origin. So a
+//! request is answered only when its `Host` names this machine's loopback at our port
+//! ([`host_is_local`]); no CORS headers are ever sent.
 
 use std::fs::File;
 use std::io::{ErrorKind, Write};
@@ -232,13 +237,19 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     drop(stdout);
     eprintln!("serving {} and {} run(s) at {base}; Ctrl-C to stop", folder_label(&args.www), site.runs.len());
 
+    let port = address.port();
     let workers: Vec<_> = (0..WORKERS)
         .map(|_| {
             let (server, site) = (Arc::clone(&server), Arc::clone(&site));
             std::thread::spawn(move || {
                 for request in server.incoming_requests() {
                     let (method, url) = (request.method().clone(), request.url().to_string());
-                    let response = response_for(&site, &method, &url);
+                    let host = request.headers().iter().find(|h| h.field.equiv("Host")).map(|h| h.value.as_str());
+                    let response = if host.is_some_and(|host| host_is_local(host, port)) {
+                        response_for(&site, &method, &url)
+                    } else {
+                        misdirected(port)
+                    };
                     let status = response.status_code().0;
                     if status >= 400 {
                         eprintln!("{status} {method} {url}");
@@ -268,6 +279,28 @@ fn bind_localhost(port: u16) -> anyhow::Result<TcpListener> {
         }
         Err(e) => Err(e).with_context(|| format!("cannot listen on 127.0.0.1:{port}; pick another with --port")),
     }
+}
+
+/// True when a request's `Host` header is `127.0.0.1`, `localhost` or `[::1]` with our
+/// `port` (or with no port when it is 80, as browsers write it). Anything else, a rebound
+/// domain name above all, is refused.
+pub fn host_is_local(host: &str, port: u16) -> bool {
+    let (name, given_port) = match host.rsplit_once(':') {
+        // `[::1]` alone has colons inside the brackets: no port there.
+        Some((name, p)) if !p.ends_with(']') => (name, p.parse::<u16>().ok()),
+        _ => (host, (port == 80).then_some(80)),
+    };
+    given_port == Some(port) && (name == "127.0.0.1" || name == "[::1]" || name.eq_ignore_ascii_case("localhost"))
+}
+
+/// The answer to a request for another host: 421 (RFC 9110 §15.5.20), nothing served.
+fn misdirected(port: u16) -> ResponseBox {
+    Response::from_string(format!(
+        "this server answers only requests to http://127.0.0.1:{port}/ or http://localhost:{port}/\n"
+    ))
+    .with_status_code(421)
+    .with_header(header("Content-Type", "text/plain; charset=utf-8"))
+    .boxed()
 }
 
 /// The answer to one request. tiny_http drops the body itself for HEAD.
@@ -438,6 +471,34 @@ mod tests {
         assert!(site.is_err());
         let site = Site::new(&tmp.path().join("www"), &[run.join(".")]).unwrap();
         assert_eq!(site.run_index_json(), r#"["a"]"#);
+    }
+
+    #[test]
+    fn only_loopback_hosts_at_our_port_are_answered() {
+        for host in ["127.0.0.1:8000", "localhost:8000", "LocalHost:8000", "[::1]:8000"] {
+            assert!(host_is_local(host, 8000), "{host}");
+        }
+        assert!(host_is_local("localhost", 80));
+        assert!(host_is_local("127.0.0.1:80", 80));
+        for host in [
+            "evil.example.com",
+            "evil.example.com:8000",
+            "localhost.evil.example.com:8000",
+            "127.0.0.1.nip.io:8000",
+            "localhost:8001",
+            "localhost",
+            "127.0.0.1",
+            "[::1]",
+            "127.0.0.2:8000",
+            "0.0.0.0:8000",
+            "localhost:08000x",
+            "localhost:",
+            ":8000",
+            "",
+            "[::1]:8000:8000",
+        ] {
+            assert!(!host_is_local(host, 8000), "{host}");
+        }
     }
 
     #[test]

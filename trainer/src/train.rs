@@ -249,6 +249,17 @@ fn save_checkpoint(
     }
     ckpt.tensors.extend(layout.to_tensors(&ctx.read_blocking(&state.optimizer.m)?, "optimizer.m."));
     ckpt.tensors.extend(layout.to_tensors(&ctx.read_blocking(&state.optimizer.v)?, "optimizer.v."));
+    // The loss of a step is computed before its update, so the last updates of an epoch can
+    // leave NaN or inf weights that no loss has shown yet: never let them replace a good file.
+    if let Some(bad) = ckpt.tensors.iter().find(|t| t.data.iter().any(|v| !v.is_finite())) {
+        bail!(Diverged {
+            detail: format!(
+                "after step {} `{}` holds NaN or infinite values, so no checkpoint was written",
+                state.progress.step, bad.name
+            ),
+            checkpoints: dir.join("checkpoints"),
+        });
+    }
     ckpt.set_json("format", "autoprog-checkpoint-1")?;
     ckpt.set_json("config", config)?;
     ckpt.set_json("vit", &state.model.config)?;
@@ -358,6 +369,13 @@ fn resumed_state(ctx: &GpuContext, config: &TrainConfig, path: &Path) -> anyhow:
     let progress: Progress = ckpt
         .get_json(PROGRESS_KEY)?
         .with_context(|| format!("{} is not a training checkpoint of autoprog (no progress record)", path.display()))?;
+    anyhow::ensure!(
+        (1..=config.model.depth).contains(&progress.depth),
+        "{} records {} blocks but the run's model has at most {}; the checkpoint is damaged or belongs to another run",
+        path.display(),
+        progress.depth,
+        config.model.depth
+    );
     let layout = ParamLayout::new(&config.model, progress.depth, ctx.arena_align());
     let params = layout.arena_from(&ckpt, "")?;
     let model = GpuVit::new(ctx, config.model.clone(), layout, &params)?;
@@ -397,8 +415,7 @@ pub fn train(
         .with_context(|| format!("cannot create the run directory {}", run_dir.display()))?;
     autoprog::fsutil::write_atomic(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
     let stages = config.schedule()?;
-    let mut state =
-        if opts.resume { resumed_state(ctx, config, &last)? } else { fresh_state(ctx, config, &stages[0])? };
+    let state = if opts.resume { resumed_state(ctx, config, &last)? } else { fresh_state(ctx, config, &stages[0])? };
     let mut log = if opts.resume {
         LogWriter::open_for_resume(&run_dir.join("log.jsonl"))?
     } else {
@@ -412,7 +429,42 @@ pub fn train(
         adapter: adapter.clone(),
         schedule: config.recipe.schedule.clone(),
     }))?;
+    let setup = Setup { ctx, config, dataset, opts, stop, classes, stages, adapter };
+    let (started, wall_before) = (Instant::now(), state.progress.wall_seconds);
+    let outcome = train_epochs(&setup, state, &mut log);
+    if let Err(e) = &outcome {
+        // An interrupted run has logged its own end; any other failure ends the log here so
+        // that the record says how the run ended. The error itself matters more than a
+        // failure to log it.
+        if !e.is::<Interrupted>() {
+            let _ = log.write(&Event::RunEnd(RunEndEvent {
+                time: runlog::unix_time_now(),
+                wall_seconds: wall_before + started.elapsed().as_secs_f64(),
+                status: RunStatus::Failed,
+                message: Some(format!("{e:#}")),
+            }));
+        }
+    }
+    outcome
+}
 
+/// What every epoch of a run reads, set up by [`train`].
+struct Setup<'a> {
+    ctx: &'a GpuContext,
+    config: &'a TrainConfig,
+    dataset: &'a Dataset,
+    opts: &'a RunOptions,
+    stop: &'a AtomicBool,
+    classes: Vec<String>,
+    stages: Vec<Stage>,
+    adapter: String,
+}
+
+/// The epochs of a run from `state` on, with their searches, growth, evaluations and
+/// checkpoints; returns the summary after the last.
+fn train_epochs(setup: &Setup, mut state: State, log: &mut LogWriter) -> anyhow::Result<Summary> {
+    let Setup { ctx, config, dataset, opts, stop, ref classes, ref stages, ref adapter } = *setup;
+    let run_dir = &opts.out;
     let r = &config.recipe;
     let val_source = dataset.val.clone().expect("open_dataset guarantees a val part");
     // AutoProg evaluates its candidates on training images held back from training.
@@ -595,11 +647,10 @@ pub fn train(
         let record_loss =
             |log: &mut LogWriter, losses: &mut Vec<f64>, step: u64, loss: f32, info: (f64, usize, usize), ips: f64| {
                 if !loss.is_finite() {
-                    bail!(
-                        "training diverged at step {step} (loss {loss}); the last good checkpoint is kept in {}; \
-                     try a lower --lr or a smaller --batch",
-                        run_dir.join("checkpoints").display()
-                    );
+                    bail!(Diverged {
+                        detail: format!("at step {step} (loss {loss})"),
+                        checkpoints: run_dir.join("checkpoints"),
+                    });
                 }
                 losses.push(loss as f64);
                 log.write(&Event::Step(StepEvent {
@@ -624,7 +675,7 @@ pub fn train(
                 if s.evaluates_at(step) {
                     for (s_step, v) in ring.drain(ctx)? {
                         let ips = images_this_epoch as f64 / epoch_start.elapsed().as_secs_f64();
-                        record_loss(&mut log, &mut losses, s_step, v[0], step_info[&s_step], ips)?;
+                        record_loss(log, &mut losses, s_step, v[0], step_info[&s_step], ips)?;
                     }
                     let timed = &mut state.progress.step_ms;
                     evaluation_point(ctx, config, &state.model, &state.optimizer, acts_by_res, g, s, timed, &holdout)?;
@@ -670,7 +721,7 @@ pub fn train(
             if !ring.has_free() {
                 if let Some((s, v)) = ring.wait_oldest(ctx)? {
                     let ips = images_this_epoch as f64 / epoch_start.elapsed().as_secs_f64();
-                    record_loss(&mut log, &mut losses, s, v[0], step_info[&s], ips)?;
+                    record_loss(log, &mut losses, s, v[0], step_info[&s], ips)?;
                 }
             }
             state.optimizer.record_step(&mut rec, &state.model, acts, &options)?;
@@ -684,7 +735,7 @@ pub fn train(
             images_this_epoch += r.batch as u64;
             for (s, v) in ring.poll(ctx)? {
                 let ips = images_this_epoch as f64 / epoch_start.elapsed().as_secs_f64();
-                record_loss(&mut log, &mut losses, s, v[0], step_info[&s], ips)?;
+                record_loss(log, &mut losses, s, v[0], step_info[&s], ips)?;
                 bar.set_message(format!("loss {:.3}  {ips:.0} img/s", v[0]));
             }
             bar.inc(1);
@@ -694,7 +745,7 @@ pub fn train(
         }
         for (s, v) in ring.drain(ctx)? {
             let ips = images_this_epoch as f64 / epoch_start.elapsed().as_secs_f64();
-            record_loss(&mut log, &mut losses, s, v[0], step_info[&s], ips)?;
+            record_loss(log, &mut losses, s, v[0], step_info[&s], ips)?;
         }
         // The end of a search: the last evaluation point, the choice and parameter recycling.
         if let (false, Some(s), Some(g)) = (interrupted, state.progress.search.clone(), growth.as_ref()) {
@@ -1008,6 +1059,17 @@ pub struct Interrupted {
     pub resume: String,
 }
 
+/// The loss or the weights became NaN or infinite.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "training diverged {detail}; the last good checkpoint is kept in {}; try a lower --lr or a smaller --batch",
+    checkpoints.display()
+)]
+pub struct Diverged {
+    detail: String,
+    checkpoints: PathBuf,
+}
+
 fn progress_bar(quiet: bool, steps: u64, epoch: usize, epochs: usize) -> ProgressBar {
     if quiet {
         return ProgressBar::hidden();
@@ -1048,7 +1110,15 @@ mod tests {
         let mid = learning_rate(55, 100, 10, lr, min);
         assert!((mid - (min + 0.5 * (lr - min))).abs() < 1e-9, "{mid}");
         assert!((learning_rate(100, 100, 10, lr, min) - min).abs() < 1e-12);
-        assert!((learning_rate(3, 10, 0, lr, min) - learning_rate(3, 10, 0, lr, min)).abs() == 0.0);
+        // Past the end it stays at the minimum; without warmup it starts at the peak.
+        assert!((learning_rate(150, 100, 10, lr, min) - min).abs() < 1e-12);
+        assert!((learning_rate(0, 10, 0, lr, min) - lr).abs() < 1e-12);
+        // Without warmup, step 3 of 10 is 30 % into the cosine.
+        let expected = min + 0.5 * (lr - min) * (1.0 + (0.3 * std::f64::consts::PI).cos());
+        assert!((learning_rate(3, 10, 0, lr, min) - expected).abs() < 1e-12);
+        // The cosine only falls.
+        let curve: Vec<f64> = (10..=100).map(|s| learning_rate(s, 100, 10, lr, min)).collect();
+        assert!(curve.windows(2).all(|w| w[1] <= w[0]), "{curve:?}");
     }
 
     #[test]

@@ -73,13 +73,18 @@ impl Server {
         Server { child, address, urls, _stdout: stdout }
     }
 
-    /// Sends `request_line` (e.g. `GET /x HTTP/1.1`) and returns the status, the header block
-    /// (lowercased) and the body.
+    /// Sends `request_line` (e.g. `GET /x HTTP/1.1`) for the server's own address and returns
+    /// the status, the header block (lowercased) and the body.
     fn request(&self, request_line: &str) -> (u16, String, Vec<u8>) {
+        self.request_to(&format!("Host: {}\r\n", self.address), request_line)
+    }
+
+    /// [`Server::request`] with `host_lines` as the Host header(s) (`""`: none).
+    fn request_to(&self, host_lines: &str, request_line: &str) -> (u16, String, Vec<u8>) {
         let mut stream = TcpStream::connect(&self.address).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let body_length = if request_line.starts_with("POST") { "Content-Length: 0\r\n" } else { "" };
-        write!(stream, "{request_line}\r\nHost: x\r\n{body_length}Connection: close\r\n\r\n").unwrap();
+        write!(stream, "{request_line}\r\n{host_lines}{body_length}Connection: close\r\n\r\n").unwrap();
         let mut reply = Vec::new();
         stream.read_to_end(&mut reply).unwrap();
         let split = reply.windows(4).position(|w| w == b"\r\n\r\n").expect("a header block");
@@ -171,6 +176,27 @@ fn serves_the_viewer_and_runs_and_nothing_else() {
     let (status, head, _) = server.request("POST /index.html HTTP/1.1");
     assert_eq!(status, 405, "{head}");
     assert!(head.contains("allow: get, head"), "{head}");
+
+    let port = server.address.rsplit_once(':').unwrap().1;
+    let (status, head, _) = server.request_to(&format!("Host: localhost:{port}\r\n"), "GET /runs/index.json HTTP/1.1");
+    assert_eq!(status, 200, "{head}");
+    assert!(!head.contains("access-control"), "no CORS headers: {head}");
+    // DNS rebinding: a page of another site that resolves its own name to 127.0.0.1.
+    for host_lines in [
+        "Host: evil.example.com\r\n".to_string(),
+        format!("Host: evil.example.com:{port}\r\n"),
+        format!("Host: localhost:{port}.evil.example.com\r\n"),
+        "Host: localhost\r\n".to_string(),
+        String::new(),
+    ] {
+        for path in ["/", "/runs/index.json", "/runs/20261127-nano/log.jsonl"] {
+            let (status, head, body) = server.request_to(&host_lines, &format!("GET {path} HTTP/1.1"));
+            assert_eq!(status, 421, "{host_lines:?} {path}: {head}");
+            let body = String::from_utf8_lossy(&body);
+            assert!(!body.contains("event") && !body.contains("doctype") && !body.contains("nano"), "{body}");
+            assert!(!head.contains("access-control"), "{head}");
+        }
+    }
 }
 
 #[test]

@@ -68,31 +68,16 @@ impl Mnist {
             detail: format!("has no labels file beside it; add {prefix}-labels-idx1-ubyte (or .gz)"),
         })?;
         let bad_images = |detail: String| DataError::NotMnist { path: images_path.clone(), detail };
-        let bytes = read_maybe_gzipped(&images_path)?;
-        let header = idx_header(&bytes, IMAGES_MAGIC, 3).map_err(&bad_images)?;
-        let (count, height, width) = (header[0], header[1], header[2]);
-        let body = &bytes[16..];
-        if body.len() != count * height * width || height == 0 || width == 0 {
-            return Err(bad_images(format!(
-                "header says {count} images of {height}x{width}, which needs {} bytes of pixels, but {} follow",
-                count * height * width,
-                body.len()
-            )));
-        }
-        let pixels = body.to_vec();
-
-        let bytes = read_maybe_gzipped(&labels_path)?;
         let bad_labels = |detail: String| DataError::NotMnist { path: labels_path.clone(), detail };
-        let label_count = idx_header(&bytes, LABELS_MAGIC, 1).map_err(&bad_labels)?[0];
-        let labels = bytes[8..].to_vec();
-        if labels.len() != label_count {
-            return Err(bad_labels(format!("header says {label_count} labels but {} follow", labels.len())));
-        }
-        if label_count != count {
+        let (pixels, height, width) = parse_images(&read_maybe_gzipped(&images_path)?).map_err(bad_images)?;
+        let labels = parse_labels(&read_maybe_gzipped(&labels_path)?).map_err(bad_labels)?;
+        let count = pixels.len() / (height * width);
+        if labels.len() != count {
             return Err(DataError::BadLayout {
                 path: labels_path.clone(),
                 detail: format!(
-                    "holds {label_count} labels but `{}` holds {count} images; the counts must match",
+                    "holds {} labels but `{}` holds {count} images; the counts must match",
+                    labels.len(),
                     images_path.display()
                 ),
             });
@@ -101,14 +86,64 @@ impl Mnist {
     }
 }
 
+/// The pixels [N, H, W] and (H, W) of an IDX images file's bytes (a header of sizes, then
+/// the pixels). The sizes are multiplied with overflow checks and must match the bytes
+/// that follow exactly, so nothing is allocated beyond what the file holds.
+pub(super) fn parse_images(bytes: &[u8]) -> Result<(Vec<u8>, usize, usize), String> {
+    let header = idx_header(bytes, IMAGES_MAGIC, 3)?;
+    let (count, height, width) = (header[0], header[1], header[2]);
+    let body = &bytes[16..];
+    let needed = count.checked_mul(height).and_then(|n| n.checked_mul(width));
+    if needed != Some(body.len()) || height == 0 || width == 0 {
+        let needed = needed.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string());
+        return Err(format!(
+            "header says {count} images of {height}x{width}, which needs {needed} bytes of pixels, but {} follow",
+            body.len()
+        ));
+    }
+    Ok((body.to_vec(), height, width))
+}
+
+/// The labels of an IDX labels file's bytes.
+pub(super) fn parse_labels(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let count = idx_header(bytes, LABELS_MAGIC, 1)?[0];
+    let labels = &bytes[8..];
+    if labels.len() != count {
+        return Err(format!("header says {count} labels but {} follow", labels.len()));
+    }
+    Ok(labels.to_vec())
+}
+
+/// How much larger than its compressed file an inflated IDX file may be. Real image sets
+/// compress 2-10x (MNIST's training images: 4.8x); deflate's limit is about 1000x, which
+/// only constructed files (gzip bombs) reach.
+const MAX_GZIP_RATIO: usize = 64;
+/// Small files compress less well and are harmless: any gzip may inflate to this much.
+const MIN_GZIP_LIMIT: usize = 16 << 20;
+
 /// The whole file, inflated when it starts with the gzip magic.
 fn read_maybe_gzipped(path: &Path) -> Result<Vec<u8>, DataError> {
     let raw = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     if !raw.starts_with(&[0x1f, 0x8b]) {
         return Ok(raw);
     }
+    inflate_bounded(&raw).map_err(|detail| DataError::NotMnist { path: path.to_path_buf(), detail })
+}
+
+/// Inflates gzip bytes, giving up (without holding more) once the output would pass
+/// `MAX_GZIP_RATIO` times the input or `MIN_GZIP_LIMIT`, whichever is larger.
+pub(super) fn inflate_bounded(gz: &[u8]) -> Result<Vec<u8>, String> {
+    let limit = gz.len().saturating_mul(MAX_GZIP_RATIO).max(MIN_GZIP_LIMIT);
     let mut inflated = Vec::new();
-    flate2::read::GzDecoder::new(raw.as_slice()).read_to_end(&mut inflated).map_err(|e| DataError::io(path, e))?;
+    let mut decoder = flate2::read::GzDecoder::new(gz).take(limit as u64 + 1);
+    decoder.read_to_end(&mut inflated).map_err(|e| format!("its gzip data is damaged ({e})"))?;
+    if inflated.len() > limit {
+        return Err(format!(
+            "it inflates to more than {} MiB, over {MAX_GZIP_RATIO}x its compressed size, which no real image set \
+             does (a gzip bomb?); if it really is that large, gunzip it and use the raw file",
+            limit >> 20
+        ));
+    }
     Ok(inflated)
 }
 
@@ -243,5 +278,48 @@ mod tests {
         std::fs::remove_file(&labels).expect("rm");
         let err = open(dir.path()).err().expect("no labels").to_string();
         assert!(err.contains("has no labels file beside it"), "{err}");
+    }
+
+    #[test]
+    fn data_mnist_header_sizes_that_overflow_are_errors() {
+        // 2^32 - 1 images of (2^32 - 1)^2 pixels: the product overflows 64 bits.
+        let mut bytes = Vec::new();
+        for word in [IMAGES_MAGIC, u32::MAX, u32::MAX, u32::MAX] {
+            bytes.extend_from_slice(&word.to_be_bytes());
+        }
+        bytes.extend_from_slice(&[0; 64]);
+        let err = parse_images(&bytes).unwrap_err();
+        assert!(err.contains("needs more than 2^64 bytes") && err.contains("but 64 follow"), "{err}");
+        // A zero side is refused even though no pixels are then exactly what follows.
+        let mut bytes = Vec::new();
+        for word in [IMAGES_MAGIC, 1 << 16, 1 << 16, 0] {
+            bytes.extend_from_slice(&word.to_be_bytes());
+        }
+        assert!(parse_images(&bytes).unwrap_err().contains("65536x0"));
+        let err = parse_labels(&[0, 0, 8, 1, 0xff, 0xff, 0xff, 0xff, 7]).unwrap_err();
+        assert!(err.contains("4294967295 labels but 1 follow"), "{err}");
+    }
+
+    #[test]
+    fn data_mnist_gzip_bombs_are_refused_after_a_bounded_read() {
+        // 256 MiB of zeros behind a valid header compress to about 250 KiB.
+        let mut header = Vec::new();
+        for word in [IMAGES_MAGIC, 1 << 18, 32, 32] {
+            header.extend_from_slice(&word.to_be_bytes());
+        }
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        encoder.write_all(&header).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..256 {
+            encoder.write_all(&zeros).unwrap();
+        }
+        let bomb = encoder.finish().unwrap();
+        assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+        let err = inflate_bounded(&bomb).unwrap_err();
+        assert!(err.contains("gzip bomb") && err.contains("gunzip"), "{err}");
+        // Damaged gzip data is an error too, not a panic.
+        let err = inflate_bounded(&bomb[..bomb.len() / 2]).unwrap_err();
+        assert!(err.contains("damaged") || err.contains("gzip bomb"), "{err}");
+        assert_eq!(inflate_bounded(&gzip(&images_file(2, 6))).unwrap(), images_file(2, 6));
     }
 }
