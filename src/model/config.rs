@@ -223,21 +223,27 @@ mod tests {
     #[test]
     fn sizes_beyond_the_limits_are_refused() {
         let nano = VitConfig::preset("nano", 10).unwrap();
-        let cases: [(&str, fn(&mut VitConfig)); 6] = [
-            ("dim 1000000000", |c| c.dim = 1_000_000_000),
-            ("depth 1000000000", |c| c.depth = 1_000_000_000),
-            ("mlp_hidden 4294967296", |c| c.mlp_hidden = 1 << 32),
-            ("classes 2147483648", |c| c.classes = 1 << 31),
-            ("image_size 8192", |c| c.image_size = 8192),
-            ("patch_size 1 makes", |c| {
-                c.image_size = 4096;
-                c.patch_size = 1
-            }),
-        ];
-        for (expected, change) in cases {
+        let with = |change: &dyn Fn(&mut VitConfig)| {
             let mut c = nano.clone();
             change(&mut c);
-            let err = c.validate().unwrap_err().to_string();
+            c
+        };
+        let cases = [
+            ("dim 1000000000", with(&|c| c.dim = 1_000_000_000)),
+            ("depth 1000000000", with(&|c| c.depth = 1_000_000_000)),
+            ("mlp_hidden 4294967296", with(&|c| c.mlp_hidden = 1 << 32)),
+            ("classes 2147483648", with(&|c| c.classes = 1 << 31)),
+            ("image_size 8192", with(&|c| c.image_size = 8192)),
+            (
+                "patch_size 1 makes",
+                with(&|c| {
+                    c.image_size = 4096;
+                    c.patch_size = 1
+                }),
+            ),
+        ];
+        for (expected, config) in cases {
+            let err = config.validate().unwrap_err().to_string();
             assert!(err.contains(expected), "{expected}: {err}");
         }
         // At every limit at once, the largest tensor still has fewer than 2^31 elements.

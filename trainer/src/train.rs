@@ -514,7 +514,7 @@ fn train_epochs(setup: &Setup, mut state: State, log: &mut LogWriter) -> anyhow:
     );
     while state.progress.epoch < r.epochs {
         let epoch = state.progress.epoch;
-        let stage_index = stage_at(&stages, epoch);
+        let stage_index = stage_at(stages, epoch);
         let stage = stages[stage_index];
         let last_stage = stage_index + 1 == stages.len();
         let auto = config.recipe.schedule == "auto";
@@ -525,7 +525,7 @@ fn train_epochs(setup: &Setup, mut state: State, log: &mut LogWriter) -> anyhow:
         if auto && !last_stage && epoch == stage.start_epoch && fresh_epoch && state.progress.search.is_none() {
             let current = Candidate { resolution: state.progress.resolution, depth: state.model.depth() };
             let candidates =
-                search_candidates(&stages, stage_index, current, r.max_res_lag, DepthGrowth::parse(&r.depth_growth)?)?;
+                search_candidates(stages, stage_index, current, r.max_res_lag, DepthGrowth::parse(&r.depth_growth)?)?;
             let flops = |c: Candidate| config.model.train_flops_per_image(c.resolution, c.depth);
             if let Some(only) = foregone(&candidates, flops) {
                 // Nothing to choose between (e.g. the depth can only grow to the full one,
@@ -777,7 +777,7 @@ fn train_epochs(setup: &Setup, mut state: State, log: &mut LogWriter) -> anyhow:
         let ips = images_this_epoch as f64 / train_seconds.max(1e-9);
         if interrupted {
             state.progress.wall_seconds = wall_before + session_start.elapsed().as_secs_f64();
-            let paths = save_checkpoint(ctx, &state, config, &classes, run_dir, false)?;
+            let paths = save_checkpoint(ctx, &state, config, classes, run_dir, false)?;
             log.write(&Event::Checkpoint(CheckpointEvent {
                 epoch: epoch as u32,
                 step: state.progress.step,
@@ -845,7 +845,7 @@ fn train_epochs(setup: &Setup, mut state: State, log: &mut LogWriter) -> anyhow:
             eval.acc[0],
             state.progress.wall_seconds
         );
-        let paths = save_checkpoint(ctx, &state, config, &classes, run_dir, best)?;
+        let paths = save_checkpoint(ctx, &state, config, classes, run_dir, best)?;
         for (path, kind) in paths.iter().zip([CheckpointKind::Last, CheckpointKind::Best]) {
             log.write(&Event::Checkpoint(CheckpointEvent {
                 epoch: epoch as u32,
@@ -867,7 +867,7 @@ fn train_epochs(setup: &Setup, mut state: State, log: &mut LogWriter) -> anyhow:
                 final_resolution: state.progress.resolution as u32,
                 final_depth: state.model.depth() as u32,
                 adapter: adapter.clone(),
-                stages: trained_stages(&stages, &state.progress, config),
+                stages: trained_stages(stages, &state.progress, config),
                 seed: r.seed,
                 skipped_images: skipped.count(),
                 model: config.model_name.clone(),
