@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use autoprog::checkpoint::{Checkpoint, NamedTensor, Storage};
+use autoprog::data::{preprocess, RgbImage};
 use autoprog::model::cpu::CpuVit;
 use autoprog::model::inference::{InferenceModel, LoadOptions};
 use autoprog::model::{ParamLayout, VitConfig};
@@ -61,9 +62,7 @@ fn read_model(bytes: &[u8], options: &LoadOptions) -> Result<(), String> {
     let layout = model.layout(1);
     let params: Vec<f64> = model.arena(&layout).map_err(|e| e.to_string())?.into_iter().map(f64::from).collect();
     let r = model.config.image_size;
-    let rgb = vec![128u8; 3 * 13 * 11];
-    let image = autoprog::model::inference::preprocess_rgb8(&rgb, 13, 11, r, model.mean, model.std)
-        .map_err(|e| e.to_string())?;
+    let image = preprocess(&RgbImage::filled(13, 11, [128, 64, 0]), r, model.mean, model.std);
     let images: Vec<f64> = image.iter().map(|&v| v as f64).collect();
     let cpu = CpuVit { config: &model.config, layout: &layout, params: &params };
     cpu.forward(&images, 1, r, None).map_err(|e| e.to_string())?;

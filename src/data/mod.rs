@@ -7,8 +7,12 @@
 //! Three classes differ only in a fine texture (stripes, checks, dots) whose period is a
 //! few pixels at 32 px, so low resolutions blur them together: resolution matters.
 
+mod pixels;
+
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+pub use pixels::{normalize, preprocess, resize, CropBox, RgbImage};
 
 /// Class names, in label order.
 pub const CLASSES: [&str; 10] =

@@ -1,7 +1,7 @@
 //! A trained model ready for inference, read from any checkpoint we accept (a training
 //! checkpoint, an exported model file or a timm state dict), and the pieces around the forward
-//! pass that the command line and the browser share: image preprocessing, probabilities and
-//! the class token's attention map.
+//! pass that the command line and the browser share: probabilities and the class token's
+//! attention map. Images become inputs through [`crate::data::preprocess`], as in training.
 
 use std::collections::HashSet;
 
@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::checkpoint::{Checkpoint, NamedTensor, Storage};
 use crate::model::{infer_config, parameter_count, ParamLayout, VitConfig};
-use crate::{cpu, Error, Result};
+use crate::{Error, Result};
 
 /// The `format` metadata of files written by [`InferenceModel::to_model_file`].
 pub const MODEL_FORMAT: &str = "autoprog-model-1";
@@ -179,39 +179,6 @@ impl InferenceModel {
     }
 }
 
-/// An RGB image (8 bits per channel, rows of `width` pixels) as the model's input
-/// [3, R, R]: scaled to [0, 1], resized bilinearly (torch's `F.interpolate(mode="bilinear",
-/// align_corners=False)`), normalised.
-pub fn preprocess_rgb8(
-    rgb: &[u8],
-    width: usize,
-    height: usize,
-    resolution: usize,
-    mean: [f32; 3],
-    std: [f32; 3],
-) -> Result<Vec<f32>> {
-    if width == 0 || height == 0 || rgb.len() != 3 * width * height {
-        return Err(Error::shape(
-            "image",
-            format!("{} bytes for a {width}×{height} RGB image (need {})", rgb.len(), 3 * width * height),
-        ));
-    }
-    let plane = width * height;
-    let mut chw = vec![0.0f64; 3 * plane];
-    for (i, pixel) in rgb.chunks_exact(3).enumerate() {
-        for c in 0..3 {
-            chw[c * plane + i] = pixel[c] as f64 / 255.0;
-        }
-    }
-    let resized = if (height, width) == (resolution, resolution) {
-        chw
-    } else {
-        cpu::resize::resize_bilinear(&chw, [1, 3, height, width], [resolution, resolution])
-    };
-    let out_plane = resolution * resolution;
-    Ok(resized.iter().enumerate().map(|(i, &v)| (v as f32 - mean[i / out_plane]) / std[i / out_plane]).collect())
-}
-
 /// Softmax of one row of logits, in f64.
 pub fn softmax(logits: &[f32]) -> Vec<f64> {
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
@@ -347,19 +314,6 @@ mod tests {
         deep.set_json("depth", &1_000_000_000usize).unwrap();
         let err = InferenceModel::from_checkpoint(&deep, "c", &LoadOptions::default()).unwrap_err().to_string();
         assert!(err.contains("1000000000 blocks") && err.contains("holds weights for 2"), "{err}");
-    }
-
-    #[test]
-    fn preprocessing_scales_resizes_and_normalises() {
-        // A 2×2 image whose channels are constant: resizing keeps the constant.
-        let rgb = [255u8, 0, 51].repeat(4);
-        let x = preprocess_rgb8(&rgb, 2, 2, 4, [0.5; 3], [0.5; 3]).unwrap();
-        assert_eq!(x.len(), 3 * 16);
-        for (i, &v) in x.iter().enumerate() {
-            let want = [1.0, -1.0, -0.6][i / 16];
-            assert!((v - want).abs() < 1e-6, "{i}: {v} vs {want}");
-        }
-        assert!(preprocess_rgb8(&rgb, 3, 2, 4, [0.5; 3], [0.5; 3]).is_err());
     }
 
     #[test]

@@ -6,14 +6,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use autoprog::checkpoint::{Checkpoint, NamedTensor, Storage};
-use autoprog::model::inference::{preprocess_rgb8, top_classes, InferenceModel, LoadOptions, TopClass};
+use autoprog::data::preprocess;
+use autoprog::model::inference::{top_classes, InferenceModel, LoadOptions, TopClass};
 use autoprog::model::{GpuVit, Loss, ParamLayout};
 use autoprog::GpuContext;
 use clap::Args;
 use serde::Serialize;
 
 use crate::config::TrainConfig;
-use crate::data::{AugmentConfig, Dataset};
+use crate::data::{decode_image, AugmentConfig, Dataset};
 use crate::train::{self, evaluate};
 use crate::GpuArgs;
 
@@ -76,9 +77,12 @@ impl ModelArgs {
         let model = InferenceModel::from_checkpoint(&ckpt, &self.checkpoint.display().to_string(), &options)?;
         Ok((model, ckpt))
     }
+}
 
-    pub fn load(&self, ctx: &GpuContext) -> anyhow::Result<LoadedModel> {
-        let (model, ckpt) = self.read()?;
+impl LoadedModel {
+    /// The model [`ModelArgs::read`] read, laid out for `ctx`. The file is read before the
+    /// GPU is opened, so that a bad file fails at once.
+    pub fn new(ctx: &GpuContext, (model, ckpt): (InferenceModel, Checkpoint)) -> anyhow::Result<LoadedModel> {
         let layout = model.layout(ctx.arena_align());
         let params = model.arena(&layout)?;
         // Only `eval` without --data needs the training config; a config of an older
@@ -108,8 +112,9 @@ pub struct EvalArgs {
 }
 
 pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
+    let read = args.model.read()?;
     let ctx = GpuContext::new_blocking(&args.gpu.options())?;
-    let loaded = args.model.load(&ctx)?;
+    let loaded = LoadedModel::new(&ctx, read)?;
     let mut config = match &loaded.train_config {
         Some(c) => c.clone(),
         None => {
@@ -178,24 +183,23 @@ struct Prediction {
     top: Vec<TopClass>,
 }
 
-/// An image file as the model's input [3, R, R] (see [`preprocess_rgb8`]).
+/// An image file as the model's input [3, R, R]: decoded as the datasets decode and
+/// preprocessed as training's evaluation and the web viewer preprocess.
 pub fn load_image(path: &Path, resolution: usize, mean: [f32; 3], std: [f32; 3]) -> anyhow::Result<Vec<f32>> {
-    let image = image::ImageReader::open(path)
-        .with_context(|| format!("cannot open {}", path.display()))?
-        .with_guessed_format()
-        .with_context(|| format!("cannot read {}", path.display()))?
-        .decode()
-        .with_context(|| {
-            format!("{} is not an image this tool can decode (PNG, JPEG, GIF, BMP, TIFF, WebP, ...)", path.display())
-        })?
-        .to_rgb8();
-    let (w, h) = (image.width() as usize, image.height() as usize);
-    Ok(preprocess_rgb8(image.as_raw(), w, h, resolution, mean, std)?)
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let image = decode_image(&bytes, path).map_err(|reason| {
+        anyhow::anyhow!(
+            "{} is not an image this tool can decode (PNG, JPEG, GIF, BMP, TIFF, WebP, ...): {reason}",
+            path.display()
+        )
+    })?;
+    Ok(preprocess(&image, resolution, mean, std))
 }
 
 pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
+    let read = args.model.read()?;
     let ctx = GpuContext::new_blocking(&args.gpu.options())?;
-    let loaded = args.model.load(&ctx)?;
+    let loaded = LoadedModel::new(&ctx, read)?;
     let resolution = loaded.model.config.image_size;
     let model = loaded.gpu_model(&ctx)?;
     let k = loaded.model.config.classes;
@@ -245,8 +249,9 @@ pub struct DebugStepArgs {
 /// One forward and backward pass with no augmentation, dropout or drop-path and plain
 /// mean cross-entropy; writes the loss, the logits and every gradient under its name.
 pub fn debug_step(args: &DebugStepArgs) -> anyhow::Result<()> {
+    let read = args.model.read()?;
     let ctx = GpuContext::new_blocking(&args.gpu.options())?;
-    let loaded = args.model.load(&ctx)?;
+    let loaded = LoadedModel::new(&ctx, read)?;
     let input = Checkpoint::load(&args.batch)?;
     let images = input.get("images").with_context(|| format!("{} has no `images` tensor", args.batch.display()))?;
     let (b, resolution) = match images.shape.as_slice() {

@@ -6,6 +6,8 @@ mod cli_serve;
 mod cli_train;
 mod config;
 mod data;
+#[cfg(test)]
+mod hostile_tests;
 mod search;
 mod train;
 

@@ -10,11 +10,9 @@ pub mod run;
 
 use std::rc::Rc;
 
-use autoprog::data::{Procedural, Split, CLASSES};
+use autoprog::data::{preprocess, Procedural, RgbImage, Split, CLASSES};
 use autoprog::model::cpu::CpuVit;
-use autoprog::model::inference::{
-    class_token_attention, preprocess_rgb8, top_classes, InferenceModel, LoadOptions, TopClass,
-};
+use autoprog::model::inference::{class_token_attention, top_classes, InferenceModel, LoadOptions, TopClass};
 use autoprog::model::{GpuVit, ParamLayout};
 use autoprog::{ContextOptions, GpuContext};
 use serde::Serialize;
@@ -36,12 +34,8 @@ pub fn open_run(log: &str, summary: Option<String>, compare: Option<String>) -> 
 /// (the same image the trainer would draw).
 #[wasm_bindgen]
 pub fn sample_image(index: u32) -> Vec<u8> {
-    let (chw, _) = Procedural::default().image(Split::Val, index as u64);
-    let plane = chw.len() / 3;
-    (0..plane)
-        .flat_map(|i| [chw[i], chw[plane + i], chw[2 * plane + i], 1.0])
-        .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
-        .collect()
+    let (rgb, _) = Procedural::default().image_rgb8(Split::Val, index as u64);
+    rgb.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect()
 }
 
 /// The built-in dataset's class name of sample `index`.
@@ -146,15 +140,11 @@ impl Model {
     pub fn predict(&self, rgba: Vec<u8>, width: u32, height: u32) -> js_sys::Promise {
         let inner = Rc::clone(&self.inner);
         wasm_bindgen_futures::future_to_promise(async move {
-            let (w, h) = (width as usize, height as usize);
-            // checked: 4·w·h of a hostile size overflows a 32-bit usize.
-            if w.checked_mul(h).and_then(|n| n.checked_mul(4)) != Some(rgba.len()) {
-                return Err(js_error(format!("{} bytes for a {w}×{h} RGBA image", rgba.len())));
-            }
-            let rgb: Vec<u8> = rgba.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+            let image = RgbImage::from_rgba(width as usize, height as usize, &rgba).map_err(js_error)?;
             let m = &inner.model;
             let r = m.config.image_size;
-            let input = preprocess_rgb8(&rgb, w, h, r, m.mean, m.std).map_err(js_error)?;
+            // The same preprocessing as training's evaluation and `autoprog predict`.
+            let input = preprocess(&image, r, m.mean, m.std);
             let (logits, qkv) = match &inner.engine {
                 Engine::Gpu { ctx, vit } => {
                     let acts = vit.plan(ctx, 1, r).map_err(js_error)?;

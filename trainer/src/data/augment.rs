@@ -6,12 +6,13 @@
 //! Every random choice comes from the RNG passed in, so the loader can make samples
 //! reproducible from (seed, epoch, position).
 
+use autoprog::data::{normalize, preprocess, resize, CropBox, RgbImage};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Beta, Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
-use super::{DataError, RgbImage};
+use super::DataError;
 
 /// Strongest RandAugment magnitude: torchvision's 31-bin scale, 0..=30.
 pub const MAX_MAGNITUDE: u32 = 30;
@@ -154,11 +155,10 @@ impl AugmentConfig {
     }
 }
 
-/// Eval transform: resize to R×R (antialiased bilinear) and normalise. → [3, R, R]
+/// Eval transform: the core's [`preprocess`] (antialiased resize to R×R, normalise), the
+/// same function `predict` and the web viewer use. → [3, R, R]
 pub fn eval_transform(image: &RgbImage, config: &AugmentConfig) -> Vec<f32> {
-    let full = CropBox { x: 0, y: 0, width: image.width, height: image.height };
-    let resized = resize(image, full, config.resolution, config.resolution);
-    normalize(&resized, config.mean, config.std)
+    preprocess(image, config.resolution, config.mean, config.std)
 }
 
 /// Train transform, every step drawn from `rng`. → [3, R, R]
@@ -177,15 +177,6 @@ pub fn train_transform(image: &RgbImage, config: &AugmentConfig, rng: &mut ChaCh
         random_erase(&mut chw, r, r, rng);
     }
     chw
-}
-
-/// A rectangle of an image, in pixels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CropBox {
-    pub x: usize,
-    pub y: usize,
-    pub width: usize,
-    pub height: usize,
 }
 
 /// RandomResizedCrop's box (torchvision's algorithm): up to 10 tries of an area fraction
@@ -222,69 +213,7 @@ pub fn random_resized_crop_box(
     CropBox { x: (width - w) / 2, y: (height - h) / 2, width: w, height: h }
 }
 
-/// Per output pixel along one axis: the first source pixel and the filter weights.
-struct AxisTaps {
-    first: Vec<usize>,
-    weights: Vec<Vec<f32>>,
-}
-
-/// Triangle-filter taps resampling `src` pixels to `dst`. When shrinking, the triangle
-/// widens with the scale factor (like PIL and torchvision's antialiased bilinear), so
-/// every source pixel contributes instead of aliasing; when enlarging it is plain
-/// bilinear with half-pixel centres.
-fn axis_taps(src: usize, dst: usize) -> AxisTaps {
-    let scale = src as f64 / dst as f64;
-    let support = scale.max(1.0);
-    let mut first = Vec::with_capacity(dst);
-    let mut weights = Vec::with_capacity(dst);
-    for i in 0..dst {
-        let centre = (i as f64 + 0.5) * scale;
-        let lo = ((centre - support).floor().max(0.0) as usize).min(src - 1);
-        let hi = ((centre + support).ceil() as usize).clamp(lo + 1, src);
-        let mut w: Vec<f64> = (lo..hi).map(|j| (1.0 - ((j as f64 + 0.5 - centre) / support).abs()).max(0.0)).collect();
-        let total: f64 = w.iter().sum();
-        if total > 0.0 {
-            w.iter_mut().for_each(|v| *v /= total);
-        } else {
-            // Only reachable for a one-pixel window exactly on a tap's edge.
-            w = vec![1.0 / w.len() as f64; w.len()];
-        }
-        first.push(lo);
-        weights.push(w.into_iter().map(|v| v as f32).collect());
-    }
-    AxisTaps { first, weights }
-}
-
-/// Resamples the `crop` of `image` to `out_w` × `out_h` (separable, rows then columns).
-pub fn resize(image: &RgbImage, crop: CropBox, out_w: usize, out_h: usize) -> RgbImage {
-    assert!(
-        crop.width > 0 && crop.height > 0 && crop.x + crop.width <= image.width && crop.y + crop.height <= image.height
-    );
-    let (tx, ty) = (axis_taps(crop.width, out_w), axis_taps(crop.height, out_h));
-    // Horizontal pass: [crop.height, out_w, 3].
-    let mut rows = vec![0.0f32; crop.height * out_w * 3];
-    for y in 0..crop.height {
-        let src_row = &image.data[3 * ((crop.y + y) * image.width + crop.x)..];
-        for (x, (&first, w)) in tx.first.iter().zip(&tx.weights).enumerate() {
-            let mut acc = [0.0f32; 3];
-            for (k, &wk) in w.iter().enumerate() {
-                let p = &src_row[3 * (first + k)..3 * (first + k) + 3];
-                (0..3).for_each(|c| acc[c] += wk * p[c] as f32);
-            }
-            rows[3 * (y * out_w + x)..3 * (y * out_w + x) + 3].copy_from_slice(&acc);
-        }
-    }
-    // Vertical pass: [out_h, out_w, 3].
-    let mut data = vec![0u8; out_h * out_w * 3];
-    for (y, (&first, w)) in ty.first.iter().zip(&ty.weights).enumerate() {
-        for i in 0..out_w * 3 {
-            let acc: f32 = w.iter().enumerate().map(|(k, &wk)| wk * rows[(first + k) * out_w * 3 + i]).sum();
-            data[y * out_w * 3 + i] = to_u8(acc);
-        }
-    }
-    RgbImage { width: out_w, height: out_h, data }
-}
-
+/// Rounds and clamps a channel value to 8 bits.
 fn to_u8(v: f32) -> u8 {
     v.round().clamp(0.0, 255.0) as u8
 }
@@ -299,18 +228,6 @@ pub fn hflip(image: &mut RgbImage) {
             }
         }
     }
-}
-
-/// RGB8 [H, W, 3] → [3, H, W], (v / 255 - mean) / std.
-pub fn normalize(image: &RgbImage, mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
-    let plane = image.width * image.height;
-    let mut chw = vec![0.0f32; 3 * plane];
-    for (i, p) in image.data.chunks_exact(3).enumerate() {
-        for c in 0..3 {
-            chw[c * plane + i] = (p[c] as f32 / 255.0 - mean[c]) / std[c];
-        }
-    }
-    chw
 }
 
 /// Random erasing (timm's "pixel" mode): one box covering 2 %–33 % of the area with a
@@ -649,22 +566,6 @@ mod tests {
                 assert!(out[c * 64..(c + 1) * 64].iter().all(|v| (v - expected).abs() < 1e-5), "channel {c}");
             }
         }
-    }
-
-    #[test]
-    fn data_augment_resize_is_identity_at_the_same_size_and_averages_when_shrinking() {
-        let image = pattern();
-        let full = CropBox { x: 0, y: 0, width: 23, height: 17 };
-        assert_eq!(resize(&image, full, 23, 17), image);
-        // Shrinking 8 → 2 must see every source pixel: a lone white corner pixel still
-        // shows (point-sampling bilinear would read pixels 1, 2, 5 and 6 only and miss it).
-        let mut dot = RgbImage::filled(8, 8, [0, 0, 0]);
-        dot.data[..3].copy_from_slice(&[255, 255, 255]);
-        let small = resize(&dot, CropBox { x: 0, y: 0, width: 8, height: 8 }, 2, 2);
-        assert_eq!(small.pixel(0, 0), [8, 8, 8]);
-        assert_eq!(small.pixel(1, 1), [0, 0, 0]);
-        let crop = resize(&image, CropBox { x: 5, y: 3, width: 2, height: 1 }, 2, 1);
-        assert_eq!(crop.data, [image.pixel(5, 3), image.pixel(6, 3)].concat());
     }
 
     #[test]

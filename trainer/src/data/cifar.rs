@@ -59,18 +59,7 @@ impl Cifar10 {
         for name in names {
             let path = dir.join(name);
             let bytes = std::fs::read(&path).map_err(|e| DataError::io(&path, e))?;
-            if bytes.is_empty() || bytes.len() % RECORD != 0 {
-                let detail = format!("size {} is not a multiple of {RECORD}", bytes.len());
-                return Err(DataError::NotCifar { path, detail });
-            }
-            if let Some(record) = bytes.chunks_exact(RECORD).position(|r| r[0] as usize >= classes.len()) {
-                let detail = format!(
-                    "record {record} has label {}, there are {} classes",
-                    bytes[record * RECORD],
-                    classes.len()
-                );
-                return Err(DataError::NotCifar { path, detail });
-            }
+            check_records(&bytes, classes.len()).map_err(|detail| DataError::NotCifar { path, detail })?;
             starts.push(starts[starts.len() - 1] + bytes.len() / RECORD);
             files.push((name.to_string(), bytes));
         }
@@ -87,6 +76,20 @@ impl Cifar10 {
     fn record(&self, index: usize) -> &[u8] {
         let (file, record) = self.locate(index);
         &self.files[file].1[record * RECORD..(record + 1) * RECORD]
+    }
+}
+
+/// Checks that a CIFAR-10 file's bytes are whole records whose labels name one of
+/// `classes` classes.
+pub(crate) fn check_records(bytes: &[u8], classes: usize) -> Result<(), String> {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD) {
+        return Err(format!("size {} is not a multiple of {RECORD}", bytes.len()));
+    }
+    match bytes.chunks_exact(RECORD).position(|r| r[0] as usize >= classes) {
+        Some(record) => {
+            Err(format!("record {record} has label {}, there are {classes} classes", bytes[record * RECORD]))
+        }
+        None => Ok(()),
     }
 }
 

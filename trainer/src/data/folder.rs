@@ -1,9 +1,10 @@
 //! Image folders: `ROOT/train/<class>/*` and `ROOT/val/<class>/*`, or class folders
 //! directly under `ROOT` (train only). Files are listed up front and decoded lazily.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use super::{visible_entries, DataError, LoadError, RgbImage, Source};
+use super::{decode_image, visible_entries, DataError, LoadError, RgbImage, Source};
 
 /// Extensions of the formats our `image` build decodes (lower case).
 const IMAGE_EXTENSIONS: [&str; 16] =
@@ -65,7 +66,7 @@ impl ImageFolder {
             let label = all_classes.iter().position(|c| c == class).expect("present classes are a subset") as u32;
             let class_dir = dir.join(class);
             let before = samples.len();
-            collect_images(&class_dir, label, &mut samples)?;
+            collect_images(&class_dir, label, &mut samples, &mut HashSet::new())?;
             if samples.len() == before {
                 return Err(DataError::EmptyClass { path: class_dir });
             }
@@ -84,11 +85,20 @@ fn class_folders(dir: &Path) -> Result<Vec<String>, DataError> {
 }
 
 /// Adds the images under `dir` (recursively, sorted, hidden entries and other files
-/// skipped) with `label` to `samples`.
-fn collect_images(dir: &Path, label: u32, samples: &mut Vec<(PathBuf, u32)>) -> Result<(), DataError> {
+/// skipped) with `label` to `samples`. Symlinked folders are followed once each (`visited`
+/// holds the canonical folders seen), so a link to a parent cannot loop forever.
+fn collect_images(
+    dir: &Path,
+    label: u32,
+    samples: &mut Vec<(PathBuf, u32)>,
+    visited: &mut HashSet<PathBuf>,
+) -> Result<(), DataError> {
+    if !visited.insert(dir.canonicalize().map_err(|e| DataError::io(dir, e))?) {
+        return Ok(());
+    }
     for path in visible_entries(dir)? {
         if path.is_dir() {
-            collect_images(&path, label, samples)?;
+            collect_images(&path, label, samples, visited)?;
         } else if is_image_file(&path) {
             samples.push((path, label));
         }
@@ -118,19 +128,8 @@ impl Source for ImageFolder {
     fn load(&self, index: usize) -> Result<RgbImage, LoadError> {
         let path = &self.samples[index].0;
         let fail = |reason: String| LoadError { what: path.display().to_string(), reason };
-        // Guessing from the content lets a mislabelled extension (a PNG named .jpg) load.
-        let decoded = image::ImageReader::open(path)
-            .and_then(|r| r.with_guessed_format())
-            .map_err(|e| fail(e.to_string()))?
-            .decode()
-            .map_err(|e| fail(e.to_string()))?;
-        // Grayscale, alpha and 16-bit images all become 8-bit RGB (alpha is dropped).
-        let rgb = decoded.into_rgb8();
-        let (width, height) = (rgb.width() as usize, rgb.height() as usize);
-        if width == 0 || height == 0 {
-            return Err(fail("the image has no pixels".into()));
-        }
-        Ok(RgbImage { width, height, data: rgb.into_raw() })
+        let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+        decode_image(&bytes, path).map_err(fail)
     }
 
     fn describe(&self, index: usize) -> String {
@@ -185,6 +184,23 @@ mod tests {
         assert_eq!(dataset.classes(), ["a_class", "b_class"]);
         assert_eq!(dataset.train.label(1), 1);
         assert_eq!(dataset.train.load(1).expect("bmp decodes").width, 4);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn data_image_folder_follows_a_symlink_loop_once() {
+        let dir = TempDir::new("folder-loop");
+        save(&dir.path().join("train/cat/a.png"), &gradient(4, 4, 0).into());
+        save(&dir.path().join("train/dog/b.png"), &gradient(4, 4, 0).into());
+        std::os::unix::fs::symlink(dir.path().join("train"), dir.path().join("train/cat/up")).expect("symlink");
+        std::os::unix::fs::symlink(dir.path().join("train/dog"), dir.path().join("train/cat/dog-again"))
+            .expect("symlink");
+        let dataset = open(dir.path()).expect("a folder with a link to its parent opens");
+        // cat/a.png, dog's image once more through `dog-again` (within `cat` the link `up`
+        // leads only to folders already seen), then dog/b.png.
+        let names: Vec<String> = (0..dataset.train.len()).map(|i| dataset.train.describe(i)).collect();
+        let tails: Vec<&str> = names.iter().map(|n| n.rsplit("train/").next().unwrap_or("")).collect();
+        assert_eq!(tails, ["cat/a.png", "cat/dog-again/b.png", "dog/b.png"]);
     }
 
     #[test]

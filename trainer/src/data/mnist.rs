@@ -89,7 +89,7 @@ impl Mnist {
 /// The pixels [N, H, W] and (H, W) of an IDX images file's bytes (a header of sizes, then
 /// the pixels). The sizes are multiplied with overflow checks and must match the bytes
 /// that follow exactly, so nothing is allocated beyond what the file holds.
-pub(super) fn parse_images(bytes: &[u8]) -> Result<(Vec<u8>, usize, usize), String> {
+pub(crate) fn parse_images(bytes: &[u8]) -> Result<(Vec<u8>, usize, usize), String> {
     let header = idx_header(bytes, IMAGES_MAGIC, 3)?;
     let (count, height, width) = (header[0], header[1], header[2]);
     let body = &bytes[16..];
@@ -105,7 +105,7 @@ pub(super) fn parse_images(bytes: &[u8]) -> Result<(Vec<u8>, usize, usize), Stri
 }
 
 /// The labels of an IDX labels file's bytes.
-pub(super) fn parse_labels(bytes: &[u8]) -> Result<Vec<u8>, String> {
+pub(crate) fn parse_labels(bytes: &[u8]) -> Result<Vec<u8>, String> {
     let count = idx_header(bytes, LABELS_MAGIC, 1)?[0];
     let labels = &bytes[8..];
     if labels.len() != count {
@@ -132,7 +132,7 @@ fn read_maybe_gzipped(path: &Path) -> Result<Vec<u8>, DataError> {
 
 /// Inflates gzip bytes, giving up (without holding more) once the output would pass
 /// `MAX_GZIP_RATIO` times the input or `MIN_GZIP_LIMIT`, whichever is larger.
-pub(super) fn inflate_bounded(gz: &[u8]) -> Result<Vec<u8>, String> {
+pub(crate) fn inflate_bounded(gz: &[u8]) -> Result<Vec<u8>, String> {
     let limit = gz.len().saturating_mul(MAX_GZIP_RATIO).max(MIN_GZIP_LIMIT);
     let mut inflated = Vec::new();
     let mut decoder = flate2::read::GzDecoder::new(gz).take(limit as u64 + 1);

@@ -6,10 +6,10 @@
 //! deterministically from (seed, epoch) whatever the number of worker threads.
 
 pub mod augment;
-mod cifar;
+pub(crate) mod cifar;
 mod folder;
 pub mod loader;
-mod mnist;
+pub(crate) mod mnist;
 #[cfg(test)]
 pub(crate) mod testutil;
 
@@ -17,6 +17,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use autoprog::data::RgbImage;
 use autoprog::data::{Procedural, Split, CLASSES};
 use rand::Rng;
 use rand_chacha::rand_core::SeedableRng;
@@ -94,27 +95,31 @@ pub struct LoadError {
     pub reason: String,
 }
 
-/// An 8-bit RGB image, rows top to bottom, pixels interleaved: `data` is [H, W, 3].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RgbImage {
-    pub width: usize,
-    pub height: usize,
-    pub data: Vec<u8>,
-}
+/// Largest image side `decode_image` accepts: beyond any photo a ViT is trained on, and it
+/// refuses a small file whose header claims a huge canvas before the canvas is allocated.
+const MAX_IMAGE_SIDE: u32 = 16384;
+/// Most memory one decode may take (the decoders honour it for their output and buffers):
+/// a 24-megapixel photo in 16-bit RGBA fits.
+const MAX_DECODE_BYTES: u64 = 256 << 20;
 
-impl RgbImage {
-    /// A `width` × `height` image of one colour.
-    #[cfg(test)]
-    pub fn filled(width: usize, height: usize, rgb: [u8; 3]) -> Self {
-        RgbImage { width, height, data: rgb.repeat(width * height) }
+/// Decodes the bytes of image file `name` (PNG, JPEG, GIF, BMP, TIFF, WebP, PNM, TGA, ICO,
+/// QOI; the format from the content where it tells, so a PNG named .jpg still loads, else
+/// from the extension) into 8-bit RGB: grayscale, alpha and 16-bit images all become RGB8
+/// (alpha dropped). Every dataset and `predict` decode through here.
+pub fn decode_image(bytes: &[u8], name: &Path) -> Result<RgbImage, String> {
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes));
+    if let Ok(format) = image::ImageFormat::from_path(name) {
+        reader.set_format(format);
     }
-
-    /// The pixel at column `x`, row `y`.
-    #[cfg(test)]
-    pub fn pixel(&self, x: usize, y: usize) -> [u8; 3] {
-        let i = 3 * (y * self.width + x);
-        [self.data[i], self.data[i + 1], self.data[i + 2]]
-    }
+    let mut reader = reader.with_guessed_format().map_err(|e| e.to_string())?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    reader.limits(limits);
+    let rgb = reader.decode().map_err(|e| e.to_string())?.into_rgb8();
+    let (width, height) = (rgb.width() as usize, rgb.height() as usize);
+    RgbImage::new(width, height, rgb.into_raw()).map_err(|_| "the image has no pixels".to_string())
 }
 
 /// A labelled image collection addressed by index. Implementations are shared by the
