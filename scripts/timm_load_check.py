@@ -13,7 +13,6 @@ import sys
 import numpy as np
 import timm
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -33,9 +32,11 @@ def main(checkpoint, image):
     tensors = {k: v for k, v in load_file(checkpoint).items() if k in model.state_dict()}
     model.load_state_dict(tensors, strict=True)
     model.eval()
-    pixels = np.asarray(Image.open(image).convert("RGB"))
-    x = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0).float() / 255.0
-    x = F.interpolate(x, size=(vit["image_size"],) * 2, mode="bilinear", align_corners=False)
+    # torchvision's preprocessing of PIL images: PIL's bilinear resize (antialiased when
+    # shrinking), which `autoprog predict` reproduces.
+    side = vit["image_size"]
+    pixels = np.asarray(Image.open(image).convert("RGB").resize((side, side), Image.BILINEAR))
+    x = torch.from_numpy(pixels.copy()).permute(2, 0, 1).unsqueeze(0).float() / 255.0
     with torch.no_grad():
         theirs = model((x - mean) / std)[0]
     out = subprocess.run(["target/release/autoprog", "predict", "--checkpoint", checkpoint, "--json", image],

@@ -10,7 +10,9 @@ once with WebGPU (SwiftShader) and once with WebGPU off (the CPU twin in wasm):
     abs 1e-4: f32 kernels in a different order on another GPU, or the f64 twin),
   - `backend` is `webgpu`, then `cpu`, and `error` stays empty;
 and, with WebGPU off, that a malformed log, a run that is not served, a file that is not a
-model, a model of an unknown architecture and a non-image each show a readable error while
+model, a model of an unknown architecture, crafted model files (a scalar head, an empty position
+embedding, zero-element tensors of 2^31 columns, metadata claiming depth or width 10^9) and a
+non-image each show a readable error while
 the page stays usable, and that a log of 100 000 events loads in under 2 s. Screenshots
 (1280x800, the whole page, and phone width) go to target/e2e/.
 
@@ -147,6 +149,7 @@ def main():
         with open(os.path.join(run_dir, "foreign.safetensors"), "wb") as f:
             f.write(len(header).to_bytes(8, "little") + header + b"\0\0\0\0")
         native = json.loads(run("predict", "--checkpoint", model, IMAGE, "--json"))[0]
+        hostile = hostile_models(model, run_dir)
 
         # The same run without summary.json: the stage count must then come from the log.
         bare = os.path.join(work, "tiny-auto-log-only")
@@ -214,7 +217,7 @@ def main():
             browser.screenshot(f"viewer-{backend}-1280-tall.png", 1280, 4200)
             if backend == "cpu":
                 browser.screenshot("viewer-phone-390x844.png", 390, 844)
-                robustness(browser, base, str(len(summary["stages"])), winners)
+                robustness(browser, base, str(len(summary["stages"])), winners, hostile)
             browser.close()
         print(f"viewer end-to-end test passed; screenshots in {SHOTS}")
     finally:
@@ -223,7 +226,56 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
 
 
-def robustness(browser, base, stage_count, winners):
+def read_safetensors(path):
+    """(header dict, data bytes) of a safetensors file."""
+    raw = open(path, "rb").read()
+    n = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8:8 + n]), raw[8 + n:]
+
+
+def write_safetensors(path, header, tensors):
+    """Writes `header`'s metadata and `tensors` ({name: (dtype, shape, bytes)}) as safetensors."""
+    out, data = {"__metadata__": header.get("__metadata__", {})}, b""
+    for name, (dtype, shape, raw) in tensors.items():
+        out[name] = {"dtype": dtype, "shape": shape, "data_offsets": [len(data), len(data) + len(raw)]}
+        data += raw
+    text = json.dumps(out).encode()
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text + data)
+
+
+def hostile_models(model, run_dir):
+    """Damaged copies of the exported model next to it, each with the error the page must
+    show: [(what, file name, expected text)]."""
+    header, data = read_safetensors(model)
+    tensors = {name: (e["dtype"], e["shape"], data[e["data_offsets"][0]:e["data_offsets"][1]])
+               for name, e in header.items() if name != "__metadata__"}
+    dim = tensors["pos_embed"][1][2]
+    vit = json.loads(header["__metadata__"]["vit"])
+    cases = []
+    for what, name, shape, expect in [
+        ("a scalar head.weight", "head.weight", [], "head.weight"),
+        ("an empty position embedding", "pos_embed", [1, 0, dim], "pos_embed"),
+        ("a zero-element head of 2^31 columns", "head.weight", [0, 2 ** 31], "head.weight"),
+    ]:
+        changed = dict(tensors)
+        count = 1
+        for d in shape:
+            count *= d
+        changed[name] = ("F32", shape, b"\0" * 4 * count)
+        file = f"hostile-{len(cases)}.safetensors"
+        write_safetensors(os.path.join(run_dir, file), header, changed)
+        cases.append((what, file, expect))
+    for field in ["depth", "dim"]:
+        changed_header = json.loads(json.dumps(header))
+        changed_header["__metadata__"]["vit"] = json.dumps({**vit, field: 10 ** 9})
+        file = f"hostile-{len(cases)}.safetensors"
+        write_safetensors(os.path.join(run_dir, file), changed_header, tensors)
+        cases.append((f"metadata claiming {field} 10^9", file, f"{field} 1000000000 is above"))
+    return cases
+
+
+def robustness(browser, base, stage_count, winners, hostile):
     """The log alone tells the stages; bad input shows a readable error and the page goes on
     working; a long log loads fast and draws inside its charts."""
     browser.open(base + "?run=tiny-auto-log-only")
@@ -240,6 +292,7 @@ def robustness(browser, base, stage_count, winners):
         ("a model of an unknown architecture", "?model=runs/tiny-auto/foreign.safetensors", "not a ViT model"),
         ("an image that is not an image", "?image=runs/tiny-auto/summary.json", "not an image the browser can decode"),
     ]
+    cases += [(what, f"?model=runs/tiny-auto/{file}", expect) for what, file, expect in hostile]
     for what, query, expect in cases:
         browser.open(base + query)
         browser.wait(f"the page to load {what}", "document.body.dataset.ready === 'true'")

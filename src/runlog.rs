@@ -26,12 +26,13 @@ pub enum Event {
     Search(SearchEvent),
     Checkpoint(CheckpointEvent),
     Warning(WarningEvent),
+    DataWarning(DataWarningEvent),
     RunEnd(RunEndEvent),
 }
 
 /// The `"event"` tags this version knows, in [`Event`] order.
-pub const EVENT_NAMES: [&str; 9] =
-    ["run_start", "step", "epoch", "stage", "growth", "search", "checkpoint", "warning", "run_end"];
+pub const EVENT_NAMES: [&str; 10] =
+    ["run_start", "step", "epoch", "stage", "growth", "search", "checkpoint", "warning", "data_warning", "run_end"];
 
 impl Event {
     /// The `"event"` tag of this event.
@@ -45,7 +46,8 @@ impl Event {
             Event::Search(_) => 5,
             Event::Checkpoint(_) => 6,
             Event::Warning(_) => 7,
-            Event::RunEnd(_) => 8,
+            Event::DataWarning(_) => 8,
+            Event::RunEnd(_) => 9,
         };
         EVENT_NAMES[index]
     }
@@ -243,6 +245,19 @@ pub enum CheckpointKind {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WarningEvent {
     pub message: String,
+}
+
+/// A data file that could not be read was left out of the run (one event per file, the
+/// first time it fails; its batch went on one image short).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DataWarningEvent {
+    pub epoch: u32,
+    /// The step being trained when it failed.
+    pub step: u64,
+    /// The file, or the record inside a file (`data_batch_1.bin#17`).
+    pub file: String,
+    /// Why it could not be read.
+    pub reason: String,
 }
 
 /// Last line of a run session.
@@ -659,6 +674,12 @@ mod tests {
                 kind: CheckpointKind::Last,
             }),
             Event::Warning(WarningEvent { message: "2 images could not be decoded".into() }),
+            Event::DataWarning(DataWarningEvent {
+                epoch: 0,
+                step: 12,
+                file: "data/train/cat/broken.png".into(),
+                reason: "unexpected end of file".into(),
+            }),
             Event::RunEnd(RunEndEvent {
                 time: 1_790_003_600.0,
                 wall_seconds: 3550.0,

@@ -106,6 +106,11 @@ pub enum Loss {
     Hard { smoothing: f32 },
     /// Soft targets from `Activations::targets` (already smoothed and mixed).
     Soft,
+    /// Soft targets for the first `rows` images of the batch only: a batch short of images
+    /// (files that failed to load) padded to the planned size with rows whose targets are
+    /// all zero. Such a row has zero loss and zero gradient (dlogits = p·Σt − t = 0), so the
+    /// step is exactly that of the `rows` images, with the mean taken over them.
+    Partial { rows: usize },
 }
 
 impl Activations {
@@ -423,12 +428,24 @@ impl GpuVit {
     /// Records the loss of `acts.logits`: per-image losses, their mean in `acts.loss`, and
     /// dlogits = d(mean loss)/dlogits for [`GpuVit::backward`].
     pub fn loss(&self, rec: &mut Recorder, acts: &Activations, loss: Loss) -> Result<()> {
-        let scale = 1.0 / acts.batch as f32;
+        let rows = match loss {
+            Loss::Partial { rows } if rows == 0 || rows > acts.batch => {
+                return Err(Error::invalid(
+                    "vit loss",
+                    format!("{rows} images in activations planned for {}; need 1 to {0}", acts.batch),
+                ));
+            }
+            Loss::Partial { rows } => rows,
+            Loss::Hard { .. } | Loss::Soft => acts.batch,
+        };
+        let scale = 1.0 / rows as f32;
         match loss {
             Loss::Hard { smoothing } => {
                 cross_entropy_hard(rec, &acts.logits, &acts.labels, &acts.loss_rows, &acts.dlogits, smoothing, scale)?
             }
-            Loss::Soft => cross_entropy_soft(rec, &acts.logits, &acts.targets, &acts.loss_rows, &acts.dlogits, scale)?,
+            Loss::Soft | Loss::Partial { .. } => {
+                cross_entropy_soft(rec, &acts.logits, &acts.targets, &acts.loss_rows, &acts.dlogits, scale)?
+            }
         }
         ops::reduce_sum(rec, &acts.loss_rows, &acts.loss, scale)
     }

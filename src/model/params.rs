@@ -174,18 +174,26 @@ impl ParamLayout {
     }
 
     /// An arena filled from the tensors named `prefix` + timm name in `checkpoint`; a
-    /// missing tensor or a shape of another architecture is an error that names it.
+    /// missing tensor or a shape of another architecture is an error that names it. Every
+    /// tensor is checked before the arena is allocated, so a file whose header describes a
+    /// model larger than the weights it holds costs no memory.
     pub fn arena_from(&self, checkpoint: &Checkpoint, prefix: &str) -> Result<Vec<f32>> {
         // One pass over the file's tensors, so a file with very many cannot make the lookups
         // quadratic; misses go through `require` for its message.
         let by_name: HashMap<&str, &NamedTensor> = checkpoint.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+        let tensors = self
+            .specs
+            .iter()
+            .map(|spec| {
+                let name = format!("{prefix}{}", spec.name);
+                match by_name.get(name.as_str()) {
+                    Some(t) if t.shape == spec.shape => Ok(*t),
+                    _ => checkpoint.require(&name, &spec.shape),
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
         let mut arena = vec![0.0; self.len];
-        for spec in &self.specs {
-            let name = format!("{prefix}{}", spec.name);
-            let t = match by_name.get(name.as_str()) {
-                Some(t) if t.shape == spec.shape => t,
-                _ => checkpoint.require(&name, &spec.shape)?,
-            };
+        for (spec, t) in self.specs.iter().zip(tensors) {
             arena[spec.range()].copy_from_slice(&t.data);
         }
         Ok(arena)

@@ -147,6 +147,37 @@ fn soft_targets_match_hard_labels() {
 }
 
 #[test]
+fn a_partial_batch_trains_as_the_images_it_holds() {
+    // A batch of 4 planned images holding 3 (one file failed to load), padded with a zero
+    // image and a zero target row: the loss and every gradient are those of the 3 images
+    // alone, with the mean over 3. Same kernels at a different batch size, so the tolerance
+    // is the one for two GPU reductions of the same sums in another order.
+    let full = case(3, 12, 7);
+    let (_, loss, grads) = gpu_gradients(&full, Loss::Hard { smoothing: 0.0 }, None);
+    let ctx = ctx();
+    let model = GpuVit::new(ctx, full.config.clone(), full.layout.clone(), &full.params).unwrap();
+    let acts = model.plan(ctx, 4, full.resolution).unwrap();
+    let mut images = to_f32(&full.images);
+    images.resize(acts.images.numel(), 0.0);
+    ctx.write(&acts.images, &images).unwrap();
+    let k = full.config.classes;
+    let mut targets: Vec<f32> = (0..3 * k).map(|i| (full.labels[i / k] as usize == i % k) as u32 as f32).collect();
+    targets.resize(4 * k, 0.0);
+    ctx.write(&acts.targets, &targets).unwrap();
+    run(|rec| {
+        model.forward(rec, &model.params, &acts, false)?;
+        model.loss(rec, &acts, Loss::Partial { rows: 3 })?;
+        model.backward(rec, &acts, false)
+    });
+    Tolerance::FORWARD.assert("loss", &read(&acts.loss), &[loss]);
+    Tolerance::BACKWARD.assert("grads", &read(&model.grads), &grads);
+    // Rows beyond the plan, or none, are a programmer's error, not a silent mean.
+    let mut rec = ctx.recorder("bad rows");
+    assert!(model.loss(&mut rec, &acts, Loss::Partial { rows: 5 }).is_err());
+    assert!(model.loss(&mut rec, &acts, Loss::Partial { rows: 0 }).is_err());
+}
+
+#[test]
 fn cpu_model_gradients_match_finite_differences() {
     // Depth 1 and 2 images keep it quick; a few coordinates of every tensor.
     let mut c = case(2, 12, 5);

@@ -14,7 +14,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::config::TrainConfig;
-use crate::data::{decode_image, AugmentConfig, Dataset};
+use crate::data::{decode_image, AugmentConfig, Dataset, Skipped};
 use crate::train::{self, evaluate};
 use crate::GpuArgs;
 
@@ -143,16 +143,23 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     let val = dataset.val.clone().expect("open_dataset guarantees a val part");
     let acts = model.plan(&ctx, args.batch.min(val.len()).max(1), resolution)?;
     let aug = AugmentConfig { mean: loaded.model.mean, std: loaded.model.std, ..AugmentConfig::none(resolution) };
-    let result = evaluate(&ctx, &model, &[&model.params], &acts, val.clone(), &aug, config.data.workers)?;
+    let skipped = Skipped::default();
+    let workers = config.data.workers;
+    let result = evaluate(&ctx, &model, &[&model.params], &acts, val.clone(), &aug, workers, &skipped)?;
     if args.json {
-        let out = serde_json::json!({ "images": val.len(), "val_acc": result.acc[0], "val_loss": result.loss[0] });
+        let out = serde_json::json!({
+            "images": result.images,
+            "skipped_images": skipped.count(),
+            "val_acc": result.acc[0],
+            "val_loss": result.loss[0],
+        });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         println!(
             "validation accuracy {:.4}, loss {:.4} on {} images ({})",
             result.acc[0],
             result.loss[0],
-            val.len(),
+            result.images,
             dataset.summary()
         );
     }

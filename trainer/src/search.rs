@@ -132,6 +132,51 @@ pub fn stage_images(
     Ok(())
 }
 
+/// Writes a batch of `labels.len()` images (at the largest resolution of `acts`, staged to
+/// `r` as [`stage_images`] does) with its labels and, when mixed or smoothed, its soft
+/// `targets` [n, K], and returns the loss to train on. A batch short of the planned size
+/// (files that failed to load were left out) is padded with zero images and all-zero target
+/// rows, which [`Loss::Partial`] leaves out of the loss and the gradients.
+#[allow(clippy::too_many_arguments, reason = "the batch's three parts and where they go")]
+pub fn stage_batch(
+    ctx: &GpuContext,
+    rec: &mut autoprog::Recorder,
+    acts: &ActsByResolution,
+    images: &[f32],
+    labels: &[u32],
+    targets: Option<&[f32]>,
+    r: usize,
+    classes: usize,
+) -> autoprog::Result<Loss> {
+    let to = &acts[&r];
+    let (planned, rows) = (to.batch, labels.len());
+    if rows == planned {
+        stage_images(ctx, rec, acts, images, r)?;
+        ctx.write_u32(&to.labels, labels)?;
+        return Ok(match targets {
+            Some(targets) => {
+                ctx.write(&to.targets, targets)?;
+                Loss::Soft
+            }
+            None => Loss::Hard { smoothing: 0.0 },
+        });
+    }
+    let top = &acts[acts.keys().last().expect("at least one resolution")];
+    let mut padded = images.to_vec();
+    padded.resize(top.images.numel(), 0.0);
+    stage_images(ctx, rec, acts, &padded, r)?;
+    let mut padded_labels = labels.to_vec();
+    padded_labels.resize(planned, 0);
+    ctx.write_u32(&to.labels, &padded_labels)?;
+    let mut padded_targets = match targets {
+        Some(targets) => targets.to_vec(),
+        None => labels.iter().flat_map(|&l| (0..classes).map(move |k| (k == l as usize) as u32 as f32)).collect(),
+    };
+    padded_targets.resize(planned * classes, 0.0);
+    ctx.write(&to.targets, &padded_targets)?;
+    Ok(Loss::Partial { rows })
+}
+
 /// Mean cross-entropy (no smoothing) of candidate `c` with the weights in `arena` over the
 /// given held-back batches (images at the largest resolution, labels).
 pub fn candidate_loss(
@@ -147,11 +192,10 @@ pub fn candidate_loss(
     let mut total = 0.0;
     for (images, labels) in holdout.iter().copied() {
         let mut rec = ctx.recorder("search.eval");
-        stage_images(ctx, &mut rec, acts, images, c.resolution)?;
+        let loss = stage_batch(ctx, &mut rec, acts, images, labels, None, c.resolution, model.config.classes)?;
         let a = &acts[&c.resolution];
-        ctx.write_u32(&a.labels, labels)?;
         model.forward(&mut rec, arena, a, false)?;
-        model.loss(&mut rec, a, Loss::Hard { smoothing: 0.0 })?;
+        model.loss(&mut rec, a, loss)?;
         ctx.submit(rec)?;
         total += ctx.read_blocking(&a.loss)?[0] as f64;
     }

@@ -16,13 +16,13 @@ use autoprog::gpu::ReadbackRing;
 use autoprog::kernels::optimizer::AdamW;
 use autoprog::model::cpu::cross_entropy;
 use autoprog::model::step::{Optimizer, StepOptions};
-use autoprog::model::{Activations, GpuVit, Loss, ParamLayout};
+use autoprog::model::{Activations, GpuVit, ParamLayout};
 use autoprog::prog::grow::{grow_depth, remap_blocks, Growth};
 use autoprog::prog::schedule::{stage_at, Stage};
 use autoprog::prog::search::{candidates as search_candidates, foregone, select, Candidate, DepthGrowth};
 use autoprog::runlog::{
-    self, CheckpointEvent, CheckpointKind, EmaAcc, EpochEvent, Event, GrowthEvent, LogWriter, Regularisation,
-    RunEndEvent, RunStartEvent, RunStatus, SearchEvent, StageEvent, StageSummary, StepEvent, Summary,
+    self, CheckpointEvent, CheckpointKind, DataWarningEvent, EmaAcc, EpochEvent, Event, GrowthEvent, LogWriter,
+    Regularisation, RunEndEvent, RunStartEvent, RunStatus, SearchEvent, StageEvent, StageSummary, StepEvent, Summary,
 };
 use autoprog::{GpuContext, Tensor};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -32,7 +32,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::config::TrainConfig;
 use crate::data::{self, epoch_order, AugmentConfig, Dataset, Loader, LoaderConfig, Skipped, Source};
 use crate::search::{
-    candidate_loss, candidates_step_ms, evaluation_batches, evaluation_window, stage_images, ActsByResolution,
+    candidate_loss, candidates_step_ms, evaluation_batches, evaluation_window, stage_batch, ActsByResolution,
     SearchState,
 };
 
@@ -88,6 +88,9 @@ pub struct Progress {
     /// AutoProg: (start epoch, resolution, depth) of each stage a search configured.
     #[serde(default)]
     pub trained: Vec<(usize, usize, usize)>,
+    /// Data files that could not be read so far (left out, and not tried again on resume).
+    #[serde(default)]
+    pub skipped_files: Vec<String>,
     /// AutoProg: the step time in milliseconds of every sub-network a search has timed, by
     /// name (`r20_l5`). It depends on the shape and the device, not on the weights, so a
     /// later search times only the candidates no earlier one did.
@@ -160,10 +163,14 @@ fn argmax_rows(logits: &[f32], classes: usize) -> Vec<usize> {
 pub struct Evaluation {
     pub acc: Vec<f64>,
     pub loss: Vec<f64>,
+    /// Images evaluated (those that failed to load are left out).
+    pub images: usize,
 }
 
 /// Evaluates every arena in `arenas` (the weights, then each EMA) on `source` at the
 /// resolution of `acts`, one val batch at a time (each batch decoded once for all arenas).
+/// Images that fail to load are recorded in `skipped` and left out of the means.
+#[allow(clippy::too_many_arguments, reason = "the model, what it runs on, and where the data comes from")]
 pub fn evaluate(
     ctx: &GpuContext,
     model: &GpuVit,
@@ -172,6 +179,7 @@ pub fn evaluate(
     source: Arc<dyn Source>,
     aug: &AugmentConfig,
     workers: usize,
+    skipped: &Skipped,
 ) -> anyhow::Result<Evaluation> {
     let classes = model.config.classes;
     let batch = acts.batch;
@@ -183,7 +191,7 @@ pub fn evaluate(
         train: false,
         workers,
         prefetch: 2 * workers.max(1),
-        skipped: Skipped::default(),
+        skipped: skipped.clone(),
         ..LoaderConfig::default()
     };
     let loader = Loader::new(source, order, loader_config)?;
@@ -214,10 +222,12 @@ pub fn evaluate(
         }
         count += n;
     }
+    let images = count;
     let count = count.max(1) as f64;
     Ok(Evaluation {
         acc: correct.iter().map(|&c| c as f64 / count).collect(),
         loss: loss_sum.iter().map(|&l| l / count).collect(),
+        images,
     })
 }
 
@@ -493,7 +503,17 @@ fn train_epochs(setup: &Setup, mut state: State, log: &mut LogWriter) -> anyhow:
     let total_steps = steps_per_epoch * r.epochs as u64;
     let warmup = (r.warmup_epochs * steps_per_epoch as f64).round() as u64;
     let eval_batch = r.eval_batch.min(val_source.len()).max(1);
+    // Files that failed in earlier sessions of the run are not tried (or reported) again.
     let skipped = Skipped::default();
+    skipped.mark_failed(state.progress.skipped_files.iter().cloned());
+    // Each file that fails becomes one data_warning event, logged after the step that met it.
+    let log_skipped = |log: &mut LogWriter, epoch: usize, step: u64| -> anyhow::Result<()> {
+        for failure in skipped.take_new() {
+            let event = DataWarningEvent { epoch: epoch as u32, step, file: failure.what, reason: failure.reason };
+            log.write(&Event::DataWarning(event))?;
+        }
+        Ok(())
+    };
     let mut ring = ReadbackRing::new(ctx, 1, STEPS_IN_FLIGHT);
     let session_start = Instant::now();
     let wall_before = state.progress.wall_seconds;
@@ -609,9 +629,10 @@ fn train_epochs(setup: &Setup, mut state: State, log: &mut LogWriter) -> anyhow:
         let (_, _, acts_by_res, _) = planned.as_mut().expect("planned above");
         // Held-back training images for the search's evaluation points, at its largest resolution.
         let holdout = match (&search, &holdout_source) {
-            (Some(_), Some(source)) => load_holdout(source.clone(), largest, r.batch, config)?,
+            (Some(_), Some(source)) => load_holdout(source.clone(), largest, r.batch, config, &skipped)?,
             _ => Vec::new(),
         };
+        log_skipped(log, epoch, state.progress.step)?;
         let growth = search.as_ref().map(SearchState::growth);
         let aug = AugmentConfig {
             resolution: largest,
@@ -696,18 +717,11 @@ fn train_epochs(setup: &Setup, mut state: State, log: &mut LogWriter) -> anyhow:
             let lr = learning_rate(step, total_steps, warmup, r.lr, r.min_lr);
             step_info.insert(step, (lr, res, sub_depth));
             let mut rec = ctx.recorder("train.step");
-            stage_images(ctx, &mut rec, acts_by_res, &batch.images, res)?;
+            let (images, labels, targets) = (&batch.images, &batch.labels, batch.targets.as_deref());
+            let loss = stage_batch(ctx, &mut rec, acts_by_res, images, labels, targets, res, classes.len())?;
             let acts = acts_by_res.get_mut(&res).expect("planned");
             acts.set_active_blocks(&active)?;
             let acts = &*acts;
-            ctx.write_u32(&acts.labels, &batch.labels)?;
-            let loss = match &batch.targets {
-                Some(targets) => {
-                    ctx.write(&acts.targets, targets)?;
-                    Loss::Soft
-                }
-                None => Loss::Hard { smoothing: 0.0 },
-            };
             let drop_path = drop_path_rate > 0.0;
             if drop_path {
                 acts.write_drop_path(ctx, &drop_path_scales(drop_path_rate, depth, r.batch, r.seed, step))?;
@@ -731,13 +745,14 @@ fn train_epochs(setup: &Setup, mut state: State, log: &mut LogWriter) -> anyhow:
             state.progress.step += 1;
             state.progress.adam_step += 1;
             state.progress.batch_in_epoch += 1;
-            state.progress.train_flops += r.batch as f64 * config.model.train_flops_per_image(res, sub_depth);
-            images_this_epoch += r.batch as u64;
+            state.progress.train_flops += batch.len() as f64 * config.model.train_flops_per_image(res, sub_depth);
+            images_this_epoch += batch.len() as u64;
             for (s, v) in ring.poll(ctx)? {
                 let ips = images_this_epoch as f64 / epoch_start.elapsed().as_secs_f64();
                 record_loss(log, &mut losses, s, v[0], step_info[&s], ips)?;
                 bar.set_message(format!("loss {:.3}  {ips:.0} img/s", v[0]));
             }
+            log_skipped(log, epoch, step)?;
             bar.inc(1);
             if matches!(&state.progress.search, Some(s) if s.end() == state.progress.step) {
                 break;
@@ -805,7 +820,10 @@ fn train_epochs(setup: &Setup, mut state: State, log: &mut LogWriter) -> anyhow:
             }
         };
         let val_aug = AugmentConfig { resolution: state.progress.resolution, ..aug.clone() };
-        let eval = evaluate(ctx, &state.model, &arenas, eval_acts, val_source.clone(), &val_aug, config.data.workers)?;
+        let workers = config.data.workers;
+        let eval = evaluate(ctx, &state.model, &arenas, eval_acts, val_source.clone(), &val_aug, workers, &skipped)?;
+        log_skipped(log, epoch, state.progress.step)?;
+        state.progress.skipped_files = skipped.files();
         state.progress.epoch += 1;
         state.progress.batch_in_epoch = 0;
         state.progress.wall_seconds = wall_before + session_start.elapsed().as_secs_f64();
@@ -899,6 +917,7 @@ fn load_holdout(
     resolution: usize,
     batch: usize,
     config: &TrainConfig,
+    skipped: &Skipped,
 ) -> anyhow::Result<Vec<(Vec<f32>, Vec<u32>)>> {
     let aug = AugmentConfig { mean: config.augment.mean, std: config.augment.std, ..AugmentConfig::none(resolution) };
     let order: Vec<usize> = (0..source.len()).collect();
@@ -908,7 +927,7 @@ fn load_holdout(
         aug,
         train: false,
         workers: 0,
-        skipped: Skipped::default(),
+        skipped: skipped.clone(),
         ..LoaderConfig::default()
     };
     let mut out = Vec::new();

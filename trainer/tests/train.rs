@@ -467,24 +467,43 @@ fn divergence_after_a_checkpoint_keeps_it_intact() {
     }
 }
 
-#[test]
-fn corrupt_images_are_skipped_with_a_warning() {
-    let dir = scratch("corrupt");
-    let model = micro_model(&dir);
-    let data = dir.join("data");
+/// A folder dataset of two classes (dark and light grey) with one broken file in each
+/// split: train has 11 + the broken one + 12 files (batches of 8 then take every file in
+/// every epoch), val 12 + 12 + the broken one; returns the good val images with labels.
+fn grey_folders(data: &Path) -> Vec<(PathBuf, u32)> {
+    let mut val = Vec::new();
     for split in ["train", "val"] {
         for (c, class) in ["dark", "light"].iter().enumerate() {
             let folder = data.join(split).join(class);
             std::fs::create_dir_all(&folder).unwrap();
-            for i in 0..12 {
-                let v = (c * 200 + i) as u8;
-                image::RgbImage::from_pixel(16, 16, image::Rgb([v, v, v]))
-                    .save(folder.join(format!("{i}.png")))
-                    .unwrap();
+            let count = if (split, c) == ("train", 0) { 11 } else { 12 };
+            for i in 0..count {
+                let v = (c * 180 + 30 + i * 3) as u8;
+                // A fine checkerboard of ±25 around the class's grey: shrinking it with or
+                // without antialiasing gives visibly different pixels.
+                let image = image::RgbImage::from_fn(19, 13, |x, y| {
+                    let p = if (x + y) % 2 == 0 { v + 25 } else { v - 25 };
+                    image::Rgb([p, p, v])
+                });
+                let file = folder.join(format!("{i}.png"));
+                image.save(&file).unwrap();
+                if split == "val" {
+                    val.push((file, c as u32));
+                }
             }
         }
     }
     std::fs::write(data.join("train/dark/broken.png"), b"\x89PNG\r\n\x1a\n truncated").unwrap();
+    std::fs::write(data.join("val/light/broken.png"), b"\x89PNG\r\n\x1a\n truncated").unwrap();
+    val
+}
+
+#[test]
+fn corrupt_images_are_skipped_logged_and_never_replaced() {
+    let dir = scratch("corrupt");
+    let model = micro_model(&dir);
+    let data = dir.join("data");
+    let val_images = grey_folders(&data);
     let out_dir = dir.join("run");
     let out = autoprog(&[
         "train",
@@ -496,17 +515,66 @@ fn corrupt_images_are_skipped_with_a_warning() {
         "8",
         "--epochs",
         "2",
+        "--schedule",
+        "none",
         "--out",
         &out_dir.display().to_string(),
         "--quiet",
     ]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
-    assert!(t.contains("broken.png"), "no warning naming the file: {t}");
+    // --quiet hides the progress bar, never a warning.
+    assert!(t.contains("train/dark/broken.png") && t.contains("val/light/broken.png"), "warnings on stderr: {t}");
     let summary: Summary =
         serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap()).unwrap();
-    assert_eq!(summary.skipped_images, 1);
+    assert_eq!(summary.skipped_images, 2);
     assert_eq!(summary.classes, 2);
+    let log = parse_log(&std::fs::read_to_string(out_dir.join("log.jsonl")).unwrap());
+    let warned: Vec<&str> = log
+        .events
+        .iter()
+        .filter_map(|e| if let Event::DataWarning(w) = e { Some(w.file.as_str()) } else { None })
+        .collect();
+    assert_eq!(warned.len(), 2, "one data_warning per broken file, once per run: {warned:?}");
+    assert!(warned.iter().any(|f| f.ends_with("train/dark/broken.png")), "{warned:?}");
+    assert!(warned.iter().any(|f| f.ends_with("val/light/broken.png")), "{warned:?}");
+    // Skipped, not replaced: each epoch trained on the 23 good images exactly (3 batches of 8,
+    // one of them 7), never 24 with one of them twice.
+    let ckpt = Checkpoint::load(&out_dir.join("checkpoints/last.safetensors")).unwrap();
+    let progress: serde_json::Value = ckpt.get_json("progress").unwrap().unwrap();
+    assert_eq!(progress["images_trained"], 2 * 23, "{progress}");
+    assert_eq!(progress["skipped_files"].as_array().unwrap().len(), 2, "{progress}");
+
+    // `eval` and `predict` see the same pixels: the mean loss `predict`'s logits give the 24
+    // readable val images equals what `eval` reports for them. Same kernels on batches of
+    // 24 (eval) and 24 (predict, up to 32 files a batch), so only the order of the f64 sums
+    // differs: 1e-5 relative.
+    let ckpt_path = out_dir.join("checkpoints/last.safetensors").display().to_string();
+    let data_arg = data.display().to_string();
+    let eval = autoprog(&["eval", "--checkpoint", &ckpt_path, "--data", &data_arg, "--json"]);
+    assert!(eval.status.success(), "{}", text(&eval));
+    let eval: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    assert_eq!((eval["images"].as_u64(), eval["skipped_images"].as_u64()), (Some(24), Some(1)), "{eval}");
+    let mut args = vec!["predict".to_string(), "--checkpoint".into(), ckpt_path.clone(), "--json".into()];
+    args.extend(val_images.iter().map(|(f, _)| f.display().to_string()));
+    let predicted = run(&args);
+    assert!(predicted.status.success(), "{}", text(&predicted));
+    let predicted: serde_json::Value = serde_json::from_slice(&predicted.stdout).unwrap();
+    let losses: Vec<f64> = predicted
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(&val_images)
+        .map(|(p, (_, label))| {
+            let logits: Vec<f64> = p["logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let lse = max + logits.iter().map(|z| (z - max).exp()).sum::<f64>().ln();
+            lse - logits[*label as usize]
+        })
+        .collect();
+    let mean = losses.iter().sum::<f64>() / losses.len() as f64;
+    let eval_loss = eval["val_loss"].as_f64().unwrap();
+    assert!((mean - eval_loss).abs() <= 1e-5 * eval_loss.abs().max(1e-3), "predict {mean} vs eval {eval_loss}");
 }
 
 #[test]

@@ -108,6 +108,9 @@ impl Run {
                     run.searches.push(e)
                 }
                 Event::Warning(e) => run.warnings.push(format!("training warned: {}", e.message)),
+                Event::DataWarning(e) => {
+                    run.warnings.push(format!("training skipped {} in epoch {}: {}", e.file, e.epoch + 1, e.reason))
+                }
                 Event::Checkpoint(_) | Event::RunEnd(_) => {}
             }
         }

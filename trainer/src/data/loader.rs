@@ -3,8 +3,9 @@
 //!
 //! Every random choice is seeded from (seed, epoch, position in the epoch order) for a
 //! sample and (seed, epoch, batch index) for mixup, so the batches are bit-identical for
-//! any number of workers. A file that fails to decode is reported once, counted, and
-//! replaced by the next sample in the order that loads.
+//! any number of workers. A file that fails to decode is reported once, counted, and left
+//! out: its batch is one image short (no other image takes its place, which would count
+//! that one twice).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -18,10 +19,6 @@ use rand_chacha::ChaCha8Rng;
 
 use super::augment::{eval_transform, mix_batch, train_transform, AugmentConfig};
 use super::{DataError, LoadError, RgbImage, Source};
-
-/// How many positions of the order a failed sample may look ahead for a replacement
-/// before its batch is given up.
-const MAX_REPLACEMENT_TRIES: usize = 32;
 
 /// Independent random streams derived from one seed.
 #[derive(Clone, Copy)]
@@ -85,12 +82,14 @@ impl Batch {
 type Warn = dyn Fn(&str) + Send + Sync;
 
 /// The samples that failed to load, shared between the workers and the caller. Pass the
-/// same one to the loaders of every epoch of one source so that each broken file is
-/// reported (and decoded) once per run.
+/// same one to the loaders of every epoch (and of the validation) of a run so that each
+/// broken file is reported (and decoded) once per run.
 #[derive(Clone)]
 pub struct Skipped {
     /// `Source::describe` names of the failed samples.
     failed: Arc<Mutex<BTreeSet<String>>>,
+    /// Failures not yet taken by [`Skipped::take_new`] (for the run log).
+    new: Arc<Mutex<Vec<LoadError>>>,
     warn: Arc<Warn>,
 }
 
@@ -104,7 +103,18 @@ impl Default for Skipped {
 impl Skipped {
     /// Warnings go to `warn` (one call per failed file).
     pub fn with_warning(warn: impl Fn(&str) + Send + Sync + 'static) -> Self {
-        Skipped { failed: Arc::default(), warn: Arc::new(warn) }
+        Skipped { failed: Arc::default(), new: Arc::default(), warn: Arc::new(warn) }
+    }
+
+    /// Records `files` (`Source::describe` names) as failed without warning: failures of an
+    /// earlier session of the run, which a resumed run does not try again.
+    pub fn mark_failed(&self, files: impl IntoIterator<Item = String>) {
+        self.lock().extend(files);
+    }
+
+    /// The failures recorded since the last call, in the order they happened.
+    pub fn take_new(&self) -> Vec<LoadError> {
+        std::mem::take(&mut *self.new.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Number of distinct samples skipped so far.
@@ -130,9 +140,10 @@ impl Skipped {
         let first_time = self.lock().insert(error.what.clone());
         if first_time {
             (self.warn)(&format!(
-                "skipping `{}`, it could not be loaded ({}); the next image in the epoch order takes its place",
+                "skipping `{}`, it could not be loaded ({}); its batch goes on without it",
                 error.what, error.reason
             ));
+            self.new.lock().unwrap_or_else(PoisonError::into_inner).push(error.clone());
         }
     }
 }
@@ -189,8 +200,9 @@ impl Plan {
         let positions = index * config.batch..((index + 1) * config.batch).min(self.order.len());
         let mut images = Vec::with_capacity(positions.len() * 3 * r * r); // [B, 3, R, R]
         let mut labels = Vec::with_capacity(positions.len()); // [B]
+        let wanted = positions.len();
         for position in positions {
-            let (image, label) = self.load_at(index, position)?;
+            let Some((image, label)) = self.load_at(position) else { continue };
             let seed = stream_seed(config.seed, config.epoch, Stream::Sample, position as u64);
             let chw = if config.train {
                 train_transform(&image, aug, &mut ChaCha8Rng::seed_from_u64(seed))
@@ -200,6 +212,15 @@ impl Plan {
             images.extend_from_slice(&chw);
             labels.push(label);
         }
+        if labels.is_empty() {
+            return Err(DataError::BatchUnfillable {
+                batch: index,
+                detail: format!(
+                    "none of its {wanted} images loads (the last was `{}`)",
+                    self.source.describe(self.order[(index * config.batch + wanted - 1).min(self.order.len() - 1)])
+                ),
+            });
+        }
         let targets = (config.train && aug.soft_targets()).then(|| {
             let seed = stream_seed(config.seed, config.epoch, Stream::Mix, index as u64);
             let classes = self.source.classes().len();
@@ -208,34 +229,20 @@ impl Plan {
         Ok(Batch { index, resolution: r, images, labels, targets })
     }
 
-    /// The sample at `position` of the order, or when it fails to load the first of the
-    /// following positions (wrapping around) that loads.
-    fn load_at(&self, batch: usize, position: usize) -> Result<(RgbImage, u32), DataError> {
-        let n = self.order.len();
-        let tries = MAX_REPLACEMENT_TRIES.min(n);
-        let mut last_failure = String::new();
-        for offset in 0..tries {
-            let sample = self.order[(position + offset) % n];
-            let what = self.source.describe(sample);
-            if self.config.skipped.contains(&what) {
-                last_failure = what;
-                continue;
-            }
-            match self.source.load(sample) {
-                Ok(image) => return Ok((image, self.source.label(sample))),
-                Err(error) => {
-                    self.config.skipped.record(&error);
-                    last_failure = what;
-                }
+    /// The sample at `position` of the order, or `None` when it fails to load (recorded in
+    /// `skipped`, and not decoded again once it has failed).
+    fn load_at(&self, position: usize) -> Option<(RgbImage, u32)> {
+        let sample = self.order[position];
+        if self.config.skipped.contains(&self.source.describe(sample)) {
+            return None;
+        }
+        match self.source.load(sample) {
+            Ok(image) => Some((image, self.source.label(sample))),
+            Err(error) => {
+                self.config.skipped.record(&error);
+                None
             }
         }
-        Err(DataError::BatchUnfillable {
-            batch,
-            detail: format!(
-                "no image loads at position {position} of the epoch or the {} after it (the last was `{last_failure}`)",
-                tries - 1
-            ),
-        })
     }
 }
 
@@ -540,11 +547,16 @@ mod tests {
                 ..LoaderConfig::default()
             };
             let loader = Loader::new(train.clone(), (0..train.len()).collect(), config).expect("valid loader");
-            let batches: Vec<Batch> = loader.map(|b| b.expect("broken files are replaced")).collect();
-            // broken.png (position 2) → c.PNG (dog); truncated.png (position 5) wraps to a.png (cat).
-            assert_eq!(batches[0].labels, [0, 0, 1]);
-            assert_eq!(batches[1].labels, [1, 1, 0]);
-            assert_eq!(batches[0].images[2 * 108..], batches[1].images[..108]);
+            let batches: Vec<Batch> = loader.map(|b| b.expect("batches go on without broken files")).collect();
+            // broken.png (position 2) and truncated.png (position 5) are left out, and no other
+            // image takes their place: each good image appears once.
+            assert_eq!(batches[0].labels, [0, 0]);
+            assert_eq!(batches[1].labels, [1, 1]);
+            assert_eq!((batches[0].images.len(), batches[1].images.len()), (2 * 108, 2 * 108));
+            assert_ne!(batches[0].images[108..], batches[1].images[..108]);
+            // The run log hears of each failure once, in the first epoch.
+            let new: Vec<String> = skipped.take_new().into_iter().map(|e| e.what).collect();
+            assert_eq!(new.len(), if epoch == 0 { 2 } else { 0 }, "{new:?}");
         }
         let warnings = warnings.lock().expect("not poisoned");
         assert_eq!(warnings.len(), 2, "one warning per broken file: {warnings:?}");
@@ -609,14 +621,14 @@ mod tests {
             assert_eq!(results.len(), 6, "5 good batches, then the error, then the end");
             assert!(results[..5].iter().all(Result::is_ok));
             let err = results[5].as_ref().expect_err("batch 5 cannot be filled").to_string();
-            assert!(err.starts_with("batch 5 could not be filled: no image loads at position 40"), "{err}");
-            assert!(err.contains("the 31 after it (the last was `flaky#71`)"), "{err}");
+            assert!(err.starts_with("batch 5 could not be filled: none of its 8 images loads"), "{err}");
+            assert!(err.contains("(the last was `flaky#47`)"), "{err}");
             assert!(loader.next().is_none());
-            // Positions 40..=71 failed; workers running ahead may have met more broken ones.
+            // Positions 40..=47 failed; workers running ahead may have met more broken ones.
             if workers == 0 {
-                assert_eq!(skipped.count(), 32);
+                assert_eq!(skipped.count(), 8);
             } else {
-                assert!(skipped.count() >= 32);
+                assert!(skipped.count() >= 8);
             }
         }
     }
