@@ -58,7 +58,7 @@ impl InferenceModel {
                 }
                 c
             }
-            (None, Some(heads)) => infer_config(ckpt, heads)?,
+            (None, Some(heads)) => infer_config(ckpt, heads).map_err(|e| Error::format(what, e.to_string()))?,
             (None, None) => {
                 // A file that is no ViT at all says so before being asked for heads.
                 if let Some(missing) = VIT_TENSORS.iter().find(|name| ckpt.get(name).is_none()) {
@@ -74,7 +74,8 @@ impl InferenceModel {
                 ));
             }
         };
-        config.validate()?;
+        // The file is what is wrong when its architecture is: name it.
+        config.validate().map_err(|e| Error::format(what, e.to_string()))?;
         let prefix = match options.ema {
             Some(decay) => format!("ema_{decay}."),
             None => String::new(),

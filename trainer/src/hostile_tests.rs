@@ -3,12 +3,13 @@
 //! thousands of times from a fixed seed; every result must be a value or a readable error,
 //! never a panic, an abort or an allocation the input does not pay for.
 
-use std::io::{Cursor, Write};
+use std::io::Cursor;
 use std::path::PathBuf;
 
 use autoprog::data::preprocess;
 
 use crate::config::TrainConfig;
+use crate::data::testutil::gzip;
 use crate::data::{cifar, decode_image, mnist};
 
 #[path = "../../tests/support/mutate.rs"]
@@ -24,12 +25,6 @@ fn idx(magic: u32, sizes: &[u32], body: &[u8]) -> Vec<u8> {
     let mut bytes: Vec<u8> = std::iter::once(magic).chain(sizes.iter().copied()).flat_map(u32::to_be_bytes).collect();
     bytes.extend_from_slice(body);
     bytes
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    encoder.write_all(bytes).expect("gzip in memory");
-    encoder.finish().expect("gzip in memory")
 }
 
 #[test]

@@ -39,10 +39,13 @@ fn bind(input: &PathBuf, out_dir: &PathBuf) -> anyhow::Result<()> {
         "{} does not exist; build it first with `cargo build -p autoprog-viewer --target wasm32-unknown-unknown --release`",
         input.display()
     );
+    // The CLI's default where the library's differs: the glue's `init()` finds the module
+    // next to itself (`new URL("…_bg.wasm", import.meta.url)`), as www/main.js expects.
     Bindgen::new()
         .input_path(input)
         .web(true)?
         .typescript(false)
+        .omit_default_module_path(false)
         .generate(out_dir)
         .with_context(|| format!("cannot bind {} into {}", input.display(), out_dir.display()))
 }

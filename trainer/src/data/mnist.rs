@@ -188,7 +188,7 @@ impl Source for Mnist {
 mod tests {
     use std::io::Write;
 
-    use super::super::testutil::TempDir;
+    use super::super::testutil::{gzip, TempDir};
     use super::super::{open, Format};
     use super::*;
 
@@ -211,12 +211,6 @@ mod tests {
         bytes.extend_from_slice(&(labels.len() as u32).to_be_bytes());
         bytes.extend_from_slice(labels);
         bytes
-    }
-
-    fn gzip(bytes: &[u8]) -> Vec<u8> {
-        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        encoder.write_all(bytes).expect("gzip in memory");
-        encoder.finish().expect("gzip in memory")
     }
 
     /// Raw train files (4 images of 6×6) and gzipped test files (2 images).

@@ -63,3 +63,11 @@ pub fn image_folder_fixture(dir: &TempDir) -> PathBuf {
     std::fs::create_dir_all(train.join(".cache")).expect("mkdir");
     root
 }
+
+/// `bytes` gzipped, as an `.gz` file of them holds them.
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(bytes).expect("gzip in memory");
+    encoder.finish().expect("gzip in memory")
+}
