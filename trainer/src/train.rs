@@ -792,6 +792,7 @@ fn train_epochs(setup: &Setup, mut state: State, log: &mut LogWriter) -> anyhow:
         let ips = images_this_epoch as f64 / train_seconds.max(1e-9);
         if interrupted {
             state.progress.wall_seconds = wall_before + session_start.elapsed().as_secs_f64();
+            state.progress.skipped_files = skipped.files();
             let paths = save_checkpoint(ctx, &state, config, classes, run_dir, false)?;
             log.write(&Event::Checkpoint(CheckpointEvent {
                 epoch: epoch as u32,
