@@ -3,12 +3,10 @@
 //! pass that the command line and the browser share: probabilities and the class token's
 //! attention map. Images become inputs through [`crate::data::preprocess`], as in training.
 
-use std::collections::HashSet;
-
 use serde::Serialize;
 
 use crate::checkpoint::{Checkpoint, NamedTensor, Storage};
-use crate::model::{infer_config, parameter_count, ParamLayout, VitConfig};
+use crate::model::{blocks_present, infer_config, parameter_count, ParamLayout, VitConfig};
 use crate::{Error, Result};
 
 /// The `format` metadata of files written by [`InferenceModel::to_model_file`].
@@ -91,10 +89,7 @@ impl InferenceModel {
         }
         let depth = ckpt.get_json::<usize>("depth")?.unwrap_or(config.depth);
         // Checked before laying out `depth` blocks: a damaged header must not allocate them.
-        let names: HashSet<&str> = ckpt.tensors.iter().map(|t| t.name.as_str()).collect();
-        let present = (0..=config.depth)
-            .take_while(|i| names.contains(format!("{prefix}blocks.{i}.norm1.weight").as_str()))
-            .count();
+        let present = blocks_present(ckpt, &prefix, config.depth + 1);
         if depth != present || depth > config.depth {
             return Err(Error::format(
                 what,

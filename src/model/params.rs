@@ -200,6 +200,14 @@ impl ParamLayout {
     }
 }
 
+/// How many blocks `checkpoint` holds under `prefix` (`blocks.0.` to `blocks.{n-1}.`, counted
+/// by their first norm), looking at most `limit` far: a damaged file may claim any number.
+pub fn blocks_present(checkpoint: &Checkpoint, prefix: &str, limit: usize) -> usize {
+    // One pass over the file's tensors, so a file with very many cannot make this quadratic.
+    let names: HashSet<&str> = checkpoint.tensors.iter().map(|t| t.name.as_str()).collect();
+    (0..limit).take_while(|i| names.contains(format!("{prefix}blocks.{i}.norm1.weight").as_str())).count()
+}
+
 /// Parameters (padding excluded) of a ViT of `config` with `depth` blocks, counted in u64 so
 /// that the sum cannot overflow a 32-bit `usize`. `config` must be valid (every tensor then
 /// has fewer than 2^31 elements).
@@ -238,9 +246,8 @@ pub fn infer_config(checkpoint: &Checkpoint, heads: usize) -> Result<VitConfig> 
             format!("pos_embed has {tokens} positions, not a square grid plus a class token"),
         ));
     }
-    let names: HashSet<&str> = checkpoint.tensors.iter().map(|t| t.name.as_str()).collect();
     // One past the limit is enough for validate() to refuse a deeper file.
-    let depth = (0..=limits::DEPTH).take_while(|i| names.contains(format!("blocks.{i}.norm1.weight").as_str())).count();
+    let depth = blocks_present(checkpoint, "", limits::DEPTH + 1);
     let mlp_hidden = if depth > 0 {
         match shape("blocks.0.mlp.fc1.weight")? {
             &[h, c] if c == dim => h,

@@ -200,7 +200,7 @@ impl Plan {
         let positions = index * config.batch..((index + 1) * config.batch).min(self.order.len());
         let mut images = Vec::with_capacity(positions.len() * 3 * r * r); // [B, 3, R, R]
         let mut labels = Vec::with_capacity(positions.len()); // [B]
-        let wanted = positions.len();
+        let (wanted, last) = (positions.len(), positions.end - 1);
         for position in positions {
             let Some((image, label)) = self.load_at(position) else { continue };
             let seed = stream_seed(config.seed, config.epoch, Stream::Sample, position as u64);
@@ -217,7 +217,7 @@ impl Plan {
                 batch: index,
                 detail: format!(
                     "none of its {wanted} images loads (the last was `{}`)",
-                    self.source.describe(self.order[(index * config.batch + wanted - 1).min(self.order.len() - 1)])
+                    self.source.describe(self.order[last])
                 ),
             });
         }
