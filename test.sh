@@ -21,6 +21,9 @@ rustup component list --installed | grep -q '^clippy' || rustup component add cl
 say "cargo fmt --check"
 cargo fmt --all -- --check
 
+say "structure: function and file sizes, import cycles (scripts/check_structure.py)"
+python3 scripts/check_structure.py
+
 say "cargo clippy (all targets, warnings are errors)"
 cargo clippy --release --workspace --all-targets -q -- -D warnings
 
@@ -34,6 +37,9 @@ say "kernel tests on the GL backend (llvmpipe)"
 # One thread: wgpu's GL backend serialises on one context lock, and many waiting
 # threads on 2 cores can exceed its lock timeout.
 WGPU_BACKEND=gl cargo test --release -p autoprog --test kernels -- --test-threads=1
+
+say "the core library for wasm32 (the training loop included)"
+cargo build --release -q -p autoprog --target wasm32-unknown-unknown
 
 say "wasm32 build of the viewer"
 www/build.sh

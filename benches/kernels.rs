@@ -8,7 +8,7 @@ use autoprog::kernels::matmul::{self, Epilogue, Layout};
 use autoprog::{ContextOptions, GpuContext, Recorder};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
-fn run_timed(ctx: &GpuContext, iters: u64, record: impl Fn(&mut Recorder)) -> Duration {
+fn run_timed(ctx: &GpuContext, iters: u64, record: impl Fn(&mut Recorder<'_>)) -> Duration {
     let start = Instant::now();
     for _ in 0..iters {
         let mut rec = ctx.recorder("bench");
@@ -64,7 +64,10 @@ fn attention_benches(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default().sample_size(10).measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(300));
+    config = Criterion::default()
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(300));
     targets = matmul_benches, attention_benches
 }
 criterion_main!(benches);

@@ -61,7 +61,7 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 fn probabilities(
     qkv: &[f64],
     s: &AttentionShape,
-    m: &AttentionMasks,
+    m: &AttentionMasks<'_>,
     scale: f64,
     b: usize,
     h: usize,
@@ -88,7 +88,12 @@ fn probabilities(
 }
 
 /// Plain reference: (out [B, N, C], lse [B, NH, N]) with out = softmax(q kᵀ · scale) v.
-pub fn attention_forward(qkv: &[f64], s: AttentionShape, masks: AttentionMasks, scale: f64) -> (Vec<f64>, Vec<f64>) {
+pub fn attention_forward(
+    qkv: &[f64],
+    s: AttentionShape,
+    masks: AttentionMasks<'_>,
+    scale: f64,
+) -> (Vec<f64>, Vec<f64>) {
     assert_eq!(qkv.len(), s.qkv_len(), "qkv length");
     let (n, hs) = (s.n, s.hs);
     let mut out = vec![0.0; s.b * n * s.c()];
@@ -153,7 +158,7 @@ pub fn attention_backward_dkdv(
     lse: &[f64],
     d: &[f64],
     s: AttentionShape,
-    masks: AttentionMasks,
+    masks: AttentionMasks<'_>,
     scale: f64,
 ) -> Vec<f64> {
     let hs = s.hs;
@@ -181,7 +186,7 @@ pub fn attention_backward_dq(
     lse: &[f64],
     d: &[f64],
     s: AttentionShape,
-    masks: AttentionMasks,
+    masks: AttentionMasks<'_>,
     scale: f64,
 ) -> Vec<f64> {
     let hs = s.hs;
@@ -204,7 +209,13 @@ pub fn attention_backward_dq(
 /// Plain reference backward: dqkv [B, N, 3C] from the N x N probabilities, without lse or
 /// d: dv = pᵀ dout, dp = dout vᵀ, ds = p ∘ (dp − rowsum(p ∘ dp)), dq = ds k · scale,
 /// dk = dsᵀ q · scale.
-pub fn attention_backward(qkv: &[f64], dout: &[f64], s: AttentionShape, masks: AttentionMasks, scale: f64) -> Vec<f64> {
+pub fn attention_backward(
+    qkv: &[f64],
+    dout: &[f64],
+    s: AttentionShape,
+    masks: AttentionMasks<'_>,
+    scale: f64,
+) -> Vec<f64> {
     let (n, hs) = (s.n, s.hs);
     let mut dqkv = vec![0.0; s.qkv_len()];
     for b in 0..s.b {

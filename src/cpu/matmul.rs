@@ -16,7 +16,7 @@ pub struct Epilogue<'a> {
 
 /// C = op(A) op(B) with the epilogue, for `batch` items; `a_shared`/`b_shared` mean the
 /// operand is one matrix used for every item. Returns (C, pre-activation).
-#[allow(clippy::too_many_arguments)] // mirrors the kernel's parameter block
+#[allow(clippy::too_many_arguments, reason = "mirrors the kernel's parameter block")]
 pub fn matmul(
     layout: Layout,
     batch: usize,
@@ -27,7 +27,7 @@ pub fn matmul(
     a_shared: bool,
     b: &[f64],
     b_shared: bool,
-    epi: &Epilogue,
+    epi: &Epilogue<'_>,
 ) -> (Vec<f64>, Vec<f64>) {
     let mut c = vec![0.0; batch * m * n];
     let mut pre = vec![0.0; batch * m * n];

@@ -1,3 +1,8 @@
+//! Images for training, evaluation and inference, native and in the browser alike: the
+//! preprocessing every path shares ([`resize`], [`normalize`], [`preprocess`]), the
+//! training augmentation ([`augment`]), the [`Batch`] a data pipeline hands the training
+//! loop, and the built-in procedural dataset.
+//!
 //! The built-in procedural dataset: coloured shapes and textures drawn from a seed, so
 //! training needs no download and the trainer and the viewer draw the same images.
 //!
@@ -7,11 +12,15 @@
 //! Three classes differ only in a fine texture (stripes, checks, dots) whose period is a
 //! few pixels at 32 px, so low resolutions blur them together: resolution matters.
 
+pub mod augment;
+mod batch;
 mod pixels;
 
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+pub use augment::AugmentConfig;
+pub use batch::{Batch, LoadError};
 pub use pixels::{normalize, preprocess, resize, CropBox, RgbImage};
 
 /// Class names, in label order.

@@ -1,8 +1,10 @@
 //! Adapter selection and the device: [`GpuContext`].
 
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::gpu::pipeline::PipelineCache;
+use crate::gpu::pipeline::{Kernel, KernelSpec, PipelineCache};
 use crate::gpu::pool::BufferPool;
 use crate::{Error, Result};
 
@@ -111,7 +113,8 @@ pub struct GpuContext {
     pub(crate) pool: Arc<BufferPool>,
     pub(crate) uniform_pool: Mutex<Vec<wgpu::Buffer>>,
     errors: Arc<Mutex<Vec<String>>>,
-    pub(crate) matmul: crate::kernels::matmul::MatmulState,
+    /// State that kernels keep per context (matmul's tuning), by type.
+    kernel_state: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
     placeholders: std::sync::OnceLock<[crate::Tensor; 2]>,
 }
 
@@ -127,6 +130,24 @@ pub(crate) fn parse_backend(name: &str) -> Result<wgpu::Backends> {
 }
 
 impl GpuContext {
+    /// The compiled kernel for `spec`, built on first use.
+    pub fn kernel(&self, spec: &KernelSpec<'_>) -> Result<Arc<Kernel>> {
+        self.pipelines.kernel(&self.device, spec, |op| self.take_error(op))
+    }
+
+    /// Number of distinct pipelines compiled so far (to check that sub-networks reuse them).
+    pub fn pipeline_count(&self) -> usize {
+        self.pipelines.len()
+    }
+
+    /// The state of type `T` that a kernel family keeps for this context (created on first
+    /// use), so that the context need not know every kernel's needs.
+    pub fn state<T: Default + Send + Sync + 'static>(&self) -> Arc<T> {
+        let mut states = self.kernel_state.lock().expect("kernel state lock");
+        let state = states.entry(TypeId::of::<T>()).or_insert_with(|| Arc::new(T::default()));
+        state.clone().downcast::<T>().expect("states are stored under their own type")
+    }
+
     fn backends(opts: &ContextOptions) -> Result<wgpu::Backends> {
         match &opts.backend {
             Some(name) => parse_backend(name),
@@ -232,7 +253,7 @@ impl GpuContext {
             pool: Arc::new(BufferPool::default()),
             uniform_pool: Mutex::new(Vec::new()),
             errors,
-            matmul: Default::default(),
+            kernel_state: Mutex::default(),
             placeholders: Default::default(),
         })
     }

@@ -1,5 +1,5 @@
 //! The GPU runtime: adapter choice, device, tensors, buffer pool, pipeline cache,
-//! command recording, readback and the timestamp profiler.
+//! command recording, readback, the timestamp profiler and [`timing`] of recorded work.
 //!
 //! One [`GpuContext`] is built at an entry point and passed by reference everywhere.
 
@@ -9,6 +9,7 @@ mod pool;
 mod readback;
 mod recorder;
 mod tensor;
+pub mod timing;
 
 pub use context::{AdapterSummary, ContextOptions, GpuContext};
 pub use pipeline::{specialise, Access, Generated, Kernel, KernelSpec, Shader};

@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::gpu::GpuContext;
 use crate::Result;
 
 /// A WGSL source file of one kernel family.
@@ -101,6 +100,7 @@ impl PipelineCache {
     pub(crate) fn new(device: &wgpu::Device, use_driver_cache: bool) -> Self {
         // SAFETY: no data is passed in, so there is nothing to validate; the cache only
         // lets the driver reuse its compilation work within this process.
+        #[allow(unsafe_code, reason = "wgpu marks pipeline caches unsafe for the data they load; none is loaded")]
         let driver_cache = use_driver_cache.then(|| unsafe {
             device.create_pipeline_cache(&wgpu::PipelineCacheDescriptor {
                 label: Some("autoprog"),
@@ -126,31 +126,36 @@ fn layout_entry(binding: u32, access: Access) -> wgpu::BindGroupLayoutEntry {
     }
 }
 
-impl GpuContext {
-    /// The compiled kernel for `spec`, built on first use.
-    pub fn kernel(&self, spec: &KernelSpec) -> Result<Arc<Kernel>> {
+impl PipelineCache {
+    /// The compiled kernel for `spec`, built on `device` on first use; `check` turns the
+    /// device's pending validation error, if any, into an error naming the operation.
+    pub(crate) fn kernel(
+        &self,
+        device: &wgpu::Device,
+        spec: &KernelSpec<'_>,
+        check: impl Fn(&str) -> Result<()>,
+    ) -> Result<Arc<Kernel>> {
         let consts: Vec<String> = spec.consts.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let generated = spec.generated.map(|g| format!("#{}", g.name)).unwrap_or_default();
         let key = format!("{}::{}[{}]{generated}", spec.shader.name, spec.entry, consts.join(","));
-        if let Some(k) = self.pipelines.kernels.lock().expect("pipeline lock").get(&key) {
+        if let Some(k) = self.kernels.lock().expect("pipeline lock").get(&key) {
             return Ok(k.clone());
         }
         let source =
             specialise(spec.shader.source, spec.consts) + &spec.generated.map(|g| (g.source)()).unwrap_or_default();
-        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(spec.shader.name),
             source: wgpu::ShaderSource::Wgsl(source.into()),
         });
         let entries: Vec<_> = spec.bindings.iter().enumerate().map(|(i, &a)| layout_entry(i as u32, a)).collect();
-        let layout = self
-            .device
-            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(&key), entries: &entries });
-        let pipeline_layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        let layout =
+            device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(&key), entries: &entries });
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some(&key),
             bind_group_layouts: &[Some(&layout)],
             immediate_size: 0,
         });
-        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(&key),
             layout: Some(&pipeline_layout),
             module: &module,
@@ -160,17 +165,17 @@ impl GpuContext {
                 zero_initialize_workgroup_memory: false,
                 ..Default::default()
             },
-            cache: self.pipelines.driver_cache.as_ref(),
+            cache: self.driver_cache.as_ref(),
         });
-        self.take_error(&format!("compiling {key}"))?;
+        check(&format!("compiling {key}"))?;
         let kernel = Arc::new(Kernel { label: key.clone(), pipeline, layout, bindings: spec.bindings.to_vec() });
-        self.pipelines.kernels.lock().expect("pipeline lock").insert(key, kernel.clone());
+        self.kernels.lock().expect("pipeline lock").insert(key, kernel.clone());
         Ok(kernel)
     }
 
-    /// Number of distinct pipelines compiled so far (to check that sub-networks reuse them).
-    pub fn pipeline_count(&self) -> usize {
-        self.pipelines.kernels.lock().expect("pipeline lock").len()
+    /// Number of distinct pipelines compiled so far.
+    pub(crate) fn len(&self) -> usize {
+        self.kernels.lock().expect("pipeline lock").len()
     }
 }
 

@@ -4,17 +4,20 @@
 //! for its oldest copy, which also bounds how far the host runs ahead of the GPU.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+
+use futures_channel::oneshot;
 
 use crate::gpu::{GpuContext, Recorder, Tensor};
 use crate::{Error, Result};
 
-type MapResult = Arc<Mutex<Option<std::result::Result<(), wgpu::BufferAsyncError>>>>;
+type MapResult = std::result::Result<(), wgpu::BufferAsyncError>;
 
 struct Slot {
     buffer: wgpu::Buffer,
-    /// Set by the map callback.
-    mapped: MapResult,
+    /// Receives the map callback's result once the slot is submitted.
+    mapped: Option<oneshot::Receiver<MapResult>>,
+    /// The result, once received.
+    done: Option<MapResult>,
 }
 
 /// A ring of staging buffers for reading small tensors (a loss, a few statistics) back
@@ -41,7 +44,8 @@ impl ReadbackRing {
                     usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                     mapped_at_creation: false,
                 }),
-                mapped: Arc::new(Mutex::new(None)),
+                mapped: None,
+                done: None,
             })
             .collect();
         ReadbackRing { free, recorded: Vec::new(), pending: VecDeque::new(), bytes }
@@ -54,7 +58,7 @@ impl ReadbackRing {
 
     /// Records a copy of `t` (at most the ring's element count) into a free slot, tagged
     /// `tag`. Call [`ReadbackRing::wait_oldest`] first when no slot is free.
-    pub fn record(&mut self, rec: &mut Recorder, t: &Tensor, tag: u64) -> Result<()> {
+    pub fn record(&mut self, rec: &mut Recorder<'_>, t: &Tensor, tag: u64) -> Result<()> {
         if t.bytes() > self.bytes {
             return Err(Error::shape(
                 "readback",
@@ -70,11 +74,12 @@ impl ReadbackRing {
 
     /// Starts mapping what was recorded; call right after submitting the recorder.
     pub fn submitted(&mut self) {
-        for (tag, slot) in self.recorded.drain(..) {
-            let mapped = slot.mapped.clone();
+        for (tag, mut slot) in self.recorded.drain(..) {
+            let (tx, rx) = oneshot::channel();
             slot.buffer.map_async(wgpu::MapMode::Read, .., move |r| {
-                *mapped.lock().expect("readback lock") = Some(r);
+                let _ = tx.send(r);
             });
+            slot.mapped = Some(rx);
             self.pending.push_back((tag, slot));
         }
     }
@@ -84,42 +89,50 @@ impl ReadbackRing {
         #[cfg(native)]
         let _ = ctx.device.poll(wgpu::PollType::Poll);
         let mut out = Vec::new();
-        while let Some((_, slot)) = self.pending.front() {
-            if slot.mapped.lock().expect("readback lock").is_none() {
-                break;
+        while let Some((_, slot)) = self.pending.front_mut() {
+            if slot.done.is_none() {
+                match slot.mapped.as_mut().map(oneshot::Receiver::try_recv) {
+                    Some(Ok(Some(result))) => slot.done = Some(result),
+                    Some(Ok(None)) => break,
+                    _ => slot.done = Some(Err(wgpu::BufferAsyncError)),
+                }
             }
             out.push(self.take_front(ctx)?);
         }
         Ok(out)
     }
 
-    /// Waits for the oldest pending result (native: blocks on the device).
-    #[cfg(native)]
-    pub fn wait_oldest(&mut self, ctx: &GpuContext) -> Result<Option<(u64, Vec<f32>)>> {
-        if self.pending.is_empty() {
+    /// Waits for the oldest pending result (native: blocks on the device; web: the browser
+    /// resolves the mapping).
+    pub async fn wait_oldest(&mut self, ctx: &GpuContext) -> Result<Option<(u64, Vec<f32>)>> {
+        let Some((_, slot)) = self.pending.front_mut() else {
             return Ok(None);
-        }
-        while self.pending.front().is_some_and(|(_, s)| s.mapped.lock().expect("readback lock").is_none()) {
+        };
+        if slot.done.is_none() {
+            #[cfg(native)]
             ctx.device
                 .poll(wgpu::PollType::wait_indefinitely())
                 .map_err(|e| Error::Readback { what: "readback ring".into(), detail: e.to_string() })?;
+            let rx = slot.mapped.take().expect("a pending slot has a receiver");
+            // A dropped sender means the device was lost before the callback ran.
+            slot.done = Some(rx.await.unwrap_or(Err(wgpu::BufferAsyncError)));
         }
         self.take_front(ctx).map(Some)
     }
 
     /// Waits for everything pending, oldest first.
-    #[cfg(native)]
-    pub fn drain(&mut self, ctx: &GpuContext) -> Result<Vec<(u64, Vec<f32>)>> {
+    pub async fn drain(&mut self, ctx: &GpuContext) -> Result<Vec<(u64, Vec<f32>)>> {
         let mut out = Vec::new();
-        while let Some(r) = self.wait_oldest(ctx)? {
+        while let Some(r) = self.wait_oldest(ctx).await? {
             out.push(r);
         }
         Ok(out)
     }
 
     fn take_front(&mut self, ctx: &GpuContext) -> Result<(u64, Vec<f32>)> {
-        let (tag, slot) = self.pending.pop_front().expect("caller checked");
-        let status = slot.mapped.lock().expect("readback lock").take().expect("caller checked");
+        let (tag, mut slot) = self.pending.pop_front().expect("caller checked");
+        let status = slot.done.take().expect("caller checked");
+        slot.mapped = None;
         let what = || format!("readback of step {tag}");
         status.map_err(|e| Error::Readback { what: what(), detail: e.to_string() })?;
         let values: Vec<f32> = {

@@ -187,7 +187,11 @@ impl Recorder<'_> {
                 if conflict {
                     return Err(Error::invalid(
                         "dispatch",
-                        format!("{}: bindings {i} and {j} share a buffer and one is written (over the same bytes, or beside a read-only binding)", kernel.label),
+                        format!(
+                            "{}: bindings {i} and {j} share a buffer and one is written (over the same bytes, or \
+                            beside a read-only binding)",
+                            kernel.label
+                        ),
                     ));
                 }
             }

@@ -123,7 +123,7 @@ impl Dims {
         Ok(())
     }
 
-    fn check_masks(&self, op: &'static str, opts: &AttentionOptions) -> Result<()> {
+    fn check_masks(&self, op: &'static str, opts: &AttentionOptions<'_>) -> Result<()> {
         if let Some(m) = opts.key_mask {
             expect_shape(op, "key_mask", m, &[self.b, self.n])?;
         }
@@ -148,7 +148,7 @@ impl Dims {
         [("HS", format!("{}u", self.hs)), ("LANES", format!("{}u", self.lanes())), ("Lane", lane.to_string())]
     }
 
-    fn params(&self, opts: &AttentionOptions) -> Params {
+    fn params(&self, opts: &AttentionOptions<'_>) -> Params {
         Params {
             b: self.b as u32,
             n: self.n as u32,
@@ -186,9 +186,9 @@ fn spec<'a>(entry: &'a str, bindings: &'a [Access], consts: &'a [(&'a str, Strin
 /// out = softmax(q kᵀ · scale, masked keys dropped) v per (image, head), and the row
 /// log-sum-exp for the backward pass. qkv [B, N, 3C] → out [B, N, C], lse [B, NH, N].
 pub fn attention_forward(
-    rec: &mut Recorder,
+    rec: &mut Recorder<'_>,
     qkv: &Tensor,
-    opts: &AttentionOptions,
+    opts: &AttentionOptions<'_>,
     out: &Tensor,
     lse: &Tensor,
 ) -> Result<()> {
@@ -210,7 +210,7 @@ pub fn attention_forward(
 }
 
 /// d = rowsum(dout ∘ out): out, dout [B, N, C] → d [B, NH, N].
-pub fn attention_backward_preprocess(rec: &mut Recorder, out: &Tensor, dout: &Tensor, d: &Tensor) -> Result<()> {
+pub fn attention_backward_preprocess(rec: &mut Recorder<'_>, out: &Tensor, dout: &Tensor, d: &Tensor) -> Result<()> {
     const OP: &str = "attention_backward_preprocess";
     let dims = Dims::from(OP, ("d", d), ("out", out), 1)?;
     dims.check_wide(OP, "dout", dout, 1)?;
@@ -225,12 +225,12 @@ pub fn attention_backward_preprocess(rec: &mut Recorder, out: &Tensor, dout: &Te
 #[allow(clippy::too_many_arguments, reason = "one tensor per binding of the shader, plus the entry")]
 fn record_gradient(
     op: &'static str,
-    rec: &mut Recorder,
+    rec: &mut Recorder<'_>,
     qkv: &Tensor,
     dout: &Tensor,
     lse: &Tensor,
     d: &Tensor,
-    opts: &AttentionOptions,
+    opts: &AttentionOptions<'_>,
     dqkv: &Tensor,
 ) -> Result<()> {
     let dims = Dims::from(op, ("lse", lse), ("qkv", qkv), 3)?;
@@ -262,12 +262,12 @@ fn record_gradient(
 /// The k and v slots of dqkv [B, N, 3C]: dv = pᵀ dout, dk = dsᵀ q · scale, one invocation
 /// per two keys looping over all queries. The q slot is left untouched.
 pub fn attention_backward_dkdv(
-    rec: &mut Recorder,
+    rec: &mut Recorder<'_>,
     qkv: &Tensor,
     dout: &Tensor,
     lse: &Tensor,
     d: &Tensor,
-    opts: &AttentionOptions,
+    opts: &AttentionOptions<'_>,
     dqkv: &Tensor,
 ) -> Result<()> {
     record_gradient("attention_backward_dkdv", rec, qkv, dout, lse, d, opts, dqkv)
@@ -276,12 +276,12 @@ pub fn attention_backward_dkdv(
 /// The q slot of dqkv [B, N, 3C]: dq = ds k · scale, one invocation per two queries looping
 /// over all keys. The k and v slots are left untouched.
 pub fn attention_backward_dq(
-    rec: &mut Recorder,
+    rec: &mut Recorder<'_>,
     qkv: &Tensor,
     dout: &Tensor,
     lse: &Tensor,
     d: &Tensor,
-    opts: &AttentionOptions,
+    opts: &AttentionOptions<'_>,
     dqkv: &Tensor,
 ) -> Result<()> {
     record_gradient("attention_backward_dq", rec, qkv, dout, lse, d, opts, dqkv)
@@ -296,12 +296,12 @@ pub fn backward_scratch_shape(lse: &Tensor) -> Vec<usize> {
 /// The whole backward pass: dqkv [B, N, 3C] (every slot written) from the forward's
 /// inputs and outputs. Allocates d [B, NH, N] from the pool, held by `rec` until it is submitted.
 pub fn attention_backward(
-    rec: &mut Recorder,
+    rec: &mut Recorder<'_>,
     qkv: &Tensor,
     out: &Tensor,
     dout: &Tensor,
     lse: &Tensor,
-    opts: &AttentionOptions,
+    opts: &AttentionOptions<'_>,
     dqkv: &Tensor,
 ) -> Result<()> {
     const OP: &str = "attention_backward";

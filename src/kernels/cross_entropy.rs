@@ -55,7 +55,7 @@ fn check_grad_scale(op: &'static str, grad_scale: f32) -> Result<()> {
 /// live on the GPU) makes that row's loss and gradient NaN, so a bad label cannot go unnoticed.
 #[allow(clippy::too_many_arguments, reason = "tensors and the loss settings")]
 pub fn cross_entropy_hard(
-    rec: &mut Recorder,
+    rec: &mut Recorder<'_>,
     logits: &Tensor,  // [B, K]
     labels: &Tensor,  // [B] u32
     loss: &Tensor,    // [B]
@@ -70,7 +70,7 @@ pub fn cross_entropy_hard(
 /// [`cross_entropy_hard`] with an explicit row split.
 #[allow(clippy::too_many_arguments, reason = "tensors and the loss settings")]
 pub fn cross_entropy_hard_with_split(
-    rec: &mut Recorder,
+    rec: &mut Recorder<'_>,
     split: RowSplit,
     logits: &Tensor,  // [B, K]
     labels: &Tensor,  // [B] u32
@@ -105,7 +105,7 @@ pub fn cross_entropy_hard_with_split(
 /// dlogits = grad_scale * (softmax * sum_k targets - targets), which is softmax - targets
 /// for targets that sum to 1.
 pub fn cross_entropy_soft(
-    rec: &mut Recorder,
+    rec: &mut Recorder<'_>,
     logits: &Tensor,  // [B, K]
     targets: &Tensor, // [B, K]
     loss: &Tensor,    // [B]
@@ -118,7 +118,7 @@ pub fn cross_entropy_soft(
 
 /// [`cross_entropy_soft`] with an explicit row split.
 pub fn cross_entropy_soft_with_split(
-    rec: &mut Recorder,
+    rec: &mut Recorder<'_>,
     split: RowSplit,
     logits: &Tensor,  // [B, K]
     targets: &Tensor, // [B, K]

@@ -20,7 +20,7 @@ struct Params {
 }
 
 /// y = gelu(x), elementwise.
-pub fn gelu_forward(rec: &mut Recorder, x: &Tensor, y: &Tensor) -> Result<()> {
+pub fn gelu_forward(rec: &mut Recorder<'_>, x: &Tensor, y: &Tensor) -> Result<()> {
     same_shape("gelu_forward", &[("x", x), ("y", y)])?;
     let kernel = rec.ctx().kernel(&KernelSpec::new(
         SHADER,
@@ -32,7 +32,7 @@ pub fn gelu_forward(rec: &mut Recorder, x: &Tensor, y: &Tensor) -> Result<()> {
 }
 
 /// dx = dy * gelu'(x), elementwise.
-pub fn gelu_backward(rec: &mut Recorder, x: &Tensor, dy: &Tensor, dx: &Tensor) -> Result<()> {
+pub fn gelu_backward(rec: &mut Recorder<'_>, x: &Tensor, dy: &Tensor, dx: &Tensor) -> Result<()> {
     same_shape("gelu_backward", &[("x", x), ("dy", dy), ("dx", dx)])?;
     let kernel = rec.ctx().kernel(&KernelSpec::new(
         SHADER,

@@ -102,7 +102,7 @@ pub fn layernorm_partial_rows(rows: usize, cols: usize) -> usize {
 /// rstd = 1 / sqrt(var + eps) (biased variance) per row.
 #[allow(clippy::too_many_arguments, reason = "one tensor per shader binding")]
 pub fn layernorm_forward(
-    rec: &mut Recorder,
+    rec: &mut Recorder<'_>,
     x: &Tensor,     // [R, C] (or [B, N, C])
     gamma: &Tensor, // [C]
     beta: &Tensor,  // [C]
@@ -118,7 +118,7 @@ pub fn layernorm_forward(
 /// [`layernorm_forward`] with an explicit row split.
 #[allow(clippy::too_many_arguments, reason = "one tensor per shader binding")]
 pub fn layernorm_forward_with_split(
-    rec: &mut Recorder,
+    rec: &mut Recorder<'_>,
     split: RowSplit,
     x: &Tensor,     // [R, C]
     gamma: &Tensor, // [C]
@@ -167,7 +167,7 @@ pub fn layernorm_forward_with_split(
 /// zeros); [`layernorm_partial_rows`] suggests one.
 #[allow(clippy::too_many_arguments, reason = "one tensor per shader binding")]
 pub fn layernorm_backward(
-    rec: &mut Recorder,
+    rec: &mut Recorder<'_>,
     x: &Tensor,              // [R, C]
     gamma: &Tensor,          // [C]
     mean: &Tensor,           // [R]
@@ -184,7 +184,7 @@ pub fn layernorm_backward(
 /// [`layernorm_backward`] with an explicit row split.
 #[allow(clippy::too_many_arguments, reason = "one tensor per shader binding")]
 pub fn layernorm_backward_with_split(
-    rec: &mut Recorder,
+    rec: &mut Recorder<'_>,
     split: RowSplit,
     x: &Tensor,              // [R, C]
     gamma: &Tensor,          // [C]
@@ -254,7 +254,7 @@ pub fn layernorm_backward_with_split(
 /// dgamma = sum over partial rows of dgamma_partial, likewise dbeta; with `accumulate` the sums
 /// are added to the existing dgamma/dbeta (gradient accumulation).
 pub fn layernorm_param_grad(
-    rec: &mut Recorder,
+    rec: &mut Recorder<'_>,
     dgamma_partial: &Tensor, // [P, C]
     dbeta_partial: &Tensor,  // [P, C]
     dgamma: &Tensor,         // [C]
@@ -293,7 +293,7 @@ pub fn layernorm_param_grad(
 /// [`layernorm_param_grad`] into dgamma/dbeta (added to them with `accumulate`).
 #[allow(clippy::too_many_arguments, reason = "one tensor per gradient")]
 pub fn layernorm_backward_full(
-    rec: &mut Recorder,
+    rec: &mut Recorder<'_>,
     x: &Tensor,      // [R, C]
     gamma: &Tensor,  // [C]
     mean: &Tensor,   // [R]
@@ -308,7 +308,8 @@ pub fn layernorm_backward_full(
     let partials = layernorm_partial_rows(rows, cols);
     let dgamma_partial = rec.ctx().empty(&[partials, cols], "layernorm.dgamma_partial")?; // [P, C]
     let dbeta_partial = rec.ctx().empty(&[partials, cols], "layernorm.dbeta_partial")?; // [P, C]
-                                                                                        // Held until submission, so the pool cannot hand them to an upload that would land first.
+
+    // Held until submission, so the pool cannot hand them to an upload that would land first.
     rec.keep(dgamma_partial.clone());
     rec.keep(dbeta_partial.clone());
     layernorm_backward(rec, x, gamma, mean, rstd, dy, dx, &dgamma_partial, &dbeta_partial)?;

@@ -68,7 +68,7 @@ struct GatherParams {
     cols: u32,
 }
 
-fn kernel(rec: &Recorder, entry: &'static str, bindings: &[Access]) -> Result<Arc<Kernel>> {
+fn kernel(rec: &Recorder<'_>, entry: &'static str, bindings: &[Access]) -> Result<Arc<Kernel>> {
     rec.ctx().kernel(&KernelSpec::new(SHADER, entry, bindings))
 }
 
@@ -93,7 +93,7 @@ fn rows_cols(op: &'static str, x: &Tensor) -> Result<(usize, usize)> {
 }
 
 /// z = x + y, elementwise.
-pub fn add_forward(rec: &mut Recorder, x: &Tensor, y: &Tensor, z: &Tensor) -> Result<()> {
+pub fn add_forward(rec: &mut Recorder<'_>, x: &Tensor, y: &Tensor, z: &Tensor) -> Result<()> {
     same_shape("add_forward", &[("x", x), ("y", y), ("z", z)])?;
     let k = kernel(rec, "add_forward", &[Access::Read, Access::Read, Access::ReadWrite, Access::Uniform])?;
     let params = ElementwiseParams { n: x.numel() as u32, a: 0.0, _pad: [0; 2] };
@@ -101,14 +101,14 @@ pub fn add_forward(rec: &mut Recorder, x: &Tensor, y: &Tensor, z: &Tensor) -> Re
 }
 
 /// x = a * x, in place.
-pub fn scale(rec: &mut Recorder, x: &Tensor, a: f32) -> Result<()> {
+pub fn scale(rec: &mut Recorder<'_>, x: &Tensor, a: f32) -> Result<()> {
     let k = kernel(rec, "scale", &[Access::ReadWrite, Access::Uniform])?;
     let params = ElementwiseParams { n: x.numel() as u32, a, _pad: [0; 2] };
     rec.dispatch(&k, &[x], &params, groups(x.numel()))
 }
 
 /// y = y + a * x, elementwise.
-pub fn axpy(rec: &mut Recorder, a: f32, x: &Tensor, y: &Tensor) -> Result<()> {
+pub fn axpy(rec: &mut Recorder<'_>, a: f32, x: &Tensor, y: &Tensor) -> Result<()> {
     same_shape("axpy", &[("x", x), ("y", y)])?;
     let k = kernel(rec, "axpy", &[Access::Read, Access::ReadWrite, Access::Uniform])?;
     let params = ElementwiseParams { n: x.numel() as u32, a, _pad: [0; 2] };
@@ -117,7 +117,7 @@ pub fn axpy(rec: &mut Recorder, a: f32, x: &Tensor, y: &Tensor) -> Result<()> {
 
 /// out[0] = scale * sum(x), in one workgroup with a fixed order: for short vectors such as
 /// per-row losses (scale = 1 / B gives the mean).
-pub fn reduce_sum(rec: &mut Recorder, x: &Tensor, out: &Tensor, scale: f32) -> Result<()> {
+pub fn reduce_sum(rec: &mut Recorder<'_>, x: &Tensor, out: &Tensor, scale: f32) -> Result<()> {
     if out.numel() != 1 {
         return Err(Error::shape("reduce_sum", format!("out is {:?} but must hold one value", out.shape())));
     }
@@ -131,7 +131,7 @@ pub fn reduce_sum(rec: &mut Recorder, x: &Tensor, out: &Tensor, scale: f32) -> R
 /// partial[blk, c] = sum over the rows of block blk of x[r, c], with ceil(R / num_blocks)
 /// rows per block (num_blocks is partial's first dimension; extra blocks hold zeros).
 pub fn column_sum_partial(
-    rec: &mut Recorder,
+    rec: &mut Recorder<'_>,
     x: &Tensor,       // [R, C] (or [.., C])
     partial: &Tensor, // [num_blocks, C]
 ) -> Result<()> {
@@ -161,7 +161,7 @@ pub fn column_sum_partial(
 /// out[c] = sum over rows of x[r, c] (added to out with `accumulate`), for bias gradients.
 /// Many rows go through [`column_sum_partial`] into a scratch buffer first.
 pub fn column_sum(
-    rec: &mut Recorder,
+    rec: &mut Recorder<'_>,
     x: &Tensor,   // [R, C] (or [.., C])
     out: &Tensor, // [C]
     accumulate: bool,
@@ -169,7 +169,7 @@ pub fn column_sum(
     const OP: &str = "column_sum";
     let (rows, cols) = rows_cols(OP, x)?;
     expect_shape(OP, "out", out, &[cols])?;
-    let direct = |rec: &mut Recorder, x: &Tensor, rows: usize| {
+    let direct = |rec: &mut Recorder<'_>, x: &Tensor, rows: usize| {
         check_loop_budget(OP, rows.div_ceil(COLUMN_SUM_LANES) + COLUMN_SUM_LANES + 2, || {
             format!("summing {rows} rows")
         })?;
@@ -188,7 +188,8 @@ pub fn column_sum(
     let rows_per_block = (rows as f64).sqrt().ceil() as usize;
     let num_blocks = rows.div_ceil(rows_per_block);
     let partial = rec.ctx().empty(&[num_blocks, cols], "column_sum.partial")?; // [num_blocks, C]
-                                                                               // Held until submission, so the pool cannot hand it to an upload that would land first.
+
+    // Held until submission, so the pool cannot hand it to an upload that would land first.
     rec.keep(partial.clone());
     column_sum_partial(rec, x, &partial)?;
     direct(rec, &partial, num_blocks)
@@ -196,7 +197,7 @@ pub fn column_sum(
 
 /// out[b, 0, :] = cls, out[b, 1.., :] = patches[b]: prepends the class token.
 pub fn cls_concat(
-    rec: &mut Recorder,
+    rec: &mut Recorder<'_>,
     patches: &Tensor, // [B, Np, C]
     cls: &Tensor,     // [C]
     out: &Tensor,     // [B, Np + 1, C]
@@ -213,7 +214,7 @@ pub fn cls_concat(
 /// dpatches = dout[:, 1.., :]; dcls = sum over the batch of dout[:, 0, :] (added to dcls
 /// with `accumulate`).
 pub fn cls_concat_backward(
-    rec: &mut Recorder,
+    rec: &mut Recorder<'_>,
     dout: &Tensor,     // [B, Np + 1, C]
     dpatches: &Tensor, // [B, Np, C]
     dcls: &Tensor,     // [C]
@@ -234,7 +235,7 @@ pub fn cls_concat_backward(
 
 /// out[b, :] = x[b, 0, :]: the class token of every sequence.
 pub fn cls_slice(
-    rec: &mut Recorder,
+    rec: &mut Recorder<'_>,
     x: &Tensor,   // [B, N, C]
     out: &Tensor, // [B, C]
 ) -> Result<()> {
@@ -251,7 +252,7 @@ pub fn cls_slice(
 
 /// dx[b, 0, :] = dout[b, :] and zeros elsewhere.
 pub fn cls_slice_backward(
-    rec: &mut Recorder,
+    rec: &mut Recorder<'_>,
     dout: &Tensor, // [B, C]
     dx: &Tensor,   // [B, N, C]
 ) -> Result<()> {
@@ -265,7 +266,7 @@ pub fn cls_slice_backward(
 
 /// x[b, n, c] += pos[n, c], in place (the position embedding).
 pub fn add_broadcast(
-    rec: &mut Recorder,
+    rec: &mut Recorder<'_>,
     x: &Tensor,   // [B, N, C]
     pos: &Tensor, // [N, C]
 ) -> Result<()> {
@@ -280,7 +281,7 @@ pub fn add_broadcast(
 /// dpos[n, c] = sum_b dy[b, n, c] (added to dpos with `accumulate`): [`column_sum`] over
 /// dy viewed as [B, N C].
 pub fn add_broadcast_backward(
-    rec: &mut Recorder,
+    rec: &mut Recorder<'_>,
     dy: &Tensor,   // [B, N, C]
     dpos: &Tensor, // [N, C]
     accumulate: bool,
@@ -297,7 +298,7 @@ pub fn add_broadcast_backward(
 /// out[b, k, :] = x[b, index[b, k], :] (compacts the kept tokens). An index >= N, which the
 /// host cannot check as indices live on the GPU, gives a zero row.
 pub fn gather_rows(
-    rec: &mut Recorder,
+    rec: &mut Recorder<'_>,
     x: &Tensor,     // [B, N, C]
     index: &Tensor, // [B, Nk] u32
     out: &Tensor,   // [B, Nk, C]
@@ -320,7 +321,7 @@ pub fn gather_rows(
 /// not kept. Records a clear of dx, then the scatter. The indices of one batch must be
 /// distinct (a keep-list); indices >= N are skipped.
 pub fn scatter_rows(
-    rec: &mut Recorder,
+    rec: &mut Recorder<'_>,
     dout: &Tensor,  // [B, Nk, C]
     index: &Tensor, // [B, Nk] u32
     dx: &Tensor,    // [B, N, C]
@@ -363,7 +364,7 @@ fn row_scale_params(op: &'static str, x: &Tensor, scale: &Tensor) -> Result<RowS
 /// out = x + branch · scale[b] for each batch item b: the residual add of a block whose
 /// branch goes through drop-path (scale 0 drops it, 1 / keep-probability keeps it).
 pub fn add_scaled_rows(
-    rec: &mut Recorder,
+    rec: &mut Recorder<'_>,
     x: &Tensor,      // [B, ..]
     branch: &Tensor, // like x
     scale: &Tensor,  // [B]
@@ -378,7 +379,7 @@ pub fn add_scaled_rows(
 
 /// y = x · scale[b] for each batch item b (the branch gradient of [`add_scaled_rows`]).
 pub fn scale_rows(
-    rec: &mut Recorder,
+    rec: &mut Recorder<'_>,
     x: &Tensor,     // [B, ..]
     scale: &Tensor, // [B]
     y: &Tensor,     // like x

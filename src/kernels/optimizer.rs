@@ -112,7 +112,7 @@ fn check_len(op: &'static str, t: &Tensor) -> Result<u32> {
 }
 
 /// partials[j] = sum of grads[i]^2 over the j-th chunk of [`GRAD_NORM_CHUNK`] elements.
-pub fn grad_norm_partial(rec: &mut Recorder, grads: &Tensor, partials: &Tensor) -> Result<()> {
+pub fn grad_norm_partial(rec: &mut Recorder<'_>, grads: &Tensor, partials: &Tensor) -> Result<()> {
     let op = "grad_norm_partial";
     let n = check_len(op, grads)?;
     let num_partials = grad_norm_partials_len(n as usize);
@@ -129,7 +129,7 @@ pub fn grad_norm_partial(rec: &mut Recorder, grads: &Tensor, partials: &Tensor) 
 /// stats = [norm, clip] with norm = sqrt(sum partials) and, as PyTorch's
 /// `clip_grad_norm_`, clip = min(1, max_norm / (norm + 1e-6)); `max_norm <= 0` disables
 /// clipping (clip = 1). One workgroup.
-pub fn grad_norm_finish(rec: &mut Recorder, partials: &Tensor, stats: &Tensor, max_norm: f32) -> Result<()> {
+pub fn grad_norm_finish(rec: &mut Recorder<'_>, partials: &Tensor, stats: &Tensor, max_norm: f32) -> Result<()> {
     let op = "grad_norm_finish";
     if partials.shape().len() != 1 {
         return Err(Error::shape(op, format!("partials is {:?} but must be 1-D", partials.shape())));
@@ -151,7 +151,13 @@ pub fn grad_norm_finish(rec: &mut Recorder, partials: &Tensor, stats: &Tensor, m
 /// (`[GRAD_STATS_LEN]`: norm, clip). `partials` is caller-owned scratch of
 /// [`grad_norm_partials_len`]`(grads.numel())` elements, so that nothing is allocated
 /// (and nothing can alias) while a step is being recorded.
-pub fn grad_norm(rec: &mut Recorder, grads: &Tensor, partials: &Tensor, stats: &Tensor, max_norm: f32) -> Result<()> {
+pub fn grad_norm(
+    rec: &mut Recorder<'_>,
+    grads: &Tensor,
+    partials: &Tensor,
+    stats: &Tensor,
+    max_norm: f32,
+) -> Result<()> {
     grad_norm_partial(rec, grads, partials)?;
     grad_norm_finish(rec, partials, stats, max_norm)
 }
@@ -163,7 +169,7 @@ pub fn grad_norm(rec: &mut Recorder, grads: &Tensor, partials: &Tensor, stats: &
 /// (see the module doc for the arena layout). `step` is 1-based.
 #[allow(clippy::too_many_arguments, reason = "one tensor per WGSL binding plus the step's scalars")]
 pub fn adamw_update(
-    rec: &mut Recorder,
+    rec: &mut Recorder<'_>,
     grads: &Tensor,
     stats: &Tensor,
     params: &Tensor,
@@ -211,7 +217,7 @@ pub fn adamw_update(
 
 /// `ema = decay * ema + (1 - decay) * params` for each `(ema, decay)`, one dispatch each.
 /// Every EMA arena has the parameter arena's shape; decays lie in [0, 1].
-pub fn ema_update(rec: &mut Recorder, params: &Tensor, emas: &[(&Tensor, f64)]) -> Result<()> {
+pub fn ema_update(rec: &mut Recorder<'_>, params: &Tensor, emas: &[(&Tensor, f64)]) -> Result<()> {
     let op = "ema_update";
     let n = check_len(op, params)?;
     for &(ema, decay) in emas {

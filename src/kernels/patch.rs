@@ -29,7 +29,7 @@ struct Params {
 
 /// patches [B·Np, Ch·P·P] from images [B, Ch, H, W] with patch size `patch` (P); Np = (H/P)·(W/P),
 /// patches in row-major order over the patch grid. H and W must be multiples of P.
-pub fn patchify(rec: &mut Recorder, images: &Tensor, patches: &Tensor, patch: usize) -> Result<()> {
+pub fn patchify(rec: &mut Recorder<'_>, images: &Tensor, patches: &Tensor, patch: usize) -> Result<()> {
     const OP: &str = "patchify";
     let s = images.shape(); // [B, Ch, H, W]
     if s.len() != 4 || s.contains(&0) {
@@ -39,7 +39,10 @@ pub fn patchify(rec: &mut Recorder, images: &Tensor, patches: &Tensor, patch: us
     if patch == 0 || h % patch != 0 || w % patch != 0 {
         return Err(Error::invalid(
             OP,
-            format!("images {s:?} cannot be cut into {patch}x{patch} patches; the resolution must be a multiple of the patch size"),
+            format!(
+                "images {s:?} cannot be cut into {patch}x{patch} patches; the resolution must be a multiple of the \
+                patch size"
+            ),
         ));
     }
     let np = (h / patch) * (w / patch);
@@ -62,7 +65,7 @@ pub fn patchify(rec: &mut Recorder, images: &Tensor, patches: &Tensor, patch: us
 /// out [B·Np, C] = patchify(images) · Wᵀ + bias, with W = weight [C, Ch, P, P] and bias [C].
 /// `patches` [B·Np, Ch·P·P] is scratch that the backward pass reads again.
 pub fn patch_embed_forward(
-    rec: &mut Recorder,
+    rec: &mut Recorder<'_>,
     images: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
@@ -80,7 +83,7 @@ pub fn patch_embed_forward(
 /// dbias [C] = column sums of dout [B·Np, C]; added to the existing values when
 /// `accumulate`.
 pub fn patch_embed_backward(
-    rec: &mut Recorder,
+    rec: &mut Recorder<'_>,
     patches: &Tensor,
     dout: &Tensor,
     dweight: &Tensor,

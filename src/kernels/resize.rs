@@ -43,7 +43,7 @@ fn scale(input: usize, output: usize) -> f32 {
 
 /// Bilinear resize of images, y[b, ch] = interpolate(x[b, ch], size = (H2, W2)).
 /// The output size is `y`'s shape. Forward only: images take no gradient.
-pub fn resize_bilinear(rec: &mut Recorder, x: &Tensor, y: &Tensor) -> Result<()> {
+pub fn resize_bilinear(rec: &mut Recorder<'_>, x: &Tensor, y: &Tensor) -> Result<()> {
     const OP: &str = "resize_bilinear";
     let (xs, ys) = (x.shape(), y.shape()); // [B, Ch, H, W], [B, Ch, H2, W2]
     if xs.len() != 4 || ys.len() != 4 || xs[..2] != ys[..2] || xs.contains(&0) || ys.contains(&0) {
@@ -96,7 +96,7 @@ fn bicubic_params(op: &'static str, grid: &Tensor, out: &Tensor, names: [&str; 2
 /// size = (Gh2, Gw2)) with channels last. The ViT's pos_embed [1, 1 + Gh·Gw, C] holds this grid
 /// after the class position; bind it with [`Tensor::view`] when the offset meets the adapter's
 /// alignment, else copy it out first.
-pub fn pos_embed_resize_forward(rec: &mut Recorder, grid: &Tensor, out: &Tensor) -> Result<()> {
+pub fn pos_embed_resize_forward(rec: &mut Recorder<'_>, grid: &Tensor, out: &Tensor) -> Result<()> {
     const OP: &str = "pos_embed_resize_forward";
     let mut params = bicubic_params(OP, grid, out, ["grid", "out"])?; // [Gh, Gw, C] -> [Gh2, Gw2, C]
     let kernel = rec.ctx().kernel(&KernelSpec::new(SHADER, OP, &[Access::Read, Access::ReadWrite, Access::Uniform]))?;
@@ -107,7 +107,7 @@ pub fn pos_embed_resize_forward(rec: &mut Recorder, grid: &Tensor, out: &Tensor)
 /// Gradient of [`pos_embed_resize_forward`]: `dgrid` [Gh, Gw, C] from `dout` [Gh2, Gw2, C].
 /// Overwrites `dgrid` (the caller adds it to the parameter's gradient). Deterministic: each
 /// thread gathers the destinations that read its source cell, no atomics.
-pub fn pos_embed_resize_backward(rec: &mut Recorder, dout: &Tensor, dgrid: &Tensor) -> Result<()> {
+pub fn pos_embed_resize_backward(rec: &mut Recorder<'_>, dout: &Tensor, dgrid: &Tensor) -> Result<()> {
     const OP: &str = "pos_embed_resize_backward";
     let mut params = bicubic_params(OP, dgrid, dout, ["dgrid", "dout"])?;
     let kernel = rec.ctx().kernel(&KernelSpec::new(SHADER, OP, &[Access::Read, Access::ReadWrite, Access::Uniform]))?;

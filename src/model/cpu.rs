@@ -130,7 +130,13 @@ impl CpuVit<'_> {
     }
 
     /// Logits [B, K] of images [B, Ch, R, R] (normalised), with optional drop-path.
-    pub fn forward(&self, images: &[f64], batch: usize, resolution: usize, drop: Option<DropPath>) -> Result<Forward> {
+    pub fn forward(
+        &self,
+        images: &[f64],
+        batch: usize,
+        resolution: usize,
+        drop: Option<DropPath<'_>>,
+    ) -> Result<Forward> {
         let all: Vec<usize> = (0..self.layout.depth()).collect();
         self.forward_blocks(images, batch, resolution, drop, &all)
     }
@@ -142,7 +148,7 @@ impl CpuVit<'_> {
         images: &[f64],
         batch: usize,
         resolution: usize,
-        drop: Option<DropPath>,
+        drop: Option<DropPath<'_>>,
         active: &[usize],
     ) -> Result<Forward> {
         self.check(images, batch, resolution)?;
@@ -203,7 +209,7 @@ impl CpuVit<'_> {
 
     /// The gradient of every parameter (an arena laid out like the parameters, padding 0)
     /// for upstream gradient `dlogits` [B, K].
-    pub fn backward(&self, fwd: &Forward, dlogits: &[f64], drop: Option<DropPath>) -> Vec<f64> {
+    pub fn backward(&self, fwd: &Forward, dlogits: &[f64], drop: Option<DropPath<'_>>) -> Vec<f64> {
         let cfg = self.config;
         let (c, h, k, p) = (cfg.dim, cfg.mlp_hidden, cfg.classes, cfg.patch_size);
         let (batch, resolution) = (fwd.batch, fwd.resolution);

@@ -2,6 +2,8 @@
 //! per (batch, resolution), and forward / loss / backward recorded into a [`Recorder`]
 //! so that a whole training step is one submission.
 
+pub use super::activations::{Activations, Loss};
+use super::activations::{BlockActs, PosResize};
 use crate::gpu::{GpuContext, Recorder, Tensor};
 use crate::kernels::attention::{attention_backward, attention_forward, AttentionOptions};
 use crate::kernels::cross_entropy::{cross_entropy_hard, cross_entropy_soft};
@@ -22,139 +24,6 @@ pub struct GpuVit {
     pub params: Tensor,
     /// [layout.len]; padding stays 0, every parameter's slice is overwritten by `backward`.
     pub grads: Tensor,
-}
-
-/// One block's saved activations.
-struct BlockActs {
-    ln1: Tensor,   // [B, N, C]
-    mean1: Tensor, // [B·N]
-    rstd1: Tensor, // [B·N]
-    qkv: Tensor,   // [B, N, 3C]
-    attn: Tensor,  // [B, N, C]
-    lse: Tensor,   // [B, NH, N]
-    x_mid: Tensor, // [B, N, C]
-    ln2: Tensor,
-    mean2: Tensor,
-    rstd2: Tensor,
-    pre: Tensor, // [B, N, H]
-    act: Tensor, // [B, N, H]
-}
-
-/// Buffers for the position embedding at a resolution other than the stored grid's.
-struct PosResize {
-    grid: Tensor,    // [G, G, C] the stored grid, copied out (its offset need not be aligned)
-    resized: Tensor, // [G2, G2, C]
-    dgrid: Tensor,   // [G, G, C]
-    pos: Tensor,     // [N, C] class position + resized grid
-    dpos: Tensor,    // [N, C]
-}
-
-/// Every activation and scratch buffer of a step at one (batch, resolution), allocated once
-/// and reused by every step of that shape.
-pub struct Activations {
-    pub batch: usize,
-    pub resolution: usize,
-    /// N: patch tokens + the class token.
-    pub tokens: usize,
-    /// Normalised input images [B, Ch, R, R]; the trainer writes each batch here.
-    pub images: Tensor,
-    /// Hard labels [B] (u32).
-    pub labels: Tensor,
-    /// Soft targets [B, K] (mixup / cutmix).
-    pub targets: Tensor,
-    /// Drop-path factors, one row of B per (block, branch), rows `drop_stride` apart so
-    /// that each is a storage view; write them with [`Activations::write_drop_path`].
-    drop_scales: Tensor,
-    drop_stride: usize,
-    /// [B, K]
-    pub logits: Tensor,
-    /// Mean loss of the batch [1].
-    pub loss: Tensor,
-    patches: Tensor,    // [B·Np, Ch·P·P]
-    tokens_out: Tensor, // [B·Np, C]
-    xs: Vec<Tensor>,    // L + 1 of [B, N, C]: the residual stream before each block and after the last
-    blocks: Vec<BlockActs>,
-    branch: Tensor,    // [B, N, C] a residual branch before drop-path
-    cls: Tensor,       // [B, C]
-    cls_norm: Tensor,  // [B, C]
-    mean_f: Tensor,    // [B]
-    rstd_f: Tensor,    // [B]
-    loss_rows: Tensor, // [B]
-    dlogits: Tensor,   // [B, K]
-    dcls_norm: Tensor, // [B, C]
-    dcls: Tensor,      // [B, C]
-    dx: Tensor,        // [B, N, C]
-    dx_mid: Tensor,    // [B, N, C]
-    dtmp: Tensor,      // [B, N, C]
-    dbranch: Tensor,   // [B, N, C]
-    dattn: Tensor,     // [B, N, C]
-    dln: Tensor,       // [B, N, C]
-    dqkv: Tensor,      // [B, N, 3C]
-    dact: Tensor,      // [B, N, H]
-    dpre: Tensor,      // [B, N, H]
-    dtokens: Tensor,   // [B, Np, C]
-    pos: Option<PosResize>,
-    /// The blocks the forward and backward passes run, in order (an elastic sub-network of
-    /// the model; every block by default). Skipped blocks are the identity.
-    active: Vec<usize>,
-}
-
-/// Which loss the step trains on.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Loss {
-    /// Hard labels from `Activations::labels` with label smoothing.
-    Hard { smoothing: f32 },
-    /// Soft targets from `Activations::targets` (already smoothed and mixed).
-    Soft,
-    /// Soft targets for the first `rows` images of the batch only: a batch short of images
-    /// (files that failed to load) padded to the planned size with rows whose targets are
-    /// all zero. Such a row has zero loss and zero gradient (dlogits = p·Σt − t = 0), so the
-    /// step is exactly that of the `rows` images, with the mean taken over them.
-    Partial { rows: usize },
-}
-
-impl Activations {
-    /// Runs only `blocks` (increasing block indices) from now on: the elastic sub-network
-    /// of the supernet that skips the others. The same pipelines serve every sub-network.
-    pub fn set_active_blocks(&mut self, blocks: &[usize]) -> Result<()> {
-        let depth = self.blocks.len();
-        if blocks.windows(2).any(|w| w[0] >= w[1]) || blocks.last().is_some_and(|&b| b >= depth) {
-            return Err(Error::invalid(
-                "elastic depth",
-                format!("blocks {blocks:?}: need increasing indices below the model's {depth} blocks"),
-            ));
-        }
-        self.active = blocks.to_vec();
-        Ok(())
-    }
-
-    /// The blocks the passes run.
-    pub fn active_blocks(&self) -> &[usize] {
-        &self.active
-    }
-
-    /// The last block's q, k, v projection [B, N, 3C] of the latest forward pass (the
-    /// input of attention maps); `None` for a model without blocks.
-    pub fn last_block_qkv(&self) -> Option<&Tensor> {
-        self.blocks.get(self.active.len().checked_sub(1)?).map(|b| &b.qkv)
-    }
-
-    /// Writes this step's drop-path factors, `scales[(2·block + branch)·B + b]` as in
-    /// [`crate::model::cpu::DropPath`].
-    pub fn write_drop_path(&self, ctx: &GpuContext, scales: &[f32]) -> Result<()> {
-        let rows = self.drop_scales.numel() / self.drop_stride;
-        if scales.len() != rows * self.batch {
-            return Err(Error::shape(
-                "drop path",
-                format!("{} factors for {rows} branches of a batch of {}", scales.len(), self.batch),
-            ));
-        }
-        let mut padded = vec![1.0; self.drop_scales.numel()];
-        for (row, chunk) in scales.chunks(self.batch).enumerate() {
-            padded[row * self.drop_stride..][..self.batch].copy_from_slice(chunk);
-        }
-        ctx.write(&self.drop_scales, &padded)
-    }
 }
 
 impl GpuVit {
@@ -194,7 +63,8 @@ impl GpuVit {
             return Err(Error::invalid(
                 "vit plan",
                 format!(
-                    "batch {batch} at {resolution} px: need a batch of at least 1 and a resolution that is a multiple of the patch size {}",
+                    "batch {batch} at {resolution} px: need a batch of at least 1 and a resolution that is a multiple \
+                        of the patch size {}",
                     cfg.patch_size
                 ),
             ));
@@ -285,7 +155,7 @@ impl GpuVit {
     /// Records the forward pass of `acts.images` with the weights in `arena` (the model's
     /// parameters or an EMA of them) up to `acts.logits`. With `drop_path`, each residual
     /// branch is scaled per image by `acts.drop_scales`.
-    pub fn forward(&self, rec: &mut Recorder, arena: &Tensor, acts: &Activations, drop_path: bool) -> Result<()> {
+    pub fn forward(&self, rec: &mut Recorder<'_>, arena: &Tensor, acts: &Activations, drop_path: bool) -> Result<()> {
         let cfg = &self.config;
         let (b, n, c) = (acts.batch, acts.tokens, cfg.dim);
         let w = |name: &str| self.view(arena, name);
@@ -392,7 +262,7 @@ impl GpuVit {
     #[allow(clippy::too_many_arguments, reason = "the linear's operands plus the residual and drop-path")]
     fn residual(
         &self,
-        rec: &mut Recorder,
+        rec: &mut Recorder<'_>,
         acts: &Activations,
         input: &Tensor,
         weight: &Tensor,
@@ -427,7 +297,7 @@ impl GpuVit {
 
     /// Records the loss of `acts.logits`: per-image losses, their mean in `acts.loss`, and
     /// dlogits = d(mean loss)/dlogits for [`GpuVit::backward`].
-    pub fn loss(&self, rec: &mut Recorder, acts: &Activations, loss: Loss) -> Result<()> {
+    pub fn loss(&self, rec: &mut Recorder<'_>, acts: &Activations, loss: Loss) -> Result<()> {
         let rows = match loss {
             Loss::Partial { rows } if rows == 0 || rows > acts.batch => {
                 return Err(Error::invalid(
@@ -452,7 +322,7 @@ impl GpuVit {
 
     /// Records the backward pass from `acts.dlogits` (written by [`GpuVit::loss`]) after a
     /// [`GpuVit::forward`] of the model's own parameters; writes every gradient slice.
-    pub fn backward(&self, rec: &mut Recorder, acts: &Activations, drop_path: bool) -> Result<()> {
+    pub fn backward(&self, rec: &mut Recorder<'_>, acts: &Activations, drop_path: bool) -> Result<()> {
         let cfg = &self.config;
         let (b, n, c) = (acts.batch, acts.tokens, cfg.dim);
         let (params, grads) = (&self.params, &self.grads);
@@ -587,7 +457,7 @@ impl GpuVit {
     /// the drop-path factors (into `acts.dbranch`).
     fn branch_grad<'a>(
         &self,
-        rec: &mut Recorder,
+        rec: &mut Recorder<'_>,
         acts: &'a Activations,
         dx: &'a Tensor,
         drop_path: bool,
@@ -605,7 +475,7 @@ impl GpuVit {
     #[allow(clippy::too_many_arguments, reason = "the linear's three inputs and three gradients")]
     fn linear_backward(
         &self,
-        rec: &mut Recorder,
+        rec: &mut Recorder<'_>,
         x: &Tensor,
         weight: &Tensor,
         dy: &Tensor,

@@ -5,12 +5,11 @@
 
 use serde::Serialize;
 
+pub use crate::checkpoint::schema::MODEL_FORMAT;
+use crate::checkpoint::schema::{ema_prefix, meta};
 use crate::checkpoint::{Checkpoint, NamedTensor, Storage};
 use crate::model::{blocks_present, infer_config, parameter_count, ParamLayout, VitConfig};
 use crate::{Error, Result};
-
-/// The `format` metadata of files written by [`InferenceModel::to_model_file`].
-pub const MODEL_FORMAT: &str = "autoprog-model-1";
 
 /// ImageNet's mean and std, for checkpoints that carry no normalisation (timm's ViTs).
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -49,7 +48,7 @@ pub struct InferenceModel {
 impl InferenceModel {
     /// Reads the model out of `ckpt`; `what` (usually the file name) names it in errors.
     pub fn from_checkpoint(ckpt: &Checkpoint, what: &str, options: &LoadOptions) -> Result<InferenceModel> {
-        let config = match (ckpt.get_json::<VitConfig>("vit")?, options.heads) {
+        let config = match (ckpt.get_json::<VitConfig>(meta::VIT)?, options.heads) {
             (Some(mut c), heads) => {
                 if let Some(h) = heads {
                     c.heads = h;
@@ -75,7 +74,7 @@ impl InferenceModel {
         // The file is what is wrong when its architecture is: name it.
         config.validate().map_err(|e| Error::format(what, e.to_string()))?;
         let prefix = match options.ema {
-            Some(decay) => format!("ema_{decay}."),
+            Some(decay) => ema_prefix(decay),
             None => String::new(),
         };
         if !prefix.is_empty() && ckpt.get(&format!("{prefix}head.weight")).is_none() {
@@ -87,7 +86,7 @@ impl InferenceModel {
                 ),
             ));
         }
-        let depth = ckpt.get_json::<usize>("depth")?.unwrap_or(config.depth);
+        let depth = ckpt.get_json::<usize>(meta::DEPTH)?.unwrap_or(config.depth);
         // Checked before laying out `depth` blocks: a damaged header must not allocate them.
         let present = blocks_present(ckpt, &prefix, config.depth + 1);
         if depth != present || depth > config.depth {
@@ -112,7 +111,7 @@ impl InferenceModel {
         let arena = layout
             .arena_from(ckpt, &prefix)
             .map_err(|e| Error::format(what, format!("it does not fit the model it describes: {e}")))?;
-        let classes = match ckpt.get_json::<Vec<String>>("classes")? {
+        let classes = match ckpt.get_json::<Vec<String>>(meta::CLASSES)? {
             Some(names) if names.len() == config.classes => names,
             Some(names) => {
                 return Err(Error::format(
@@ -122,8 +121,8 @@ impl InferenceModel {
             }
             None => (0..config.classes).map(|i| i.to_string()).collect(),
         };
-        let mean = options.mean.or(ckpt.get_json("mean")?).unwrap_or(IMAGENET_MEAN);
-        let std = options.std.or(ckpt.get_json("std")?).unwrap_or(IMAGENET_STD);
+        let mean = options.mean.or(ckpt.get_json(meta::MEAN)?).unwrap_or(IMAGENET_MEAN);
+        let std = options.std.or(ckpt.get_json(meta::STD)?).unwrap_or(IMAGENET_STD);
         if std.iter().any(|&s| !(s > 0.0 && s.is_finite())) {
             return Err(Error::format(what, format!("normalisation std {std:?} must be positive")));
         }
@@ -155,12 +154,12 @@ impl InferenceModel {
     /// [`InferenceModel::to_model_file`] before serialisation, for callers that add metadata.
     pub fn to_checkpoint(&self) -> Result<Checkpoint> {
         let mut ckpt = Checkpoint { tensors: self.weights.clone(), metadata: Default::default() };
-        ckpt.set_json("format", MODEL_FORMAT)?;
-        ckpt.set_json("vit", &self.config)?;
-        ckpt.set_json("depth", &self.depth)?;
-        ckpt.set_json("classes", &self.classes)?;
-        ckpt.set_json("mean", &self.mean)?;
-        ckpt.set_json("std", &self.std)?;
+        ckpt.set_json(meta::FORMAT, MODEL_FORMAT)?;
+        ckpt.set_json(meta::VIT, &self.config)?;
+        ckpt.set_json(meta::DEPTH, &self.depth)?;
+        ckpt.set_json(meta::CLASSES, &self.classes)?;
+        ckpt.set_json(meta::MEAN, &self.mean)?;
+        ckpt.set_json(meta::STD, &self.std)?;
         Ok(ckpt)
     }
 

@@ -4,6 +4,7 @@
 //! AdamW and EMA as one submission ([`step`]), and what inference needs around the forward
 //! pass ([`inference`]).
 
+mod activations;
 mod config;
 pub mod cpu;
 mod gpu;

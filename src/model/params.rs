@@ -224,7 +224,10 @@ pub fn infer_config(checkpoint: &Checkpoint, heads: usize) -> Result<VitConfig> 
         checkpoint.get(name).map(|t| t.shape.as_slice()).ok_or_else(|| {
             Error::format(
                 "checkpoint",
-                format!("it has no `{name}`, so it is not a timm VisionTransformer (class token, absolute position embedding)"),
+                format!(
+                    "it has no `{name}`, so it is not a timm VisionTransformer (class token, absolute position \
+                    embedding)"
+                ),
             )
         })
     };

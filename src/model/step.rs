@@ -63,7 +63,7 @@ impl Optimizer {
     /// loss lands in `acts.loss`.
     pub fn record_step(
         &mut self,
-        rec: &mut Recorder,
+        rec: &mut Recorder<'_>,
         model: &GpuVit,
         acts: &Activations,
         options: &StepOptions,

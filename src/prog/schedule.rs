@@ -76,7 +76,8 @@ impl ScheduleConfig {
         }
         if self.stages > self.epochs.max(1) {
             return bad(format!(
-                "{} stages over {} epochs; a stage lasts at least an epoch, so pass --stages {} or fewer, or --epochs {} or more",
+                "{} stages over {} epochs; a stage lasts at least an epoch, so pass --stages {} or fewer, or --epochs \
+                    {} or more",
                 self.stages,
                 self.epochs,
                 self.epochs.max(1),

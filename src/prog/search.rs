@@ -33,29 +33,15 @@ pub fn levels(values: impl Iterator<Item = usize>) -> Vec<usize> {
 }
 
 /// Which depths a later stage's search offers (see [`candidates`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum DepthGrowth {
+    /// From the `prog` schedule's depth for the stage (or the current one, if deeper).
+    #[default]
+    Schedule,
     /// At least one level deeper than now, as the official code.
     Always,
-    /// From the `prog` schedule's depth for the stage (or the current one, if deeper).
-    Schedule,
-}
-
-impl DepthGrowth {
-    /// The names `--depth-growth` accepts.
-    pub const NAMES: [&'static str; 2] = ["schedule", "always"];
-
-    pub fn parse(name: &str) -> Result<DepthGrowth> {
-        match name {
-            "schedule" => Ok(DepthGrowth::Schedule),
-            "always" => Ok(DepthGrowth::Always),
-            other => Err(Error::invalid(
-                "depth_growth",
-                format!("unknown value {other:?}; use one of {}", DepthGrowth::NAMES.join(", ")),
-            )),
-        }
-    }
 }
 
 /// The candidates of the search at the start of stage `stage` (not the last) as the
@@ -69,7 +55,7 @@ impl DepthGrowth {
 ///   stages (the official code: unbounded). A search compares the current resolution,
 ///   trained for a whole stage, with the next, trained only during the search, so it keeps
 ///   choosing the current one; the last stage must then jump to the full resolution at
-///   once (on digits, 16 to 28 px cost two points, BENCHMARKS.md). So the candidates start
+///   once, which costs accuracy (docs/decisions.md, `max_res_lag`). So the candidates start
 ///   no lower than the schedule's resolution `max_res_lag` stages before this one (0: this
 ///   stage's own); a current resolution below that is not offered.
 /// - [`DepthGrowth::Schedule`]: the depth levels start at the schedule's depth for this
@@ -135,7 +121,9 @@ pub fn foregone(candidates: &[Candidate], cost: impl Fn(Candidate) -> f64) -> Op
 /// A power law `loss = a · time^b`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PowerLaw {
+    #[serde(deserialize_with = "crate::json::f64_or_nan")]
     pub a: f64,
+    #[serde(deserialize_with = "crate::json::f64_or_nan")]
     pub b: f64,
 }
 
@@ -189,8 +177,7 @@ pub const TIE_STANDARD_ERRORS: f64 = 2.0;
 /// The official rule takes the smallest L̄·T^w. Early in training, or when a stage's
 /// candidates differ little, the losses lie within their noise and the fitted trend is
 /// flat or rising (w = 0): the rule then picks a costlier candidate on a loss that is lower
-/// by chance (on digits, 32 px over 28 px for a 0.3 % lower loss that flipped sign between
-/// evaluation points, at 1.8× the time). So a candidate ties with the smallest score when
+/// by chance (docs/decisions.md, "Ties in the search's choice"). So a candidate ties with the smallest score when
 /// their per-point scores differ, on average, by at most [`TIE_STANDARD_ERRORS`] standard
 /// errors of that paired difference, and the cheapest of the tied candidates wins. With a
 /// single evaluation point there is no noise estimate, and the smallest score wins.
@@ -317,7 +304,11 @@ mod tests {
             candidates(&stages, 0, Candidate { resolution: 16, depth: 3 }, 0, DepthGrowth::Schedule).unwrap(),
             candidates(&stages, 0, Candidate { resolution: 16, depth: 3 }, 0, DepthGrowth::Always).unwrap()
         );
-        assert!(DepthGrowth::parse("sometimes").unwrap_err().to_string().contains("schedule, always"));
+        let unknown = serde_json::from_str::<DepthGrowth>("\"sometimes\"").unwrap_err().to_string();
+        assert!(
+            unknown.contains("sometimes") && unknown.contains("schedule") && unknown.contains("always"),
+            "{unknown}"
+        );
     }
 
     fn levels_of(mut names: Vec<String>) -> Vec<String> {

@@ -54,7 +54,7 @@ pub fn read(t: &Tensor) -> Vec<f32> {
 }
 
 /// Records with `f`, submits, and panics with the error if anything failed.
-pub fn run(f: impl FnOnce(&mut Recorder) -> autoprog::Result<()>) {
+pub fn run(f: impl FnOnce(&mut Recorder<'_>) -> autoprog::Result<()>) {
     let c = ctx();
     let mut rec = c.recorder("test");
     f(&mut rec).expect("record");

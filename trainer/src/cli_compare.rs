@@ -10,15 +10,16 @@ use autoprog::runlog::{self, Compare, Summary};
 use autoprog::GpuContext;
 use clap::Args;
 
+use autoprog::train::{options, Schedule, TrainConfig};
+
 use crate::cli_train::{default_run_dir, prepare, stop_on_ctrl_c, TrainArgs};
-use crate::config::{TrainConfig, SCHEDULES};
 use crate::train::{self, Interrupted, RunOptions};
 
 #[derive(Args)]
 pub struct CompareArgs {
     /// Schedules to train, comma-separated (`none` is the baseline of speedup and accuracy).
-    #[arg(long, value_delimiter = ',', default_values_t = ["none".to_string(), "prog".to_string()])]
-    schedules: Vec<String>,
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Schedule::Full, Schedule::Prog])]
+    schedules: Vec<Schedule>,
     /// Runs per schedule, with seeds --seed, --seed + 1, ...
     #[arg(long, default_value_t = 1)]
     seeds: u64,
@@ -31,13 +32,6 @@ pub struct CompareArgs {
 pub fn compare(args: &CompareArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.train.resume.is_none(), "compare starts new runs; --resume does not apply");
     anyhow::ensure!(args.seeds >= 1, "--seeds must be at least 1");
-    for s in &args.schedules {
-        anyhow::ensure!(
-            SCHEDULES.contains(&s.as_str()),
-            "unknown schedule `{s}`; use some of {}",
-            SCHEDULES.join(", ")
-        );
-    }
     let ctx = GpuContext::new_blocking(&args.train.gpu.options())?;
     let (base, dataset) = prepare(&args.train, &ctx)?;
     let out: PathBuf = args.train.out.clone().unwrap_or_else(|| default_run_dir("compare"));
@@ -45,9 +39,10 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<()> {
     let mut runs = Vec::new();
     let mut dirs = Vec::new();
     for offset in 0..args.seeds {
-        for schedule in &args.schedules {
+        for &schedule in &args.schedules {
             let mut config = base.clone();
-            config.recipe.schedule = schedule.clone();
+            config.recipe.schedule = schedule;
+            let schedule = options::name(&schedule);
             config.recipe.seed = base.recipe.seed + offset;
             let dir = out.join(format!("{schedule}-seed{}", config.recipe.seed));
             let previous = previous_run(&dir, &config)?;
@@ -69,7 +64,7 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<()> {
             dirs.push(dir);
         }
     }
-    let comparison = Compare::from_runs(runs, "none");
+    let comparison = Compare::from_runs(runs, &options::name(&Schedule::Full));
     runlog::write_json_atomic(&out.join("compare.json"), &comparison)?;
     // A copy in every run directory, so the viewer shows each run against the baseline.
     for dir in &dirs {

@@ -13,10 +13,11 @@ use autoprog::GpuContext;
 use clap::Args;
 use serde::Serialize;
 
-use crate::config::TrainConfig;
 use crate::data::{decode_image, AugmentConfig, Dataset, Skipped};
-use crate::train::{self, evaluate};
+use crate::train::{self, eval_batches};
 use crate::GpuArgs;
+use autoprog::checkpoint::schema::meta;
+use autoprog::train::{evaluate, BatchRequest, Part, TrainConfig};
 
 /// How to read a checkpoint into a model.
 #[derive(Args, Clone)]
@@ -87,7 +88,7 @@ impl LoadedModel {
         let params = model.arena(&layout)?;
         // Only `eval` without --data needs the training config; a config of an older
         // version must not stop inference.
-        let train_config = ckpt.get_json::<TrainConfig>("config").ok().flatten();
+        let train_config = ckpt.get_json::<TrainConfig>(meta::CONFIG).ok().flatten();
         Ok(LoadedModel { model, layout, params, train_config })
     }
 }
@@ -144,8 +145,18 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     let acts = model.plan(&ctx, args.batch.min(val.len()).max(1), resolution)?;
     let aug = AugmentConfig { mean: loaded.model.mean, std: loaded.model.std, ..AugmentConfig::none(resolution) };
     let skipped = Skipped::default();
-    let workers = config.data.workers;
-    let result = evaluate(&ctx, &model, &[&model.params], &acts, val.clone(), &aug, workers, &skipped)?;
+    let request = BatchRequest {
+        part: Part::Val,
+        batch: acts.batch,
+        drop_last: false,
+        train: false,
+        aug,
+        seed: 0,
+        epoch: 0,
+        skip: 0,
+    };
+    let batches = eval_batches(val.clone(), &request, config.data.workers, &skipped)?;
+    let result = pollster::block_on(evaluate(&ctx, &model, &[&model.params], &acts, batches))?;
     if args.json {
         let out = serde_json::json!({
             "images": result.images,
@@ -324,8 +335,8 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
     let (model, source) = args.model.read()?;
     let mut file = model.to_checkpoint()?;
     // The training config lets `eval` find the data the model was trained on.
-    if let Some(config) = source.metadata.get("config") {
-        file.metadata.insert("config".into(), config.clone());
+    if let Some(config) = source.metadata.get(meta::CONFIG) {
+        file.metadata.insert(meta::CONFIG.into(), config.clone());
     }
     let bytes = file.to_bytes_as(if args.f16 { Storage::F16 } else { Storage::F32 })?;
     autoprog::fsutil::write_atomic(&args.out, &bytes)?;

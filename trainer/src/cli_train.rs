@@ -11,10 +11,10 @@ use autoprog::model::VitConfig;
 use autoprog::GpuContext;
 use clap::Args;
 
-use crate::config::TrainConfig;
 use crate::data::{Dataset, Format};
 use crate::train::{self, Interrupted, RunOptions};
 use crate::GpuArgs;
+use autoprog::train::{DataConfig, DepthGrowth, GrowFrom, OptState, Recipe, Schedule, SearchCost, TrainConfig};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -64,16 +64,16 @@ pub struct TrainArgs {
     /// every stage but the last picks resolution and depth), prog (progressive learning with
     /// MoGrow: resolution and depth rise over --stages equal stages) or none (the full model
     /// throughout).
-    #[arg(long)]
-    schedule: Option<String>,
+    #[arg(long, value_enum)]
+    schedule: Option<Schedule>,
     /// auto: epochs of supernet training at the start of each non-final stage (default 2, the
     /// quick preset 0.25; a fraction ends the search inside an epoch, for short runs)
     #[arg(long)]
     search_epochs: Option<f64>,
     /// auto: a candidate's cost: time (its step time measured on the device, the default) or
     /// flops (its step's FLOPs: every run then makes the same choice).
-    #[arg(long)]
-    search_cost: Option<String>,
+    #[arg(long, value_enum)]
+    search_cost: Option<SearchCost>,
     /// auto: how many stages the resolution may trail the prog schedule's (default 0: the
     /// search may grow it sooner, never later; a large value is the official, unbounded rule).
     #[arg(long)]
@@ -81,8 +81,8 @@ pub struct TrainArgs {
     /// auto: schedule (the default: a later search may keep the depth where the prog schedule
     /// keeps it, so it decides whether to grow) or always (one level deeper at every search,
     /// the official rule).
-    #[arg(long)]
-    depth_growth: Option<String>,
+    #[arg(long, value_enum)]
+    depth_growth: Option<DepthGrowth>,
     /// Stages of the prog schedule, which auto searches within (default 4, or one per epoch
     /// in runs of fewer epochs).
     #[arg(long)]
@@ -95,13 +95,13 @@ pub struct TrainArgs {
     depth_scale: Option<f64>,
     /// AdamW moments of grown blocks and of the sub-network a search recycles: reset (as the
     /// paper, the default) or copy (from the source blocks; the quick preset).
-    #[arg(long)]
-    grow_opt_state: Option<String>,
+    #[arg(long, value_enum)]
+    grow_opt_state: Option<OptState>,
     /// Weights MoGrow grows from: ema (the slowest EMA, as the paper, the default), weights,
     /// or best (of the weights and every EMA, the most accurate at the last validation; the
     /// quick preset).
-    #[arg(long)]
-    grow_from: Option<String>,
+    #[arg(long, value_enum)]
+    grow_from: Option<GrowFrom>,
     /// No random horizontal flips (for digits, text and other data that mirroring changes).
     #[arg(long)]
     no_hflip: bool,
@@ -149,6 +149,20 @@ impl TrainArgs {
             }
             return Ok(config);
         }
+        let mut config = self.base_config(ctx)?;
+        self.apply_recipe(&mut config.recipe);
+        if self.no_hflip {
+            config.augment.hflip = false;
+        }
+        self.apply_data(&mut config.data);
+        if self.stages.is_none() {
+            config.fit_stages_to_epochs();
+        }
+        Ok(config)
+    }
+
+    /// The config file or preset (by default the adapter's), with the model flags applied.
+    fn base_config(&self, ctx: &GpuContext) -> anyhow::Result<TrainConfig> {
         let mut config = match (&self.config, &self.preset) {
             (Some(path), _) => TrainConfig::load(path)?,
             (None, Some(name)) => TrainConfig::preset(name)?,
@@ -174,55 +188,33 @@ impl TrainArgs {
         if self.data.is_some() {
             config.data.path = self.data.clone();
         }
-        let r = &mut config.recipe;
-        for (target, value) in [(&mut r.epochs, self.epochs), (&mut r.batch, self.batch)] {
+        Ok(config)
+    }
+
+    fn apply_recipe(&self, r: &mut Recipe) {
+        fn set<T: Copy>(target: &mut T, value: Option<T>) {
             if let Some(v) = value {
                 *target = v;
             }
         }
-        if let Some(lr) = self.lr {
-            r.lr = lr;
-        }
-        if let Some(seed) = self.seed {
-            r.seed = seed;
-        }
-        if let Some(rate) = self.drop_path {
-            r.drop_path = rate;
-        }
-        if let Some(schedule) = &self.schedule {
-            r.schedule = schedule.clone();
-        }
-        if let Some(stages) = self.stages {
-            r.stages = stages;
-        }
-        if let Some(e) = self.search_epochs {
-            r.search_epochs = e;
-        }
-        if let Some(cost) = &self.search_cost {
-            r.search_cost = cost.clone();
-        }
-        if let Some(lag) = self.max_res_lag {
-            r.max_res_lag = lag;
-        }
-        if let Some(growth) = &self.depth_growth {
-            r.depth_growth = growth.clone();
-        }
-        if let Some(v) = self.res_scale {
-            r.res_scale = v;
-        }
-        if let Some(v) = self.depth_scale {
-            r.depth_scale = v;
-        }
-        if let Some(mode) = &self.grow_opt_state {
-            r.grow_opt_state = mode.clone();
-        }
-        if let Some(source) = &self.grow_from {
-            r.grow_from = source.clone();
-        }
-        if self.no_hflip {
-            config.augment.hflip = false;
-        }
-        let d = &mut config.data;
+        set(&mut r.epochs, self.epochs);
+        set(&mut r.batch, self.batch);
+        set(&mut r.lr, self.lr);
+        set(&mut r.seed, self.seed);
+        set(&mut r.drop_path, self.drop_path);
+        set(&mut r.schedule, self.schedule);
+        set(&mut r.stages, self.stages);
+        set(&mut r.search_epochs, self.search_epochs);
+        set(&mut r.search_cost, self.search_cost);
+        set(&mut r.max_res_lag, self.max_res_lag);
+        set(&mut r.depth_growth, self.depth_growth);
+        set(&mut r.res_scale, self.res_scale);
+        set(&mut r.depth_scale, self.depth_scale);
+        set(&mut r.grow_opt_state, self.grow_opt_state);
+        set(&mut r.grow_from, self.grow_from);
+    }
+
+    fn apply_data(&self, d: &mut DataConfig) {
         for (target, value) in [
             (&mut d.train_images, self.train_images),
             (&mut d.val_images, self.val_images),
@@ -235,10 +227,6 @@ impl TrainArgs {
         if self.val_split.is_some() {
             d.val_split = self.val_split;
         }
-        if self.stages.is_none() {
-            config.fit_stages_to_epochs();
-        }
-        Ok(config)
     }
 }
 

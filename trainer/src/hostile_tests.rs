@@ -8,9 +8,9 @@ use std::path::PathBuf;
 
 use autoprog::data::preprocess;
 
-use crate::config::TrainConfig;
 use crate::data::testutil::gzip;
 use crate::data::{cifar, decode_image, mnist};
+use autoprog::train::TrainConfig;
 
 #[path = "../../tests/support/mutate.rs"]
 mod mutate;

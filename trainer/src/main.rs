@@ -4,11 +4,9 @@ mod cli_compare;
 mod cli_infer;
 mod cli_serve;
 mod cli_train;
-mod config;
 mod data;
 #[cfg(test)]
 mod hostile_tests;
-mod search;
 mod train;
 
 use std::process::ExitCode;
@@ -21,7 +19,8 @@ use clap::{Args, Parser, Subcommand};
 const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("AUTOPROG_COMMIT"), ")");
 
 #[derive(Parser)]
-#[command(name = "autoprog", version = VERSION, about = "Vision Transformer training with AutoProg on WGSL kernels (wgpu)")]
+#[command(name = "autoprog", version = VERSION, about = "Vision Transformer training with AutoProg on WGSL kernels \
+    (wgpu)")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -47,7 +46,8 @@ impl GpuArgs {
 enum Command {
     /// Train a ViT (on the built-in data unless --data is given) into a run directory.
     #[command(
-        after_help = "Examples:\n  autoprog train\n  autoprog train --preset quick --epochs 3\n  autoprog train --data ~/mnist --model nano --image-size 28 --val-split 0.1\n  autoprog train --resume runs/20261127-0930-nano"
+        after_help = "Examples:\n  autoprog train\n  autoprog train --preset quick --epochs 3\n  autoprog train --data \
+            ~/mnist --model nano --image-size 28 --val-split 0.1\n  autoprog train --resume runs/20261127-0930-nano"
     )]
     Train(Box<cli_train::TrainArgs>),
     /// Train several schedules with the same data, epochs and seeds and compare time, FLOPs and accuracy.
@@ -57,27 +57,33 @@ enum Command {
     Compare(Box<cli_compare::CompareArgs>),
     /// Accuracy of a checkpoint on the validation part of a dataset.
     #[command(
-        after_help = "Example:\n  autoprog eval --checkpoint runs/x/checkpoints/best.safetensors\n  autoprog eval --checkpoint vit.safetensors --heads 3 --data ~/digits"
+        after_help = "Example:\n  autoprog eval --checkpoint runs/x/checkpoints/best.safetensors\n  autoprog eval \
+            --checkpoint vit.safetensors --heads 3 --data ~/digits"
     )]
     Eval(cli_infer::EvalArgs),
     /// Classify image files with a checkpoint.
     #[command(
-        after_help = "Example:\n  autoprog predict --checkpoint runs/x/checkpoints/best.safetensors cat.png dog.jpg --top-k 3\n  autoprog predict --checkpoint vit.safetensors --heads 3 digit.png --json"
+        after_help = "Example:\n  autoprog predict --checkpoint runs/x/checkpoints/best.safetensors cat.png dog.jpg \
+            --top-k 3\n  autoprog predict --checkpoint vit.safetensors --heads 3 digit.png --json"
     )]
     Predict(cli_infer::PredictArgs),
-    /// Write one set of weights with its architecture, classes and normalisation as a model file (for predict, eval and the web viewer).
+    /// Write one set of weights with its architecture, classes and normalisation as a model file
+    /// (for predict, eval and the web viewer).
     #[command(
-        after_help = "Example:\n  autoprog export --checkpoint runs/x/checkpoints/best.safetensors --ema 0.995 --out model.safetensors\n  autoprog export --checkpoint vit.safetensors --heads 3 --out vit16.safetensors --f16"
+        after_help = "Example:\n  autoprog export --checkpoint runs/x/checkpoints/best.safetensors --ema 0.995 --out \
+            model.safetensors\n  autoprog export --checkpoint vit.safetensors --heads 3 --out vit16.safetensors --f16"
     )]
     Export(cli_infer::ExportArgs),
     /// One forward and backward pass on a given batch; writes loss, logits and gradients (for comparison with PyTorch).
     #[command(
-        after_help = "Example:\n  autoprog debug-step --checkpoint vit.safetensors --heads 3 --batch batch.safetensors --out grads.safetensors"
+        after_help = "Example:\n  autoprog debug-step --checkpoint vit.safetensors --heads 3 --batch batch.safetensors \
+            --out grads.safetensors"
     )]
     DebugStep(cli_infer::DebugStepArgs),
     /// Serve the web viewer (www/) and training run directories to a browser, on 127.0.0.1 only.
     #[command(
-        after_help = "Examples:\n  autoprog serve runs/20261127-0930-nano\n  autoprog serve runs/compare/none-seed0 runs/compare/prog-seed0 --port 8080\n  autoprog serve --www ~/autoprog/www --port 0 runs/latest"
+        after_help = "Examples:\n  autoprog serve runs/20261127-0930-nano\n  autoprog serve runs/compare/none-seed0 \
+            runs/compare/prog-seed0 --port 8080\n  autoprog serve --www ~/autoprog/www --port 0 runs/latest"
     )]
     Serve(cli_serve::ServeArgs),
     /// List the GPU adapters with backend, type, features and key limits, and the one that would be used.
@@ -91,7 +97,8 @@ enum Command {
     },
     /// Time the kernels on the chosen adapter (matmul at 1024³ and ViT shapes).
     #[command(
-        after_help = "Example:\n  autoprog bench\n  autoprog bench --json > bench.json\n  autoprog bench --size 512 --reps 3"
+        after_help = "Example:\n  autoprog bench\n  autoprog bench --json > bench.json\n  autoprog bench --size 512 \
+            --reps 3"
     )]
     Bench {
         #[command(flatten)]
@@ -219,7 +226,8 @@ fn info(gpu: &GpuArgs, json: bool) -> autoprog::Result<()> {
         println!("{mark} [{i}] {} ({}, {}, driver {} {})", s.name, s.backend, s.device_type, s.driver, s.driver_info);
         println!("      features: {}", s.features.join(", "));
         println!(
-            "      limits: storage binding {} MiB, buffer {} MiB, workgroup memory {} KiB, {} invocations/workgroup, {} storage buffers/stage, immediates {} B",
+            "      limits: storage binding {} MiB, buffer {} MiB, workgroup memory {} KiB, {} invocations/workgroup, \
+                {} storage buffers/stage, immediates {} B",
             s.max_storage_buffer_binding_size >> 20,
             s.max_buffer_size >> 20,
             s.max_compute_workgroup_storage_size / 1024,

@@ -43,6 +43,7 @@ struct Measured {
 
 /// Runs `autoprog args` and measures its wall time and peak resident memory.
 #[allow(clippy::zombie_processes, reason = "reaped by wait4, which returns the child's rusage as Child::wait cannot")]
+#[allow(unsafe_code, reason = "wait4 is the one call that reports a child's peak memory")]
 fn run_measured(args: &[&str], stderr_file: &Path) -> Measured {
     let child = Command::new(env!("CARGO_BIN_EXE_autoprog"))
         .args(args)

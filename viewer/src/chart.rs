@@ -198,7 +198,8 @@ impl Plot {
         let px = self.x.map(x);
         let _ = write!(
             self.marks,
-            "<line x1=\"{px:.1}\" x2=\"{px:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" class=\"marker\"/><text x=\"{:.1}\" y=\"{:.1}\" class=\"marker-label\">{}</text>",
+            "<line x1=\"{px:.1}\" x2=\"{px:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" class=\"marker\"/><text x=\"{:.1}\" \
+                y=\"{:.1}\" class=\"marker-label\">{}</text>",
             self.y.from,
             self.y.to,
             px + 3.0,
@@ -219,7 +220,8 @@ impl Plot {
             let y = self.y.map(t);
             let _ = write!(
                 s,
-                "<line x1=\"{MARGIN_LEFT}\" x2=\"{:.1}\" y1=\"{y:.1}\" y2=\"{y:.1}\" class=\"grid\"/><text x=\"{:.1}\" y=\"{:.1}\" class=\"tick\" text-anchor=\"end\">{}</text>",
+                "<line x1=\"{MARGIN_LEFT}\" x2=\"{:.1}\" y1=\"{y:.1}\" y2=\"{y:.1}\" class=\"grid\"/><text x=\"{:.1}\" \
+                    y=\"{:.1}\" class=\"tick\" text-anchor=\"end\">{}</text>",
                 WIDTH - MARGIN_RIGHT,
                 MARGIN_LEFT - 6.0,
                 y + 4.0,
@@ -238,7 +240,8 @@ impl Plot {
         s.push_str(&self.marks);
         let _ = write!(
             s,
-            "<line x1=\"{MARGIN_LEFT}\" x2=\"{MARGIN_LEFT}\" y1=\"{MARGIN_TOP}\" y2=\"{:.1}\" class=\"axis\"/><line x1=\"{MARGIN_LEFT}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" class=\"axis\"/>",
+            "<line x1=\"{MARGIN_LEFT}\" x2=\"{MARGIN_LEFT}\" y1=\"{MARGIN_TOP}\" y2=\"{:.1}\" class=\"axis\"/><line \
+                x1=\"{MARGIN_LEFT}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" class=\"axis\"/>",
             h - MARGIN_BOTTOM,
             WIDTH - MARGIN_RIGHT,
             h - MARGIN_BOTTOM,
@@ -264,7 +267,8 @@ impl Plot {
             let dash = if *dashed { " stroke-dasharray=\"6 4\"" } else { "" };
             let _ = write!(
                 s,
-                "<line x1=\"{x:.1}\" x2=\"{:.1}\" y1=\"12\" y2=\"12\" stroke=\"{color}\" stroke-width=\"2.5\"{dash}/><text x=\"{:.1}\" y=\"16\" class=\"legend\">{}</text>",
+                "<line x1=\"{x:.1}\" x2=\"{:.1}\" y1=\"12\" y2=\"12\" stroke=\"{color}\" \
+                    stroke-width=\"2.5\"{dash}/><text x=\"{:.1}\" y=\"16\" class=\"legend\">{}</text>",
                 x + 18.0,
                 x + 22.0,
                 escape(label)
@@ -273,6 +277,29 @@ impl Plot {
         s.push_str("</svg>");
         s
     }
+}
+
+/// The mean; NaN for no values (drawn as nothing rather than as a loss of 0).
+pub fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len() as f64
+}
+
+/// The smallest and largest finite value (infinities for none).
+pub fn min_max(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    values.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)))
+}
+
+/// (step, mean loss) of consecutive groups of steps, at most `max_points` groups; non-finite
+/// losses are left out of the means.
+pub fn bucket_means(steps: &[autoprog::runlog::StepEvent], max_points: usize) -> Vec<(u64, f64)> {
+    let size = steps.len().div_ceil(max_points.max(1)).max(1);
+    steps
+        .chunks(size)
+        .filter_map(|chunk| {
+            let finite: Vec<f64> = chunk.iter().map(|s| s.loss).filter(|l| l.is_finite()).collect();
+            (!finite.is_empty()).then(|| (chunk[chunk.len() / 2].step, mean(&finite)))
+        })
+        .collect()
 }
 
 #[cfg(test)]

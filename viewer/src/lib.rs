@@ -7,6 +7,7 @@
 
 pub mod chart;
 pub mod run;
+mod search_panels;
 
 use std::rc::Rc;
 

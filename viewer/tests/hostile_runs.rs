@@ -19,9 +19,13 @@ fn seed_log() -> String {
         .collect();
     for step in 0..20 {
         lines.push(format!(
-            r#"{{"event":"step","step":{step},"epoch":{},"loss":{},"lr":0.001,"images_per_second":100,"resolution":24,"depth":4}}"#,
+            concat!(
+                r#"{{"event":"step","step":{step},"epoch":{},"loss":{},"lr":0.001,"images_per_second":100,"#,
+                r#""resolution":24,"depth":4}}"#,
+            ),
             step / 5,
-            2.0 - step as f64 * 0.05
+            2.0 - step as f64 * 0.05,
+            step = step,
         ));
     }
     lines.join("\n") + "\n"

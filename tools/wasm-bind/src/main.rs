@@ -36,7 +36,8 @@ fn main() -> ExitCode {
 fn bind(input: &PathBuf, out_dir: &PathBuf) -> anyhow::Result<()> {
     ensure!(
         input.is_file(),
-        "{} does not exist; build it first with `cargo build -p autoprog-viewer --target wasm32-unknown-unknown --release`",
+        "{} does not exist; build it first with `cargo build -p autoprog-viewer --target wasm32-unknown-unknown \
+            --release`",
         input.display()
     );
     // The CLI's default where the library's differs: the glue's `init()` finds the module

@@ -41,7 +41,8 @@ impl ImageFolder {
                         return Err(DataError::BadLayout {
                             path: val_dir.join(stray),
                             detail: format!(
-                                "class `{stray}` is in the val folder but not in `{}`; give both splits the same class folders",
+                                "class `{stray}` is in the val folder but not in `{}`; give both splits the same class \
+                                    folders",
                                 train_dir.display()
                             ),
                         });

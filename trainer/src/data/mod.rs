@@ -1,11 +1,11 @@
-//! Training data: dataset sources (the built-in procedural set, image folders, CIFAR-10
-//! binary, MNIST IDX), the augmentation pipeline and the prefetching batch loader.
+//! Training data on the native side: dataset sources (the built-in procedural set, image
+//! folders, CIFAR-10 binary, MNIST IDX) and the prefetching batch loader on worker threads
+//! (the augmentation itself lives in the core, `autoprog::data::augment`).
 //!
 //! Every source hands out 8-bit RGB images by index; [`open`] detects the format of a
 //! folder. The [`loader`] turns a source and an epoch's order into normalised NCHW batches,
 //! deterministically from (seed, epoch) whatever the number of worker threads.
 
-pub mod augment;
 pub(crate) mod cifar;
 mod folder;
 pub mod loader;
@@ -24,7 +24,7 @@ use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use thiserror::Error;
 
-pub use augment::AugmentConfig;
+pub use autoprog::data::{AugmentConfig, LoadError};
 pub use cifar::Cifar10;
 pub use folder::ImageFolder;
 pub use loader::{epoch_order, Loader, LoaderConfig, Skipped};
@@ -63,7 +63,10 @@ pub enum DataError {
     )]
     NotCifar { path: PathBuf, detail: String },
 
-    #[error("`{}` is not an MNIST IDX file ({detail}); use the original files (train-images-idx3-ubyte, ...)", path.display())]
+    #[error(
+        "`{}` is not an MNIST IDX file ({detail}); use the original files (train-images-idx3-ubyte, ...)",
+        path.display()
+    )]
     NotMnist { path: PathBuf, detail: String },
 
     #[error("could not read `{}`: {source}", path.display())]
@@ -84,15 +87,6 @@ impl DataError {
     fn io(path: &Path, source: std::io::Error) -> Self {
         DataError::Io { path: path.to_path_buf(), source }
     }
-}
-
-/// Why one sample could not be loaded (a corrupt or unreadable file).
-#[derive(Debug, Clone, Error)]
-#[error("{what}: {reason}")]
-pub struct LoadError {
-    /// The sample, as [`Source::describe`] names it.
-    pub what: String,
-    pub reason: String,
 }
 
 /// Largest image side `decode_image` accepts: beyond any photo a ViT is trained on, and it

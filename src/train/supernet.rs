@@ -1,17 +1,25 @@
 //! The GPU side of AutoProg's one-shot search: the search state a checkpoint carries, the
-//! random sub-network of each supernet step, and the two measurements of every candidate
-//! (its loss on held-back training images with the fastest EMA, and its step time).
+//! random sub-network of each supernet step, the two measurements of every candidate (its
+//! loss on held-back training images, and its step time) and, at the end, the recycling of
+//! the winner's weights. Which candidates there are and which one wins is pure logic, in
+//! [`crate::prog::search`].
 
 use std::collections::BTreeMap;
 
-use autoprog::kernels::resize::resize_bilinear;
-use autoprog::model::{Activations, GpuVit, Loss};
-use autoprog::prog::grow::{grow_depth, Growth};
-use autoprog::prog::search::{levels, Candidate};
-use autoprog::{GpuContext, Tensor};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+
+use super::host::Clock;
+use super::options::SearchCost;
+use crate::checkpoint::schema::ema_name;
+use crate::kernels::resize::resize_bilinear;
+use crate::model::step::Optimizer;
+use crate::model::{Activations, GpuVit, Loss, VitConfig};
+use crate::prog::grow::{grow_depth, Growth};
+use crate::prog::search::{levels, select, Candidate, Selection};
+use crate::runlog::{CandidateScore, SearchEvent};
+use crate::{GpuContext, Tensor};
 
 /// A search in progress (saved in checkpoints so that a run resumes inside it).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -45,10 +53,8 @@ pub struct SearchState {
 pub const EVALUATION_POINTS: usize = 5;
 
 /// Forward passes of a held-back batch that a search spends on scoring, per step of
-/// supernet training. The official code scores 9 candidates × 5 points × 50 batches =
-/// 2250 forward passes over a two-epoch ImageNet search of a few thousand steps, a small
-/// part of the search; a fixed number of batches would cost more than the supernet
-/// training itself in a search of a hundred steps.
+/// supernet training: scoring stays a small part of a search of any length, as in the
+/// official code (docs/decisions.md, "Scoring budget of a search").
 const EVALUATION_FORWARDS_PER_STEP: f64 = 0.5;
 
 /// Held-back batches each candidate is scored on at one evaluation point: the search's
@@ -118,11 +124,11 @@ pub type ActsByResolution = BTreeMap<usize, Activations>;
 /// directly at the largest, else through the GPU bilinear resize, recorded into `rec`.
 pub fn stage_images(
     ctx: &GpuContext,
-    rec: &mut autoprog::Recorder,
+    rec: &mut crate::Recorder<'_>,
     acts: &ActsByResolution,
     images: &[f32],
     r: usize,
-) -> autoprog::Result<()> {
+) -> crate::Result<()> {
     let largest = *acts.keys().last().expect("at least one resolution");
     let top = &acts[&largest];
     ctx.write(&top.images, images)?;
@@ -140,14 +146,14 @@ pub fn stage_images(
 #[allow(clippy::too_many_arguments, reason = "the batch's three parts and where they go")]
 pub fn stage_batch(
     ctx: &GpuContext,
-    rec: &mut autoprog::Recorder,
+    rec: &mut crate::Recorder<'_>,
     acts: &ActsByResolution,
     images: &[f32],
     labels: &[u32],
     targets: Option<&[f32]>,
     r: usize,
     classes: usize,
-) -> autoprog::Result<Loss> {
+) -> crate::Result<Loss> {
     let to = &acts[&r];
     let (planned, rows) = (to.batch, labels.len());
     if rows == planned {
@@ -177,16 +183,19 @@ pub fn stage_batch(
     Ok(Loss::Partial { rows })
 }
 
+/// Held-back images at the largest resolution, with their labels.
+pub type HeldBatch = (Vec<f32>, Vec<u32>);
+
 /// Mean cross-entropy (no smoothing) of candidate `c` with the weights in `arena` over the
 /// given held-back batches (images at the largest resolution, labels).
-pub fn candidate_loss(
+pub async fn candidate_loss(
     ctx: &GpuContext,
     model: &GpuVit,
     arena: &Tensor,
     acts: &mut ActsByResolution,
     growth: &Growth,
     c: Candidate,
-    holdout: &[&(Vec<f32>, Vec<u32>)],
+    holdout: &[&HeldBatch],
 ) -> anyhow::Result<f64> {
     acts.get_mut(&c.resolution).expect("planned").set_active_blocks(&growth.active(c.depth)?)?;
     let mut total = 0.0;
@@ -197,7 +206,7 @@ pub fn candidate_loss(
         model.forward(&mut rec, arena, a, false)?;
         model.loss(&mut rec, a, loss)?;
         ctx.submit(rec)?;
-        total += ctx.read_blocking(&a.loss)?[0] as f64;
+        total += ctx.read(&a.loss).await?[0] as f64;
     }
     Ok(total / holdout.len().max(1) as f64)
 }
@@ -210,8 +219,9 @@ const TIMING_ROUNDS: usize = 3;
 /// otherwise. The rounds go over all candidates in turn rather than one candidate at a
 /// time, so that a passing disturbance (another process on a CPU adapter, the data
 /// workers) slows one sample of many candidates instead of every sample of one.
-pub fn candidates_step_ms(
+pub async fn candidates_step_ms(
     ctx: &GpuContext,
+    clock: &dyn Clock,
     model: &GpuVit,
     acts: &mut ActsByResolution,
     growth: &Growth,
@@ -220,7 +230,7 @@ pub fn candidates_step_ms(
     let mut samples = vec![Vec::with_capacity(TIMING_ROUNDS); candidates.len()];
     for round in 0..=TIMING_ROUNDS {
         for (i, &c) in candidates.iter().enumerate() {
-            let ms = step_ms(ctx, model, acts, growth, c)?;
+            let ms = step_ms(ctx, clock, model, acts, growth, c).await?;
             if round > 0 {
                 samples[i].push(ms);
             }
@@ -236,8 +246,9 @@ pub fn candidates_step_ms(
 }
 
 /// One timed forward + backward step of candidate `c` in milliseconds.
-fn step_ms(
+async fn step_ms(
     ctx: &GpuContext,
+    clock: &dyn Clock,
     model: &GpuVit,
     acts: &mut ActsByResolution,
     growth: &Growth,
@@ -246,14 +257,139 @@ fn step_ms(
     let a = acts.get_mut(&c.resolution).expect("planned");
     a.set_active_blocks(&growth.active(c.depth)?)?;
     let a = &acts[&c.resolution];
-    let start = std::time::Instant::now();
+    let start = clock.seconds();
     let mut rec = ctx.timed_recorder("search.time");
     model.forward(&mut rec, &model.params, a, false)?;
     model.loss(&mut rec, a, Loss::Hard { smoothing: 0.0 })?;
     model.backward(&mut rec, a, false)?;
-    let timing = pollster::block_on(ctx.submit_timed(rec))?;
-    let wall = start.elapsed().as_secs_f64() * 1e3;
+    let timing = ctx.submit_timed(rec).await?;
+    let wall = (clock.seconds() - start) * 1e3;
     Ok(if timing.passes.is_empty() { wall } else { timing.total_ms() })
+}
+
+/// The weights a search scores its candidates with, and their name: the fastest EMA, as the
+/// official code, when its time constant 1/(1 − decay) fits into the supernet training
+/// before the first evaluation point; else (short searches, slow EMAs) the weights, since
+/// such an EMA still mostly holds the model from before the supernet grew, whose
+/// duplicated blocks were exact copies: every candidate would score nearly alike.
+pub fn scoring_weights<'a>(model: &'a GpuVit, optimizer: &'a Optimizer, search: &SearchState) -> (&'a Tensor, String) {
+    let trained_before_scoring = (search.steps - search.window) as f64;
+    match optimizer.emas.iter().min_by(|a, b| a.1.total_cmp(&b.1)) {
+        Some((ema, decay)) if 1.0 / (1.0 - decay) <= trained_before_scoring => (ema, ema_name(*decay)),
+        _ => (&model.params, "weights".into()),
+    }
+}
+
+/// What an evaluation point runs on.
+pub struct Scoring<'a> {
+    pub ctx: &'a GpuContext,
+    pub clock: &'a dyn Clock,
+    pub model: &'a GpuVit,
+    pub optimizer: &'a Optimizer,
+    pub growth: &'a Growth,
+    pub cost: SearchCost,
+    pub vit: &'a VitConfig,
+}
+
+impl Scoring<'_> {
+    /// One evaluation point of a search: each candidate's mean held-back loss with the
+    /// [`scoring_weights`], and, the first time, each candidate's cost (step time, or GFLOPs
+    /// per step with [`SearchCost::Flops`]). Step times come from `timed` where an earlier
+    /// search measured them; the others are measured and added.
+    pub async fn evaluation_point(
+        &self,
+        acts: &mut ActsByResolution,
+        search: &mut SearchState,
+        timed: &mut BTreeMap<String, f64>,
+        holdout: &[HeldBatch],
+    ) -> anyhow::Result<()> {
+        if holdout.is_empty() {
+            anyhow::bail!(
+                "no held-back images to evaluate the candidates on; the training set is too small for --batch"
+            );
+        }
+        if search.step_ms.is_empty() {
+            let start = self.clock.seconds();
+            search.step_ms = self.costs(acts, &search.candidates, timed).await?;
+            search.timing_seconds += self.clock.seconds() - start;
+        }
+        let start = self.clock.seconds();
+        let (scoring, _) = scoring_weights(self.model, self.optimizer, search);
+        // This point's share of the held-back batches, following on from the last point's.
+        let per_point = evaluation_batches(search.steps, search.candidates.len(), holdout.len());
+        let first = search.losses.first().map_or(0, Vec::len) * per_point;
+        let batches: Vec<&HeldBatch> = (first..first + per_point).map(|b| &holdout[b % holdout.len()]).collect();
+        for (i, &c) in search.candidates.clone().iter().enumerate() {
+            let loss = candidate_loss(self.ctx, self.model, scoring, acts, self.growth, c, &batches).await?;
+            search.losses[i].push(loss);
+        }
+        search.evaluation_seconds += self.clock.seconds() - start;
+        Ok(())
+    }
+
+    /// Each candidate's cost: measured step time, or GFLOPs of one step (proportional to an
+    /// ideal device's time, and the same on every run: the fit's exponent and the ranking
+    /// ignore the scale).
+    async fn costs(
+        &self,
+        acts: &mut ActsByResolution,
+        candidates: &[Candidate],
+        timed: &mut BTreeMap<String, f64>,
+    ) -> anyhow::Result<Vec<f64>> {
+        let batch = acts.values().next().map_or(1, |a| a.batch);
+        if self.cost == SearchCost::Flops {
+            let flops = |c: &Candidate| batch as f64 * self.vit.train_flops_per_image(c.resolution, c.depth) / 1e9;
+            return Ok(candidates.iter().map(flops).collect());
+        }
+        let untimed: Vec<Candidate> = candidates.iter().copied().filter(|c| !timed.contains_key(&c.name())).collect();
+        if !untimed.is_empty() {
+            let ms = candidates_step_ms(self.ctx, self.clock, self.model, acts, self.growth, &untimed).await?;
+            for (c, ms) in untimed.iter().zip(ms) {
+                timed.insert(c.name(), ms);
+            }
+        }
+        Ok(candidates.iter().map(|c| timed[&c.name()]).collect())
+    }
+}
+
+/// The choice at the end of a search, and its log event (`scored_with` names the weights
+/// the candidates were scored with; `epoch` and `step` are where the search ended).
+pub fn choose(
+    search: &SearchState,
+    cost: SearchCost,
+    scored_with: String,
+    epoch: usize,
+    step: u64,
+) -> anyhow::Result<(Candidate, SearchEvent)> {
+    let Selection { winner, scores, fit, w, lowest_score } = select(&search.step_ms, &search.losses)?;
+    let chosen = search.candidates[winner];
+    let candidates = search
+        .candidates
+        .iter()
+        .enumerate()
+        .map(|(i, c)| CandidateScore {
+            name: c.name(),
+            sub_network: *c,
+            losses: search.losses[i].clone(),
+            step_ms: search.step_ms[i],
+            score: scores[i],
+        })
+        .collect();
+    let event = SearchEvent {
+        stage: search.stage as u32,
+        epoch: epoch as u32,
+        step,
+        candidates,
+        fit,
+        w,
+        winner: chosen.name(),
+        lowest_score: Some(search.candidates[lowest_score].name()),
+        scored_with: Some(scored_with),
+        evaluation_seconds: Some(search.evaluation_seconds),
+        timing_seconds: Some(search.timing_seconds),
+        search_cost: Some(cost),
+    };
+    Ok((chosen, event))
 }
 
 #[cfg(test)]

@@ -6,8 +6,12 @@
 //! safetensors header; ours hold JSON (config, epoch, step, RNG state, class names, ...),
 //! read and written through [`Checkpoint::get_json`] / [`Checkpoint::set_json`].
 //!
+//! The names inside our files are in [`schema`].
+//!
 //! Byte-level functions work everywhere (the viewer loads checkpoints it fetched); file
 //! functions are native only.
+
+pub mod schema;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};

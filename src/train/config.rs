@@ -1,14 +1,14 @@
 //! The resolved configuration of a training run: architecture, data, recipe. Written to
 //! `config.toml` in the run directory; `--config` reads it back, and flags override it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use autoprog::model::VitConfig;
-use autoprog::prog::schedule::{ScheduleConfig, Stage};
-use autoprog::prog::search::DepthGrowth;
 use serde::{Deserialize, Serialize};
 
-use crate::data::augment::AugmentConfig;
+use super::options::{DepthGrowth, GrowFrom, OptState, Schedule, SearchCost};
+use crate::data::AugmentConfig;
+use crate::model::VitConfig;
+use crate::prog::schedule::{ScheduleConfig, Stage};
 
 /// Everything a run depends on.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -74,8 +74,8 @@ pub struct Recipe {
     /// How the model grows: `auto` (AutoProg, the default: a supernet search at the start
     /// of every stage but the last picks resolution and depth), `prog` (progressive learning
     /// with MoGrow over `stages` equal stages) or `none` (the full model throughout).
-    #[serde(default = "default_schedule")]
-    pub schedule: String,
+    #[serde(default)]
+    pub schedule: Schedule,
     /// Stages of the `prog` schedule, which `auto` searches within.
     #[serde(default = "default_stages")]
     pub stages: usize,
@@ -86,22 +86,22 @@ pub struct Recipe {
     pub depth_scale: f64,
     /// AdamW moments of grown blocks, and of the sub-network AutoProg recycles: `reset` (as
     /// the paper) or `copy` (from their source blocks).
-    #[serde(default = "default_grow_opt_state")]
-    pub grow_opt_state: String,
+    #[serde(default)]
+    pub grow_opt_state: OptState,
     /// Which weights MoGrow grows: `ema` (the slowest EMA, as the paper), `weights`, or
     /// `best`: whichever of the weights and every EMA had the highest accuracy at the last
     /// validation (ties go to the EMA listed last; before any validation, the slowest EMA).
     /// In short runs a slow EMA lags the weights, and growing it throws training away.
-    #[serde(default = "default_grow_from")]
-    pub grow_from: String,
+    #[serde(default)]
+    pub grow_from: GrowFrom,
     /// `auto`: epochs of supernet training that open every non-final stage (in the budget);
     /// a fraction (0.25) ends the search inside an epoch, for short runs.
     #[serde(default = "default_search_epochs")]
     pub search_epochs: f64,
     /// `auto`: what a candidate costs: `time` (its step time measured on the device, as the
     /// paper) or `flops` (its step's FLOPs: the same choice on every run, for reproducibility).
-    #[serde(default = "default_search_cost")]
-    pub search_cost: String,
+    #[serde(default)]
+    pub search_cost: SearchCost,
     /// `auto`: how many stages a search's resolution may trail the `prog` schedule's (the
     /// official code: unbounded). Every stage the resolution lags must be made up by the
     /// jump to the full resolution that the last stage forces.
@@ -111,44 +111,27 @@ pub struct Recipe {
     /// start at the `prog` schedule's depth for the stage, or the current one if deeper, so
     /// the search decides whether to grow, as the paper) or `always` (one level deeper at
     /// every search, as the official code).
-    #[serde(default = "default_depth_growth")]
-    pub depth_growth: String,
-}
-
-fn default_depth_growth() -> String {
-    "schedule".into()
+    #[serde(default)]
+    pub depth_growth: DepthGrowth,
 }
 
 fn default_max_res_lag() -> usize {
     0
 }
 
-fn default_search_cost() -> String {
-    "time".into()
-}
-
 fn default_search_epochs() -> f64 {
     2.0
 }
 
-fn default_schedule() -> String {
-    "auto".into()
-}
 fn default_stages() -> usize {
     4
 }
 fn half() -> f64 {
     0.5
 }
-fn default_grow_from() -> String {
-    "ema".into()
-}
-fn default_grow_opt_state() -> String {
-    "reset".into()
-}
 
-/// The schedules `--schedule` accepts.
-pub const SCHEDULES: [&str; 3] = ["none", "prog", "auto"];
+/// Every schedule, in the order `compare` runs them.
+pub const SCHEDULES: [Schedule; 3] = [Schedule::Full, Schedule::Prog, Schedule::Auto];
 
 /// Run presets: a whole run configuration.
 pub const PRESETS: [&str; 2] = ["quick", "standard"];
@@ -157,18 +140,12 @@ impl TrainConfig {
     /// The preset `name` for the built-in data: `quick` finishes in minutes on a CPU
     /// adapter, `standard` is a longer, more accurate run for real GPUs.
     pub fn preset(name: &str) -> anyhow::Result<TrainConfig> {
-        let classes = autoprog::data::CLASSES.len();
+        let classes = crate::data::CLASSES.len();
         let (model, data, recipe, augment) = match name {
-            // nano at 24 px (37 tokens) on 15 000 images for 4 epochs: about 8 minutes on two
-            // CPU cores through lavapipe (10 with `--schedule none`). Light augmentation: the
-            // run is too short for strong regularisation to pay off. Four growth stages, one
-            // per epoch (a stage is at least an epoch), from 16 px and 4 blocks: 24 px leaves
-            // the resolution room to grow, and 16 px (4×4 patches) still shows the textures,
-            // which 12 px does not; from 3 blocks PyTorch lost 0.8 points, from 4 blocks 0.1
-            // (BENCHMARKS.md). AutoProg searches for a quarter of a stage (half a stage cost
-            // 1.3 points more on two seeds, at the same speed). Growth starts from whichever of
-            // the weights and the EMA validated best, with the AdamW moments copied: in
-            // one-epoch stages the EMA lags the weights, and fresh moments cost accuracy too.
+            // nano at 24 px for 4 epochs of 15 000 images: minutes on a CPU adapter. Light
+            // augmentation, one growth stage per epoch from 16 px and 4 blocks, quarter-stage
+            // searches, growth from the best-validated weights with the moments copied; the
+            // measurements behind each are in docs/decisions.md ("The quick preset").
             "quick" => {
                 let mut model = VitConfig::preset("nano", classes)?;
                 model.image_size = 24;
@@ -192,8 +169,8 @@ impl TrainConfig {
                     res_scale: 2.0 / 3.0,
                     depth_scale: 2.0 / 3.0,
                     search_epochs: 0.25,
-                    grow_from: "best".into(),
-                    grow_opt_state: "copy".into(),
+                    grow_from: GrowFrom::Best,
+                    grow_opt_state: OptState::Copy,
                     ..Recipe::default()
                 };
                 let augment = AugmentConfig {
@@ -236,16 +213,22 @@ impl TrainConfig {
     }
 
     /// Reads a `config.toml` written by an earlier run.
-    pub fn load(path: &Path) -> anyhow::Result<TrainConfig> {
+    #[cfg(native)]
+    pub fn load(path: &std::path::Path) -> anyhow::Result<TrainConfig> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read the config file {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{} is not a valid run config: {e}", path.display()))
+        TrainConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("{} is not a valid run config: {e}", path.display()))
+    }
+
+    /// Parses the text of a `config.toml`.
+    pub fn from_toml(text: &str) -> Result<TrainConfig, toml::de::Error> {
+        toml::from_str(text)
     }
 
     /// The stages this run trains: one full-size stage for `none`, K growing ones for `prog`.
     pub fn schedule(&self) -> anyhow::Result<Vec<Stage>> {
         let r = &self.recipe;
-        let progressive = r.schedule != "none";
+        let progressive = r.schedule != Schedule::Full;
         let config = ScheduleConfig {
             stages: if progressive { r.stages } else { 1 },
             epochs: r.epochs,
@@ -268,17 +251,19 @@ impl TrainConfig {
         for pair in stages.windows(2) {
             anyhow::ensure!(
                 pair[1].depth <= 2 * pair[0].depth,
-                "the schedule grows depth {} to {} at epoch {}; MoGrow at most doubles it, so use more --stages or a larger --depth-scale",
+                "the schedule grows depth {} to {} at epoch {}; MoGrow at most doubles it, so use more --stages or a \
+                    larger --depth-scale",
                 pair[0].depth,
                 pair[1].depth,
                 pair[1].start_epoch
             );
         }
-        if r.schedule == "auto" && stages.len() > 1 {
+        if r.schedule == Schedule::Auto && stages.len() > 1 {
             let (first, last) = (stages[0].depth, stages[stages.len() - 1].depth);
             anyhow::ensure!(
                 last <= 2 * first,
-                "AutoProg's first supernet grows depth {first} to {last}, more than MoGrow's 2x; use --depth-scale 0.5 or more"
+                "AutoProg's first supernet grows depth {first} to {last}, more than MoGrow's 2x; use --depth-scale 0.5 \
+                    or more"
             );
         }
         Ok(stages)
@@ -298,36 +283,9 @@ impl TrainConfig {
         anyhow::ensure!((0.0..1.0).contains(&r.drop_path), "drop_path {} must lie in [0, 1)", r.drop_path);
         self.augment.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
         anyhow::ensure!(
-            SCHEDULES.contains(&r.schedule.as_str()),
-            "unknown schedule `{}`; use one of {}",
-            r.schedule,
-            SCHEDULES.join(", ")
-        );
-        anyhow::ensure!(
             r.search_epochs > 0.0 && r.search_epochs.is_finite(),
             "--search-epochs {} must be positive (a fraction such as 0.25 is allowed)",
             r.search_epochs
-        );
-        anyhow::ensure!(
-            ["time", "flops"].contains(&r.search_cost.as_str()),
-            "--search-cost {} must be time or flops",
-            r.search_cost
-        );
-        anyhow::ensure!(
-            DepthGrowth::NAMES.contains(&r.depth_growth.as_str()),
-            "--depth-growth {} must be one of {}",
-            r.depth_growth,
-            DepthGrowth::NAMES.join(", ")
-        );
-        anyhow::ensure!(
-            ["ema", "weights", "best"].contains(&r.grow_from.as_str()),
-            "--grow-from {} must be ema, weights or best",
-            r.grow_from
-        );
-        anyhow::ensure!(
-            ["reset", "copy"].contains(&r.grow_opt_state.as_str()),
-            "--grow-opt-state {} must be reset or copy",
-            r.grow_opt_state
         );
         self.schedule()?;
         for &d in &r.ema_decays {
@@ -358,16 +316,16 @@ impl Default for Recipe {
             ema_decays: vec![0.99, 0.999],
             seed: 0,
             eval_batch: 256,
-            schedule: default_schedule(),
+            schedule: Schedule::default(),
             stages: default_stages(),
             res_scale: half(),
             depth_scale: half(),
-            grow_opt_state: default_grow_opt_state(),
-            grow_from: default_grow_from(),
+            grow_opt_state: OptState::default(),
+            grow_from: GrowFrom::default(),
             search_epochs: default_search_epochs(),
-            search_cost: default_search_cost(),
+            search_cost: SearchCost::default(),
             max_res_lag: default_max_res_lag(),
-            depth_growth: default_depth_growth(),
+            depth_growth: DepthGrowth::default(),
         }
     }
 }
@@ -395,7 +353,7 @@ mod tests {
 
     #[test]
     fn shipped_configs_load_and_validate() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
         let mut count = 0;
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
@@ -434,11 +392,11 @@ mod tests {
         for name in PRESETS {
             for schedule in SCHEDULES {
                 let mut config = TrainConfig::preset(name).unwrap();
-                config.recipe.schedule = schedule.into();
-                config.validate().unwrap_or_else(|e| panic!("{name}, {schedule}: {e}"));
-                let stages = config.schedule().unwrap_or_else(|e| panic!("{name}, {schedule}: {e}"));
-                let expected = if schedule == "none" { 1 } else { config.recipe.stages };
-                assert_eq!(stages.len(), expected, "{name}, {schedule}");
+                config.recipe.schedule = schedule;
+                config.validate().unwrap_or_else(|e| panic!("{name}, {schedule:?}: {e}"));
+                let stages = config.schedule().unwrap_or_else(|e| panic!("{name}, {schedule:?}: {e}"));
+                let expected = if schedule == Schedule::Full { 1 } else { config.recipe.stages };
+                assert_eq!(stages.len(), expected, "{name}, {schedule:?}");
             }
         }
     }
@@ -446,7 +404,7 @@ mod tests {
     #[test]
     fn auto_is_the_default_and_short_runs_get_a_stage_per_epoch() {
         let mut config = TrainConfig::preset("standard").unwrap();
-        assert_eq!((config.recipe.schedule.as_str(), config.recipe.stages), ("auto", 4));
+        assert_eq!((config.recipe.schedule, config.recipe.stages), (Schedule::Auto, 4));
         config.recipe.epochs = 2;
         assert!(config.validate().is_err(), "4 stages cannot fit 2 epochs");
         config.fit_stages_to_epochs();
@@ -469,13 +427,13 @@ mod tests {
 
     #[test]
     fn depth_growth_is_checked_and_defaults_to_the_schedule() {
-        let mut config = TrainConfig::preset("quick").unwrap();
-        assert_eq!(config.recipe.depth_growth, "schedule");
+        let config = TrainConfig::preset("quick").unwrap();
+        assert_eq!(config.recipe.depth_growth, DepthGrowth::Schedule);
         let written = config.to_toml();
         let older: TrainConfig = toml::from_str(&written.replace("depth_growth = \"schedule\"\n", "")).unwrap();
-        assert_eq!(older.recipe.depth_growth, "schedule");
-        config.recipe.depth_growth = "sometimes".into();
-        let err = config.validate().unwrap_err().to_string();
-        assert!(err.contains("--depth-growth sometimes") && err.contains("schedule, always"), "{err}");
+        assert_eq!(older.recipe.depth_growth, DepthGrowth::Schedule);
+        let unknown = written.replace("depth_growth = \"schedule\"", "depth_growth = \"sometimes\"");
+        let err = TrainConfig::from_toml(&unknown).unwrap_err().to_string();
+        assert!(err.contains("depth_growth") && err.contains("sometimes") && err.contains("always"), "{err}");
     }
 }

@@ -1,0 +1,38 @@
+//! Training as a library: the AutoProg loop that the native CLI and (later) the web page
+//! both run, on whatever the host provides through the traits of [`host`].
+//!
+//! - [`config`] and [`options`]: what a run is asked to do (`config.toml`).
+//! - [`plan`]: the decisions that need no GPU: a stage's opening (search or foregone
+//!   choice), what an epoch trains, when a search ends, learning rate and drop-path.
+//! - [`run`] (and `steps.rs`): the loop as phases over a [`trainer::Trainer`]: epoch start
+//!   (search set-up, growth, activations), training steps (with evaluation points), search
+//!   end (choice and recycling), epoch end (evaluation, checkpoint), stop, finish.
+//! - [`supernet`]: the GPU side of a search: sampling, scoring, timing, the choice's event.
+//! - [`growth`]: MoGrow and the winner's extraction from the supernet.
+//! - [`state`]: the model, optimizer and [`progress`] of a run, and its checkpoint.
+//! - [`eval`]: accuracy and loss of the weights and every EMA.
+//!
+//! Every random choice is a function of (seed, epoch, position) or (seed, step), so a
+//! resumed run repeats an uninterrupted one exactly. The loop is `async` only because GPU
+//! readbacks are: natively it runs under `pollster::block_on`.
+
+pub mod config;
+pub mod eval;
+pub mod growth;
+pub mod host;
+pub mod options;
+pub mod plan;
+pub mod progress;
+pub mod run;
+pub mod state;
+mod steps;
+pub mod supernet;
+pub mod trainer;
+
+pub use config::{DataConfig, Recipe, TrainConfig, PRESETS, SCHEDULES};
+pub use eval::{evaluate, Evaluation};
+pub use host::{BatchRequest, Batches, Clock, Part, RunSink, StepProgress, TrainData};
+pub use options::{DepthGrowth, GrowFrom, OptState, Schedule, SearchCost};
+pub use progress::Progress;
+pub use run::{holdout_images, run};
+pub use trainer::{Diverged, Host, Start, Stopped};

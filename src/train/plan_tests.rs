@@ -1,0 +1,165 @@
+//! The loop's decisions at the places where runs go wrong: stage boundaries, a resume in
+//! the middle of a search, the last stage.
+
+use super::*;
+use crate::runlog::StageSummary;
+use crate::train::config::TrainConfig;
+
+/// The quick preset under `schedule`: 4 one-epoch stages from 16 px and 4 blocks to 24 px
+/// and 6 blocks, 100 steps an epoch.
+fn quick(schedule: Schedule) -> (TrainConfig, Vec<Stage>, Steps) {
+    let mut config = TrainConfig::preset("quick").unwrap();
+    config.recipe.schedule = schedule;
+    let stages = config.schedule().unwrap();
+    let steps = Steps::new(&config, 100 * config.recipe.batch).unwrap();
+    (config, stages, steps)
+}
+
+fn fresh(stages: &[Stage]) -> Progress {
+    Progress { resolution: stages[0].resolution, depth: stages[0].depth, ..Progress::default() }
+}
+
+fn search_of(progress: &Progress, config: &TrainConfig, stages: &[Stage], steps: Steps) -> SearchState {
+    match opening(config, stages, steps, progress).unwrap() {
+        Some(Opening::Search(s)) => s,
+        other => panic!("expected a search, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_first_stage_opens_a_search_over_the_schedules_corners() {
+    let (config, stages, steps) = quick(Schedule::Auto);
+    let progress = fresh(&stages);
+    let search = search_of(&progress, &config, &stages, steps);
+    // Three resolutions by three depths; a quarter-epoch search of 25 steps from step 0.
+    assert_eq!(search.candidates.len(), 9);
+    assert_eq!((search.start_step, search.steps, search.to_depth), (0, 25, 6));
+    // The epoch trains the supernet: every candidate resolution, the deepest depth, the
+    // last stage's regularisation.
+    let mut searching = progress.clone();
+    open(&mut searching, &stages, Opening::Search(search.clone()));
+    let t = trains(Schedule::Auto, &stages, &searching);
+    assert_eq!((t.resolutions, t.depth), (search.resolutions(), 6));
+    assert_eq!(t.regularisation, stages[3]);
+}
+
+#[test]
+fn no_search_opens_outside_auto_or_inside_a_stage() {
+    for schedule in [Schedule::Full, Schedule::Prog] {
+        let (config, stages, steps) = quick(schedule);
+        assert_eq!(opening(&config, &stages, steps, &fresh(&stages)).unwrap(), None, "{schedule:?}");
+    }
+    let (config, stages, steps) = quick(Schedule::Auto);
+    let inside = Progress { batch_in_epoch: 3, ..fresh(&stages) };
+    assert_eq!(opening(&config, &stages, steps, &inside).unwrap(), None);
+    assert!(!starts_stage(&stages, &inside), "a resumed epoch does not log its stage again");
+}
+
+#[test]
+fn a_resume_inside_a_search_goes_on_with_the_supernet() {
+    let (config, stages, steps) = quick(Schedule::Auto);
+    let mut progress = fresh(&stages);
+    let search = search_of(&progress, &config, &stages, steps);
+    open(&mut progress, &stages, Opening::Search(search.clone()));
+    // Interrupted after 10 of the search's 25 steps and resumed: nothing opens again, the
+    // stage is not logged again, the supernet trains on.
+    progress.step = 10;
+    progress.batch_in_epoch = 10;
+    assert_eq!(opening(&config, &stages, steps, &progress).unwrap(), None);
+    assert!(!starts_stage(&stages, &progress));
+    assert_eq!(trains(Schedule::Auto, &stages, &progress).depth, search.to_depth);
+    assert!(!search_ended(&progress));
+    progress.step = search.end();
+    assert!(search_ended(&progress));
+}
+
+#[test]
+fn a_search_still_running_at_a_stage_boundary_keeps_the_supernet() {
+    let (config, stages, steps) = quick(Schedule::Auto);
+    let mut progress = fresh(&stages);
+    let mut search = search_of(&progress, &config, &stages, steps);
+    // A search longer than its epoch: at the next stage's first batch no second search
+    // opens over it, and the supernet still trains (the stage itself is logged).
+    search.steps = 150;
+    open(&mut progress, &stages, Opening::Search(search.clone()));
+    progress.epoch = 1;
+    progress.step = 100;
+    assert!(starts_stage(&stages, &progress));
+    assert_eq!(opening(&config, &stages, steps, &progress).unwrap(), None);
+    let t = trains(Schedule::Auto, &stages, &progress);
+    assert_eq!((t.resolutions, t.depth), (search.resolutions(), search.to_depth));
+}
+
+#[test]
+fn the_chosen_sub_network_trains_until_the_last_stage_which_trains_the_full_model() {
+    let (config, stages, steps) = quick(Schedule::Auto);
+    let mut progress = Progress { epoch: 1, step: 100, ..fresh(&stages) };
+    choose(&mut progress, 0, Candidate { resolution: 20, depth: 5 });
+    progress.search = None;
+    let t = trains(Schedule::Auto, &stages, &progress);
+    assert_eq!((t.resolutions.as_slice(), t.depth), ([20].as_slice(), 5));
+    assert_eq!(progress.trained, [StageSummary { start_epoch: 0, resolution: 20, depth: 5 }]);
+    // The last stage: no search, the schedule's full size whatever was chosen before.
+    progress.epoch = 3;
+    progress.step = 300;
+    assert_eq!(opening(&config, &stages, steps, &progress).unwrap(), None);
+    let last = trains(Schedule::Auto, &stages, &progress);
+    assert_eq!((last.resolutions.as_slice(), last.depth), ([24].as_slice(), 6));
+    let summary = trained_stages(Schedule::Auto, &stages, &progress);
+    assert_eq!(summary.len(), 2);
+    assert_eq!((summary[1].start_epoch, summary[1].resolution, summary[1].depth), (3, 24, 6));
+}
+
+#[test]
+fn two_candidates_are_a_foregone_choice_of_the_cheaper() {
+    let (config, stages, steps) = quick(Schedule::Auto);
+    // At stage 2 from the full depth, only the current and the next resolution remain.
+    let progress = Progress { epoch: 2, step: 200, resolution: 20, depth: 6, ..Progress::default() };
+    match opening(&config, &stages, steps, &progress).unwrap() {
+        Some(Opening::Foregone { chosen, why }) => {
+            assert_eq!((chosen, why), (Candidate { resolution: 20, depth: 6 }, "the cheaper of two"));
+            let mut p = progress.clone();
+            open(&mut p, &stages, Opening::Foregone { chosen, why });
+            assert_eq!(p.chosen, Some(chosen));
+            assert_eq!(p.trained, [StageSummary { start_epoch: 2, resolution: 20, depth: 6 }]);
+        }
+        other => panic!("expected a foregone choice, got {other:?}"),
+    }
+}
+
+#[test]
+fn learning_rate_warms_up_then_follows_a_cosine() {
+    let (lr, min) = (1e-3, 1e-5);
+    assert!((learning_rate(0, 100, 10, lr, min) - 1e-4).abs() < 1e-12);
+    assert!((learning_rate(9, 100, 10, lr, min) - lr).abs() < 1e-12);
+    assert!((learning_rate(10, 100, 10, lr, min) - lr).abs() < 1e-12);
+    let mid = learning_rate(55, 100, 10, lr, min);
+    assert!((mid - (min + 0.5 * (lr - min))).abs() < 1e-9, "{mid}");
+    assert!((learning_rate(100, 100, 10, lr, min) - min).abs() < 1e-12);
+    // Past the end it stays at the minimum; without warmup it starts at the peak.
+    assert!((learning_rate(150, 100, 10, lr, min) - min).abs() < 1e-12);
+    assert!((learning_rate(0, 10, 0, lr, min) - lr).abs() < 1e-12);
+    // Without warmup, step 3 of 10 is 30 % into the cosine.
+    let expected = min + 0.5 * (lr - min) * (1.0 + (0.3 * std::f64::consts::PI).cos());
+    assert!((learning_rate(3, 10, 0, lr, min) - expected).abs() < 1e-12);
+    // The cosine only falls.
+    let curve: Vec<f64> = (10..=100).map(|s| learning_rate(s, 100, 10, lr, min)).collect();
+    assert!(curve.windows(2).all(|w| w[1] <= w[0]), "{curve:?}");
+}
+
+#[test]
+fn drop_path_follows_the_linear_rule_and_is_deterministic() {
+    let (depth, batch) = (4, 2000);
+    let s = drop_path_scales(0.3, depth, batch, 7, 11);
+    assert_eq!(s, drop_path_scales(0.3, depth, batch, 7, 11));
+    assert_ne!(s, drop_path_scales(0.3, depth, batch, 7, 12));
+    for block in 0..depth {
+        let p = 0.3 * block as f64 / 3.0;
+        let row = &s[2 * block * batch..][..2 * batch];
+        let dropped = row.iter().filter(|&&v| v == 0.0).count() as f64 / row.len() as f64;
+        assert!((dropped - p).abs() < 0.03, "block {block}: {dropped} vs {p}");
+        // Kept branches are rescaled so that the expectation is unchanged.
+        let mean = row.iter().map(|&v| v as f64).sum::<f64>() / row.len() as f64;
+        assert!((mean - 1.0).abs() < 0.06, "block {block}: mean {mean}");
+    }
+}

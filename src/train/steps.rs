@@ -1,0 +1,283 @@
+//! The phases inside an epoch: its training steps (with a search's evaluation points), and
+//! its end (evaluation of the weights and every EMA, log, checkpoint, and after the last
+//! epoch the summary).
+
+use std::sync::atomic::Ordering;
+
+use super::eval::evaluate;
+use super::host::{BatchRequest, Part, StepProgress};
+use super::plan::{self, drop_path_scales, learning_rate};
+use super::supernet::{stage_batch, Scoring, SearchState};
+use super::trainer::{Diverged, Epoch, Phase, StepInfo, Trainer};
+use crate::data::Batch;
+use crate::kernels::optimizer::AdamW;
+use crate::model::step::StepOptions;
+use crate::runlog::{CheckpointEvent, CheckpointKind, EmaAcc, EpochEvent, Event, RunStatus, StepEvent, Summary};
+
+impl Trainer<'_> {
+    /// The steps of an epoch, up to its end, a search's end or a stop request.
+    pub(super) async fn train_steps(&mut self, mut epoch: Epoch) -> anyhow::Result<Phase> {
+        let r = &self.config.recipe;
+        let request = BatchRequest {
+            part: Part::Train,
+            batch: r.batch,
+            drop_last: true,
+            train: true,
+            aug: epoch.aug.clone(),
+            seed: r.seed,
+            epoch: epoch.index as u64,
+            skip: self.state.progress.batch_in_epoch,
+        };
+        let position = self.state.progress.batch_in_epoch as u64;
+        self.host.sink.epoch_started(epoch.index, r.epochs, self.steps.per_epoch, position);
+        let mut stopped = false;
+        for item in self.host.data.batches(&request)? {
+            if self.host.stop.load(Ordering::Relaxed) {
+                stopped = true;
+                break;
+            }
+            self.step(&mut epoch, item?).await?;
+            if plan::search_ended(&self.state.progress) {
+                break;
+            }
+        }
+        for (step, values) in self.ring.drain(self.ctx).await? {
+            self.record_loss(&mut epoch, step, values[0])?;
+        }
+        Ok(match () {
+            _ if stopped => Phase::Stop(epoch),
+            _ if plan::search_ended(&self.state.progress) => Phase::SearchEnd(epoch),
+            _ => Phase::EpochEnd(epoch),
+        })
+    }
+
+    /// One training step: an evaluation point first where the search has one, then the
+    /// sub-network's forward, backward and update, submitted with its loss readback.
+    async fn step(&mut self, epoch: &mut Epoch, batch: Batch) -> anyhow::Result<()> {
+        let r = &self.config.recipe;
+        let step = self.state.progress.step;
+        let mut search = self.state.progress.search.take();
+        if let Some(s) = search.as_mut().filter(|s| s.evaluates_at(step)) {
+            for (s_step, values) in self.ring.drain(self.ctx).await? {
+                self.record_loss(epoch, s_step, values[0])?;
+            }
+            self.evaluation_point(epoch, s).await?;
+        }
+        // The sub-network this step trains (the only one outside a search).
+        let (res, sub_depth) = match &search {
+            Some(s) => {
+                let c = s.sample(r.seed, step);
+                (c.resolution, c.depth)
+            }
+            None => (epoch.trains.largest_resolution(), epoch.trains.depth),
+        };
+        self.state.progress.search = search;
+        let depth = epoch.trains.depth;
+        let active: Vec<usize> = match &epoch.growth {
+            Some(g) => g.active(sub_depth)?,
+            None => (0..depth).collect(),
+        };
+        let lr = learning_rate(step, self.steps.total, self.steps.warmup, r.lr, r.min_lr);
+        epoch.step_info.insert(step, StepInfo { lr, resolution: res, depth: sub_depth });
+        let planned = self.planned.as_mut().expect("planned at the epoch's start");
+        let mut rec = self.ctx.recorder("train.step");
+        let (images, labels, targets) = (&batch.images, &batch.labels, batch.targets.as_deref());
+        let loss = stage_batch(self.ctx, &mut rec, &planned.acts, images, labels, targets, res, self.classes.len())?;
+        let acts = planned.acts.get_mut(&res).expect("planned");
+        acts.set_active_blocks(&active)?;
+        let acts = &*acts;
+        let drop_path_rate = epoch.trains.regularisation.drop_path;
+        let drop_path = drop_path_rate > 0.0;
+        if drop_path {
+            acts.write_drop_path(self.ctx, &drop_path_scales(drop_path_rate, depth, r.batch, r.seed, step))?;
+        }
+        let options = StepOptions {
+            adamw: AdamW { lr, beta1: r.beta1, beta2: r.beta2, eps: 1e-8, weight_decay: r.weight_decay },
+            max_grad_norm: r.clip_grad as f32,
+            loss,
+            drop_path,
+        };
+        if !self.ring.has_free() {
+            if let Some((s, values)) = self.ring.wait_oldest(self.ctx).await? {
+                self.record_loss(epoch, s, values[0])?;
+            }
+        }
+        let planned = self.planned.as_ref().expect("planned at the epoch's start");
+        let acts = &planned.acts[&res];
+        self.state.optimizer.record_step(&mut rec, &self.state.model, acts, &options)?;
+        self.ring.record(&mut rec, &acts.loss, step)?;
+        self.ctx.submit(rec)?;
+        self.ring.submitted();
+        let p = &mut self.state.progress;
+        p.step += 1;
+        p.adam_step += 1;
+        p.batch_in_epoch += 1;
+        p.train_flops += batch.len() as f64 * self.config.model.train_flops_per_image(res, sub_depth);
+        epoch.images += batch.len() as u64;
+        let mut last = None;
+        for (s, values) in self.ring.poll(self.ctx)? {
+            self.record_loss(epoch, s, values[0])?;
+            last = Some((values[0], epoch.images_per_second(self.host.clock)));
+        }
+        self.report_failures(epoch.index, step)?;
+        let position = self.state.progress.batch_in_epoch as u64;
+        self.host.sink.step_done(StepProgress { position, loss: last });
+        Ok(())
+    }
+
+    /// Logs the loss of `step` (read back now), or ends the run if it is not finite.
+    fn record_loss(&mut self, epoch: &mut Epoch, step: u64, loss: f32) -> anyhow::Result<()> {
+        if !loss.is_finite() {
+            let detail = format!("at step {step} (loss {loss})");
+            anyhow::bail!(Diverged { detail, kept: self.host.sink.checkpoint_location() });
+        }
+        epoch.losses.push(loss as f64);
+        let info = epoch.step_info[&step];
+        let event = StepEvent {
+            step,
+            epoch: epoch.index as u32,
+            loss: loss as f64,
+            lr: info.lr,
+            images_per_second: epoch.images_per_second(self.host.clock),
+            resolution: info.resolution as u32,
+            depth: info.depth as u32,
+        };
+        self.host.sink.event(&Event::Step(event))
+    }
+
+    /// One of the search's evaluation points (see [`Scoring::evaluation_point`]).
+    pub(super) async fn evaluation_point(&mut self, epoch: &mut Epoch, search: &mut SearchState) -> anyhow::Result<()> {
+        let growth = epoch.growth.as_ref().expect("a search epoch has its growth");
+        let scoring = Scoring {
+            ctx: self.ctx,
+            clock: self.host.clock,
+            model: &self.state.model,
+            optimizer: &self.state.optimizer,
+            growth,
+            cost: self.config.recipe.search_cost,
+            vit: &self.config.model,
+        };
+        let planned = self.planned.as_mut().expect("planned at the epoch's start");
+        let timed = &mut self.state.progress.step_ms;
+        scoring.evaluation_point(&mut planned.acts, search, timed, &epoch.holdout).await
+    }
+
+    /// The end of an epoch: the weights and every EMA evaluated, the epoch logged and
+    /// checkpointed; after the last epoch, the summary.
+    pub(super) async fn end_epoch(&mut self, epoch: Epoch) -> anyhow::Result<Phase> {
+        let clock = self.host.clock;
+        let ips = self.count_trained(&epoch);
+        let (acc, loss) = self.validate().await?;
+        self.report_failures(epoch.index, self.state.progress.step)?;
+        let p = &mut self.state.progress;
+        p.skipped_files = self.host.data.failed();
+        p.epoch += 1;
+        p.batch_in_epoch = 0;
+        p.wall_seconds = self.wall_before + clock.seconds() - self.session_start;
+        p.val_accs.push(acc[0]);
+        p.last_val_accs = acc.clone();
+        let best = acc[0] > p.best_val_acc;
+        if best {
+            p.best_val_acc = acc[0];
+        }
+        let train_loss = epoch.losses.iter().sum::<f64>() / epoch.losses.len().max(1) as f64;
+        let emas = self.state.optimizer.emas.iter().zip(&acc[1..]);
+        let ema_accs: Vec<EmaAcc> = emas.map(|((_, decay), &acc)| EmaAcc { decay: *decay, acc }).collect();
+        let event = EpochEvent {
+            epoch: epoch.index as u32,
+            step: p.step,
+            train_loss,
+            val_loss: Some(loss[0]),
+            val_acc: Some(acc[0]),
+            val_acc_ema: ema_accs.clone(),
+            images_per_second: ips,
+            wall_seconds: p.wall_seconds,
+            train_flops: p.train_flops,
+            resolution: p.resolution as u32,
+            depth: self.state.model.depth() as u32,
+        };
+        self.host.sink.event(&Event::Epoch(event))?;
+        let emas: String = ema_accs.iter().map(|e| format!("  ema{} {:.4}", e.decay, e.acc)).collect();
+        self.host.sink.note(&format!(
+            "epoch {}/{}  loss {train_loss:.4}  val_loss {:.4}  val_acc {:.4}{emas}  {ips:.0} img/s  {:.0} s",
+            epoch.index + 1,
+            self.config.recipe.epochs,
+            loss[0],
+            acc[0],
+            self.state.progress.wall_seconds
+        ));
+        let written = self.save_checkpoint(best).await?;
+        for (path, kind) in written.into_iter().zip([CheckpointKind::Last, CheckpointKind::Best]) {
+            let event = CheckpointEvent { epoch: epoch.index as u32, step: self.state.progress.step, path, kind };
+            self.host.sink.event(&Event::Checkpoint(event))?;
+        }
+        if epoch.index + 1 < self.config.recipe.epochs {
+            return Ok(Phase::EpochStart);
+        }
+        Ok(Phase::Finished(Box::new(self.finish(acc[0], &ema_accs)?)))
+    }
+
+    /// Adds what `epoch` trained in this session to the run's totals (also when it was
+    /// stopped: the resumed rest counts only its own); returns its images per second.
+    pub(super) fn count_trained(&mut self, epoch: &Epoch) -> f64 {
+        let train_seconds = self.host.clock.seconds() - epoch.start;
+        self.host.sink.epoch_ended();
+        let p = &mut self.state.progress;
+        p.images_trained += epoch.images;
+        p.train_seconds += train_seconds;
+        epoch.images as f64 / train_seconds.max(1e-9)
+    }
+
+    /// Accuracies and losses of the weights, then of each EMA, on the validation images.
+    async fn validate(&mut self) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+        let resolution = self.state.progress.resolution;
+        let fresh;
+        let acts = match &self.planned {
+            Some(p) if p.depth == self.state.model.depth() => &p.eval,
+            _ => {
+                fresh = self.state.model.plan(self.ctx, self.eval_batch(), resolution)?;
+                &fresh
+            }
+        };
+        let request = self.eval_request(Part::Val, acts.batch, resolution, false);
+        let batches = self.host.data.batches(&request)?;
+        let mut arenas = vec![&self.state.model.params];
+        arenas.extend(self.state.optimizer.emas.iter().map(|(t, _)| t));
+        let eval = evaluate(self.ctx, &self.state.model, &arenas, acts, batches).await?;
+        Ok((eval.acc, eval.loss))
+    }
+
+    /// The summary of the finished run, handed to the sink with the log's last event.
+    fn finish(&mut self, val_acc: f64, ema_accs: &[EmaAcc]) -> anyhow::Result<Summary> {
+        let (config, p) = (self.config, &self.state.progress);
+        let failed = self.host.data.failed();
+        let summary = Summary {
+            schedule: super::options::name(&config.recipe.schedule),
+            epochs: config.recipe.epochs as u32,
+            wall_seconds: p.wall_seconds,
+            train_flops: p.train_flops,
+            images_per_second: p.images_trained as f64 / p.train_seconds.max(1e-9),
+            val_acc,
+            val_acc_ema: ema_accs.iter().map(|e| e.acc).reduce(f64::max),
+            best_val_acc: p.best_val_acc,
+            final_resolution: p.resolution as u32,
+            final_depth: self.state.model.depth() as u32,
+            adapter: self.ctx.summary.display_name(),
+            stages: plan::trained_stages(config.recipe.schedule, &self.stages, p),
+            seed: config.recipe.seed,
+            skipped_images: failed.len(),
+            model: config.model_name.clone(),
+            classes: self.classes.len(),
+        };
+        self.host.sink.summary(&summary)?;
+        self.end_event(RunStatus::Finished, self.state.progress.wall_seconds, None)?;
+        if !failed.is_empty() {
+            self.host.sink.note(&format!(
+                "warning: {} images could not be decoded and were skipped: {}",
+                failed.len(),
+                failed.join(", ")
+            ));
+        }
+        Ok(summary)
+    }
+}

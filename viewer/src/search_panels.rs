@@ -1,0 +1,124 @@
+//! The search panels of a run: per search, the candidates as (step time, loss) points with
+//! the fitted power law and the winner, and the table of their scores.
+
+use std::fmt::Write;
+
+use autoprog::train::options::SearchCost;
+
+use crate::chart::{escape, format_number, mean, min_max, Plot, PALETTE};
+use crate::run::Run;
+
+impl Run {
+    /// Per search: candidates as (step time, loss) points, the fitted power law, the winner,
+    /// and the score table.
+    pub fn search_panels(&self) -> String {
+        if self.searches.is_empty() {
+            return "<p class=\"empty\">No searches in this run (only <code>--schedule auto</code> searches).</p>"
+                .into();
+        }
+        let mut out = String::new();
+        for s in &self.searches {
+            let unit = match self.search_cost {
+                SearchCost::Flops => "GFLOPs per step",
+                SearchCost::Time => "step time (ms)",
+            };
+            let points: Vec<(f64, f64, String, bool)> = s
+                .candidates
+                .iter()
+                .map(|c| {
+                    let loss = mean(&c.losses);
+                    (
+                        c.step_ms,
+                        loss,
+                        format!("{}: loss {loss:.4}, {}: {:.2}, score {:.4}", c.name, unit, c.step_ms, c.score),
+                        c.name == s.winner,
+                    )
+                })
+                .collect();
+            let (t_lo, t_hi) = min_max(points.iter().map(|p| p.0));
+            let (l_lo, l_hi) = min_max(points.iter().map(|p| p.1));
+            let pad_t = (t_hi - t_lo).max(t_hi * 0.05) * 0.1;
+            let pad_l = (l_hi - l_lo).max(l_hi * 0.02) * 0.15;
+            let mut plot = Plot::new(
+                &format!("Search for stage {}", s.stage),
+                unit,
+                "mean loss",
+                ((t_lo - pad_t).max(0.0), t_hi + pad_t),
+                (l_lo - pad_l, l_hi + pad_l),
+                260.0,
+            );
+            if s.fit.a.is_finite() && s.fit.b.is_finite() {
+                let curve: Vec<(f64, f64)> = (0..=60)
+                    .map(|i| {
+                        let t = plot.x.lo + (plot.x.hi - plot.x.lo) * i as f64 / 60.0;
+                        (t, s.fit.a * t.max(1e-9).powf(s.fit.b))
+                    })
+                    .filter(|p| p.1 >= plot.y.lo && p.1 <= plot.y.hi)
+                    .collect();
+                plot.line(&curve, &format!("fit {:.3}·t^{:.3}", s.fit.a, s.fit.b), PALETTE[1], true);
+            }
+            plot.points(&points, PALETTE[0]);
+            if let Some(w) = points.iter().find(|p| p.3 && p.0.is_finite() && p.1.is_finite()) {
+                plot.label(w.0, w.1, &s.winner);
+            }
+            let _ = write!(
+                out,
+                "<div class=\"search\"><h3>Stage {}: chose <span data-testid=\"search-winner\">{}</span></h3>{}",
+                s.stage,
+                escape(&s.winner),
+                plot.finish()
+            );
+            let _ = write!(
+                out,
+                "<table><thead><tr><th>candidate</th><th>resolution</th><th>depth</th><th>mean loss</th><th>{}</th><th \
+                    title=\"mean loss · t^w, the lowest wins\">score (w = {})</th></tr></thead><tbody>",
+                escape(unit),
+                format_number(s.w)
+            );
+            let mut rows: Vec<_> = s.candidates.iter().collect();
+            rows.sort_by(|a, b| a.score.total_cmp(&b.score));
+            for c in rows {
+                let _ = write!(
+                    out,
+                    "<tr{}><td>{}</td><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.2}</td><td>{:.4}</td></tr>",
+                    if c.name == s.winner { " class=\"winner\"" } else { "" },
+                    escape(&c.name),
+                    c.sub_network.resolution,
+                    c.sub_network.depth,
+                    mean(&c.losses),
+                    c.step_ms,
+                    c.score
+                );
+            }
+            let scored_with = match s.scored_with.as_deref() {
+                Some("weights") => {
+                    " Losses measured with the weights (the EMA is too slow for this search).".to_string()
+                }
+                Some(ema) => format!(" Losses measured with {}.", escape(ema)),
+                None => String::new(),
+            };
+            let rule = match s.lowest_score.as_deref() {
+                Some(lowest) if lowest != s.winner => format!(
+                    "the lowest, {}, ties with the cheaper {} within the evaluation noise (two standard errors of \
+                        their paired difference), so {} wins.",
+                    escape(lowest),
+                    escape(&s.winner),
+                    escape(&s.winner)
+                ),
+                Some(_) => "the lowest wins; no cheaper candidate ties with it within the evaluation noise.".into(),
+                None => "the lowest wins.".into(),
+            };
+            let overhead = match (s.evaluation_seconds, s.timing_seconds) {
+                (Some(eval), Some(timing)) => format!(
+                    " Scoring took {eval:.1} s and timing {timing:.1} s of the search; the rest trained the supernet."
+                ),
+                _ => String::new(),
+            };
+            out.push_str(&format!(
+                "</tbody></table><p class=\"note\">score = mean loss · t<sup>w</sup> with w = \
+                max(−b, 0) from the fit; {rule}{scored_with}{overhead}</p></div>"
+            ));
+        }
+        out
+    }
+}
