@@ -41,9 +41,7 @@ impl Trainer<'_> {
                 break;
             }
         }
-        for (step, values) in self.ring.drain(self.ctx).await? {
-            self.record_loss(&mut epoch, step, values[0])?;
-        }
+        self.drain_losses(&mut epoch).await?;
         Ok(match () {
             _ if stopped => Phase::Stop(epoch),
             _ if plan::search_ended(&self.state.progress) => Phase::SearchEnd(epoch),
@@ -54,56 +52,23 @@ impl Trainer<'_> {
     /// One training step: an evaluation point first where the search has one, then the
     /// sub-network's forward, backward and update, submitted with its loss readback.
     async fn step(&mut self, epoch: &mut Epoch, batch: Batch) -> anyhow::Result<()> {
-        let r = &self.config.recipe;
         let step = self.state.progress.step;
-        let mut search = self.state.progress.search.take();
-        if let Some(s) = search.as_mut().filter(|s| s.evaluates_at(step)) {
-            for (s_step, values) in self.ring.drain(self.ctx).await? {
-                self.record_loss(epoch, s_step, values[0])?;
-            }
-            self.evaluation_point(epoch, s).await?;
+        if self.state.progress.search.as_ref().is_some_and(|s| s.evaluates_at(step)) {
+            self.drain_losses(epoch).await?;
+            let mut search = self.state.progress.search.take().expect("checked above");
+            let scored = self.evaluation_point(epoch, &mut search).await;
+            self.state.progress.search = Some(search);
+            scored?;
         }
-        // The sub-network this step trains (the only one outside a search).
-        let (res, sub_depth) = match &search {
-            Some(s) => {
-                let c = s.sample(r.seed, step);
-                (c.resolution, c.depth)
-            }
-            None => (epoch.trains.largest_resolution(), epoch.trains.depth),
-        };
-        self.state.progress.search = search;
-        let depth = epoch.trains.depth;
-        let active: Vec<usize> = match &epoch.growth {
-            Some(g) => g.active(sub_depth)?,
-            None => (0..depth).collect(),
-        };
-        let lr = learning_rate(step, self.steps.total, self.steps.warmup, r.lr, r.min_lr);
-        epoch.step_info.insert(step, StepInfo { lr, resolution: res, depth: sub_depth });
-        let planned = self.planned.as_mut().expect("planned at the epoch's start");
+        let (resolution, depth) = self.sub_network(epoch, step);
         let mut rec = self.ctx.recorder("train.step");
-        let (images, labels, targets) = (&batch.images, &batch.labels, batch.targets.as_deref());
-        let loss = stage_batch(self.ctx, &mut rec, &planned.acts, images, labels, targets, res, self.classes.len())?;
-        let acts = planned.acts.get_mut(&res).expect("planned");
-        acts.set_active_blocks(&active)?;
-        let acts = &*acts;
-        let drop_path_rate = epoch.trains.regularisation.drop_path;
-        let drop_path = drop_path_rate > 0.0;
-        if drop_path {
-            acts.write_drop_path(self.ctx, &drop_path_scales(drop_path_rate, depth, r.batch, r.seed, step))?;
-        }
-        let options = StepOptions {
-            adamw: AdamW { lr, beta1: r.beta1, beta2: r.beta2, eps: 1e-8, weight_decay: r.weight_decay },
-            max_grad_norm: r.clip_grad as f32,
-            loss,
-            drop_path,
-        };
+        let options = self.stage_step(&mut rec, epoch, &batch, step, resolution, depth)?;
         if !self.ring.has_free() {
             if let Some((s, values)) = self.ring.wait_oldest(self.ctx).await? {
                 self.record_loss(epoch, s, values[0])?;
             }
         }
-        let planned = self.planned.as_ref().expect("planned at the epoch's start");
-        let acts = &planned.acts[&res];
+        let acts = &self.planned.as_ref().expect("planned at the epoch's start").acts[&resolution];
         self.state.optimizer.record_step(&mut rec, &self.state.model, acts, &options)?;
         self.ring.record(&mut rec, &acts.loss, step)?;
         self.ctx.submit(rec)?;
@@ -112,7 +77,7 @@ impl Trainer<'_> {
         p.step += 1;
         p.adam_step += 1;
         p.batch_in_epoch += 1;
-        p.train_flops += batch.len() as f64 * self.config.model.train_flops_per_image(res, sub_depth);
+        p.train_flops += batch.len() as f64 * self.config.model.train_flops_per_image(resolution, depth);
         epoch.images += batch.len() as u64;
         let mut last = None;
         for (s, values) in self.ring.poll(self.ctx)? {
@@ -122,6 +87,58 @@ impl Trainer<'_> {
         self.report_failures(epoch.index, step)?;
         let position = self.state.progress.batch_in_epoch as u64;
         self.host.sink.step_done(StepProgress { position, loss: last });
+        Ok(())
+    }
+
+    /// The (resolution, depth) step `step` trains: a random sub-network of the supernet
+    /// during a search, else the epoch's one.
+    fn sub_network(&self, epoch: &Epoch, step: u64) -> (usize, usize) {
+        match &self.state.progress.search {
+            Some(s) => {
+                let c = s.sample(self.config.recipe.seed, step);
+                (c.resolution, c.depth)
+            }
+            None => (epoch.trains.largest_resolution(), epoch.trains.depth),
+        }
+    }
+
+    /// Uploads the batch for the sub-network (`resolution`, `depth`), selects its blocks and
+    /// draws the step's drop-path factors; returns the step's optimizer options.
+    fn stage_step(
+        &mut self,
+        rec: &mut crate::Recorder<'_>,
+        epoch: &mut Epoch,
+        batch: &Batch,
+        step: u64,
+        resolution: usize,
+        depth: usize,
+    ) -> anyhow::Result<StepOptions> {
+        let r = &self.config.recipe;
+        let active: Vec<usize> = match &epoch.growth {
+            Some(g) => g.active(depth)?,
+            None => (0..epoch.trains.depth).collect(),
+        };
+        let lr = learning_rate(step, self.steps.total, self.steps.warmup, r.lr, r.min_lr);
+        epoch.step_info.insert(step, StepInfo { lr, resolution, depth });
+        let planned = self.planned.as_mut().expect("planned at the epoch's start");
+        let (images, labels, targets) = (&batch.images, &batch.labels, batch.targets.as_deref());
+        let loss = stage_batch(self.ctx, rec, &planned.acts, images, labels, targets, resolution, self.classes.len())?;
+        let acts = planned.acts.get_mut(&resolution).expect("planned");
+        acts.set_active_blocks(&active)?;
+        let rate = epoch.trains.regularisation.drop_path;
+        let drop_path = rate > 0.0;
+        if drop_path {
+            acts.write_drop_path(self.ctx, &drop_path_scales(rate, epoch.trains.depth, r.batch, r.seed, step))?;
+        }
+        let adamw = AdamW { lr, beta1: r.beta1, beta2: r.beta2, eps: 1e-8, weight_decay: r.weight_decay };
+        Ok(StepOptions { adamw, max_grad_norm: r.clip_grad as f32, loss, drop_path })
+    }
+
+    /// Logs every loss still being read back.
+    async fn drain_losses(&mut self, epoch: &mut Epoch) -> anyhow::Result<()> {
+        for (step, values) in self.ring.drain(self.ctx).await? {
+            self.record_loss(epoch, step, values[0])?;
+        }
         Ok(())
     }
 
