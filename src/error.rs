@@ -45,6 +45,13 @@ pub enum Error {
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
 
+    /// A bad setting: the message names the option and the accepted range.
+    #[error("{0}")]
+    Config(String),
+
+    #[error("batch {batch} could not be filled: {detail}; check or remove the broken files")]
+    BatchUnfillable { batch: usize, detail: String },
+
     /// A file or value that does not hold what its format promises (a truncated
     /// checkpoint, metadata that is not the JSON we wrote). `what` names the file or key.
     #[error("{what}: {message}")]

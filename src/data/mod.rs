@@ -1,7 +1,7 @@
 //! Images for training, evaluation and inference, native and in the browser alike: the
 //! preprocessing every path shares ([`resize`], [`normalize`], [`preprocess`]), the
-//! training augmentation ([`augment`]), the [`Batch`] a data pipeline hands the training
-//! loop, and the built-in procedural dataset.
+//! training augmentation ([`augment`]), labelled image sources ([`Source`]), a pass over
+//! one as batches ([`Pass`], the same on any thread), and the built-in procedural dataset.
 //!
 //! The built-in procedural dataset: coloured shapes and textures drawn from a seed, so
 //! training needs no download and the trainer and the viewer draw the same images.
@@ -14,14 +14,18 @@
 
 pub mod augment;
 mod batch;
+mod pass;
 mod pixels;
+mod source;
 
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 pub use augment::AugmentConfig;
 pub use batch::{Batch, LoadError};
+pub use pass::{InlineBatches, Pass, PassConfig, Skipped};
 pub use pixels::{normalize, preprocess, resize, CropBox, RgbImage};
+pub use source::{epoch_order, split_train_val, stream_seed, ProceduralSource, Source, Stream, Subset};
 
 /// Class names, in label order.
 pub const CLASSES: [&str; 10] =

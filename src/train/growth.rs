@@ -58,13 +58,13 @@ pub async fn grow(
 ) -> anyhow::Result<(State, GrowthEvent)> {
     let growth = grow_depth(state.model.depth(), depth)?;
     let (weights, source) = match grow_source(state, config.recipe.grow_from) {
-        None => (state.model.params.clone(), "weights".to_string()),
+        None => (&state.model.params, "weights".to_string()),
         Some(i) => {
             let (ema, decay) = &state.optimizer.emas[i];
-            (ema.clone(), ema_name(*decay))
+            (ema, ema_name(*decay))
         }
     };
-    let state = remap_state(ctx, state, config, &growth.mapping, &weights).await?;
+    let state = remap_state(ctx, state, config, &growth.mapping, weights).await?;
     let event = GrowthEvent {
         epoch: state.progress.epoch as u32,
         step: state.progress.step,

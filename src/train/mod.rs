@@ -11,15 +11,19 @@
 //! - [`growth`]: MoGrow and the winner's extraction from the supernet.
 //! - [`state`]: the model, optimizer and [`progress`] of a run, and its checkpoint.
 //! - [`eval`]: accuracy and loss of the weights and every EMA.
+//! - [`data`]: batches from image sources on the calling thread (hosts without threads);
+//!   [`memory`]: a run record kept in memory.
 //!
 //! Every random choice is a function of (seed, epoch, position) or (seed, step), so a
 //! resumed run repeats an uninterrupted one exactly. The loop is `async` only because GPU
 //! readbacks are: natively it runs under `pollster::block_on`.
 
 pub mod config;
+pub mod data;
 pub mod eval;
 pub mod growth;
 pub mod host;
+pub mod memory;
 pub mod options;
 pub mod plan;
 pub mod progress;
@@ -30,8 +34,10 @@ pub mod supernet;
 pub mod trainer;
 
 pub use config::{DataConfig, Recipe, TrainConfig, PRESETS, SCHEDULES};
+pub use data::SourceData;
 pub use eval::{evaluate, Evaluation};
 pub use host::{BatchRequest, Batches, Clock, Part, RunSink, StepProgress, TrainData};
+pub use memory::MemoryRecord;
 pub use options::{DepthGrowth, GrowFrom, OptState, Schedule, SearchCost};
 pub use progress::Progress;
 pub use run::{holdout_images, run};

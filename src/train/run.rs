@@ -5,15 +5,15 @@
 
 use super::config::TrainConfig;
 use super::growth::{grow, remap_state};
-use super::host::{BatchRequest, Part};
+use super::host::{BatchRequest, Clock, Part, RunSink, TrainData};
 use super::plan::{self, Steps, Trains};
 use super::state::{NonFinite, State};
 use super::supernet::{choose, scoring_weights, ActsByResolution, HeldBatch};
-use super::trainer::{Diverged, Epoch, Host, Phase, Planned, Start, Stopped, Trainer};
+use super::trainer::{AlreadyFinished, Diverged, Epoch, Host, Phase, Planned, Start, Stopped, Trainer};
 use crate::data::AugmentConfig;
 use crate::gpu::ReadbackRing;
 use crate::model::ParamLayout;
-use crate::prog::schedule::stage_at;
+use crate::prog::schedule::{stage_at, Stage};
 use crate::prog::search::Candidate;
 use crate::runlog::{
     CheckpointEvent, CheckpointKind, DataWarningEvent, Event, Regularisation, RunEndEvent, RunStartEvent, RunStatus,
@@ -53,42 +53,101 @@ pub async fn run<'a>(
     host: Host<'a>,
 ) -> anyhow::Result<Summary> {
     let started = host.clock.seconds();
-    let mut trainer = Trainer::new(ctx, config, start, host)?;
+    start_event(ctx, config, host.sink, host.clock)?;
+    let (mut trainer, wall_before) = match prepare(ctx, config, start, &*host.data) {
+        Ok(ready) => {
+            let wall_before = ready.state.progress.wall_seconds;
+            (Trainer::new(ctx, config, ready, host), wall_before)
+        }
+        Err(e) => {
+            // The error matters more than a failure to log it.
+            let _ = failure_event(host.sink, host.clock, host.clock.seconds() - started, &e);
+            return Err(e);
+        }
+    };
     let outcome = trainer.drive().await;
     if let Err(e) = &outcome {
         // A stopped run has logged its own end; any other failure ends the log here, so
-        // that the record says how the run ended. The error itself matters more than a
-        // failure to log it.
+        // that the record says how the run ended.
         if !e.is::<Stopped>() {
-            let wall_seconds = trainer.wall_before + trainer.host.clock.seconds() - started;
-            let _ = trainer.end_event(RunStatus::Failed, wall_seconds, Some(format!("{e:#}")));
+            let wall_seconds = wall_before + trainer.host.clock.seconds() - started;
+            let _ = failure_event(trainer.host.sink, trainer.host.clock, wall_seconds, e);
         }
     }
     outcome
 }
 
-impl<'a> Trainer<'a> {
-    fn new(ctx: &'a GpuContext, config: &'a TrainConfig, start: Start<'_>, host: Host<'a>) -> anyhow::Result<Self> {
-        config.validate()?;
-        let classes = host.data.classes().to_vec();
+/// The `run_start` event.
+fn start_event(
+    ctx: &GpuContext,
+    config: &TrainConfig,
+    sink: &mut dyn RunSink,
+    clock: &dyn Clock,
+) -> anyhow::Result<()> {
+    let event = RunStartEvent {
+        time: clock.unix_time(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        config: serde_json::to_value(config)?,
+        adapter: ctx.summary.display_name(),
+        schedule: super::options::name(&config.recipe.schedule),
+    };
+    sink.event(&Event::RunStart(event))
+}
+
+/// The `run_end` event of a run that failed with `error`.
+fn failure_event(
+    sink: &mut dyn RunSink,
+    clock: &dyn Clock,
+    wall_seconds: f64,
+    error: &anyhow::Error,
+) -> anyhow::Result<()> {
+    let (time, status, message) = (clock.unix_time(), RunStatus::Failed, Some(format!("{error:#}")));
+    sink.event(&Event::RunEnd(RunEndEvent { time, wall_seconds, status, message }))
+}
+
+/// What a run is checked and set up with before its first phase.
+pub(super) struct Ready {
+    pub classes: Vec<String>,
+    pub stages: Vec<Stage>,
+    pub state: State,
+    pub steps: Steps,
+}
+
+/// Checks the configuration against the data and builds the state: fresh, or from the
+/// run's checkpoint.
+fn prepare(ctx: &GpuContext, config: &TrainConfig, start: Start<'_>, data: &dyn TrainData) -> anyhow::Result<Ready> {
+    config.validate()?;
+    let classes = data.classes().to_vec();
+    anyhow::ensure!(
+        classes.len() == config.model.classes,
+        "the model has {} outputs but the data has {} classes",
+        config.model.classes,
+        classes.len()
+    );
+    let (train, held) = (data.len(Part::Train), data.len(Part::Holdout));
+    if let Some(wanted) = holdout_images(config, train + held)? {
         anyhow::ensure!(
-            classes.len() == config.model.classes,
-            "the model has {} outputs but the data has {} classes",
-            config.model.classes,
-            classes.len()
+            held >= wanted,
+            "AutoProg scores its candidates on {wanted} held-back training images, but the data holds back {held}"
         );
-        let stages = config.schedule()?;
-        let state = match start {
-            Start::Fresh => State::fresh(ctx, config, &stages[0])?,
-            Start::Resume { checkpoint, what } => State::from_checkpoint(ctx, config, checkpoint, what)?,
-        };
-        let steps = Steps::new(config, host.data.len(Part::Train))?;
+    }
+    let steps = Steps::new(config, train)?;
+    let stages = config.schedule()?;
+    let state = match start {
+        Start::Fresh => State::fresh(ctx, config, &stages[0])?,
+        Start::Resume { checkpoint, what } => State::from_checkpoint(ctx, config, checkpoint, what)?,
+    };
+    Ok(Ready { classes, stages, state, steps })
+}
+
+impl<'a> Trainer<'a> {
+    fn new(ctx: &'a GpuContext, config: &'a TrainConfig, ready: Ready, host: Host<'a>) -> Self {
+        let Ready { classes, stages, state, steps } = ready;
         // Files that failed in earlier sessions of the run are not tried (or reported) again.
         host.data.mark_failed(&state.progress.skipped_files);
         let (wall_before, session_start) = (state.progress.wall_seconds, host.clock.seconds());
         let ring = ReadbackRing::new(ctx, 1, STEPS_IN_FLIGHT);
-        let planned = None;
-        Ok(Trainer {
+        Trainer {
             ctx,
             config,
             host,
@@ -97,16 +156,16 @@ impl<'a> Trainer<'a> {
             classes,
             state,
             ring,
-            planned,
+            planned: None,
             carried: None,
             wall_before,
             session_start,
-        })
+        }
     }
 
     /// The short loop over the phases.
     async fn drive(&mut self) -> anyhow::Result<Summary> {
-        self.start_event()?;
+        self.start_note();
         let mut phase = Phase::EpochStart;
         loop {
             phase = match phase {
@@ -120,7 +179,8 @@ impl<'a> Trainer<'a> {
         }
     }
 
-    fn start_event(&mut self) -> anyhow::Result<()> {
+    /// What is trained on what, for the person watching.
+    fn start_note(&mut self) {
         let c = self.config;
         let layout = ParamLayout::new(&c.model, c.model.depth, 1);
         self.host.sink.note(&format!(
@@ -133,24 +193,15 @@ impl<'a> Trainer<'a> {
             self.steps.per_epoch,
             super::options::name(&c.recipe.schedule),
         ));
-        let event = RunStartEvent {
-            time: self.host.clock.unix_time(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            config: serde_json::to_value(c)?,
-            adapter: self.ctx.summary.display_name(),
-            schedule: super::options::name(&c.recipe.schedule),
-        };
-        self.host.sink.event(&Event::RunStart(event))
     }
 
     /// An epoch starts: a stage's search opens or its sub-network is foregone, the stage
     /// is logged, the model grows to what the epoch trains and the activations are planned.
     async fn start_epoch(&mut self) -> anyhow::Result<Epoch> {
         let (epoch, epochs) = (self.state.progress.epoch, self.config.recipe.epochs);
-        anyhow::ensure!(
-            epoch < epochs,
-            "the run already finished all {epochs} epochs; nothing to resume (a larger --epochs extends it)"
-        );
+        if epoch >= epochs {
+            anyhow::bail!(AlreadyFinished { epochs });
+        }
         let stage = stage_at(&self.stages, epoch);
         let mut chosen_without_search = None;
         if let Some(opening) = plan::opening(self.config, &self.stages, self.steps, &self.state.progress)? {
@@ -279,15 +330,14 @@ impl<'a> Trainer<'a> {
 
     /// The end of a search: the last evaluation point, the choice and parameter recycling.
     /// The chosen sub-network trains the rest of the epoch when the search ended inside it.
-    async fn end_search(&mut self, mut epoch: Epoch) -> anyhow::Result<Phase> {
-        let mut search = self.state.progress.search.clone().expect("a search is running");
-        self.evaluation_point(&mut epoch, &mut search).await?;
+    async fn end_search(&mut self, epoch: Epoch) -> anyhow::Result<Phase> {
+        let mut search = self.state.progress.search.take().expect("a search is running");
+        self.evaluation_point(&epoch, &mut search).await?;
         let (_, scored_with) = scoring_weights(&self.state.model, &self.state.optimizer, &search);
         let cost = self.config.recipe.search_cost;
         let (chosen, event) = choose(&search, cost, scored_with, epoch.index, self.state.progress.step)?;
         let active = search.growth().active(chosen.depth)?;
-        let weights = self.state.model.params.clone();
-        let recycled = remap_state(self.ctx, &self.state, self.config, &active, &weights).await?;
+        let recycled = remap_state(self.ctx, &self.state, self.config, &active, &self.state.model.params).await?;
         self.replace_state(recycled);
         self.state.progress.resolution = chosen.resolution;
         self.host.sink.note(&format!(
@@ -298,7 +348,6 @@ impl<'a> Trainer<'a> {
         ));
         self.host.sink.event(&Event::Search(event))?;
         plan::choose(&mut self.state.progress, self.stages[search.stage].start_epoch, chosen);
-        self.state.progress.search = None;
         self.planned = None;
         if self.state.progress.batch_in_epoch < self.steps.per_epoch as usize {
             // Re-planned, with a pass that skips the batches done; the tally goes on.
@@ -313,6 +362,7 @@ impl<'a> Trainer<'a> {
     /// [`Stopped`] (or the error that kept it from saving).
     async fn stop(&mut self, epoch: Epoch) -> anyhow::Error {
         let outcome = async {
+            self.host.sink.epoch_ended();
             self.count_trained(&epoch);
             self.state.progress.wall_seconds = self.wall_before + self.host.clock.seconds() - self.session_start;
             self.state.progress.skipped_files = self.host.data.failed();

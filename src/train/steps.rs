@@ -29,9 +29,11 @@ impl Trainer<'_> {
             skip: self.state.progress.batch_in_epoch,
         };
         let position = self.state.progress.batch_in_epoch as u64;
+        let batches = self.host.data.batches(&request)?;
         self.host.sink.epoch_started(epoch.index, r.epochs, self.steps.per_epoch, position);
+        epoch.start = self.host.clock.seconds() - epoch.seconds_before;
         let mut stopped = false;
-        for item in self.host.data.batches(&request)? {
+        for item in batches {
             if self.host.stop.load(Ordering::Relaxed) {
                 stopped = true;
                 break;
@@ -149,6 +151,8 @@ impl Trainer<'_> {
             anyhow::bail!(Diverged { detail, kept: self.host.sink.checkpoint_location() });
         }
         epoch.losses.push(loss as f64);
+        // Every step's info is recorded before its submission, and the readbacks are all
+        // drained before the epoch changes, so the step is in this epoch's map.
         let info = epoch.step_info[&step];
         let event = StepEvent {
             step,
@@ -163,7 +167,7 @@ impl Trainer<'_> {
     }
 
     /// One of the search's evaluation points (see [`Scoring::evaluation_point`]).
-    pub(super) async fn evaluation_point(&mut self, epoch: &mut Epoch, search: &mut SearchState) -> anyhow::Result<()> {
+    pub(super) async fn evaluation_point(&mut self, epoch: &Epoch, search: &mut SearchState) -> anyhow::Result<()> {
         let growth = epoch.growth.as_ref().expect("a search epoch has its growth");
         let scoring = Scoring {
             ctx: self.ctx,
@@ -183,6 +187,7 @@ impl Trainer<'_> {
     /// checkpointed; after the last epoch, the summary.
     pub(super) async fn end_epoch(&mut self, epoch: Epoch) -> anyhow::Result<Phase> {
         let clock = self.host.clock;
+        self.host.sink.epoch_ended();
         let ips = self.count_trained(&epoch);
         let (acc, loss) = self.validate().await?;
         self.report_failures(epoch.index, self.state.progress.step)?;
@@ -238,7 +243,6 @@ impl Trainer<'_> {
     /// stopped: the resumed rest counts only its own); returns its images per second.
     pub(super) fn count_trained(&mut self, epoch: &Epoch) -> f64 {
         let train_seconds = self.host.clock.seconds() - epoch.start;
-        self.host.sink.epoch_ended();
         let p = &mut self.state.progress;
         p.images_trained += epoch.images;
         p.train_seconds += train_seconds;

@@ -48,6 +48,13 @@ pub struct Stopped {
     pub step: u64,
 }
 
+/// A resumed run had already trained all its epochs.
+#[derive(Debug, thiserror::Error)]
+#[error("the run already finished all {epochs} epochs; nothing to resume (a larger --epochs extends it)")]
+pub struct AlreadyFinished {
+    pub epochs: usize,
+}
+
 /// The loss or the weights became NaN or infinite.
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -124,8 +131,11 @@ pub(super) struct Epoch {
     pub aug: AugmentConfig,
     pub losses: Vec<f64>,
     pub images: u64,
-    /// Clock seconds at which the epoch started (earlier by the seconds carried over).
+    /// Clock seconds at which the epoch's steps started (earlier by the seconds carried
+    /// over); set when its batches are requested.
     pub start: f64,
+    /// Seconds of the epoch trained before a search ended inside it.
+    pub seconds_before: f64,
     pub step_info: BTreeMap<u64, StepInfo>,
 }
 
@@ -153,7 +163,7 @@ impl Trainer<'_> {
         let growth = self.state.progress.search.as_ref().map(SearchState::growth);
         // An epoch a search ended inside goes on with what it had so far (its clock too).
         let Tally { losses, images, seconds } = self.carried.take().unwrap_or_default();
-        let start = self.host.clock.seconds() - seconds;
-        Epoch { index, trains, growth, holdout, aug, losses, images, start, step_info: BTreeMap::new() }
+        let (start, seconds_before, step_info) = (self.host.clock.seconds() - seconds, seconds, BTreeMap::new());
+        Epoch { index, trains, growth, holdout, aug, losses, images, start, seconds_before, step_info }
     }
 }

@@ -13,7 +13,7 @@ use autoprog::GpuContext;
 use clap::Args;
 use serde::Serialize;
 
-use crate::data::{decode_image, AugmentConfig, Dataset, Skipped};
+use crate::data::{decode_image, skipped_with_warnings, AugmentConfig, Dataset};
 use crate::train::{self, eval_batches};
 use crate::GpuArgs;
 use autoprog::checkpoint::schema::meta;
@@ -144,7 +144,7 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     let val = dataset.val.clone().expect("open_dataset guarantees a val part");
     let acts = model.plan(&ctx, args.batch.min(val.len()).max(1), resolution)?;
     let aug = AugmentConfig { mean: loaded.model.mean, std: loaded.model.std, ..AugmentConfig::none(resolution) };
-    let skipped = Skipped::default();
+    let skipped = skipped_with_warnings();
     let request = BatchRequest {
         part: Part::Val,
         batch: acts.batch,

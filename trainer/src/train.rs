@@ -11,13 +11,14 @@ use autoprog::checkpoint::Checkpoint;
 use autoprog::data::{LoadError, Procedural};
 use autoprog::runlog::{self, Event, LogWriter, Summary};
 use autoprog::train::host::SystemClock;
+use autoprog::train::trainer::AlreadyFinished;
 use autoprog::train::{
-    holdout_images, BatchRequest, Batches, Host, Part, RunSink, Start, StepProgress, Stopped, TrainConfig, TrainData,
+    BatchRequest, Batches, Host, Part, RunSink, SourceData, Start, StepProgress, Stopped, TrainConfig, TrainData,
 };
 use autoprog::GpuContext;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::data::{self, epoch_order, Dataset, Loader, LoaderConfig, Skipped, Source};
+use crate::data::{self, skipped_with_warnings, Dataset, Loader, LoaderConfig, Skipped, Source};
 
 /// How a run is started.
 pub struct RunOptions {
@@ -54,89 +55,53 @@ pub fn open_dataset(config: &TrainConfig) -> anyhow::Result<Dataset> {
     Ok(dataset)
 }
 
-/// A dataset served by [`Loader`]s: the train part (less what AutoProg holds back), the
-/// held-back part and the val part, with one record of the samples that failed.
+/// A dataset served by [`Loader`]s: the core's [`SourceData`] (the parts a run reads and
+/// how each batch is built), with the batches built on worker threads.
 pub struct LoaderData {
-    train: Arc<dyn Source>,
-    holdout: Option<Arc<dyn Source>>,
-    val: Arc<dyn Source>,
-    summary: String,
+    parts: SourceData,
     workers: usize,
-    skipped: Skipped,
 }
 
 impl LoaderData {
     /// The parts of `dataset` that a run of `config` reads.
     pub fn new(dataset: &Dataset, config: &TrainConfig) -> anyhow::Result<LoaderData> {
         let val = dataset.val.clone().context("the dataset has no validation part")?;
-        let (train, holdout): (Arc<dyn Source>, Option<Arc<dyn Source>>) =
-            match holdout_images(config, dataset.train.len())? {
-                Some(held) => {
-                    let fraction = held as f64 / dataset.train.len() as f64;
-                    let (train, holdout) = data::split_train_val(dataset.train.clone(), fraction, config.recipe.seed)?;
-                    (Arc::new(train), Some(Arc::new(holdout)))
-                }
-                None => (dataset.train.clone(), None),
-            };
-        let (summary, workers, skipped) = (dataset.summary(), config.data.workers, Skipped::default());
-        Ok(LoaderData { train, holdout, val, summary, workers, skipped })
-    }
-
-    fn source(&self, part: Part) -> Option<&Arc<dyn Source>> {
-        match part {
-            Part::Train => Some(&self.train),
-            Part::Holdout => self.holdout.as_ref(),
-            Part::Val => Some(&self.val),
-        }
+        let summary = dataset.summary();
+        let parts = SourceData::new(dataset.train.clone(), val, config, summary, skipped_with_warnings())?;
+        Ok(LoaderData { parts, workers: config.data.workers })
     }
 }
 
 impl TrainData for LoaderData {
     fn len(&self, part: Part) -> usize {
-        self.source(part).map_or(0, |s| s.len())
+        self.parts.len(part)
     }
 
     fn classes(&self) -> &[String] {
-        self.train.classes()
+        self.parts.classes()
     }
 
     fn describe(&self) -> String {
-        self.summary.clone()
+        self.parts.describe()
     }
 
     fn batches(&self, request: &BatchRequest) -> anyhow::Result<Batches> {
-        let source = self.source(request.part).context("no images are held back")?.clone();
         // The held-back images are decoded once per search, on this thread.
         let workers = if request.part == Part::Holdout { 0 } else { self.workers };
-        let config = LoaderConfig {
-            batch: request.batch,
-            drop_last: request.drop_last,
-            aug: request.aug.clone(),
-            train: request.train,
-            seed: request.seed,
-            epoch: request.epoch,
-            workers,
-            prefetch: 2 * workers.max(1),
-            skipped: self.skipped.clone(),
-        };
-        let order = match request.train {
-            true => epoch_order(source.len(), request.seed, request.epoch),
-            false => (0..source.len()).collect(),
-        };
-        let loader = Loader::new(source, order, config)?;
+        let loader = Loader::start(self.parts.pass(request)?, workers, 2 * workers.max(1));
         Ok(Box::new(loader.skip(request.skip).map(|b| b.map_err(anyhow::Error::from))))
     }
 
     fn take_failures(&self) -> Vec<LoadError> {
-        self.skipped.take_new()
+        self.parts.take_failures()
     }
 
     fn failed(&self) -> Vec<String> {
-        self.skipped.files()
+        self.parts.failed()
     }
 
     fn mark_failed(&self, samples: &[String]) {
-        self.skipped.mark_failed(samples.iter().cloned());
+        self.parts.mark_failed(samples)
     }
 }
 
@@ -249,9 +214,14 @@ pub fn train(
     };
     let clock = SystemClock::default();
     let host = Host { data: &mut data, sink: &mut sink, clock: &clock, stop };
-    pollster::block_on(autoprog::train::run(ctx, config, start, host)).map_err(|e| match e.downcast::<Stopped>() {
-        Ok(_) => Interrupted { resume: format!("autoprog train --resume {}", run_dir.display()) }.into(),
-        Err(e) => e,
+    pollster::block_on(autoprog::train::run(ctx, config, start, host)).map_err(|e| {
+        if e.is::<Stopped>() {
+            Interrupted { resume: format!("autoprog train --resume {}", run_dir.display()) }.into()
+        } else if e.is::<AlreadyFinished>() {
+            e.context(format!("{} holds a finished run", run_dir.display()))
+        } else {
+            e
+        }
     })
 }
 

@@ -7,6 +7,9 @@ use autoprog::data::Procedural;
 
 use super::super::testutil::{image_folder_fixture, TempDir};
 use super::super::{open, Dataset};
+use autoprog::data::augment::eval_transform;
+use autoprog::data::{epoch_order, LoadError, RgbImage};
+
 use super::*;
 
 fn procedural(count: usize) -> Arc<dyn Source> {

@@ -18,16 +18,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use autoprog::data::RgbImage;
-use autoprog::data::{Procedural, Split, CLASSES};
-use rand::Rng;
-use rand_chacha::rand_core::SeedableRng;
-use rand_chacha::ChaCha8Rng;
+pub use autoprog::data::{split_train_val, ProceduralSource, Source};
+use autoprog::data::{Procedural, Split};
 use thiserror::Error;
 
 pub use autoprog::data::{AugmentConfig, LoadError};
 pub use cifar::Cifar10;
 pub use folder::ImageFolder;
-pub use loader::{epoch_order, Loader, LoaderConfig, Skipped};
+pub use loader::{skipped_with_warnings, Loader, LoaderConfig, Skipped};
 pub use mnist::Mnist;
 
 /// The formats [`open`] understands, for messages.
@@ -72,12 +70,9 @@ pub enum DataError {
     #[error("could not read `{}`: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
 
-    /// A bad setting: the message names the option and the accepted range.
-    #[error("{0}")]
-    Config(String),
-
-    #[error("batch {batch} could not be filled: {detail}; check or remove the broken files")]
-    BatchUnfillable { batch: usize, detail: String },
+    /// A batch or setting the core refused (an unfillable batch, a bad `--val-split`).
+    #[error(transparent)]
+    Core(#[from] autoprog::Error),
 
     #[error("a data loader worker panicked while building batch {batch}: {detail}")]
     WorkerPanic { batch: usize, detail: String },
@@ -114,134 +109,6 @@ pub fn decode_image(bytes: &[u8], name: &Path) -> Result<RgbImage, String> {
     let rgb = reader.decode().map_err(|e| e.to_string())?.into_rgb8();
     let (width, height) = (rgb.width() as usize, rgb.height() as usize);
     RgbImage::new(width, height, rgb.into_raw()).map_err(|_| "the image has no pixels".to_string())
-}
-
-/// A labelled image collection addressed by index. Implementations are shared by the
-/// loader's worker threads, so `load` takes `&self` and does its own (lazy) I/O.
-pub trait Source: Send + Sync {
-    /// Number of samples.
-    fn len(&self) -> usize;
-
-    /// Label of sample `index`, without loading its image.
-    fn label(&self, index: usize) -> u32;
-
-    /// Class names in label order.
-    fn classes(&self) -> &[String];
-
-    /// Decodes sample `index`.
-    fn load(&self, index: usize) -> Result<RgbImage, LoadError>;
-
-    /// Names sample `index` for messages: a file path, or `data_batch_1.bin#17`-style for
-    /// records inside a file.
-    fn describe(&self, index: usize) -> String;
-}
-
-/// The built-in procedural dataset as a [`Source`]: `count` images of one split.
-pub struct ProceduralSource {
-    data: Procedural,
-    split: Split,
-    count: usize,
-    classes: Vec<String>,
-}
-
-impl ProceduralSource {
-    pub fn new(data: Procedural, split: Split, count: usize) -> Self {
-        // `Procedural::image` clamps the class count the same way.
-        let classes = CLASSES[..data.classes.clamp(2, CLASSES.len())].iter().map(|c| c.to_string()).collect();
-        ProceduralSource { data, split, count, classes }
-    }
-}
-
-impl Source for ProceduralSource {
-    fn len(&self) -> usize {
-        self.count
-    }
-
-    fn label(&self, index: usize) -> u32 {
-        // Labels cycle through the classes (documented by `Procedural::image`).
-        (index % self.classes.len()) as u32
-    }
-
-    fn classes(&self) -> &[String] {
-        &self.classes
-    }
-
-    fn load(&self, index: usize) -> Result<RgbImage, LoadError> {
-        let (data, _) = self.data.image_rgb8(self.split, index as u64);
-        let side = self.data.image_size.max(1);
-        Ok(RgbImage { width: side, height: side, data })
-    }
-
-    fn describe(&self, index: usize) -> String {
-        let split = match self.split {
-            Split::Train => "train",
-            Split::Val => "val",
-        };
-        format!("procedural:{split}#{index}")
-    }
-}
-
-/// A view of some samples of another source, in the given index order.
-pub struct Subset {
-    source: Arc<dyn Source>,
-    indices: Vec<usize>,
-}
-
-impl Subset {
-    /// Panics when an index is out of range (a programmer error: callers derive them
-    /// from `source.len()`).
-    pub fn new(source: Arc<dyn Source>, indices: Vec<usize>) -> Self {
-        assert!(indices.iter().all(|&i| i < source.len()), "subset index out of range");
-        Subset { source, indices }
-    }
-}
-
-impl Source for Subset {
-    fn len(&self) -> usize {
-        self.indices.len()
-    }
-
-    fn label(&self, index: usize) -> u32 {
-        self.source.label(self.indices[index])
-    }
-
-    fn classes(&self) -> &[String] {
-        self.source.classes()
-    }
-
-    fn load(&self, index: usize) -> Result<RgbImage, LoadError> {
-        self.source.load(self.indices[index])
-    }
-
-    fn describe(&self, index: usize) -> String {
-        self.source.describe(self.indices[index])
-    }
-}
-
-/// Splits `source` into (train, val) subsets: a seeded random `fraction` of the samples
-/// goes to val. Both keep the source's order, so folder-backed sources read in file order.
-pub fn split_train_val(source: Arc<dyn Source>, fraction: f64, seed: u64) -> Result<(Subset, Subset), DataError> {
-    if !(fraction > 0.0 && fraction < 1.0) {
-        return Err(DataError::Config(format!("--val-split {fraction} must lie strictly between 0 and 1, e.g. 0.1")));
-    }
-    let n = source.len();
-    let val_count = ((n as f64 * fraction).round() as usize).max(1);
-    if val_count >= n {
-        return Err(DataError::Config(format!(
-            "--val-split {fraction} leaves no training samples out of {n}; use a smaller fraction"
-        )));
-    }
-    let mut rng = ChaCha8Rng::seed_from_u64(loader::stream_seed(seed, 0, loader::Stream::ValSplit, 0));
-    let mut in_val = vec![false; n];
-    // Partial Fisher–Yates: the first `val_count` slots of a shuffled 0..n.
-    let mut pool: Vec<usize> = (0..n).collect();
-    for k in 0..val_count {
-        let pick = rng.random_range(k..n);
-        pool.swap(k, pick);
-        in_val[pool[k]] = true;
-    }
-    let (val, train): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| in_val[i]);
-    Ok((Subset::new(source.clone(), train), Subset::new(source, val)))
 }
 
 /// Which format a dataset was read from.
@@ -339,6 +206,8 @@ fn visible_entries(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
 #[cfg(test)]
 mod tests {
     use super::testutil::TempDir;
+    use autoprog::data::epoch_order;
+
     use super::*;
 
     #[test]
@@ -368,15 +237,15 @@ mod tests {
         let source = dataset.train.clone();
         let (train, val) = split_train_val(source.clone(), 0.2, 3).expect("valid fraction");
         assert_eq!((train.len(), val.len()), (40, 10));
-        let mut all: Vec<usize> = train.indices.iter().chain(&val.indices).copied().collect();
+        let mut all: Vec<usize> = train.indices().iter().chain(val.indices()).copied().collect();
         all.sort();
         assert_eq!(all, (0..50).collect::<Vec<_>>());
         let (_, again) = split_train_val(source.clone(), 0.2, 3).expect("valid fraction");
-        assert_eq!(val.indices, again.indices);
+        assert_eq!(val.indices(), again.indices());
         let (_, other) = split_train_val(source.clone(), 0.2, 4).expect("valid fraction");
-        assert_ne!(val.indices, other.indices);
-        assert_eq!(val.label(0), source.label(val.indices[0]));
-        assert_eq!(val.describe(0), source.describe(val.indices[0]));
+        assert_ne!(val.indices(), other.indices());
+        assert_eq!(val.label(0), source.label(val.indices()[0]));
+        assert_eq!(val.describe(0), source.describe(val.indices()[0]));
 
         let split = dataset.with_val_split(0.1, 0).expect("valid fraction");
         assert_eq!((split.train.len(), split.val.as_ref().map(|v| v.len())), (45, Some(5)));
@@ -421,7 +290,7 @@ mod tests {
         }
         assert_eq!(seen, 2 * dataset.train.len());
         let val = dataset.val.expect("held-out split");
-        assert!(val.len() > 0);
+        assert!(!val.is_empty());
         let config = LoaderConfig { batch: 8, aug: AugmentConfig::none(8), ..LoaderConfig::default() };
         let batches: Vec<_> = Loader::new(val.clone(), (0..val.len()).collect(), config).expect("valid").collect();
         assert_eq!(batches.len(), 1);
