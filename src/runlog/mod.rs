@@ -364,6 +364,10 @@ pub struct Summary {
     pub seed: u64,
     /// Images the data loader could not decode and left out.
     pub skipped_images: usize,
+    /// AutoProg: wall seconds and FLOPs its searches spent scoring and timing candidates
+    /// (included in `wall_seconds` and `train_flops`; 0 for other schedules and older runs).
+    pub search_seconds: f64,
+    pub search_flops: f64,
     /// Model name, e.g. "vit_nano".
     pub model: String,
     /// Number of classes.
@@ -398,6 +402,9 @@ pub struct ScheduleMeans {
     pub runs: usize,
     pub wall_seconds: f64,
     pub train_flops: f64,
+    /// The part of `wall_seconds` and `train_flops` that searches spent scoring and timing.
+    pub search_seconds: f64,
+    pub search_flops: f64,
     pub val_acc: f64,
     /// Mean over the runs that have an EMA accuracy; `null` if none has.
     pub val_acc_ema: Option<f64>,
@@ -427,6 +434,8 @@ impl Compare {
                     runs: group.len(),
                     wall_seconds: mean(group, &|s| s.wall_seconds),
                     train_flops: mean(group, &|s| s.train_flops),
+                    search_seconds: mean(group, &|s| s.search_seconds),
+                    search_flops: mean(group, &|s| s.search_flops),
                     val_acc: mean(group, &|s| s.val_acc),
                     val_acc_ema: (!ema.is_empty()).then(|| ema.iter().sum::<f64>() / ema.len() as f64),
                     speedup: None,

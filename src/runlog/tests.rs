@@ -117,6 +117,8 @@ fn summary(schedule: &str, wall_seconds: f64, val_acc: f64, ema: Option<f64>) ->
         stages: vec![StageSummary { start_epoch: 0, resolution: 16, depth: 3 }],
         seed: 7,
         skipped_images: 0,
+        search_seconds: if schedule == "autoprog" { 12.5 } else { 0.0 },
+        search_flops: if schedule == "autoprog" { 2e13 } else { 0.0 },
         model: "vit_nano".into(),
         classes: 10,
     }
@@ -229,6 +231,8 @@ fn compare_means_speedup_and_acc_delta_against_baseline() {
     assert_eq!((fixed.speedup, fixed.acc_delta), (None, None), "the baseline is not compared with itself");
     let auto = &compare.by_schedule["autoprog"];
     assert_eq!(auto.speedup, Some(2.0));
+    assert_eq!((auto.search_seconds, auto.search_flops), (12.5, 2e13));
+    assert_eq!((fixed.search_seconds, fixed.search_flops), (0.0, 0.0));
     assert!((auto.acc_delta.unwrap() + 0.01).abs() < 1e-12);
     let json = serde_json::to_string(&compare).unwrap();
     assert_eq!(serde_json::from_str::<Compare>(&json).unwrap(), compare);

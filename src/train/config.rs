@@ -46,6 +46,11 @@ pub struct DataConfig {
     pub val_split: Option<f64>,
     /// Decoding and augmentation threads.
     pub workers: usize,
+    /// Hold AutoProg's scoring images back from training under every schedule, not only
+    /// `auto`, so that schedules compared with each other train on the same images
+    /// (`autoprog compare` sets it).
+    #[serde(default)]
+    pub holdout_for_all: bool,
 }
 
 /// The optimisation recipe.
@@ -158,6 +163,7 @@ impl TrainConfig {
                     data_seed: 0,
                     val_split: None,
                     workers: 2,
+                    holdout_for_all: false,
                 };
                 let recipe = Recipe {
                     epochs: 4,
@@ -195,6 +201,7 @@ impl TrainConfig {
                     data_seed: 0,
                     val_split: None,
                     workers: 4,
+                    holdout_for_all: false,
                 };
                 let augment = AugmentConfig { resolution: model.image_size, ..AugmentConfig::default() };
                 (model, data, Recipe { epochs: 30, ..Recipe::default() }, augment)

@@ -90,6 +90,7 @@ pub fn opening(
         step_ms: Vec::new(),
         evaluation_seconds: 0.0,
         timing_seconds: 0.0,
+        flops: 0.0,
     })))
 }
 

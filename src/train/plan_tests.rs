@@ -163,3 +163,17 @@ fn drop_path_follows_the_linear_rule_and_is_deterministic() {
         assert!((mean - 1.0).abs() < 0.06, "block {block}: mean {mean}");
     }
 }
+
+#[test]
+fn compared_schedules_hold_back_the_same_images() {
+    let (auto, _, _) = quick(Schedule::Auto);
+    let (mut none, _, _) = quick(Schedule::Full);
+    let held = crate::train::run::holdout_images;
+    // At most 8 batches of 32, about a tenth of the 15 000 images.
+    assert_eq!(held(&auto, 15_000).unwrap(), Some(256));
+    assert_eq!(held(&none, 15_000).unwrap(), None, "alone, `none` trains on every image");
+    none.data.holdout_for_all = true;
+    assert_eq!(held(&none, 15_000).unwrap(), Some(256), "under compare, on what `auto` trains on");
+    let err = held(&auto, 40).unwrap_err().to_string();
+    assert!(err.contains("holds back 32 of the 40") && err.contains("--schedule none"), "{err}");
+}

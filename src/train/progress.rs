@@ -44,6 +44,12 @@ pub struct Progress {
     /// AutoProg: each stage a search configured (older checkpoints: `[epoch, res, depth]`).
     #[serde(default)]
     pub trained: Vec<StageSummary>,
+    /// AutoProg: wall seconds and FLOPs the finished searches spent scoring and timing their
+    /// candidates (their FLOPs are also in `train_flops`).
+    #[serde(default)]
+    pub search_seconds: f64,
+    #[serde(default)]
+    pub search_flops: f64,
     /// Data files that could not be read so far (left out, and not tried again on resume).
     #[serde(default)]
     pub skipped_files: Vec<String>,

@@ -29,9 +29,10 @@ const HOLDOUT_BATCHES: usize = 8;
 
 /// Images AutoProg holds back from `train_images` to score its candidates on: whole
 /// batches of `batch`, about a tenth of the images, at most [`HOLDOUT_BATCHES`] batches.
+/// `None` for the other schedules, unless the data config holds them back for all.
 pub fn holdout_images(config: &TrainConfig, train_images: usize) -> anyhow::Result<Option<usize>> {
     let r = &config.recipe;
-    if r.schedule != super::options::Schedule::Auto {
+    if r.schedule != super::options::Schedule::Auto && !config.data.holdout_for_all {
         return Ok(None);
     }
     let held = ((train_images / 10) / r.batch).clamp(1, HOLDOUT_BATCHES) * r.batch;
@@ -348,6 +349,10 @@ impl<'a> Trainer<'a> {
         ));
         self.host.sink.event(&Event::Search(event))?;
         plan::choose(&mut self.state.progress, self.stages[search.stage].start_epoch, chosen);
+        let p = &mut self.state.progress;
+        p.search_seconds += search.evaluation_seconds + search.timing_seconds;
+        p.search_flops += search.flops;
+        p.train_flops += search.flops;
         self.planned = None;
         if self.state.progress.batch_in_epoch < self.steps.per_epoch as usize {
             // Re-planned, with a pass that skips the batches done; the tally goes on.

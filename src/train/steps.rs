@@ -287,6 +287,8 @@ impl Trainer<'_> {
             stages: plan::trained_stages(config.recipe.schedule, &self.stages, p),
             seed: config.recipe.seed,
             skipped_images: failed.len(),
+            search_seconds: p.search_seconds,
+            search_flops: p.search_flops,
             model: config.model_name.clone(),
             classes: self.classes.len(),
         };

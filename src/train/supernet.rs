@@ -47,6 +47,10 @@ pub struct SearchState {
     pub evaluation_seconds: f64,
     #[serde(default)]
     pub timing_seconds: f64,
+    /// FLOPs spent so far on those forward passes and timed steps (the supernet's own
+    /// training steps are counted as training).
+    #[serde(default)]
+    pub flops: f64,
 }
 
 /// Evaluation points of a search: four in its window and one at its end.
@@ -308,9 +312,12 @@ impl Scoring<'_> {
                 "no held-back images to evaluate the candidates on; the training set is too small for --batch"
             );
         }
+        let batch = acts.values().next().map_or(1, |a| a.batch) as f64;
         if search.step_ms.is_empty() {
             let start = self.clock.seconds();
-            search.step_ms = self.costs(acts, &search.candidates, timed).await?;
+            let (costs, flops) = self.costs(acts, &search.candidates, timed).await?;
+            search.step_ms = costs;
+            search.flops += batch * flops;
             search.timing_seconds += self.clock.seconds() - start;
         }
         let start = self.clock.seconds();
@@ -322,6 +329,7 @@ impl Scoring<'_> {
         for (i, &c) in search.candidates.clone().iter().enumerate() {
             let loss = candidate_loss(self.ctx, self.model, scoring, acts, self.growth, c, &batches).await?;
             search.losses[i].push(loss);
+            search.flops += (batches.len() as f64) * batch * self.vit.forward_flops_per_image(c.resolution, c.depth);
         }
         search.evaluation_seconds += self.clock.seconds() - start;
         Ok(())
@@ -329,17 +337,17 @@ impl Scoring<'_> {
 
     /// Each candidate's cost: measured step time, or GFLOPs of one step (proportional to an
     /// ideal device's time, and the same on every run: the fit's exponent and the ranking
-    /// ignore the scale).
+    /// ignore the scale); and the FLOPs per image that the timed steps took.
     async fn costs(
         &self,
         acts: &mut ActsByResolution,
         candidates: &[Candidate],
         timed: &mut BTreeMap<String, f64>,
-    ) -> anyhow::Result<Vec<f64>> {
+    ) -> anyhow::Result<(Vec<f64>, f64)> {
         let batch = acts.values().next().map_or(1, |a| a.batch);
+        let step_flops = |c: &Candidate| self.vit.train_flops_per_image(c.resolution, c.depth);
         if self.cost == SearchCost::Flops {
-            let flops = |c: &Candidate| batch as f64 * self.vit.train_flops_per_image(c.resolution, c.depth) / 1e9;
-            return Ok(candidates.iter().map(flops).collect());
+            return Ok((candidates.iter().map(|c| batch as f64 * step_flops(c) / 1e9).collect(), 0.0));
         }
         let untimed: Vec<Candidate> = candidates.iter().copied().filter(|c| !timed.contains_key(&c.name())).collect();
         if !untimed.is_empty() {
@@ -348,7 +356,9 @@ impl Scoring<'_> {
                 timed.insert(c.name(), ms);
             }
         }
-        Ok(candidates.iter().map(|c| timed[&c.name()]).collect())
+        // One warm-up and TIMING_ROUNDS timed steps of each candidate timed now.
+        let flops = (TIMING_ROUNDS + 1) as f64 * untimed.iter().map(step_flops).sum::<f64>();
+        Ok((candidates.iter().map(|c| timed[&c.name()]).collect(), flops))
     }
 }
 
@@ -409,6 +419,7 @@ mod tests {
             step_ms: Vec::new(),
             evaluation_seconds: 0.0,
             timing_seconds: 0.0,
+            flops: 0.0,
         }
     }
 

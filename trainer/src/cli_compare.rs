@@ -42,6 +42,8 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<()> {
         for &schedule in &args.schedules {
             let mut config = base.clone();
             config.recipe.schedule = schedule;
+            // Every schedule trains on the images that `auto` trains on.
+            config.data.holdout_for_all = true;
             let schedule = options::name(&schedule);
             config.recipe.seed = base.recipe.seed + offset;
             let dir = out.join(format!("{schedule}-seed{}", config.recipe.seed));

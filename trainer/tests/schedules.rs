@@ -81,6 +81,13 @@ fn compare_trains_every_schedule_and_writes_compare_json() {
     // Progressive learning spends fewer FLOPs than the full model for the same epochs.
     let flops = |s: &str| json["by_schedule"][s]["train_flops"].as_f64().unwrap();
     assert!(flops("prog") < flops("none"));
+    // Every schedule trains on the images `auto` trains on: of the 128, one batch of 32 is
+    // held back for its scoring, leaving 3 steps an epoch.
+    for schedule in ["none", "prog"] {
+        let steps = step_losses(&out.join(format!("{schedule}-seed0")));
+        assert_eq!(steps.len(), 4 * 3, "{schedule}: the same training images as auto");
+        assert_eq!(json["by_schedule"][schedule]["search_seconds"].as_f64(), Some(0.0));
+    }
     assert!(out.join("prog-seed1/summary.json").exists());
     // Each run directory holds the comparison too, for the viewer's baseline.
     let copy = std::fs::read_to_string(out.join("none-seed0/compare.json")).unwrap();
@@ -137,6 +144,10 @@ fn autoprog_searches_recycles_and_resumes_inside_a_search() {
     let whole = dir.join("whole");
     let out = run(&auto_args(&whole));
     assert!(out.status.success(), "{}", text(&out));
+    // The search's scoring and timing are reported apart, and counted in the totals.
+    let summary: Summary = serde_json::from_str(&std::fs::read_to_string(whole.join("summary.json")).unwrap()).unwrap();
+    assert!(summary.search_seconds > 0.0 && summary.search_seconds < summary.wall_seconds, "{summary:?}");
+    assert!(summary.search_flops > 0.0 && summary.search_flops < summary.train_flops, "{summary:?}");
     let log = parse_log(&std::fs::read_to_string(whole.join("log.jsonl")).unwrap());
     let searches: Vec<_> =
         log.events.iter().filter_map(|e| if let Event::Search(s) = e { Some(s) } else { None }).collect();
