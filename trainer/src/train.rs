@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use autoprog::checkpoint::Checkpoint;
-use autoprog::data::{LoadError, Procedural};
+use autoprog::data::{LoadError, PassConfig, Procedural};
 use autoprog::runlog::{self, Event, LogWriter, Summary};
 use autoprog::train::host::SystemClock;
 use autoprog::train::trainer::AlreadyFinished;
@@ -18,7 +18,7 @@ use autoprog::train::{
 use autoprog::GpuContext;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::data::{self, skipped_with_warnings, Dataset, Loader, LoaderConfig, Skipped, Source};
+use crate::data::{self, skipped_with_warnings, Dataset, Loader, Skipped, Source};
 
 /// How a run is started.
 pub struct RunOptions {
@@ -112,18 +112,14 @@ pub fn eval_batches(
     workers: usize,
     skipped: &Skipped,
 ) -> anyhow::Result<Batches> {
-    let config = LoaderConfig {
+    let config = PassConfig {
         batch: request.batch,
-        drop_last: false,
         aug: request.aug.clone(),
-        train: false,
-        workers,
-        prefetch: 2 * workers.max(1),
         skipped: skipped.clone(),
-        ..LoaderConfig::default()
+        ..PassConfig::default()
     };
     let order = (0..source.len()).collect();
-    Ok(Box::new(Loader::new(source, order, config)?.map(|b| b.map_err(anyhow::Error::from))))
+    Ok(Box::new(Loader::new(source, order, config, workers)?.map(|b| b.map_err(anyhow::Error::from))))
 }
 
 /// The run directory: `log.jsonl`, `checkpoints/`, `summary.json`; notes and a progress bar

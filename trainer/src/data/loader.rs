@@ -13,7 +13,6 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
-use autoprog::data::augment::AugmentConfig;
 pub use autoprog::data::{Batch, Skipped};
 use autoprog::data::{Pass, PassConfig};
 
@@ -22,57 +21,6 @@ use super::{DataError, Source};
 /// Failures warn on stderr (once per sample), as the command line wants.
 pub fn skipped_with_warnings() -> Skipped {
     Skipped::with_warning(|message| eprintln!("warning: {message}"))
-}
-
-/// How the loader builds the batches of one epoch.
-#[derive(Clone)]
-pub struct LoaderConfig {
-    /// Samples per batch B.
-    pub batch: usize,
-    /// Leave out the last, smaller batch.
-    pub drop_last: bool,
-    pub aug: AugmentConfig,
-    /// Train transform and soft targets when true; the eval transform otherwise.
-    pub train: bool,
-    pub seed: u64,
-    pub epoch: u64,
-    /// Decoding threads; 0 builds each batch on the calling thread when it is asked for.
-    pub workers: usize,
-    /// Batches being built or waiting at most (at least 1); at least `workers` keeps every
-    /// worker busy.
-    pub prefetch: usize,
-    pub skipped: Skipped,
-}
-
-impl Default for LoaderConfig {
-    fn default() -> Self {
-        LoaderConfig {
-            batch: 64,
-            drop_last: false,
-            aug: AugmentConfig::default(),
-            train: false,
-            seed: 0,
-            epoch: 0,
-            workers: 2,
-            prefetch: 4,
-            skipped: skipped_with_warnings(),
-        }
-    }
-}
-
-impl LoaderConfig {
-    /// What every batch is built from (the rest says how many threads build them).
-    fn pass(&self) -> PassConfig {
-        PassConfig {
-            batch: self.batch,
-            drop_last: self.drop_last,
-            aug: self.aug.clone(),
-            train: self.train,
-            seed: self.seed,
-            epoch: self.epoch,
-            skipped: self.skipped.clone(),
-        }
-    }
 }
 
 /// Coordination between the consumer and the workers.
@@ -119,11 +67,17 @@ pub struct Loader {
 }
 
 impl Loader {
-    /// Starts the workers for one epoch over `order` (indices into `source`, e.g. from
-    /// [`epoch_order`] for training or `(0..len).collect()` for eval).
-    pub fn new(source: Arc<dyn Source>, order: Vec<usize>, config: LoaderConfig) -> Result<Loader, DataError> {
-        let pass = Pass::new(source, order, config.pass())?;
-        Ok(Loader::start(pass, config.workers, config.prefetch))
+    /// Starts `workers` threads for one epoch over `order` (indices into `source`, e.g. from
+    /// [`epoch_order`](autoprog::data::epoch_order) for training or `(0..len).collect()`
+    /// for eval), each keeping up to two batches ahead of the consumer.
+    pub fn new(
+        source: Arc<dyn Source>,
+        order: Vec<usize>,
+        config: PassConfig,
+        workers: usize,
+    ) -> Result<Loader, DataError> {
+        let pass = Pass::new(source, order, config)?;
+        Ok(Loader::start(pass, workers, 2 * workers.max(1)))
     }
 
     /// Builds the batches of `pass` on `workers` threads (none: on the calling thread when

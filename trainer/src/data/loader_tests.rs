@@ -8,7 +8,8 @@ use autoprog::data::Procedural;
 use super::super::testutil::{image_folder_fixture, TempDir};
 use super::super::{open, Dataset};
 use autoprog::data::augment::eval_transform;
-use autoprog::data::{epoch_order, LoadError, RgbImage};
+use autoprog::data::augment::AugmentConfig;
+use autoprog::data::{epoch_order, LoadError, Pass, PassConfig, RgbImage};
 
 use super::*;
 
@@ -16,8 +17,9 @@ fn procedural(count: usize) -> Arc<dyn Source> {
     Dataset::procedural(Procedural { classes: 5, image_size: 12, seed: 1 }, count, 0).train
 }
 
-fn collect(source: &Arc<dyn Source>, order: Vec<usize>, config: LoaderConfig) -> Vec<Batch> {
-    Loader::new(source.clone(), order, config).expect("valid loader").map(|b| b.expect("batch builds")).collect()
+fn collect(source: &Arc<dyn Source>, order: Vec<usize>, config: PassConfig, workers: usize) -> Vec<Batch> {
+    let loader = Loader::new(source.clone(), order, config, workers).expect("valid loader");
+    loader.map(|b| b.expect("batch builds")).collect()
 }
 
 #[test]
@@ -36,18 +38,9 @@ fn data_loader_epoch_order_is_a_seeded_permutation() {
 fn data_loader_batches_are_identical_for_any_number_of_workers() {
     let source = procedural(30);
     let aug = AugmentConfig { resolution: 8, mix_prob: 1.0, erase_prob: 0.5, ..AugmentConfig::default() };
-    let config = |workers| LoaderConfig {
-        batch: 4,
-        aug: aug.clone(),
-        train: true,
-        seed: 3,
-        epoch: 2,
-        workers,
-        prefetch: 2,
-        ..LoaderConfig::default()
-    };
+    let config = PassConfig { batch: 4, aug: aug.clone(), train: true, seed: 3, epoch: 2, ..PassConfig::default() };
     let order = epoch_order(30, 3, 2);
-    let one = collect(&source, order.clone(), config(1));
+    let one = collect(&source, order.clone(), config.clone(), 1);
     assert_eq!(one.len(), 8);
     assert_eq!(one.iter().map(|b| b.index).collect::<Vec<_>>(), (0..8).collect::<Vec<_>>());
     assert_eq!(one[7].len(), 2, "the last batch keeps the 2 remaining samples");
@@ -57,10 +50,10 @@ fn data_loader_batches_are_identical_for_any_number_of_workers() {
         assert_eq!(targets.len(), batch.len() * 5);
     }
     assert_eq!(one[0].labels, order[..4].iter().map(|&i| source.label(i)).collect::<Vec<_>>());
-    assert_eq!(one, collect(&source, order.clone(), config(3)));
-    assert_eq!(one, collect(&source, order.clone(), config(0)));
-    let other_epoch = LoaderConfig { epoch: 3, ..config(3) };
-    assert_ne!(one, collect(&source, order, other_epoch));
+    assert_eq!(one, collect(&source, order.clone(), config.clone(), 3));
+    assert_eq!(one, collect(&source, order.clone(), config.clone(), 0));
+    let other_epoch = PassConfig { epoch: 3, ..config };
+    assert_ne!(one, collect(&source, order, other_epoch, 3));
 }
 
 #[test]
@@ -68,8 +61,8 @@ fn data_loader_eval_batches_follow_the_order() {
     let source = procedural(10);
     let aug = AugmentConfig::none(12);
     let order = vec![9, 0, 4, 4, 7];
-    let config = LoaderConfig { batch: 2, drop_last: true, aug: aug.clone(), ..LoaderConfig::default() };
-    let batches = collect(&source, order.clone(), config);
+    let config = PassConfig { batch: 2, drop_last: true, aug: aug.clone(), ..PassConfig::default() };
+    let batches = collect(&source, order.clone(), config, 2);
     assert_eq!(batches.len(), 2);
     for (b, batch) in batches.iter().enumerate() {
         assert!(batch.targets.is_none());
@@ -90,15 +83,14 @@ fn data_loader_skips_corrupt_files_once_with_a_warning() {
     let sink = warnings.clone();
     let skipped = Skipped::with_warning(move |m| sink.lock().expect("not poisoned").push(m.to_string()));
     for epoch in 0..2 {
-        let config = LoaderConfig {
+        let config = PassConfig {
             batch: 3,
             aug: AugmentConfig::none(6),
             epoch,
-            workers: 2,
             skipped: skipped.clone(),
-            ..LoaderConfig::default()
+            ..PassConfig::default()
         };
-        let loader = Loader::new(train.clone(), (0..train.len()).collect(), config).expect("valid loader");
+        let loader = Loader::new(train.clone(), (0..train.len()).collect(), config, 2).expect("valid loader");
         let batches: Vec<Batch> = loader.map(|b| b.expect("batches go on without broken files")).collect();
         // broken.png (position 2) and truncated.png (position 5) are left out, and no other
         // image takes their place: each good image appears once.
@@ -160,14 +152,9 @@ fn data_loader_reports_a_batch_it_cannot_fill() {
     let source: Arc<dyn Source> = Arc::new(Flaky::new(40, Duration::ZERO));
     for workers in [0, 2] {
         let skipped = Skipped::with_warning(|_| {});
-        let config = LoaderConfig {
-            batch: 8,
-            aug: AugmentConfig::none(4),
-            workers,
-            skipped: skipped.clone(),
-            ..LoaderConfig::default()
-        };
-        let mut loader = Loader::new(source.clone(), (0..100).collect(), config).expect("valid loader");
+        let config =
+            PassConfig { batch: 8, aug: AugmentConfig::none(4), skipped: skipped.clone(), ..PassConfig::default() };
+        let mut loader = Loader::new(source.clone(), (0..100).collect(), config, workers).expect("valid loader");
         assert_eq!(loader.batches(), 13);
         let results: Vec<_> = loader.by_ref().collect();
         assert_eq!(results.len(), 6, "5 good batches, then the error, then the end");
@@ -189,9 +176,9 @@ fn data_loader_reports_a_batch_it_cannot_fill() {
 fn data_loader_stops_cleanly_when_dropped() {
     let flaky = Arc::new(Flaky::new(usize::MAX, Duration::from_millis(15)));
     let source: Arc<dyn Source> = flaky.clone();
-    let config =
-        LoaderConfig { batch: 2, aug: AugmentConfig::none(4), workers: 3, prefetch: 2, ..LoaderConfig::default() };
-    let mut loader = Loader::new(source, (0..100).collect(), config).expect("valid loader");
+    let config = PassConfig { batch: 2, aug: AugmentConfig::none(4), ..PassConfig::default() };
+    // Three workers, at most 2 batches ahead of the consumer.
+    let mut loader = Loader::start(Pass::new(source, (0..100).collect(), config).expect("valid pass"), 3, 2);
     assert!(loader.next().expect("a first batch").is_ok());
     let started = Instant::now();
     drop(loader);
@@ -204,18 +191,18 @@ fn data_loader_stops_cleanly_when_dropped() {
 #[test]
 fn data_loader_rejects_bad_settings() {
     let source = procedural(10);
-    let make = |order: Vec<usize>, config: LoaderConfig| {
-        Loader::new(source.clone(), order, config).err().map(|e| e.to_string())
+    let make = |order: Vec<usize>, config: PassConfig| {
+        Loader::new(source.clone(), order, config, 2).err().map(|e| e.to_string())
     };
-    let none = LoaderConfig { aug: AugmentConfig::none(8), ..LoaderConfig::default() };
-    let err = make((0..10).collect(), LoaderConfig { batch: 0, ..none.clone() }).expect("rejected");
+    let none = PassConfig { batch: 64, aug: AugmentConfig::none(8), ..PassConfig::default() };
+    let err = make((0..10).collect(), PassConfig { batch: 0, ..none.clone() }).expect("rejected");
     assert!(err.contains("--batch must be at least 1"), "{err}");
-    let err = make((0..10).collect(), LoaderConfig { batch: 16, drop_last: true, ..none.clone() }).expect("rejected");
+    let err = make((0..10).collect(), PassConfig { batch: 16, drop_last: true, ..none.clone() }).expect("rejected");
     assert!(err.contains("batch 16 is larger than the 10 samples"), "{err}");
     let err = make(vec![], none.clone()).expect("rejected");
     assert!(err.contains("no samples"), "{err}");
     let err = make(vec![3, 10], none.clone()).expect("rejected");
     assert!(err.contains("sample 10 of the epoch order is past the 10 samples"), "{err}");
-    let bad_aug = LoaderConfig { aug: AugmentConfig { resolution: 0, ..AugmentConfig::none(8) }, ..none };
+    let bad_aug = PassConfig { aug: AugmentConfig { resolution: 0, ..AugmentConfig::none(8) }, ..none };
     assert!(make(vec![0], bad_aug).expect("rejected").contains("resolution must be at least 1"));
 }

@@ -25,7 +25,7 @@ use thiserror::Error;
 pub use autoprog::data::{AugmentConfig, LoadError};
 pub use cifar::Cifar10;
 pub use folder::ImageFolder;
-pub use loader::{skipped_with_warnings, Loader, LoaderConfig, Skipped};
+pub use loader::{skipped_with_warnings, Loader, Skipped};
 pub use mnist::Mnist;
 
 /// The formats [`open`] understands, for messages.
@@ -206,7 +206,7 @@ fn visible_entries(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
 #[cfg(test)]
 mod tests {
     use super::testutil::TempDir;
-    use autoprog::data::epoch_order;
+    use autoprog::data::{epoch_order, PassConfig};
 
     use super::*;
 
@@ -270,16 +270,16 @@ mod tests {
         let mut seen = 0;
         for epoch in 0..2 {
             let order = epoch_order(dataset.train.len(), 42, epoch);
-            let config = LoaderConfig {
+            let config = PassConfig {
                 batch: 2,
                 aug: aug.clone(),
                 train: true,
                 seed: 42,
                 epoch,
                 skipped: skipped.clone(),
-                ..LoaderConfig::default()
+                ..PassConfig::default()
             };
-            let loader = Loader::new(dataset.train.clone(), order, config).expect("valid loader");
+            let loader = Loader::new(dataset.train.clone(), order, config, 2).expect("valid loader");
             let skips = loader.skipped();
             for batch in loader {
                 let batch: loader::Batch = batch.expect("broken files are replaced");
@@ -291,8 +291,8 @@ mod tests {
         assert_eq!(seen, 2 * dataset.train.len());
         let val = dataset.val.expect("held-out split");
         assert!(!val.is_empty());
-        let config = LoaderConfig { batch: 8, aug: AugmentConfig::none(8), ..LoaderConfig::default() };
-        let batches: Vec<_> = Loader::new(val.clone(), (0..val.len()).collect(), config).expect("valid").collect();
+        let config = PassConfig { batch: 8, aug: AugmentConfig::none(8), ..PassConfig::default() };
+        let batches: Vec<_> = Loader::new(val.clone(), (0..val.len()).collect(), config, 2).expect("valid").collect();
         assert_eq!(batches.len(), 1);
     }
 
