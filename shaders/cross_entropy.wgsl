@@ -30,8 +30,10 @@ const ROWS_PER_WG: u32 = WG / THREADS_PER_ROW;
 var<workgroup> red_max: array<f32, WG>;
 var<workgroup> red_sums: array<vec3<f32>, WG>;
 
-fn nan() -> f32 {
-    return bitcast<f32>(0x7fc00000u);
+// A quiet NaN. `zero` must be a runtime 0: a constant expression that is NaN is an error in WGSL
+// (Chrome's compiler rejects the shader).
+fn nan(zero: u32) -> f32 {
+    return bitcast<f32>(0x7fc00000u | zero);
 }
 
 // Maximum of `v` over the invocations of this row; call in uniform control flow.
@@ -106,10 +108,10 @@ fn cross_entropy_hard(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
     let on = 1.0 - s + off;
     if (label >= k) {
         for (var c = lane; c < k; c += THREADS_PER_ROW) {
-            dlogits[base + c] = nan();
+            dlogits[base + c] = nan(label - label);
         }
         if (lane == 0u) {
-            loss[row] = nan();
+            loss[row] = nan(label - label);
         }
         return;
     }

@@ -1,6 +1,7 @@
 // The page: fetches or reads the files, hands them to the wasm viewer (the same Rust crate as
 // the trainer), and places what it returns. All parsing, charting and inference is in Rust.
 import init, { open_run, Model, sample_image, sample_label, sample_size } from "./pkg/autoprog_viewer.js";
+import { requestFromLink, TrainView } from "./train.js";
 
 const $ = (id) => document.getElementById(id);
 const testid = (id) => document.querySelector(`[data-testid="${id}"]`);
@@ -225,9 +226,11 @@ async function main() {
     e.preventDefault(); // must happen now, or the browser navigates to the dropped file
     drop(e.dataTransfer.files);
   });
+  const trainView = new TrainView({ showRun, loadModel, showError });
+  await trainView.setup(userAction);
   await listServedRuns();
-  // Deep links: ?run=NAME&model=URL&image=URL; one failing does not stop the others, and every
-  // failure is shown.
+  // Deep links: ?run=NAME&model=URL&image=URL&train=MODEL…; one failing does not stop the others,
+  // and every failure is shown.
   const errors = [];
   const attempt = (promise) => promise.catch((e) => errors.push(e instanceof Error ? e.message : String(e)));
   const run = params.get("run");
@@ -243,6 +246,8 @@ async function main() {
         .then(classify),
     );
   }
+  const trainRequest = requestFromLink(params);
+  if (trainRequest) await attempt(trainView.start(trainRequest));
   showError(errors.join(" · "));
   document.body.dataset.ready = "true";
 }

@@ -176,6 +176,20 @@ impl Recorder<'_> {
                 format!("{} needs {groups:?} workgroups; the adapter allows {limit} per dimension", kernel.label),
             ));
         }
+        // Every adapter accepts a binding at a multiple of 256 bytes; lavapipe accepts far less
+        // and would hide a view that a browser refuses.
+        let align = (self.ctx.arena_align() * 4) as u64;
+        if let Some((i, t)) = tensors.iter().enumerate().find(|(_, t)| t.offset() % align != 0) {
+            return Err(Error::invalid(
+                "dispatch",
+                format!(
+                    "{}: binding {i} starts at byte {} of its buffer, not a multiple of {align} (the storage offset \
+                    alignment that every WebGPU adapter accepts); copy the view to a tensor of its own",
+                    kernel.label,
+                    t.offset()
+                ),
+            ));
+        }
         // A written binding must not share its buffer with a read-only one (WebGPU forbids
         // mixing read-only and writable storage usage in one dispatch), nor overlap another
         // written one (a data race). Disjoint written views of one arena are fine: the

@@ -76,11 +76,18 @@ impl Tensor {
     }
 }
 
+/// The storage-buffer offset alignment every WebGPU adapter accepts (the limit's default;
+/// adapters may only lower it).
+pub const PORTABLE_OFFSET_ALIGN: u64 = 256;
+
 impl GpuContext {
-    /// Element alignment for views bound as storage (offsets must be multiples of the
-    /// adapter's `min_storage_buffer_offset_alignment`).
+    /// Element alignment for views bound as storage: the adapter's
+    /// `min_storage_buffer_offset_alignment`, and at least WebGPU's portable 256 bytes, so that
+    /// layouts (and the check of every binding) are the same on every adapter and a view that
+    /// a browser would refuse fails on lavapipe's tests too.
     pub fn arena_align(&self) -> usize {
-        (self.limits().min_storage_buffer_offset_alignment as usize / 4).max(1)
+        let bytes = (self.limits().min_storage_buffer_offset_alignment as u64).max(PORTABLE_OFFSET_ALIGN);
+        bytes as usize / 4
     }
 
     /// An uninitialised tensor from the pool; `label` names it in GPU debuggers.

@@ -27,6 +27,9 @@ pub(super) struct PosResize {
     pub(super) dgrid: Tensor, // [G, G, C]
     pub(super) pos: Tensor,  // [N, C] class position + resized grid
     pub(super) dpos: Tensor, // [N, C]
+    /// The patches' rows of `dpos`, copied out: a view of them would start at byte 4C, which
+    /// is not an offset every adapter can bind.
+    pub(super) dresized: Tensor, // [G2, G2, C]
 }
 
 /// Every activation and scratch buffer of a step at one (batch, resolution), allocated once

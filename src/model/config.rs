@@ -38,8 +38,9 @@ fn layernorm_eps() -> f64 {
     1e-6
 }
 
-/// Named architectures: `nano` for quick runs, `tiny` and `small` as DeiT-Ti and DeiT-S.
-pub const PRESETS: [&str; 3] = ["nano", "tiny", "small"];
+/// Named architectures: `micro` for runs of minutes in a browser (and tests), `nano` for
+/// quick runs, `tiny` and `small` as DeiT-Ti and DeiT-S.
+pub const PRESETS: [&str; 4] = ["micro", "nano", "tiny", "small"];
 
 /// Upper bounds on every size of a model, checked by [`VitConfig::validate`]. They lie far
 /// above any ViT trained (ViT-22B: width 6144, depth 48, MLP 24576; ImageNet-21k: 21 843
@@ -62,6 +63,7 @@ impl VitConfig {
     /// A preset by name at `image_size` px with `classes` outputs.
     pub fn preset(name: &str, classes: usize) -> Result<VitConfig> {
         let (image_size, patch_size, dim, depth, heads) = match name {
+            "micro" => (32, 4, 32, 4, 2),
             "nano" => (32, 4, 64, 6, 4),
             "tiny" => (224, 16, 192, 12, 3),
             "small" => (224, 16, 384, 12, 6),
@@ -205,6 +207,8 @@ mod tests {
         assert!((1.2e9..1.35e9).contains(&macs), "{macs}");
         let nano = VitConfig::preset("nano", 10).unwrap();
         assert_eq!((nano.dim, nano.depth, nano.heads, nano.grid()), (64, 6, 4, 8));
+        let micro = VitConfig::preset("micro", 10).unwrap();
+        assert_eq!((micro.dim, micro.depth, micro.heads, micro.mlp_hidden), (32, 4, 2, 128));
     }
 
     #[test]

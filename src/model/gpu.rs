@@ -106,6 +106,7 @@ impl GpuVit {
                 dgrid: e(&[g, g, c], "vit.pos.dgrid")?,
                 pos: e(&[n, c], "vit.pos")?,
                 dpos: e(&[n, c], "vit.pos.dpos")?,
+                dresized: e(&[g2, g2, c], "vit.pos.dresized")?,
             })
         };
         Ok(Activations {
@@ -436,7 +437,8 @@ impl GpuVit {
             None => ops::add_broadcast_backward(rec, &acts.dx, &dpos.reshape(&[n, c])?, false)?,
             Some(pr) => {
                 ops::add_broadcast_backward(rec, &acts.dx, &pr.dpos, false)?;
-                pos_embed_resize_backward(rec, &pr.dpos.view(c, &[n - 1, c])?.reshape(pr.resized.shape())?, &pr.dgrid)?;
+                rec.copy(&pr.dpos.view(c, pr.resized.shape())?, &pr.dresized)?;
+                pos_embed_resize_backward(rec, &pr.dresized, &pr.dgrid)?;
                 let gs = cfg.grid();
                 rec.copy(&pr.dpos.view(0, &[c])?, &dpos.view(0, &[c])?)?;
                 rec.copy(&pr.dgrid, &dpos.view(c, &[gs, gs, c])?)?;

@@ -87,6 +87,18 @@ pub trait RunSink {
     fn epoch_ended(&mut self) {}
 }
 
+/// A future the loop awaits, borrowed from the host.
+pub type HostFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
+
+/// Where the loop hands control back to the host between training steps: a web page yields
+/// to its event loop there, so that the page stays responsive, and holds a paused run. The
+/// native CLI has no need of it.
+pub trait Pace {
+    /// Awaited before every training step (and before a stop request is looked at, so a
+    /// paused run can still be stopped).
+    fn between_steps(&self) -> HostFuture<'_>;
+}
+
 /// Time, as the host measures it.
 pub trait Clock {
     /// Monotonic seconds from an arbitrary origin.

@@ -34,6 +34,9 @@ impl Trainer<'_> {
         epoch.start = self.host.clock.seconds() - epoch.seconds_before;
         let mut stopped = false;
         for item in batches {
+            if let Some(pace) = self.host.pace {
+                pace.between_steps().await;
+            }
             if self.host.stop.load(Ordering::Relaxed) {
                 stopped = true;
                 break;

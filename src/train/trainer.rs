@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 
 use super::config::TrainConfig;
-use super::host::{Clock, RunSink, TrainData};
+use super::host::{Clock, Pace, RunSink, TrainData};
 use super::plan::{Steps, Trains};
 use super::state::State;
 use super::supernet::{ActsByResolution, HeldBatch, SearchState};
@@ -28,6 +28,8 @@ pub struct Host<'a> {
     pub clock: &'a dyn Clock,
     /// Set to stop the run: it checkpoints and ends with [`Stopped`].
     pub stop: &'a AtomicBool,
+    /// Awaited between steps, where the host has a use for it.
+    pub pace: Option<&'a dyn Pace>,
 }
 
 /// How a run starts.

@@ -24,7 +24,7 @@ pub struct TrainArgs {
     /// Default: the built-in procedural dataset.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Architecture: nano, tiny, small, or a .toml file with a model config.
+    /// Architecture: micro, nano, tiny, small, or a .toml file with a model config.
     #[arg(long)]
     model: Option<String>,
     /// Run preset: quick (default on CPU adapters) or standard (default on GPUs).

@@ -209,7 +209,7 @@ pub fn train(
         None => Start::Fresh,
     };
     let clock = SystemClock::default();
-    let host = Host { data: &mut data, sink: &mut sink, clock: &clock, stop };
+    let host = Host { data: &mut data, sink: &mut sink, clock: &clock, stop, pace: None };
     pollster::block_on(autoprog::train::run(ctx, config, start, host)).map_err(|e| {
         if e.is::<Stopped>() {
             Interrupted { resume: format!("autoprog train --resume {}", run_dir.display()) }.into()

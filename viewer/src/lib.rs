@@ -8,6 +8,7 @@
 pub mod chart;
 pub mod run;
 mod search_panels;
+pub mod train;
 
 use std::rc::Rc;
 

@@ -1,0 +1,260 @@
+// The Train view: starts a run of the core's training loop on this page's WebGPU adapter
+// (TrainSession, in Rust), polls it, feeds its log to the run panels as it grows, keeps its
+// last checkpoint in IndexedDB (a reload continues the run) and offers its files for download.
+import { train_config, TrainSession } from "./pkg/autoprog_viewer.js";
+
+const POLL_MS = 300;
+const DRAW_MS = 1000;
+const DB = { name: "autoprog", store: "runs", key: "current" };
+
+const $ = (id) => document.getElementById(id);
+const testid = (id) => document.querySelector(`[data-testid="${id}"]`);
+
+// IndexedDB, promised: the run in progress, kept at each checkpoint.
+function database() {
+  return new Promise((resolve, reject) => {
+    const request = indexedDB.open(DB.name, 1);
+    request.onupgradeneeded = () => request.result.createObjectStore(DB.store);
+    request.onsuccess = () => resolve(request.result);
+    request.onerror = () => reject(request.error);
+  });
+}
+
+async function storage(mode, act) {
+  const db = await database();
+  try {
+    return await new Promise((resolve, reject) => {
+      const transaction = db.transaction(DB.store, mode);
+      const request = act(transaction.objectStore(DB.store));
+      transaction.oncomplete = () => resolve(request.result);
+      transaction.onerror = () => reject(transaction.error);
+      transaction.onabort = () => reject(transaction.error ?? new Error("the browser's storage refused the run"));
+    });
+  } finally {
+    db.close();
+  }
+}
+
+const savedRun = () => storage("readonly", (s) => s.get(DB.key)).catch(() => undefined);
+const saveRun = (run) => storage("readwrite", (s) => s.put(run, DB.key));
+const forgetRun = () => storage("readwrite", (s) => s.delete(DB.key)).catch(() => undefined);
+
+// A run's request from a `?train=MODEL&schedule=…&epochs=…&seed=…` link (images, val_images and
+// search_cost are optional), or null when the link has none.
+export function requestFromLink(params) {
+  const model = params.get("train");
+  if (!model) return null;
+  const number = (name, fallback) => (params.has(name) ? Number(params.get(name)) : fallback);
+  const request = {
+    model,
+    schedule: params.get("schedule") ?? "auto",
+    epochs: number("epochs", 4),
+    seed: number("seed", 0),
+    search_cost: params.get("search_cost") ?? "time",
+  };
+  if (params.has("images")) request.train_images = number("images");
+  if (params.has("val_images")) request.val_images = number("val_images");
+  return request;
+}
+
+function requestFromForm() {
+  return {
+    model: $("train-model").value,
+    schedule: $("train-schedule").value,
+    epochs: Number($("train-epochs").value),
+    seed: Number($("train-seed").value),
+    train_images: Number($("train-images").value),
+  };
+}
+
+const sameRequest = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+
+function describe(request) {
+  return `${request.model}, ${request.schedule}, ${request.epochs} epochs, seed ${request.seed}`;
+}
+
+// Replaces a download link's file, releasing the one it held.
+function offer(link, bytes, type) {
+  if (link.href.startsWith("blob:")) URL.revokeObjectURL(link.href);
+  link.href = URL.createObjectURL(new Blob([bytes], { type }));
+}
+
+export class TrainView {
+  constructor({ showRun, loadModel, showError }) {
+    this.showRun = showRun;
+    this.loadModel = loadModel;
+    this.showError = showError;
+    this.session = null;
+    this.request = null;
+    this.drawn = { bytes: -1, at: 0 };
+    this.checkpoints = 0;
+    this.notes = [];
+  }
+
+  // Wires the form; shows a saved run that a reload interrupted, if any.
+  async setup(userAction) {
+    $("train-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      userAction(() => this.start(requestFromForm()))();
+    });
+    $("train-pause").addEventListener("click", userAction(() => this.togglePause()));
+    $("train-stop").addEventListener("click", userAction(() => this.session?.stop()));
+    $("train-continue").addEventListener("click", userAction(() => this.continueSaved()));
+    $("train-discard").addEventListener("click", userAction(() => forgetRun().then(() => ($("train-saved").hidden = true))));
+    document.addEventListener("visibilitychange", () => this.backgroundChanged());
+    if (!navigator.gpu) {
+      $("train-start").disabled = true;
+      testid("train-status").textContent = "unavailable";
+      $("train-progress").textContent =
+        "— training needs WebGPU, which this browser does not offer (recent Chrome, Edge or Safari have it); " +
+        "the Inference view below still works, on the CPU.";
+    }
+    await this.offerSaved("before this page was left");
+  }
+
+  // Shows the saved run, if any, with buttons to continue or discard it.
+  async offerSaved(when) {
+    const saved = await savedRun();
+    if (!saved) return;
+    const { request, epoch } = saved;
+    $("train-saved-text").textContent = `A run (${describe(request)}) was saved after epoch ${epoch} of ${request.epochs} ${when}.`;
+    $("train-saved").hidden = false;
+  }
+
+  // Starts `request`, continuing the saved run instead when it is the same request (a
+  // reloaded `?train=` link goes on where it was).
+  async start(request) {
+    if (this.session && !this.finished) throw new Error("a run is in progress: stop it first");
+    if (!navigator.gpu) throw new Error("training needs WebGPU, which this browser does not offer; inference still works on the CPU");
+    const saved = await savedRun();
+    if (saved && sameRequest(saved.request, request)) return this.resumeFrom(saved);
+    const config = train_config(JSON.stringify(request));
+    await forgetRun();
+    await this.launch(request, config, undefined, undefined);
+  }
+
+  async continueSaved() {
+    const saved = await savedRun();
+    if (!saved) throw new Error("the saved run is gone (discarded in another tab?)");
+    await this.resumeFrom(saved);
+  }
+
+  async resumeFrom(saved) {
+    this.notes.push(`continuing the saved run from epoch ${saved.epoch}`);
+    await this.launch(saved.request, saved.config, saved.checkpoint, saved.log);
+  }
+
+  async launch(request, config, checkpoint, log) {
+    $("train-saved").hidden = true;
+    testid("train-status").textContent = "starting";
+    this.request = request;
+    this.finished = false;
+    this.checkpoints = 0;
+    this.drawn = { bytes: -1, at: 0 };
+    try {
+      this.session = await TrainSession.start(config, checkpoint, log);
+    } catch (error) {
+      this.finished = true;
+      testid("train-status").textContent = `error: ${error instanceof Error ? error.message : error}`;
+      throw error;
+    }
+    $("train-adapter").textContent = `on ${this.session.adapter()}`;
+    offer($("train-config"), this.session.config(), "application/toml");
+    $("train-start").disabled = true;
+    $("train-pause").disabled = false;
+    $("train-stop").disabled = false;
+    this.backgroundChanged();
+    this.poll();
+  }
+
+  togglePause() {
+    if (!this.session) return;
+    const paused = JSON.parse(this.session.poll()).status === "paused";
+    if (paused) this.session.resume();
+    else this.session.pause();
+    $("train-pause").textContent = paused ? "Pause" : "Resume";
+  }
+
+  backgroundChanged() {
+    if (!this.session) return;
+    this.session.set_background(document.hidden);
+    const note = $("train-background");
+    note.hidden = !document.hidden;
+    note.textContent = "This tab is in the background: training goes on at full speed; the panels catch up when you come back.";
+  }
+
+  async poll() {
+    const session = this.session;
+    const p = JSON.parse(session.poll());
+    this.notes.push(...p.notes);
+    if (p.notes.length) {
+      $("train-notes").hidden = false;
+      $("train-notes").textContent = this.notes.join("\n");
+    }
+    testid("train-step").textContent = String(p.epoch * p.steps_in_epoch + p.position);
+    const speed = p.images_per_second == null ? "" : ` · ${p.images_per_second.toFixed(0)} images/s`;
+    const loss = p.loss == null ? "" : ` · loss ${p.loss.toFixed(3)}`;
+    $("train-progress").textContent = `· epoch ${Math.min(p.epoch + 1, p.epochs)}/${p.epochs}${loss}${speed}`;
+    if (p.checkpoints !== this.checkpoints) {
+      this.checkpoints = p.checkpoints;
+      await this.keep(p, session);
+    }
+    const ended = ["done", "stopped", "error"].includes(p.status);
+    const due = p.log_bytes !== this.drawn.bytes && performance.now() - this.drawn.at > DRAW_MS;
+    if (ended || (due && !document.hidden)) {
+      this.draw(p.log_bytes, session, !ended);
+    }
+    if (!ended) {
+      testid("train-status").textContent = p.status;
+      setTimeout(() => this.poll().catch(this.showError), POLL_MS);
+      return;
+    }
+    await this.end(p, session);
+  }
+
+  // The run's panels from its log so far.
+  draw(bytes, session, live) {
+    this.drawn = { bytes, at: performance.now() };
+    try {
+      this.showRun(`this page's run (${describe(this.request)})`, session.log(), session.summary() ?? null);
+    } catch (error) {
+      if (!live) throw error; // early in a run the log may have nothing to draw yet
+    }
+  }
+
+  // A new checkpoint: offered for download and kept in the browser's storage.
+  async keep(p, session) {
+    const checkpoint = session.checkpoint();
+    offer(testid("train-download"), checkpoint, "application/octet-stream");
+    offer($("train-log"), session.log(), "application/jsonl");
+    $("train-files").hidden = false;
+    const run = { request: this.request, config: session.config(), log: session.checkpoint_log(), checkpoint, epoch: p.epoch + 1 };
+    try {
+      await saveRun(run);
+    } catch (error) {
+      this.notes.push(`warning: the browser's storage did not keep the run (${error?.message ?? error}); a reload will lose it`);
+    }
+  }
+
+  async end(p, session) {
+    this.finished = true;
+    $("train-start").disabled = false;
+    $("train-pause").disabled = true;
+    $("train-stop").disabled = true;
+    $("train-pause").textContent = "Pause";
+    offer($("train-log"), session.log(), "application/jsonl");
+    const summary = session.summary();
+    if (summary) {
+      offer($("train-summary"), summary, "application/json");
+      $("train-summary").hidden = false;
+    }
+    if (p.status === "done") {
+      await forgetRun(); // finished: nothing left to continue
+      const checkpoint = session.checkpoint();
+      if (checkpoint) await this.loadModel(checkpoint, "last.safetensors");
+    } else if (p.status === "stopped") {
+      await this.offerSaved("when it was stopped");
+    }
+    testid("train-status").textContent = p.status === "error" ? `error: ${p.error}` : p.status;
+  }
+}
