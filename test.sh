@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every test: formatting, lints, all tests in release mode on lavapipe (Vulkan on the
 # CPU) and the kernel tests again on wgpu's GL backend (llvmpipe), the wasm32 build of
-# the viewer and its end-to-end test in headless Chromium. Installs what is missing
-# when run as root on Debian/Ubuntu.
+# the viewer and its end-to-end tests in headless Chromium (the viewer, training in the
+# page). Installs what is missing when run as root on Debian/Ubuntu.
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/env.sh
@@ -50,5 +50,8 @@ max_wasm_bytes=$((3 * 1000 * 1000))
 
 say "the viewer end to end in headless Chromium (WebGPU on SwiftShader, then the CPU fallback)"
 python3 scripts/viewer_e2e.py
+
+say "training in the browser end to end (headless Chromium, WebGPU on SwiftShader)"
+python3 scripts/train_e2e.py
 
 say "all checks passed in $(( $(date +%s) - start )) s"

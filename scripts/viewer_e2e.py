@@ -86,6 +86,16 @@ class WebDriver:
     def js(self, script, *args):
         return self.do("POST", "/execute/sync", {"script": script, "args": list(args)})
 
+    def js_async(self, script, *args):
+        """Runs `script`, which calls its last argument with the result."""
+        return self.do("POST", "/execute/async", {"script": script, "args": list(args)})
+
+    def choose_file(self, css, path):
+        """Picks the local file `path` in the file input `css`, as a user would."""
+        element = self.do("POST", "/element", {"using": "css selector", "value": css})
+        element_id = next(iter(element.values()))
+        self.do("POST", f"/element/{element_id}/value", {"text": path})
+
     def text(self, testid):
         return self.js("const e = document.querySelector(`[data-testid='${arguments[0]}']`);"
                        "return e ? e.textContent : null;", testid)
@@ -113,6 +123,24 @@ class WebDriver:
         self.do("DELETE", "")
 
 
+def start_browser_tools(children):
+    """Starts chromedriver (added to `children`) once the tools are there; returns its URL."""
+    for tool in ["chromedriver", CHROMIUM]:
+        if not shutil.which(tool):
+            fail(f"{tool} is not installed (Debian: apt-get install chromium chromium-driver)")
+    driver_port = free_port()
+    children.append(subprocess.Popen(["chromedriver", f"--port={driver_port}"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    driver_url = f"http://127.0.0.1:{driver_port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(driver_url + "/status", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    return driver_url
+
+
 def close_enough(got, want):
     return all(abs(g - w) <= ABS + REL * abs(w) for g, w in zip(got, want)) and len(got) == len(want)
 
@@ -122,9 +150,6 @@ def main():
                        (os.path.join(ROOT, "www", "pkg", "autoprog_viewer_bg.wasm"), "www/build.sh")]:
         if not os.path.exists(need):
             fail(f"{need} is missing; build it with `{hint}`")
-    for tool in ["chromedriver", CHROMIUM]:
-        if not shutil.which(tool):
-            fail(f"{tool} is not installed (Debian: apt-get install chromium chromium-driver)")
     os.makedirs(SHOTS, exist_ok=True)
     work = tempfile.mkdtemp(prefix="autoprog-e2e-")
     children = []
@@ -175,16 +200,7 @@ def main():
         base = server.stdout.readline().strip()
         if not base.startswith("http://127.0.0.1:"):
             fail(f"autoprog serve printed {base!r} instead of its URL")
-        driver_port = free_port()
-        children.append(subprocess.Popen(["chromedriver", f"--port={driver_port}"],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        driver_url = f"http://127.0.0.1:{driver_port}"
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(driver_url + "/status", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
+        driver_url = start_browser_tools(children)
 
         deep_link = f"{base}?run=tiny-auto&model=runs/tiny-auto/model.safetensors&image=runs/tiny-auto/image.png"
         modes = [("webgpu", ["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-webgpu-adapter=swiftshader"]),

@@ -49,6 +49,7 @@ function showRun(name, log, summary, compare) {
   $("run-schedule").textContent = report.schedule || "–";
   testid("stage-count").textContent = String(report.stage_count);
   $("run-epochs").textContent = String(report.epochs);
+  $("run-acc-label").textContent = report.running ? "val acc so far" : "final val acc";
   $("run-acc").textContent = report.final_val_acc == null ? "–" : report.final_val_acc.toFixed(4);
   $("run-adapter").textContent = report.adapter || "–";
   const warnings = $("run-warnings");

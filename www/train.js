@@ -116,8 +116,9 @@ export class TrainView {
   async offerSaved(when) {
     const saved = await savedRun();
     if (!saved) return;
-    const { request, epoch } = saved;
-    $("train-saved-text").textContent = `A run (${describe(request)}) was saved after epoch ${epoch} of ${request.epochs} ${when}.`;
+    const { request, step, epoch } = saved;
+    $("train-saved-text").textContent =
+      `A run (${describe(request)}) was saved at step ${step}, in epoch ${epoch} of ${request.epochs}, ${when}.`;
     $("train-saved").hidden = false;
   }
 
@@ -125,39 +126,57 @@ export class TrainView {
   // reloaded `?train=` link goes on where it was).
   async start(request) {
     if (this.session && !this.finished) throw new Error("a run is in progress: stop it first");
-    if (!navigator.gpu) throw new Error("training needs WebGPU, which this browser does not offer; inference still works on the CPU");
-    const saved = await savedRun();
-    if (saved && sameRequest(saved.request, request)) return this.resumeFrom(saved);
-    const config = train_config(JSON.stringify(request));
-    await forgetRun();
-    await this.launch(request, config, undefined, undefined);
+    try {
+      if (!navigator.gpu) throw new Error("training needs WebGPU, which this browser does not offer; inference still works on the CPU");
+      const saved = await savedRun();
+      if (saved && sameRequest(saved.request, request)) return await this.resumeFrom(saved);
+      const config = train_config(JSON.stringify(request));
+      await forgetRun();
+      this.notes = [];
+      await this.launch(request, config, undefined, undefined);
+    } catch (error) {
+      testid("train-status").textContent = `error: ${error instanceof Error ? error.message : error}`;
+      throw error;
+    }
   }
 
   async continueSaved() {
-    const saved = await savedRun();
-    if (!saved) throw new Error("the saved run is gone (discarded in another tab?)");
-    await this.resumeFrom(saved);
+    try {
+      const saved = await savedRun();
+      if (!saved) throw new Error("the saved run is gone (discarded in another tab?)");
+      await this.resumeFrom(saved);
+    } catch (error) {
+      testid("train-status").textContent = `error: ${error instanceof Error ? error.message : error}`;
+      throw error;
+    }
   }
 
   async resumeFrom(saved) {
-    this.notes.push(`continuing the saved run from epoch ${saved.epoch}`);
+    this.notes.push(`continuing the saved run from step ${saved.step}`);
     await this.launch(saved.request, saved.config, saved.checkpoint, saved.log);
+  }
+
+  // The form shows the run's request (a link's or a saved run's too).
+  showRequest(request) {
+    $("train-model").value = request.model;
+    $("train-schedule").value = request.schedule;
+    $("train-epochs").value = String(request.epochs);
+    $("train-seed").value = String(request.seed);
+    if (request.train_images) $("train-images").value = String(request.train_images);
   }
 
   async launch(request, config, checkpoint, log) {
     $("train-saved").hidden = true;
+    $("train-files").hidden = true;
+    $("train-summary-item").hidden = true;
+    this.showRequest(request);
     testid("train-status").textContent = "starting";
     this.request = request;
     this.finished = false;
     this.checkpoints = 0;
     this.drawn = { bytes: -1, at: 0 };
-    try {
-      this.session = await TrainSession.start(config, checkpoint, log);
-    } catch (error) {
-      this.finished = true;
-      testid("train-status").textContent = `error: ${error instanceof Error ? error.message : error}`;
-      throw error;
-    }
+    this.session = null;
+    this.session = await TrainSession.start(config, checkpoint, log);
     $("train-adapter").textContent = `on ${this.session.adapter()}`;
     offer($("train-config"), this.session.config(), "application/toml");
     $("train-start").disabled = true;
@@ -228,9 +247,11 @@ export class TrainView {
     offer(testid("train-download"), checkpoint, "application/octet-stream");
     offer($("train-log"), session.log(), "application/jsonl");
     $("train-files").hidden = false;
-    const run = { request: this.request, config: session.config(), log: session.checkpoint_log(), checkpoint, epoch: p.epoch + 1 };
+    const { checkpoint_step: step, checkpoint_epoch: epoch } = p;
+    const run = { request: this.request, config: session.config(), log: session.checkpoint_log(), checkpoint, step, epoch };
     try {
       await saveRun(run);
+      document.body.dataset.trainSavedStep = String(step); // for the end-to-end test
     } catch (error) {
       this.notes.push(`warning: the browser's storage did not keep the run (${error?.message ?? error}); a reload will lose it`);
     }
@@ -246,7 +267,7 @@ export class TrainView {
     const summary = session.summary();
     if (summary) {
       offer($("train-summary"), summary, "application/json");
-      $("train-summary").hidden = false;
+      $("train-summary-item").hidden = false;
     }
     if (p.status === "done") {
       await forgetRun(); // finished: nothing left to continue

@@ -66,7 +66,14 @@ impl AdapterSummary {
     /// The adapter's name, or a description where the platform hides it (browsers do).
     pub fn display_name(&self) -> String {
         if self.name.is_empty() {
-            format!("an unnamed {} adapter ({})", self.backend, self.device_type)
+            // Browsers hide the adapter's name; what they tell (vendor, architecture) is kept.
+            let backend = if self.backend.eq_ignore_ascii_case("browserwebgpu") { "WebGPU" } else { &self.backend };
+            let told: Vec<&str> = [&self.device_type, &self.driver, &self.driver_info]
+                .into_iter()
+                .map(String::as_str)
+                .filter(|s| !s.is_empty())
+                .collect();
+            format!("an unnamed {backend} adapter ({})", told.join(", "))
         } else {
             self.name.clone()
         }

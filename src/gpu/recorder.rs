@@ -167,6 +167,12 @@ impl Recorder<'_> {
     ) -> Result<()> {
         let storage = kernel.bindings.iter().filter(|a| **a != Access::Uniform).count();
         assert_eq!(tensors.len(), storage, "{}: wrong number of tensors", kernel.label);
+        // Checked on every adapter, so that lavapipe's tests catch what a browser would refuse.
+        assert!(
+            storage <= super::tensor::PORTABLE_STORAGE_BUFFERS,
+            "{}: {storage} storage buffers, more than every WebGPU adapter binds",
+            kernel.label
+        );
         let bytes = bytemuck::bytes_of(params);
         assert!(bytes.len() as u64 <= UNIFORM_BYTES, "{}: params too large", kernel.label);
         let limit = self.ctx.limits().max_compute_workgroups_per_dimension;

@@ -80,6 +80,10 @@ impl Tensor {
 /// adapters may only lower it).
 pub const PORTABLE_OFFSET_ALIGN: u64 = 256;
 
+/// The storage buffers per shader stage that every WebGPU adapter offers (the limit's
+/// default); no kernel binds more, whatever the adapter allows.
+pub const PORTABLE_STORAGE_BUFFERS: usize = 8;
+
 impl GpuContext {
     /// Element alignment for views bound as storage: the adapter's
     /// `min_storage_buffer_offset_alignment`, and at least WebGPU's portable 256 bytes, so that

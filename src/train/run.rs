@@ -132,6 +132,7 @@ fn prepare(ctx: &GpuContext, config: &TrainConfig, start: Start<'_>, data: &dyn 
             "AutoProg scores its candidates on {wanted} held-back training images, but the data holds back {held}"
         );
     }
+    check_adapter(ctx, config)?;
     let steps = Steps::new(config, train)?;
     let stages = config.schedule()?;
     let state = match start {
@@ -139,6 +140,27 @@ fn prepare(ctx: &GpuContext, config: &TrainConfig, start: Start<'_>, data: &dyn 
         Start::Resume { checkpoint, what } => State::from_checkpoint(ctx, config, checkpoint, what)?,
     };
     Ok(Ready { classes, stages, state, steps })
+}
+
+/// Checks that the adapter can bind the run's largest tensors (the full model at the full
+/// resolution, at the larger of the training and evaluation batch), so that a model too large
+/// for it (a browser's adapter, most often) fails before training rather than at the stage
+/// that first needs them.
+fn check_adapter(ctx: &GpuContext, config: &TrainConfig) -> anyhow::Result<()> {
+    let (m, r) = (&config.model, &config.recipe);
+    let batch = r.batch.max(r.eval_batch);
+    let n = m.tokens_at(m.image_size);
+    let largest = [
+        ("the MLP activations", batch * n * m.mlp_hidden),
+        ("the attention inputs", batch * n * 3 * m.dim),
+        ("the input images", batch * m.in_chans * m.image_size * m.image_size),
+        ("the parameters", ParamLayout::new(m, m.depth, ctx.arena_align()).count()),
+    ];
+    for (what, elements) in largest {
+        let what = format!("{what} of {} at batch {batch}", config.model_name);
+        ctx.check_binding(&what, elements as u64 * 4)?;
+    }
+    Ok(())
 }
 
 impl<'a> Trainer<'a> {

@@ -105,8 +105,21 @@ fn setup_errors_end_the_record_as_a_failed_run_before_any_training() {
     // AutoProg on data that holds nothing back for scoring (built for `--schedule none`).
     let mut full = config.clone();
     full.recipe.schedule = Schedule::Full;
-    let mut data = SourceData::new(train, val, &full, "procedural".into(), Skipped::default()).unwrap();
+    let mut data = SourceData::new(train.clone(), val.clone(), &full, "procedural".into(), Skipped::default()).unwrap();
     let (error, events) = attempt(&config, &mut data);
     assert!(error.contains("held-back training images, but the data holds back 0"), "{error}");
     assert!(failed_with(&events, "holds back 0"), "{events:?}");
+
+    // A model whose MLP activations at full size do not fit one of the adapter's bindings
+    // (a browser's adapter, most often): refused before anything is allocated.
+    let mut wide = config.clone();
+    let limit = ctx.limits().max_storage_buffer_binding_size.min(ctx.limits().max_buffer_size) as usize;
+    let n = wide.model.tokens_at(wide.model.image_size);
+    wide.recipe.eval_batch = wide.recipe.batch;
+    wide.model.mlp_hidden = (limit / (4 * n * wide.recipe.batch) + 1).min(autoprog::model::limits::MLP_HIDDEN);
+    assert!(wide.model.mlp_hidden * 4 * n * wide.recipe.batch > limit, "lavapipe binds too much for this case");
+    let mut data = SourceData::new(train, val, &wide, "procedural".into(), Skipped::default()).unwrap();
+    let (error, events) = attempt(&wide, &mut data);
+    assert!(error.contains("the MLP activations of nano at batch 32") && error.contains("smaller batch"), "{error}");
+    assert!(failed_with(&events, "MLP activations"), "{events:?}");
 }

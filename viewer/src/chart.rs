@@ -134,6 +134,12 @@ impl Plot {
         }
         let dash = if dashed { " stroke-dasharray=\"6 4\"" } else { "" };
         let _ = write!(self.marks, "<path d=\"{d}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"1.8\"{dash}/>");
+        // One point draws no line (a run in its first epoch): a dot shows it.
+        let mut finite = points.iter().filter(|(x, y)| x.is_finite() && y.is_finite());
+        if let (Some(&(x, y)), None) = (finite.next(), finite.next()) {
+            let (cx, cy) = (self.x.map(x), self.y.map(y));
+            let _ = write!(self.marks, "<circle cx=\"{cx:.1}\" cy=\"{cy:.1}\" r=\"3\" fill=\"{color}\"/>");
+        }
         self.legend.push((label.into(), color.into(), dashed));
     }
 
@@ -338,5 +344,10 @@ mod tests {
         let svg = p.finish();
         assert!(svg.contains("a &lt;b&gt; &amp; c") && !svg.contains("NaN"), "{svg}");
         assert!(svg.contains("M58.0,156.0L624.0,28.0"), "{svg}");
+        assert!(!svg.contains("<circle"), "a line of two points needs no dot");
+        // A single point (a run after its first epoch) is drawn as a dot.
+        let mut p = Plot::new("acc", "epoch", "acc", (0.0, 1.0), (0.0, 1.0), 200.0);
+        p.line(&[(1.0, 1.0), (0.5, f64::NAN)], "model", PALETTE[0], false);
+        assert!(p.finish().contains("<circle cx=\"624.0\" cy=\"28.0\""));
     }
 }

@@ -36,6 +36,11 @@ pub struct Run {
     pub searches: Vec<SearchEvent>,
     pub schedule: String,
     pub adapter: String,
+    /// Stages the run was set up with (its config), when the log says.
+    pub planned_stages: Option<usize>,
+    /// Whether the log's last session has ended (finished, stopped or failed); a run still
+    /// training (in a page, or natively) has not.
+    pub ended: bool,
     /// How searches costed candidates: step time (ms) or GFLOPs per step.
     pub search_cost: SearchCost,
     pub summary: Option<Summary>,
@@ -55,6 +60,8 @@ pub struct RunReport {
     pub stage_count: usize,
     pub epochs: usize,
     pub final_val_acc: Option<f64>,
+    /// The log's last session has not ended: the run is training (or was cut off).
+    pub running: bool,
     pub warnings: Vec<String>,
     pub timeline: String,
     pub curves: String,
@@ -89,6 +96,8 @@ impl Run {
         for event in parsed.events {
             match event {
                 Event::RunStart(e) => {
+                    run.ended = false;
+                    run.planned_stages = e.config["recipe"]["stages"].as_u64().map(|n| n as usize);
                     run.schedule = e.schedule;
                     run.adapter = e.adapter;
                     // Older logs record the cost only in the run's config.
@@ -118,7 +127,8 @@ impl Run {
                 Event::DataWarning(e) => {
                     run.warnings.push(format!("training skipped {} in epoch {}: {}", e.file, e.epoch + 1, e.reason))
                 }
-                Event::Checkpoint(_) | Event::RunEnd(_) => {}
+                Event::RunEnd(_) => run.ended = true,
+                Event::Checkpoint(_) => {}
             }
         }
         // A resumed run repeats the steps after its last checkpoint: keep the later ones.
@@ -209,16 +219,28 @@ impl Run {
     }
 
     /// Each search's window in epochs: from its stage's start to the step it ended at (a
-    /// search of a fraction of an epoch ends inside one).
+    /// search of a fraction of an epoch ends inside one); the search still running, so far.
     fn search_windows(&self) -> Vec<(f64, f64, String)> {
-        self.searches
-            .iter()
-            .map(|s| {
-                let start =
-                    self.stages.iter().find(|st| st.stage == s.stage).map_or(s.epoch as f64, |st| st.epoch as f64);
-                (start, self.step_to_epoch(s.step), format!("search for stage {}: chose {}", s.stage, s.winner))
-            })
-            .collect()
+        let ended = self.searches.iter().map(|s| {
+            let start = self.stages.iter().find(|st| st.stage == s.stage).map_or(s.epoch as f64, |st| st.epoch as f64);
+            (start, self.step_to_epoch(s.step), format!("search for stage {}: chose {}", s.stage, s.winner))
+        });
+        ended.chain(self.search_in_progress()).collect()
+    }
+
+    /// The search that opens the last logged stage, while it runs: an `auto` run still
+    /// training, in a stage before its last that no search has ended for and that did not
+    /// choose without one. Its window from the stage's start to the last logged step.
+    pub fn search_in_progress(&self) -> Option<(f64, f64, String)> {
+        let stage = self.stages.last()?;
+        let searching = self.schedule == options::name(&Schedule::Auto)
+            && !self.ended
+            && stage.chosen_without_search.is_none()
+            && self.planned_stages.is_some_and(|n| stage.stage as usize + 1 < n)
+            && !self.searches.iter().any(|s| s.stage == stage.stage);
+        let last = self.steps.last().filter(|s| s.step >= stage.step)?;
+        let label = format!("searching for stage {} (in progress)", stage.stage);
+        searching.then(|| (stage.epoch as f64, self.step_to_epoch(last.step + 1), label))
     }
 
     fn mark_stages(&self, plot: &mut Plot) {
@@ -247,6 +269,7 @@ impl Run {
                 .last()
                 .and_then(|e| e.val_acc)
                 .or_else(|| self.summary.as_ref().map(|s| s.val_acc)),
+            running: !self.ended && self.summary.is_none(),
             warnings: self.warnings.clone(),
             timeline: self.timeline(),
             curves: self.curves(),

@@ -217,3 +217,26 @@ fn the_search_cost_comes_from_the_search_event() {
     assert_eq!(flops.search_cost, SearchCost::Flops);
     assert!(flops.search_panels().contains("GFLOPs per step"));
 }
+
+#[test]
+fn a_search_still_running_is_shaded_until_it_ends() {
+    // The run so far: its first stage's search has trained 15 steps and not yet ended.
+    let planned = log().replace(r#""config":{}"#, r#""config":{"recipe":{"stages":2}}"#);
+    let so_far: String =
+        planned.lines().take_while(|l| !l.contains(r#""step":15,"#)).map(|l| format!("{l}\n")).collect();
+    let run = Run::parse(&so_far, None, None).unwrap();
+    let (start, end, label) = run.search_in_progress().expect("a search in progress");
+    assert_eq!((start, label.as_str()), (0.0, "searching for stage 0 (in progress)"));
+    assert!((end - 1.5).abs() < 1e-9, "the window reaches the last logged step: {end}");
+    let report = run.report();
+    assert!(report.running && report.timeline.contains("searching for stage 0 (in progress)"), "{}", report.timeline);
+    // Ended: by its search event, or by the end of the session (a stopped run).
+    assert!(Run::parse(&planned, None, None).unwrap().search_in_progress().is_none());
+    let stopped = so_far + r#"{"event":"run_end","time":2.0,"wall_seconds":1.0,"status":"interrupted"}"# + "\n";
+    let run = Run::parse(&stopped, None, None).unwrap();
+    assert!(run.search_in_progress().is_none() && !run.report().running);
+    // The last stage opens without a search.
+    let last_stage = planned.replace(r#""recipe":{"stages":2}"#, r#""recipe":{"stages":1}"#);
+    let cut: String = last_stage.lines().take(10).map(|l| format!("{l}\n")).collect();
+    assert!(Run::parse(&cut, None, None).unwrap().search_in_progress().is_none());
+}

@@ -185,6 +185,8 @@ struct Live {
     checkpoint_log_len: usize,
     /// Counts checkpoints, so the page sees a new one.
     checkpoints: u32,
+    /// The step and epoch (counted from 1) the last checkpoint was taken in.
+    checkpoint_at: (u64, u32),
     summary: Option<String>,
     epoch: usize,
     epochs: usize,
@@ -209,6 +211,7 @@ impl RunSink for PageSink {
             Event::Checkpoint(c) if c.kind == CheckpointKind::Last => {
                 live.checkpoint_log_len = live.log.len();
                 live.checkpoints += 1;
+                live.checkpoint_at = (c.step, c.epoch + 1);
             }
             Event::Step(_) => live.step_events += 1,
             _ => {}
@@ -267,6 +270,8 @@ struct Poll<'a> {
     images_per_second: Option<f64>,
     log_bytes: usize,
     checkpoints: u32,
+    checkpoint_step: u64,
+    checkpoint_epoch: u32,
     notes: Vec<String>,
 }
 
@@ -331,6 +336,8 @@ impl TrainSession {
             images_per_second: live.images_per_second,
             log_bytes: live.log.len(),
             checkpoints: live.checkpoints,
+            checkpoint_step: live.checkpoint_at.0,
+            checkpoint_epoch: live.checkpoint_at.1,
             notes,
         };
         serde_json::to_string(&poll).expect("a poll serialises")
