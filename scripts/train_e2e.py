@@ -14,7 +14,9 @@ continues the saved run), and checks once the run is done (`train-status` is `do
     on another device) and makes the same stage decisions (the searches score by FLOPs);
   - the downloaded files, laid out as a run directory, resume natively (`autoprog train
     --resume DIR --epochs E+1`) and the run finishes;
-  - the run, reload included, trains to the end in under 3 minutes.
+  - the run, reload included, trains to the end in under 3 minutes;
+and that a picked folder of PNGs (`train/<class>/`, `val/<class>/`) trains in the page with the
+same first losses as `autoprog train --data` on that folder.
 Screenshots (mid-search and at the end) go to target/e2e/.
 
 Usage: scripts/train_e2e.py  (after `cargo build --release -p autoprog-trainer` and `www/build.sh`)
@@ -23,10 +25,13 @@ Usage: scripts/train_e2e.py  (after `cargo build --release -p autoprog-trainer` 
 import base64
 import json
 import os
+import random
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import zlib
 
 from viewer_e2e import BINARY, IMAGE, ROOT, SHOTS, WebDriver, close_enough, fail, free_port, run, start_browser_tools
 
@@ -70,7 +75,8 @@ def wait_status(browser, wanted, timeout):
         if status in wanted:
             return status
         time.sleep(0.25)
-    fail(f"timed out after {timeout} s waiting for train-status {wanted}; it is {browser.text('train-status')!r}")
+    fail(f"timed out after {timeout} s waiting for train-status {wanted}; it is {browser.text('train-status')!r}, "
+         f"the page's error: {browser.text('error')!r}")
 
 
 def check_pause(browser):
@@ -163,6 +169,60 @@ def check_native(work, files, browser_log, browser_winners):
           f"(val acc {summary['val_acc']:.3f})")
 
 
+def write_png(path, pixels, side):
+    """An 8-bit RGB PNG of `pixels` (rows of side * 3 bytes)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    raw = b"".join(b"\0" + pixels[y * side * 3:(y + 1) * side * 3] for y in range(side))
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def picked_folder(work):
+    """`picked/{train,val}/{dark,light}/*.png`: noise around two brightness levels, seeded."""
+    rng = random.Random(0)
+    root = os.path.join(work, "picked")
+    for split, count in [("train", 64), ("val", 8)]:
+        for base, name in [(60, "dark"), (190, "light")]:
+            os.makedirs(os.path.join(root, split, name))
+            for i in range(count):
+                pixels = bytes(min(255, max(0, base + rng.randint(-50, 50))) for _ in range(24 * 24 * 3))
+                write_png(os.path.join(root, split, name, f"{i:03}.png"), pixels, 24)
+    return root
+
+
+def train_on_folder(browser, base, work):
+    """A picked folder trains in the page as `autoprog train --data` trains it natively."""
+    folder = picked_folder(work)
+    browser.open(base)
+    browser.wait("the page", "document.body.dataset.ready === 'true'")
+    browser.js("const s = document.getElementById('train-data'); s.value = 'folder';"
+               "s.dispatchEvent(new Event('change'));")
+    browser.choose_file("#train-folder", folder)
+    browser.wait("the picked images to be decoded", "document.body.dataset.folderReady === 'true'", 60)
+    browser.js("document.getElementById('train-model').value = 'micro';"
+               "document.getElementById('train-schedule').value = 'none';"
+               "document.getElementById('train-epochs').value = '1';"
+               "document.getElementById('train-start').click();")
+    wait_status(browser, {"done"}, 120)
+    log = download(browser, "#train-log").decode()
+    config = os.path.join(work, "picked-config.toml")
+    with open(config, "wb") as f:
+        f.write(download(browser, "#train-config"))
+    native_dir = os.path.join(work, "picked-native")
+    run("train", "--config", config, "--quiet", "--out", native_dir, cwd=work)
+    native = [(e["step"], e["loss"]) for e in events(open(os.path.join(native_dir, "log.jsonl")).read(), "step")]
+    ours = [(e["step"], e["loss"]) for e in events(log, "step")]
+    if len(ours) < 2 or [s for s, _ in ours] != [s for s, _ in native]:
+        fail(f"the picked folder's run logged steps {ours}, the native run {native}")
+    rel = max(abs(a - b) / abs(b) for (_, a), (_, b) in zip(ours, native))
+    if rel > REL_LOSS:
+        fail(f"the picked folder's losses {ours} differ from autoprog train --data's {native} (rel {rel:.1e})")
+    print(f"[train] a picked folder of {2 * 72} PNGs trains as `autoprog train --data` does "
+          f"({len(ours)} steps, losses within rel {rel:.1e})")
+
+
 def main():
     work = tempfile.mkdtemp(prefix="autoprog-train-e2e-")
     os.makedirs(SHOTS, exist_ok=True)
@@ -193,6 +253,7 @@ def main():
         if not page_logits or not close_enough(page_logits, native["logits"]):
             fail(f"the page's logits {page_logits} differ from autoprog predict's {native['logits']}")
         print("[train] the page's prediction with the trained model equals autoprog predict on the download")
+        train_on_folder(browser, base, work)
         browser.close()
         check_native(work, files, log, winners)
         print(f"browser training end-to-end test passed; screenshots in {SHOTS}")

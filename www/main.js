@@ -124,20 +124,25 @@ async function loadModel(bytes, name) {
   if (lastImage) await classify(lastImage);
 }
 
-// An image file or URL as RGBA pixels without colour management. Opaque pixels come back exactly as
-// stored; a 2D canvas premultiplies alpha, so fully transparent ones lose their colour (the CLI keeps it).
-async function decodeImage(blob) {
+// An image file or URL as RGBA pixels without colour management, shrunk to `maxSide` pixels on its
+// longer side if larger. Opaque pixels come back exactly as stored; a 2D canvas premultiplies alpha,
+// so fully transparent ones lose their colour (the CLI keeps it).
+async function decodeImage(blob, maxSide = Infinity) {
   let bitmap;
   try {
     bitmap = await createImageBitmap(blob, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
   } catch {
     throw new Error("that file is not an image the browser can decode (PNG, JPEG, GIF, WebP, BMP)");
   }
-  const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+  const scale = Math.min(1, maxSide / Math.max(bitmap.width, bitmap.height));
+  const width = Math.max(1, Math.round(bitmap.width * scale));
+  const height = Math.max(1, Math.round(bitmap.height * scale));
+  const canvas = new OffscreenCanvas(width, height);
   const context = canvas.getContext("2d", { colorSpace: "srgb" });
-  context.drawImage(bitmap, 0, 0);
-  const data = context.getImageData(0, 0, bitmap.width, bitmap.height, { colorSpace: "srgb" }).data;
-  return { rgba: new Uint8Array(data.buffer), width: bitmap.width, height: bitmap.height };
+  context.imageSmoothingQuality = "high";
+  context.drawImage(bitmap, 0, 0, width, height);
+  const data = context.getImageData(0, 0, width, height, { colorSpace: "srgb" }).data;
+  return { rgba: new Uint8Array(data.buffer), width, height };
 }
 
 function drawImage(image, prediction) {
@@ -227,7 +232,7 @@ async function main() {
     e.preventDefault(); // must happen now, or the browser navigates to the dropped file
     drop(e.dataTransfer.files);
   });
-  const trainView = new TrainView({ showRun, loadModel, showError });
+  const trainView = new TrainView({ showRun, loadModel, showError, decodeImage });
   await trainView.setup(userAction);
   await listServedRuns();
   // Deep links: ?run=NAME&model=URL&image=URL&train=MODEL…; one failing does not stop the others,

@@ -1,11 +1,14 @@
 // The Train view: starts a run of the core's training loop on this page's WebGPU adapter
 // (TrainSession, in Rust), polls it, feeds its log to the run panels as it grows, keeps its
 // last checkpoint in IndexedDB (a reload continues the run) and offers its files for download.
-import { train_config, TrainSession } from "./pkg/autoprog_viewer.js";
+import { PickedImages, train_config, TrainSession } from "./pkg/autoprog_viewer.js";
 
 const POLL_MS = 300;
 const DRAW_MS = 1000;
 const DB = { name: "autoprog", store: "runs", key: "current" };
+// Picked images larger than this on their longer side are shrunk as they are decoded, so that a
+// folder of photos fits in the page's memory (training resizes them to the model's input anyway).
+const MAX_PICKED_SIDE = 512;
 
 const $ = (id) => document.getElementById(id);
 const testid = (id) => document.querySelector(`[data-testid="${id}"]`);
@@ -57,20 +60,12 @@ export function requestFromLink(params) {
   return request;
 }
 
-function requestFromForm() {
-  return {
-    model: $("train-model").value,
-    schedule: $("train-schedule").value,
-    epochs: Number($("train-epochs").value),
-    seed: Number($("train-seed").value),
-    train_images: Number($("train-images").value),
-  };
-}
 
 const sameRequest = (a, b) => JSON.stringify(a) === JSON.stringify(b);
 
 function describe(request) {
-  return `${request.model}, ${request.schedule}, ${request.epochs} epochs, seed ${request.seed}`;
+  const data = request.folder ? `, the folder ${request.folder.root}` : "";
+  return `${request.model}, ${request.schedule}, ${request.epochs} epochs, seed ${request.seed}${data}`;
 }
 
 // Replaces a download link's file, releasing the one it held.
@@ -80,7 +75,9 @@ function offer(link, bytes, type) {
 }
 
 export class TrainView {
-  constructor({ showRun, loadModel, showError }) {
+  constructor({ showRun, loadModel, showError, decodeImage }) {
+    this.decodeImage = decodeImage;
+    this.picked = null;
     this.showRun = showRun;
     this.loadModel = loadModel;
     this.showError = showError;
@@ -95,8 +92,10 @@ export class TrainView {
   async setup(userAction) {
     $("train-form").addEventListener("submit", (e) => {
       e.preventDefault();
-      userAction(() => this.start(requestFromForm()))();
+      userAction(() => this.start(this.requestFromForm()))();
     });
+    $("train-data").addEventListener("change", () => this.dataChanged());
+    $("train-folder").addEventListener("change", userAction((e) => this.pickFolder(e.target.files)));
     $("train-pause").addEventListener("click", userAction(() => this.togglePause()));
     $("train-stop").addEventListener("click", userAction(() => this.session?.stop()));
     $("train-continue").addEventListener("click", userAction(() => this.continueSaved()));
@@ -110,6 +109,51 @@ export class TrainView {
         "the Inference view below still works, on the CPU.";
     }
     await this.offerSaved("before this page was left");
+  }
+
+  requestFromForm() {
+    const request = {
+      model: $("train-model").value,
+      schedule: $("train-schedule").value,
+      epochs: Number($("train-epochs").value),
+      seed: Number($("train-seed").value),
+    };
+    if ($("train-data").value !== "folder") return { ...request, train_images: Number($("train-images").value) };
+    if (!this.picked) throw new Error("pick a folder of images first (Image folder…), or train on the built-in shapes");
+    const folder = { root: this.picked.root(), classes: this.picked.classes().length, has_val: this.picked.has_val() };
+    return { ...request, folder };
+  }
+
+  dataChanged() {
+    const folder = $("train-data").value === "folder";
+    $("train-folder-label").hidden = !folder;
+    $("train-folder-info").hidden = !folder;
+    $("train-images-label").hidden = folder;
+  }
+
+  // Reads a picked folder: the layout planned from the paths (in Rust, as `--data` reads a
+  // folder), then every image decoded by the browser.
+  async pickFolder(files) {
+    const list = [...files];
+    const info = $("train-folder-info");
+    const picked = new PickedImages(list.map((f) => f.webkitRelativePath || f.name));
+    const wanted = picked.wanted();
+    let failed = 0;
+    for (const [n, index] of wanted.entries()) {
+      if (n % 50 === 0) info.textContent = `decoding ${n + 1} of ${wanted.length} images…`;
+      try {
+        const image = await this.decodeImage(list[index], MAX_PICKED_SIDE);
+        picked.add(index, image.rgba, image.width, image.height);
+      } catch (error) {
+        failed += 1;
+        picked.failed(index, error instanceof Error ? error.message : String(error));
+      }
+    }
+    this.picked?.free();
+    this.picked = picked;
+    const skipped = failed ? ` (${failed} could not be decoded and will be skipped)` : "";
+    info.textContent = `${picked.describe()}${skipped}`;
+    document.body.dataset.folderReady = "true"; // for the end-to-end test
   }
 
   // Shows the saved run, if any, with buttons to continue or discard it.
@@ -163,6 +207,8 @@ export class TrainView {
     $("train-epochs").value = String(request.epochs);
     $("train-seed").value = String(request.seed);
     if (request.train_images) $("train-images").value = String(request.train_images);
+    $("train-data").value = request.folder ? "folder" : "builtin";
+    this.dataChanged();
   }
 
   async launch(request, config, checkpoint, log) {
@@ -176,7 +222,8 @@ export class TrainView {
     this.checkpoints = 0;
     this.drawn = { bytes: -1, at: 0 };
     this.session = null;
-    this.session = await TrainSession.start(config, checkpoint, log);
+    const images = request.folder && this.picked ? this.picked.share() : undefined;
+    this.session = await TrainSession.start(config, checkpoint, log, images);
     $("train-adapter").textContent = `on ${this.session.adapter()}`;
     offer($("train-config"), this.session.config(), "application/toml");
     $("train-start").disabled = true;

@@ -6,6 +6,7 @@
 //! has no WebGPU. The page (`www/main.js`) only fetches files and places what these return.
 
 pub mod chart;
+pub mod folder;
 pub mod run;
 mod search_panels;
 pub mod train;

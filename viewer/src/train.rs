@@ -20,6 +20,7 @@ use autoprog::{ContextOptions, GpuContext};
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
 
+use crate::folder::PickedImages;
 use crate::js_error;
 
 /// What the page's Train view (or a `?train=` link) asks for.
@@ -35,6 +36,17 @@ struct TrainRequest {
     /// Built-in data: training and validation images (default: the quick preset's).
     train_images: Option<usize>,
     val_images: Option<usize>,
+    /// The images of a picked folder instead of the built-in data.
+    folder: Option<FolderRequest>,
+}
+
+/// A picked folder, as [`PickedImages`] describes it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FolderRequest {
+    root: String,
+    classes: usize,
+    has_val: bool,
 }
 
 /// The configuration of a browser run: the `quick` preset with the request's model, schedule,
@@ -53,6 +65,12 @@ fn config_for(request: &TrainRequest) -> anyhow::Result<TrainConfig> {
     }
     if let Some(n) = request.val_images {
         config.data.val_images = n;
+    }
+    if let Some(folder) = &request.folder {
+        // As `--data ROOT` (and `--val-split 0.1` when the folder has no val split).
+        config.data.path = Some(folder.root.clone().into());
+        config.model.classes = folder.classes;
+        config.data.val_split = (!folder.has_val).then_some(0.1);
     }
     config.fit_stages_to_epochs();
     config.validate()?;
@@ -286,17 +304,20 @@ pub struct TrainSession {
 
 #[wasm_bindgen]
 impl TrainSession {
-    /// Starts the run of `config` (a `config.toml`) on the page's WebGPU adapter; with
-    /// `checkpoint` and `log` (what [`TrainSession::checkpoint`] and
-    /// [`TrainSession::checkpoint_log`] gave), continues a run from its last checkpoint. The
-    /// promise resolves once the run has started, or rejects with what to do.
+    /// Starts the run of `config` (a `config.toml`) on the page's WebGPU adapter, on the
+    /// built-in data or on `images` (a picked folder); with `checkpoint` and `log` (what
+    /// [`TrainSession::checkpoint`] and [`TrainSession::checkpoint_log`] gave), continues a
+    /// run from its last checkpoint. The promise resolves once the run has started, or
+    /// rejects with what to do.
     pub async fn start(
         config: String,
         checkpoint: Option<Vec<u8>>,
         log: Option<String>,
+        images: Option<PickedImages>,
     ) -> Result<TrainSession, JsValue> {
         let parsed = TrainConfig::from_toml(&config).map_err(|e| js_error(format!("not a run config: {e}")))?;
         parsed.validate().map_err(js_error)?;
+        let data = run_data(&parsed, images.as_ref()).map_err(js_error)?;
         let ctx = GpuContext::new(&ContextOptions::default()).await.map_err(|_| {
             js_error("training needs WebGPU, and this browser offers no WebGPU adapter (GPU blocked or disabled)")
         })?;
@@ -309,7 +330,7 @@ impl TrainSession {
         let adapter = ctx.summary.display_name();
         let (task_live, task_controls) = (live.clone(), controls.clone());
         wasm_bindgen_futures::spawn_local(async move {
-            let outcome = train(&ctx, &parsed, checkpoint.as_ref(), &task_live, task_controls).await;
+            let outcome = train(&ctx, &parsed, data, checkpoint.as_ref(), &task_live, task_controls).await;
             let mut live = task_live.borrow_mut();
             (live.status, live.error) = match outcome {
                 Ok(_) => (Status::Done, None),
@@ -404,21 +425,38 @@ impl TrainSession {
     }
 }
 
-/// The run itself: the built-in data, the page's sink and clock, the core's loop.
+/// The data of a run of `config`: the built-in images, or the picked folder's.
+fn run_data(config: &TrainConfig, images: Option<&PickedImages>) -> anyhow::Result<SourceData> {
+    let d = &config.data;
+    let (train, val, summary): (Arc<dyn Source>, Arc<dyn Source>, String) = match (&d.path, images) {
+        (None, _) => {
+            let procedural = Procedural { classes: d.classes, image_size: d.image_size, seed: d.data_seed };
+            let train = ProceduralSource::new(procedural, Split::Train, d.train_images);
+            let val = ProceduralSource::new(procedural, Split::Val, d.val_images);
+            let summary = format!("procedural: {} train, {} val images, {} classes", train.len(), val.len(), d.classes);
+            (Arc::new(train), Arc::new(val), summary)
+        }
+        (Some(root), Some(images)) if images.root() == root.to_string_lossy() => {
+            let (train, val) = images.sources(config)?;
+            (train, val, images.describe())
+        }
+        (Some(root), _) => anyhow::bail!(
+            "this run trains on the folder `{}`: pick that folder (Data: my images) and continue again",
+            root.display()
+        ),
+    };
+    SourceData::new(train, val, config, summary, Skipped::default())
+}
+
+/// The run itself: its data, the page's sink and clock, the core's loop.
 async fn train(
     ctx: &GpuContext,
     config: &TrainConfig,
+    mut data: SourceData,
     checkpoint: Option<&Checkpoint>,
     live: &Rc<RefCell<Live>>,
     controls: Rc<Controls>,
 ) -> anyhow::Result<Summary> {
-    let d = &config.data;
-    anyhow::ensure!(d.path.is_none(), "the page trains on the built-in data or on images dropped into it");
-    let procedural = Procedural { classes: d.classes, image_size: d.image_size, seed: d.data_seed };
-    let train: Arc<dyn Source> = Arc::new(ProceduralSource::new(procedural, Split::Train, d.train_images));
-    let val: Arc<dyn Source> = Arc::new(ProceduralSource::new(procedural, Split::Val, d.val_images));
-    let summary = format!("procedural: {} train, {} val images, {} classes", train.len(), val.len(), d.classes);
-    let mut data = SourceData::new(train, val, config, summary, Skipped::default())?;
     let mut sink = PageSink { live: live.clone() };
     let clock = PageClock { controls: controls.clone() };
     let start = match checkpoint {
