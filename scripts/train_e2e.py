@@ -26,6 +26,7 @@ import base64
 import json
 import os
 import random
+import shutil
 import struct
 import subprocess
 import sys
@@ -33,7 +34,8 @@ import tempfile
 import time
 import zlib
 
-from viewer_e2e import BINARY, IMAGE, ROOT, SHOTS, WebDriver, close_enough, fail, free_port, run, start_browser_tools
+from viewer_e2e import (BINARY, IMAGE, ROOT, SHOTS, WebDriver, close_enough, fail, free_port, run, start_browser_tools,
+                        stop_children)
 
 EPOCHS, SEED, IMAGES, VAL_IMAGES = 3, 0, 320, 64
 LINK = (f"?train=micro&schedule=auto&epochs={EPOCHS}&seed={SEED}&images={IMAGES}&val_images={VAL_IMAGES}"
@@ -258,9 +260,8 @@ def main():
         check_native(work, files, log, winners)
         print(f"browser training end-to-end test passed; screenshots in {SHOTS}")
     finally:
-        for child in children:
-            child.kill()
-        subprocess.run(["rm", "-rf", work], check=False)
+        stop_children(children)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

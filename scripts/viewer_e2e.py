@@ -69,6 +69,7 @@ class WebDriver:
                      "--disable-component-update", "--disable-sync", "--no-first-run",
                      f"--user-data-dir={profile}", *args]}}}}
         self.session = self.call("POST", "/session", caps)["sessionId"]
+        OPEN_SESSIONS.append(self)
 
     def call(self, method, path, body=None):
         data = json.dumps(body).encode() if body is not None else None
@@ -120,7 +121,23 @@ class WebDriver:
             f.write(png)
 
     def close(self):
+        OPEN_SESSIONS.remove(self)
         self.do("DELETE", "")
+
+
+# Browsers still open; a failing test closes them, or Chromium outlives its chromedriver.
+OPEN_SESSIONS = []
+
+
+def stop_children(children):
+    """Closes the browsers still open (best effort: the test may be failing), then kills `children`."""
+    for session in list(OPEN_SESSIONS):
+        try:
+            session.close()
+        except BaseException:  # noqa: B036 - a dead chromedriver must not hide the test's own error
+            pass
+    for child in children:
+        child.kill()
 
 
 def start_browser_tools(children):
@@ -237,8 +254,7 @@ def main():
             browser.close()
         print(f"viewer end-to-end test passed; screenshots in {SHOTS}")
     finally:
-        for child in children:
-            child.kill()
+        stop_children(children)
         shutil.rmtree(work, ignore_errors=True)
 
 

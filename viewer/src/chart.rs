@@ -66,6 +66,17 @@ pub fn format_number(v: f64) -> String {
     }
 }
 
+/// Labels of evenly spaced `ticks`: [`format_number`]'s, or as many decimals as the spacing
+/// needs where those would print two ticks alike (a narrow range such as 2.31 to 2.33).
+pub fn tick_labels(ticks: &[f64]) -> Vec<String> {
+    let labels: Vec<String> = ticks.iter().map(|&t| format_number(t)).collect();
+    if ticks.len() < 2 || labels.windows(2).all(|w| w[0] != w[1]) {
+        return labels;
+    }
+    let digits = (-(ticks[1] - ticks[0]).log10().floor()).clamp(0.0, 9.0) as usize;
+    ticks.iter().map(|t| format!("{t:.digits$}")).collect()
+}
+
 /// Escapes text for HTML and SVG.
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -222,7 +233,8 @@ impl Plot {
             escape(&self.title)
         );
         let _ = write!(s, "<text x=\"{MARGIN_LEFT}\" y=\"16\" class=\"chart-title\">{}</text>", escape(&self.title));
-        for t in self.y.ticks(5) {
+        let y_ticks = self.y.ticks(5);
+        for (t, label) in y_ticks.iter().copied().zip(tick_labels(&y_ticks)) {
             let y = self.y.map(t);
             let _ = write!(
                 s,
@@ -231,16 +243,17 @@ impl Plot {
                 WIDTH - MARGIN_RIGHT,
                 MARGIN_LEFT - 6.0,
                 y + 4.0,
-                format_number(t)
+                label
             );
         }
-        for t in self.x.ticks(8) {
+        let x_ticks = self.x.ticks(8);
+        for (t, label) in x_ticks.iter().copied().zip(tick_labels(&x_ticks)) {
             let x = self.x.map(t);
             let _ = write!(
                 s,
                 "<text x=\"{x:.1}\" y=\"{:.1}\" class=\"tick\" text-anchor=\"middle\">{}</text>",
                 h - MARGIN_BOTTOM + 16.0,
-                format_number(t)
+                label
             );
         }
         s.push_str(&self.marks);
@@ -335,6 +348,10 @@ mod tests {
         assert_eq!(format_number(1.25), "1.25");
         assert_eq!(format_number(0.6), "0.6");
         assert_eq!(format_number(-2.5), "-2.5");
+        // Ticks 0.005 apart around 2.32 would print 2.33 twice with 3 significant digits.
+        let narrow = Scale::new(2.308, 2.331, 0.0, 1.0).ticks(5);
+        assert_eq!(tick_labels(&narrow), ["2.310", "2.315", "2.320", "2.325", "2.330"]);
+        assert_eq!(tick_labels(&[0.0, 0.5, 1.0]), ["0", "0.5", "1"]);
     }
 
     #[test]
