@@ -9,8 +9,8 @@ once with WebGPU (SwiftShader) and once with WebGPU off (the CPU twin in wasm):
   - `top1` and `logits` equal the native prediction (same top-1, logits within rel 1e-3,
     abs 1e-4: f32 kernels in a different order on another GPU, or the f64 twin),
   - `backend` is `webgpu`, then `cpu`, and `error` stays empty;
-and, with WebGPU off, that a malformed log, a run that is not served, a file that is not a
-model, a model of an unknown architecture, crafted model files (a scalar head, an empty position
+and, with WebGPU off, that a training link says that training needs WebGPU, that a malformed log,
+a run that is not served, a file that is not a model, a model of an unknown architecture, crafted model files (a scalar head, an empty position
 embedding, zero-element tensors of 2^31 columns, metadata claiming depth or width 10^9) and a
 non-image each show a readable error while
 the page stays usable, and that a log of 100 000 events loads in under 2 s. Screenshots
@@ -323,6 +323,7 @@ def robustness(browser, base, stage_count, winners, hostile):
         ("a model file that is not a model", "?model=runs/tiny-auto/log.jsonl", "not a safetensors file"),
         ("a model of an unknown architecture", "?model=runs/tiny-auto/foreign.safetensors", "not a ViT model"),
         ("an image that is not an image", "?image=runs/tiny-auto/summary.json", "not an image the browser can decode"),
+        ("a training link without WebGPU", "?train=micro&epochs=1", "training needs WebGPU"),
     ]
     cases += [(what, f"?model=runs/tiny-auto/{file}", expect) for what, file, expect in hostile]
     for what, query, expect in cases:
@@ -332,6 +333,8 @@ def robustness(browser, base, stage_count, winners, hostile):
         if expect not in error:
             fail(f"{what} ({query}): expected an error mentioning {expect!r}, the page shows {error!r}")
         print(f"[cpu] {what}: {error}")
+        if query.startswith("?train=") and not (browser.text("train-status") or "").startswith("error: training needs"):
+            fail(f"{what}: train-status is {browser.text('train-status')!r}, expected the error")
     # Still usable after the last error: pick the good run from the list.
     browser.js("const s = document.getElementById('run-select'); s.value = 'tiny-auto';"
                "s.dispatchEvent(new Event('change'));")

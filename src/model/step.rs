@@ -17,8 +17,13 @@ pub struct Optimizer {
     /// [global gradient L2 norm, clip factor] of the last step.
     pub stats: Tensor,
     partials: Tensor,
-    /// Steps taken (AdamW's bias corrections use step + 1 for the next one).
+    /// Updates of the tensors outside the blocks (embeddings, final norm, head), which every
+    /// step takes: AdamW's bias correction uses step + 1 for the next one.
     pub step: u32,
+    /// Updates of each block's tensors. A block that an elastic sub-network skipped took
+    /// none: as PyTorch's AdamW keeps a step count per parameter and advances it only when
+    /// the parameter has a gradient, each block's bias correction counts its own updates.
+    pub block_steps: Vec<u32>,
 }
 
 /// What one step does besides forward and backward.
@@ -56,6 +61,7 @@ impl Optimizer {
             stats: ctx.zeros(&[GRAD_STATS_LEN], "grad.stats")?,
             partials: ctx.empty(&[grad_norm_partials_len(len)], "grad.partials")?,
             step: 0,
+            block_steps: vec![0; model.depth()],
         })
     }
 
@@ -73,9 +79,13 @@ impl Optimizer {
         model.backward(rec, acts, options.drop_path)?;
         grad_norm(rec, &model.grads, &self.partials, &self.stats, options.max_grad_norm)?;
         self.step += 1;
+        for &block in acts.active_blocks() {
+            self.block_steps[block] += 1;
+        }
         // An elastic sub-network updates only what it ran, as PyTorch's AdamW skips
-        // parameters without a gradient: one dispatch per run of updated tensors.
-        for range in updated_ranges(model, acts.active_blocks()) {
+        // parameters without a gradient: one dispatch per run of updated tensors that share
+        // a step count.
+        for (range, step) in self.updated_ranges(model, acts.active_blocks()) {
             let len = range.end - range.start;
             let view = |t: &Tensor| t.view(range.start, &[len]);
             adamw_update(
@@ -86,7 +96,7 @@ impl Optimizer {
                 &view(&self.m)?,
                 &view(&self.v)?,
                 &options.adamw,
-                self.step,
+                step,
                 model.layout.decay_end.clamp(range.start, range.end) - range.start,
             )?;
         }
@@ -95,35 +105,44 @@ impl Optimizer {
     }
 }
 
-/// The arena ranges AdamW updates when `active` blocks ran: every tensor except those of
-/// skipped blocks, adjacent tensors merged (the whole arena when every block ran).
-fn updated_ranges(model: &GpuVit, active: &[usize]) -> Vec<std::ops::Range<usize>> {
-    let layout = &model.layout;
-    if active.len() == model.depth() {
-        let whole_arena = 0..layout.len;
-        return vec![whole_arena];
-    }
-    let skipped = |name: &str| {
-        name.strip_prefix("blocks.")
-            .and_then(|rest| rest.split_once('.'))
-            .and_then(|(i, _)| i.parse::<usize>().ok())
-            .is_some_and(|i| !active.contains(&i))
-    };
-    let mut specs: Vec<_> = layout.specs.iter().collect();
-    specs.sort_by_key(|s| s.offset);
-    let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
-    let mut open: Option<std::ops::Range<usize>> = None;
-    for spec in specs {
-        if skipped(&spec.name) {
-            ranges.extend(open.take());
-        } else {
+impl Optimizer {
+    /// The arena ranges AdamW updates when `active` blocks ran, each with the step count of
+    /// its tensors: every tensor except those of skipped blocks, adjacent tensors of one
+    /// count merged (the whole arena when every block has taken every step).
+    fn updated_ranges(&self, model: &GpuVit, active: &[usize]) -> Vec<(std::ops::Range<usize>, u32)> {
+        let layout = &model.layout;
+        if active.len() == model.depth() && self.block_steps.iter().all(|&s| s == self.step) {
+            let whole_arena = 0..layout.len;
+            return vec![(whole_arena, self.step)];
+        }
+        let block_of = |name: &str| {
+            name.strip_prefix("blocks.")
+                .and_then(|rest| rest.split_once('.'))
+                .and_then(|(i, _)| i.parse::<usize>().ok())
+        };
+        let mut specs: Vec<_> = layout.specs.iter().collect();
+        specs.sort_by_key(|s| s.offset);
+        let mut ranges: Vec<(std::ops::Range<usize>, u32)> = Vec::new();
+        let mut open: Option<(std::ops::Range<usize>, u32)> = None;
+        for spec in specs {
+            let step = match block_of(&spec.name) {
+                Some(i) if !active.contains(&i) => {
+                    ranges.extend(open.take());
+                    continue;
+                }
+                Some(i) => self.block_steps[i],
+                None => self.step,
+            };
             // Padding between two updated tensors is zero in every arena: updating it is harmless.
             open = Some(match open {
-                Some(r) => r.start..spec.range().end,
-                None => spec.range(),
+                Some((r, s)) if s == step => (r.start..spec.range().end, s),
+                other => {
+                    ranges.extend(other);
+                    (spec.range(), step)
+                }
             });
         }
+        ranges.extend(open);
+        ranges
     }
-    ranges.extend(open);
-    ranges
 }

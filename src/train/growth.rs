@@ -39,9 +39,13 @@ pub async fn remap_state(
             ctx.write(&optimizer.m, &remap(ctx.read(&state.optimizer.m).await?)?)?;
             ctx.write(&optimizer.v, &remap(ctx.read(&state.optimizer.v).await?)?)?;
             optimizer.step = state.optimizer.step;
+            optimizer.block_steps = source.iter().map(|&i| state.optimizer.block_steps[i]).collect();
         }
-        OptState::Reset => progress.adam_step = 0,
+        // `Optimizer::new`: zero moments, and step counts from 0.
+        OptState::Reset => {}
     }
+    progress.adam_step = u64::from(optimizer.step);
+    progress.adam_block_steps = optimizer.block_steps.iter().map(|&s| u64::from(s)).collect();
     progress.depth = source.len();
     Ok(State { model, optimizer, progress })
 }

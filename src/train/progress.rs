@@ -34,6 +34,10 @@ pub struct Progress {
     /// AdamW's own step count (its bias correction restarts when growth resets the moments).
     #[serde(default)]
     pub adam_step: u64,
+    /// AdamW's step count of each block's tensors (a block that a sub-network skipped took
+    /// fewer). Older checkpoints have none: every block then counts `adam_step`.
+    #[serde(default)]
+    pub adam_block_steps: Vec<u64>,
     /// AutoProg: the search in progress, if any.
     #[serde(default)]
     pub search: Option<SearchState>,

@@ -67,6 +67,14 @@ impl State {
         ctx.write(&optimizer.m, &model.layout.arena_from(ckpt, ADAM_M)?)?;
         ctx.write(&optimizer.v, &model.layout.arena_from(ckpt, ADAM_V)?)?;
         optimizer.step = u32::try_from(progress.adam_step).context("step count beyond 2^32")?;
+        optimizer.block_steps = match progress.adam_block_steps.len() {
+            0 => vec![optimizer.step; progress.depth],
+            n if n == progress.depth => {
+                let steps = progress.adam_block_steps.iter().map(|&s| u32::try_from(s));
+                steps.collect::<Result<_, _>>().context("step count beyond 2^32")?
+            }
+            n => anyhow::bail!("{what} records AdamW steps of {n} blocks for a model of {}", progress.depth),
+        };
         Ok(State { model, optimizer, progress })
     }
 
