@@ -9,9 +9,10 @@ continues the saved run), and checks once the run is done (`train-status` is `do
     winners, in order; the log holds two sessions (before and after the reload);
   - the page's prediction for a fixture image with the trained model equals `autoprog predict`
     on the downloaded checkpoint (logits within rel 1e-3, abs 1e-4);
-  - the same run trained natively (`autoprog train --config` the downloaded `config.toml`, on
-    lavapipe) logs the same first step losses (rel 1e-3: f32 kernels summing in another order
-    on another device) and makes the same stage decisions (the searches score by FLOPs);
+  - the same run trained natively (`autoprog train --preset quick --model micro …` with the
+    link's values, on lavapipe) resolves the same `config.toml`, logs the same first step
+    losses (rel 1e-3: f32 kernels summing in another order on another device) and makes the
+    same stage decisions (the searches score by FLOPs);
   - the downloaded files, laid out as a run directory, resume natively (`autoprog train
     --resume DIR --epochs E+1`) and the run finishes;
   - the run, reload included, trains to the end in under 3 minutes;
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import zlib
 
 from viewer_e2e import (BINARY, IMAGE, ROOT, SHOTS, WebDriver, close_enough, fail, free_port, run, start_browser_tools,
@@ -137,9 +139,15 @@ def check_panels(browser, log, summary):
 
 
 def check_native(work, files, browser_log, browser_winners):
-    """The same config trained natively, and the browser's files resumed natively."""
+    """The link's run trained natively (its flags resolve to the browser's config.toml), and
+    the browser's files resumed natively."""
     native_dir = os.path.join(work, "native")
-    run("train", "--config", files["config.toml"], "--quiet", "--out", native_dir)
+    run("train", "--preset", "quick", "--model", "micro", "--schedule", "auto", "--epochs", str(EPOCHS),
+        "--seed", str(SEED), "--train-images", str(IMAGES), "--val-images", str(VAL_IMAGES),
+        "--search-cost", "flops", "--quiet", "--out", native_dir)
+    with open(files["config.toml"], "rb") as ours, open(os.path.join(native_dir, "config.toml"), "rb") as theirs:
+        if tomllib.load(ours) != tomllib.load(theirs):
+            fail("the browser's config.toml differs from the one `autoprog train` resolves from the same flags")
     native_log = open(os.path.join(native_dir, "log.jsonl")).read()
     steps = [(e["step"], e["loss"]) for e in events(native_log, "step")]
     browser_steps = dict((e["step"], e["loss"]) for e in events(browser_log, "step"))

@@ -9,10 +9,10 @@ once with WebGPU (SwiftShader) and once with WebGPU off (the CPU twin in wasm):
   - `top1` and `logits` equal the native prediction (same top-1, logits within rel 1e-3,
     abs 1e-4: f32 kernels in a different order on another GPU, or the f64 twin),
   - `backend` is `webgpu`, then `cpu`, and `error` stays empty;
-and, with WebGPU off, that a training link says that training needs WebGPU, that a malformed log,
-a run that is not served, a file that is not a model, a model of an unknown architecture, crafted model files (a scalar head, an empty position
-embedding, zero-element tensors of 2^31 columns, metadata claiming depth or width 10^9) and a
-non-image each show a readable error while
+and, with WebGPU off, that a training link says that training needs WebGPU, that a malformed
+log, a run that is not served, a file that is not a model, a model of an unknown architecture,
+crafted model files (a scalar head, an empty position embedding, zero-element tensors of 2^31
+columns, metadata claiming depth or width 10^9) and a non-image each show a readable error while
 the page stays usable, and that a log of 100 000 events loads in under 2 s. Screenshots
 (1280x800, the whole page, and phone width) go to target/e2e/.
 

@@ -249,8 +249,21 @@ export class TrainView {
     note.textContent = "This tab is in the background: training goes on at full speed; the panels catch up when you come back.";
   }
 
+  // Polls the run until it ends; a failure to show or keep one update is shown and polling
+  // goes on (the run itself goes on regardless).
   async poll() {
-    const session = this.session;
+    let ended = false;
+    try {
+      ended = await this.update(this.session);
+    } catch (error) {
+      ended = this.finished; // once the end is being shown, one failure there is enough
+      this.showError(error);
+    }
+    if (!ended) setTimeout(() => this.poll(), POLL_MS);
+  }
+
+  // Shows where the run stands; true once it has ended.
+  async update(session) {
     const p = JSON.parse(session.poll());
     this.notes.push(...p.notes);
     if (p.notes.length) {
@@ -272,10 +285,10 @@ export class TrainView {
     }
     if (!ended) {
       testid("train-status").textContent = p.status;
-      setTimeout(() => this.poll().catch(this.showError), POLL_MS);
-      return;
+      return false;
     }
     await this.end(p, session);
+    return true;
   }
 
   // The run's panels from its log so far.
@@ -319,7 +332,8 @@ export class TrainView {
     if (p.status === "done") {
       await forgetRun(); // finished: nothing left to continue
       const checkpoint = session.checkpoint();
-      if (checkpoint) await this.loadModel(checkpoint, "last.safetensors");
+      // The run is done whether or not its model loads for inference.
+      if (checkpoint) await this.loadModel(checkpoint, "last.safetensors").catch(this.showError);
     } else if (p.status === "stopped") {
       await this.offerSaved("when it was stopped");
     }

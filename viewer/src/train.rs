@@ -1,6 +1,6 @@
 //! Training in the page: the core's training loop ([`autoprog::train::run`]) on the
 //! browser's WebGPU adapter, with the built-in procedural dataset drawn in wasm by the same
-//! code as natively. The page starts a [`TrainSession`], polls it for progress and the run
+//! code as natively, or a folder of images the user picked ([`crate::folder`]). The page starts a [`TrainSession`], polls it for progress and the run
 //! log (which feeds the same panels as a finished run), and takes its checkpoints to keep
 //! them in the browser's storage and offer them for download.
 
@@ -206,10 +206,17 @@ struct Live {
     /// The step and epoch (counted from 1) the last checkpoint was taken in.
     checkpoint_at: (u64, u32),
     summary: Option<String>,
+    steps: StepState,
+}
+
+/// Where the steps stand, for the page's progress line.
+#[derive(Clone, Debug, Default, Serialize)]
+struct StepState {
     epoch: usize,
     epochs: usize,
     steps_in_epoch: u64,
     position: u64,
+    /// Steps logged so far (a `step` event every few steps).
     step_events: u64,
     loss: Option<f32>,
     images_per_second: Option<f64>,
@@ -231,7 +238,7 @@ impl RunSink for PageSink {
                 live.checkpoints += 1;
                 live.checkpoint_at = (c.step, c.epoch + 1);
             }
-            Event::Step(_) => live.step_events += 1,
+            Event::Step(_) => live.steps.step_events += 1,
             _ => {}
         }
         Ok(())
@@ -261,14 +268,16 @@ impl RunSink for PageSink {
 
     fn epoch_started(&mut self, epoch: usize, epochs: usize, steps: u64, position: u64) {
         let mut live = self.live.borrow_mut();
-        (live.epoch, live.epochs, live.steps_in_epoch, live.position) = (epoch, epochs, steps, position);
+        let s = &mut live.steps;
+        (s.epoch, s.epochs, s.steps_in_epoch, s.position) = (epoch, epochs, steps, position);
     }
 
     fn step_done(&mut self, progress: StepProgress) {
         let mut live = self.live.borrow_mut();
-        live.position = progress.position;
+        let s = &mut live.steps;
+        s.position = progress.position;
         if let Some((loss, ips)) = progress.loss {
-            (live.loss, live.images_per_second) = (Some(loss), Some(ips));
+            (s.loss, s.images_per_second) = (Some(loss), Some(ips));
         }
     }
 }
@@ -278,14 +287,8 @@ impl RunSink for PageSink {
 struct Poll<'a> {
     status: &'a Status,
     error: Option<&'a str>,
-    epoch: usize,
-    epochs: usize,
-    steps_in_epoch: u64,
-    position: u64,
-    /// Steps logged so far (a `step` event every few steps).
-    step_events: u64,
-    loss: Option<f32>,
-    images_per_second: Option<f64>,
+    #[serde(flatten)]
+    steps: &'a StepState,
     log_bytes: usize,
     checkpoints: u32,
     checkpoint_step: u64,
@@ -348,13 +351,7 @@ impl TrainSession {
         let poll = Poll {
             status: &live.status,
             error: live.error.as_deref(),
-            epoch: live.epoch,
-            epochs: live.epochs,
-            steps_in_epoch: live.steps_in_epoch,
-            position: live.position,
-            step_events: live.step_events,
-            loss: live.loss,
-            images_per_second: live.images_per_second,
+            steps: &live.steps,
             log_bytes: live.log.len(),
             checkpoints: live.checkpoints,
             checkpoint_step: live.checkpoint_at.0,
