@@ -1,8 +1,9 @@
 //! Training in the page: the core's training loop ([`autoprog::train::run`]) on the
 //! browser's WebGPU adapter, with the built-in procedural dataset drawn in wasm by the same
-//! code as natively, or a folder of images the user picked ([`crate::folder`]). The page starts a [`TrainSession`], polls it for progress and the run
-//! log (which feeds the same panels as a finished run), and takes its checkpoints to keep
-//! them in the browser's storage and offer them for download.
+//! code as natively, or a folder of images the user picked ([`crate::folder`]). The page
+//! starts a [`TrainSession`], polls it for progress and the run log (which feeds the same
+//! panels as a finished run), and takes its checkpoints to keep them in the browser's
+//! storage and offer them for download.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
