@@ -44,8 +44,6 @@ pub async fn remap_state(
         // `Optimizer::new`: zero moments, and step counts from 0.
         OptState::Reset => {}
     }
-    progress.adam_step = u64::from(optimizer.step);
-    progress.adam_block_steps = optimizer.block_steps.iter().map(|&s| u64::from(s)).collect();
     progress.depth = source.len();
     Ok(State { model, optimizer, progress })
 }

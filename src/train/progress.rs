@@ -31,7 +31,8 @@ pub struct Progress {
     /// The last validation's accuracy of the weights, then of each EMA (for `--grow-from best`).
     #[serde(default)]
     pub last_val_accs: Vec<f64>,
-    /// AdamW's own step count (its bias correction restarts when growth resets the moments).
+    /// AdamW's own step count (its bias correction restarts when growth resets the moments);
+    /// written from the optimizer when a checkpoint is taken, read when one is loaded.
     #[serde(default)]
     pub adam_step: u64,
     /// AdamW's step count of each block's tensors (a block that a sub-network skipped took

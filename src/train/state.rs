@@ -99,7 +99,10 @@ impl State {
         if let Some(bad) = ckpt.tensors.iter().find(|t| t.data.iter().any(|v| !v.is_finite())) {
             return Err(NonFinite { step: self.progress.step, tensor: bad.name.clone() }.into());
         }
-        let p = &self.progress;
+        // AdamW's step counts live in the optimizer; the checkpoint's progress record keeps them.
+        let mut p = self.progress.clone();
+        p.adam_step = u64::from(self.optimizer.step);
+        p.adam_block_steps = self.optimizer.block_steps.iter().map(|&s| u64::from(s)).collect();
         ckpt.set_json(meta::FORMAT, TRAINING_FORMAT)?;
         ckpt.set_json(meta::CONFIG, config)?;
         ckpt.set_json(meta::VIT, &self.model.config)?;
@@ -111,7 +114,7 @@ impl State {
         ckpt.set_json(meta::RESOLUTION, &p.resolution)?;
         ckpt.set_json(meta::DEPTH, &p.depth)?;
         ckpt.set_json(meta::RNG, &serde_json::json!({ "seed": config.recipe.seed, "step": p.step }))?;
-        ckpt.set_json(meta::PROGRESS, p)?;
+        ckpt.set_json(meta::PROGRESS, &p)?;
         Ok(ckpt)
     }
 }

@@ -78,10 +78,8 @@ impl Trainer<'_> {
         self.ring.record(&mut rec, &acts.loss, step)?;
         self.ctx.submit(rec)?;
         self.ring.submitted();
-        let (p, optimizer) = (&mut self.state.progress, &self.state.optimizer);
+        let p = &mut self.state.progress;
         p.step += 1;
-        p.adam_step = u64::from(optimizer.step);
-        p.adam_block_steps = optimizer.block_steps.iter().map(|&s| u64::from(s)).collect();
         p.batch_in_epoch += 1;
         p.train_flops += batch.len() as f64 * self.config.model.train_flops_per_image(resolution, depth);
         epoch.images += batch.len() as u64;

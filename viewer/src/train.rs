@@ -395,7 +395,7 @@ impl TrainSession {
 
     /// Holds the run before its next step (the time paused is not counted as training).
     pub fn pause(&self) {
-        if self.controls.paused_since.get().is_none() && self.live.borrow().status == Status::Running {
+        if !self.controls.is_paused() && self.live.borrow().status == Status::Running {
             self.controls.paused_since.set(Some(now_ms()));
             self.live.borrow_mut().status = Status::Paused;
         }
