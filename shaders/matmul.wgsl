@@ -19,6 +19,11 @@ const GELU: bool = false;
 const STORE_PRE: bool = false;
 const HAS_RESIDUAL: bool = false;
 const ACCUMULATE: bool = false;
+// Storage element types, rewritten per variant: `Operand` for A, B and the bias, `Output`
+// for C, the pre-activation and the residual. f16 is storage only: every load widens to
+// f32, the accumulators are f32, and a store rounds once.
+alias Operand = f32;
+alias Output = f32;
 
 const BM: u32 = WY * TM;
 const BN: u32 = WX * TN;
@@ -41,12 +46,12 @@ struct Params {
     _pad2: u32,
 }
 
-@group(0) @binding(0) var<storage, read> a: array<f32>;
-@group(0) @binding(1) var<storage, read> b: array<f32>;
-@group(0) @binding(2) var<storage, read> bias: array<f32>;
-@group(0) @binding(3) var<storage, read> residual: array<f32>;
-@group(0) @binding(4) var<storage, read_write> c: array<f32>;
-@group(0) @binding(5) var<storage, read_write> pre: array<f32>;
+@group(0) @binding(0) var<storage, read> a: array<Operand>;
+@group(0) @binding(1) var<storage, read> b: array<Operand>;
+@group(0) @binding(2) var<storage, read> bias: array<Operand>;
+@group(0) @binding(3) var<storage, read> residual: array<Output>;
+@group(0) @binding(4) var<storage, read_write> c: array<Output>;
+@group(0) @binding(5) var<storage, read_write> pre: array<Output>;
 @group(0) @binding(6) var<uniform> p: Params;
 
 // Offset of op(A)[row, kk] relative to the batch item's base.
@@ -72,21 +77,21 @@ fn store(batch: u32, row: u32, col: u32, value: f32) {
     let at = batch * p.batch_c + row * p.ldc + col;
     var acc = value;
     if (HAS_BIAS) {
-        acc += bias[col];
+        acc += f32(bias[col]);
     }
     if (STORE_PRE) {
-        pre[at] = acc;
+        pre[at] = Output(acc);
     }
     if (GELU) {
         acc = gelu(acc);
     }
     if (HAS_RESIDUAL) {
-        acc += residual[at];
+        acc += f32(residual[at]);
     }
     if (ACCUMULATE) {
-        acc += c[at];
+        acc += f32(c[at]);
     }
-    c[at] = acc;
+    c[at] = Output(acc);
 }
 
 // The register-tiled entry point `matmul_register` is generated per tile shape by
@@ -94,8 +99,8 @@ fn store(batch: u32, row: u32, col: u32, value: f32) {
 // CPU and some GPU compilers do not unroll, leaving the tile in memory instead of
 // registers) and appended to this file. It reads A and B through these vec4 views
 // when the shapes allow.
-@group(0) @binding(0) var<storage, read> a4: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read> b4: array<vec4<f32>>;
+@group(0) @binding(0) var<storage, read> a4: array<vec4<Operand>>;
+@group(0) @binding(1) var<storage, read> b4: array<vec4<Operand>>;
 
 // Shared-memory tiled (for real GPUs): the workgroup stages a BK-deep slice of A
 // (as [BK][BM]) and of B (as [BK][BN]) in workgroup memory, then every invocation
@@ -128,7 +133,7 @@ fn matmul_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
             let gk = k0 + kk;
             var v = 0.0;
             if (gr < p.m && gk < p.k) {
-                v = a[a_base + a_at(gr, gk)];
+                v = f32(a[a_base + a_at(gr, gk)]);
             }
             tile_a[kk * BM + r] = v;
         }
@@ -146,7 +151,7 @@ fn matmul_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
             let gk = k0 + kk;
             var v = 0.0;
             if (gc < p.n && gk < p.k) {
-                v = b[b_base + b_at(gk, gc)];
+                v = f32(b[b_base + b_at(gk, gc)]);
             }
             tile_b[kk * BN + col] = v;
         }

@@ -36,6 +36,10 @@ pub enum Error {
     #[error("{op}: {detail}")]
     InvalidArgument { op: &'static str, detail: String },
 
+    /// An optional adapter feature a kernel needs is missing; `hint` says what to do instead.
+    #[error("{what} needs the adapter feature {feature}, which this device lacks; {hint}")]
+    MissingFeature { what: String, feature: &'static str, hint: &'static str },
+
     #[error("GPU error in {op}: {detail}")]
     Gpu { op: String, detail: String },
 

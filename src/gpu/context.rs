@@ -300,6 +300,11 @@ impl GpuContext {
         Ok(self.placeholders.get().expect("just set")[writable as usize].clone())
     }
 
+    /// Whether `t` is one of the [`GpuContext::placeholder`]s.
+    pub(crate) fn is_placeholder(&self, t: &crate::Tensor) -> bool {
+        self.placeholders.get().is_some_and(|pair| pair.iter().any(|p| p.same_buffer(t)))
+    }
+
     /// Returns the first GPU validation error raised since the last call, if any.
     pub fn take_error(&self, op: &str) -> Result<()> {
         let mut errors = self.errors.lock().expect("error lock");

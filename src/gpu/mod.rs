@@ -16,7 +16,7 @@ pub use pipeline::{specialise, Access, Generated, Kernel, KernelSpec, Shader};
 pub use pool::BufferPool;
 pub use readback::ReadbackRing;
 pub use recorder::{Recorder, Timing};
-pub use tensor::{Tensor, PORTABLE_OFFSET_ALIGN, PORTABLE_STORAGE_BUFFERS};
+pub use tensor::{Element, Tensor, PORTABLE_OFFSET_ALIGN, PORTABLE_STORAGE_BUFFERS};
 
 /// Largest workgroup count per grid dimension that every WebGPU adapter accepts.
 pub const MAX_GROUPS_PER_DIM: u32 = 65_535;

@@ -8,7 +8,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::Result;
+use crate::gpu::Element;
+use crate::{Error, Result};
 
 /// A WGSL source file of one kernel family.
 #[derive(Clone, Copy, Debug)]
@@ -35,6 +36,10 @@ pub struct KernelSpec<'a> {
     pub consts: &'a [(&'a str, String)],
     /// Generated WGSL appended to the specialised source (e.g. unrolled entry points).
     pub generated: Option<Generated<'a>>,
+    /// The element type of each storage binding, in order; empty: all f32 (4-byte words).
+    /// Dispatch refuses a tensor of another type. Any f16 compiles the source with
+    /// `enable f16;`, which needs the device's `SHADER_F16`.
+    pub elements: &'a [Element],
 }
 
 /// WGSL generated for one variant of a shader. Only its name enters the cache key, and
@@ -56,12 +61,17 @@ impl std::fmt::Debug for Generated<'_> {
 impl<'a> KernelSpec<'a> {
     /// An entry point compiled as written, without specialisation.
     pub fn new(shader: Shader, entry: &'a str, bindings: &'a [Access]) -> Self {
-        KernelSpec { shader, entry, bindings, consts: &[], generated: None }
+        KernelSpec { shader, entry, bindings, consts: &[], generated: None, elements: &[] }
     }
 
     /// The same entry point with `const` declarations rewritten (see [`specialise`]).
     pub fn with_consts(self, consts: &'a [(&'a str, String)]) -> Self {
         KernelSpec { consts, ..self }
+    }
+
+    /// The element type storage binding `i` must have.
+    fn element(&self, i: usize) -> Element {
+        self.elements.get(i).copied().unwrap_or_default()
     }
 }
 
@@ -71,6 +81,8 @@ pub struct Kernel {
     pub pipeline: wgpu::ComputePipeline,
     pub layout: wgpu::BindGroupLayout,
     pub bindings: Vec<Access>,
+    /// The element type of each storage binding (see [`KernelSpec::elements`]).
+    pub elements: Vec<Element>,
 }
 
 pub(crate) struct PipelineCache {
@@ -137,12 +149,27 @@ impl PipelineCache {
     ) -> Result<Arc<Kernel>> {
         let consts: Vec<String> = spec.consts.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let generated = spec.generated.map(|g| format!("#{}", g.name)).unwrap_or_default();
-        let key = format!("{}::{}[{}]{generated}", spec.shader.name, spec.entry, consts.join(","));
+        let storage = spec.bindings.iter().filter(|a| **a != Access::Uniform).count();
+        let elements: Vec<Element> = (0..storage).map(|i| spec.element(i)).collect();
+        let half = elements.contains(&Element::F16);
+        let typed = if half { elements.iter().map(|e| e.wgsl()).collect::<Vec<_>>().join(",") } else { String::new() };
+        let key = format!("{}::{}[{}]{generated}{typed}", spec.shader.name, spec.entry, consts.join(","));
         if let Some(k) = self.kernels.lock().expect("pipeline lock").get(&key) {
             return Ok(k.clone());
         }
-        let source =
-            specialise(spec.shader.source, spec.consts) + &spec.generated.map(|g| (g.source)()).unwrap_or_default();
+        if half && !device.features().contains(wgpu::Features::SHADER_F16) {
+            return Err(Error::MissingFeature {
+                what: format!("{key} (f16 storage)"),
+                feature: "SHADER_F16",
+                hint: "use f32 (--precision f32), or an adapter that has it (`autoprog info` lists them)",
+            });
+        }
+        let enable = if half { "enable f16;\n" } else { "" };
+        let source = format!(
+            "{enable}{}{}",
+            specialise(spec.shader.source, spec.consts),
+            spec.generated.map(|g| (g.source)()).unwrap_or_default()
+        );
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(spec.shader.name),
             source: wgpu::ShaderSource::Wgsl(source.into()),
@@ -168,7 +195,8 @@ impl PipelineCache {
             cache: self.driver_cache.as_ref(),
         });
         check(&format!("compiling {key}"))?;
-        let kernel = Arc::new(Kernel { label: key.clone(), pipeline, layout, bindings: spec.bindings.to_vec() });
+        let kernel =
+            Arc::new(Kernel { label: key.clone(), pipeline, layout, bindings: spec.bindings.to_vec(), elements });
         self.kernels.lock().expect("pipeline lock").insert(key, kernel.clone());
         Ok(kernel)
     }

@@ -182,6 +182,16 @@ impl Recorder<'_> {
                 format!("{} needs {groups:?} workgroups; the adapter allows {limit} per dimension", kernel.label),
             ));
         }
+        // A tensor of another element type would be read as garbage. The context's
+        // placeholders stand in for unused bindings of any type.
+        for (i, (t, &want)) in tensors.iter().zip(&kernel.elements).enumerate() {
+            if t.element() != want && !self.ctx.is_placeholder(t) {
+                return Err(Error::invalid(
+                    "dispatch",
+                    format!("{}: binding {i} takes {want} but {t:?} holds {}", kernel.label, t.element()),
+                ));
+            }
+        }
         // Every adapter accepts a binding at a multiple of 256 bytes; lavapipe accepts far less
         // and would hide a view that a browser refuses.
         let align = (self.ctx.arena_align() * 4) as u64;
@@ -269,8 +279,8 @@ impl Recorder<'_> {
 
     /// Records a copy of `src` into `dst` (same element count).
     pub fn copy(&mut self, src: &Tensor, dst: &Tensor) -> Result<()> {
-        if src.numel() != dst.numel() {
-            return Err(Error::shape("copy", format!("{:?} into {:?}", src.shape(), dst.shape())));
+        if src.numel() != dst.numel() || src.element() != dst.element() {
+            return Err(Error::shape("copy", format!("{src:?} into {dst:?}")));
         }
         self.encoder().copy_buffer_to_buffer(src.buffer(), src.offset(), dst.buffer(), dst.offset(), src.bytes());
         Ok(())

@@ -1,5 +1,6 @@
-//! Tensors: a pooled buffer, a byte offset into it and a shape. Element type is f32
-//! unless a kernel documents u32 (labels, masks); both are 4 bytes.
+//! Tensors: a pooled buffer, a byte offset into it, a shape and an element type: f32
+//! (4 bytes; also u32 where a kernel documents it: labels, masks) or f16 (2 bytes, for
+//! mixed-precision storage; the host always sees f32).
 
 use std::sync::Arc;
 
@@ -7,17 +8,79 @@ use crate::gpu::pool::PooledBuffer;
 use crate::gpu::GpuContext;
 use crate::{Error, Result};
 
-/// A dense row-major tensor of 4-byte elements living in a GPU buffer.
+/// What a tensor stores per element.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Element {
+    /// 4-byte words: f32, or u32 where a kernel documents it.
+    #[default]
+    F32,
+    /// IEEE half precision: storage only, kernels compute in f32 (needs `SHADER_F16`).
+    F16,
+}
+
+impl Element {
+    pub const fn bytes(self) -> usize {
+        match self {
+            Element::F32 => 4,
+            Element::F16 => 2,
+        }
+    }
+    /// The WGSL scalar type.
+    pub const fn wgsl(self) -> &'static str {
+        match self {
+            Element::F32 => "f32",
+            Element::F16 => "f16",
+        }
+    }
+    /// `value` as this type stores it (f16: rounded to nearest, even on ties).
+    pub fn round(self, value: f32) -> f32 {
+        match self {
+            Element::F32 => value,
+            Element::F16 => half::f16::from_f32(value).to_f32(),
+        }
+    }
+    fn encode(self, data: &[f32]) -> std::borrow::Cow<'_, [u8]> {
+        match self {
+            Element::F32 => bytemuck::cast_slice(data).into(),
+            Element::F16 => data.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect::<Vec<u8>>().into(),
+        }
+    }
+    fn decode(self, bytes: &[u8]) -> Vec<f32> {
+        match self {
+            Element::F32 => bytemuck::pod_collect_to_vec(bytes),
+            Element::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        }
+    }
+}
+
+impl std::fmt::Display for Element {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.wgsl())
+    }
+}
+
+/// Bytes a tensor of `numel` elements occupies: bindings cannot be empty and their size
+/// must be a multiple of 4, so an odd count of f16 values is padded.
+fn storage_bytes(numel: usize, element: Element) -> u64 {
+    (numel.max(1) * element.bytes()).next_multiple_of(4) as u64
+}
+
+/// A dense row-major tensor living in a GPU buffer.
 #[derive(Clone)]
 pub struct Tensor {
     buf: Arc<PooledBuffer>,
     offset: u64,
     shape: Vec<usize>,
+    element: Element,
 }
 
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tensor{:?}", self.shape)
+        match self.element {
+            Element::F32 => write!(f, "Tensor{:?}", self.shape),
+            Element::F16 => write!(f, "Tensor{:?}<f16>", self.shape),
+        }
     }
 }
 
@@ -28,8 +91,12 @@ impl Tensor {
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
+    pub fn element(&self) -> Element {
+        self.element
+    }
+    /// Bytes bound for this tensor (see [`storage_bytes`]).
     pub fn bytes(&self) -> u64 {
-        (self.numel().max(1) * 4) as u64
+        storage_bytes(self.numel(), self.element)
     }
     pub fn buffer(&self) -> &wgpu::Buffer {
         &self.buf.buffer
@@ -63,7 +130,7 @@ impl Tensor {
                 format!("cannot view {:?} ({} elements) as {shape:?}", self.shape, self.numel()),
             ));
         }
-        Ok(Tensor { buf: self.buf.clone(), offset: self.offset, shape: shape.to_vec() })
+        Ok(Tensor { shape: shape.to_vec(), ..self.clone() })
     }
     /// A view of `shape` starting `elem_offset` elements in. The byte offset must meet
     /// the adapter's storage offset alignment (see [`GpuContext::arena_align`]).
@@ -72,7 +139,8 @@ impl Tensor {
         if elem_offset + numel > self.numel() {
             return Err(Error::shape("view", format!("{shape:?} at element {elem_offset} overruns {:?}", self.shape)));
         }
-        Ok(Tensor { buf: self.buf.clone(), offset: self.offset + elem_offset as u64 * 4, shape: shape.to_vec() })
+        let offset = self.offset + (elem_offset * self.element.bytes()) as u64;
+        Ok(Tensor { offset, shape: shape.to_vec(), ..self.clone() })
     }
 }
 
@@ -94,49 +162,72 @@ impl GpuContext {
         bytes as usize / 4
     }
 
-    /// An uninitialised tensor from the pool; `label` names it in GPU debuggers.
+    /// An uninitialised f32 tensor from the pool; `label` names it in GPU debuggers.
     pub fn empty(&self, shape: &[usize], label: &str) -> Result<Tensor> {
+        self.empty_as(shape, Element::F32, label)
+    }
+
+    /// An uninitialised tensor of `element`s from the pool.
+    pub fn empty_as(&self, shape: &[usize], element: Element, label: &str) -> Result<Tensor> {
         let numel: usize = shape.iter().product();
-        let bytes = (numel.max(1) * 4) as u64;
+        let bytes = storage_bytes(numel, element);
         self.check_binding(&format!("tensor {label} {shape:?}"), bytes)?;
         let buffer = self.pool.take(&self.device, bytes, label);
-        Ok(Tensor { buf: Arc::new(PooledBuffer::new(buffer, self.pool.clone())), offset: 0, shape: shape.to_vec() })
+        let buf = Arc::new(PooledBuffer::new(buffer, self.pool.clone()));
+        Ok(Tensor { buf, offset: 0, shape: shape.to_vec(), element })
     }
 
     /// A tensor filled with `data` (f32).
     pub fn upload(&self, data: &[f32], shape: &[usize], label: &str) -> Result<Tensor> {
-        self.upload_bytes(bytemuck::cast_slice(data), data.len(), shape, label)
+        self.upload_as(data, shape, Element::F32, label)
+    }
+
+    /// A tensor of `element`s filled with `data`, converted (f16: rounded to nearest).
+    pub fn upload_as(&self, data: &[f32], shape: &[usize], element: Element, label: &str) -> Result<Tensor> {
+        self.upload_bytes(&element.encode(data), data.len(), shape, element, label)
     }
 
     /// A tensor filled with `data` (u32: labels, masks, indices).
     pub fn upload_u32(&self, data: &[u32], shape: &[usize], label: &str) -> Result<Tensor> {
-        self.upload_bytes(bytemuck::cast_slice(data), data.len(), shape, label)
+        self.upload_bytes(bytemuck::cast_slice(data), data.len(), shape, Element::F32, label)
     }
 
-    fn upload_bytes(&self, bytes: &[u8], len: usize, shape: &[usize], label: &str) -> Result<Tensor> {
+    fn upload_bytes(&self, bytes: &[u8], len: usize, shape: &[usize], element: Element, label: &str) -> Result<Tensor> {
         let numel: usize = shape.iter().product();
         if numel != len {
             return Err(Error::shape("upload", format!("{label}: {len} values for shape {shape:?}")));
         }
-        let t = self.empty(shape, label)?;
-        if !bytes.is_empty() {
-            self.queue.write_buffer(t.buffer(), t.offset(), bytes);
-        }
+        let t = self.empty_as(shape, element, label)?;
+        self.write_padded(&t, bytes);
         Ok(t)
     }
 
-    /// Overwrites a tensor's contents from the host.
+    /// Writes `bytes` at the start of `t`, padded to the 4-byte multiple queue writes need.
+    fn write_padded(&self, t: &Tensor, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        if bytes.len().is_multiple_of(4) {
+            self.queue.write_buffer(t.buffer(), t.offset(), bytes);
+        } else {
+            let mut padded = bytes.to_vec();
+            padded.resize(bytes.len().next_multiple_of(4), 0);
+            self.queue.write_buffer(t.buffer(), t.offset(), &padded);
+        }
+    }
+
+    /// Overwrites a tensor's contents from the host (converted to its element type).
     pub fn write(&self, t: &Tensor, data: &[f32]) -> Result<()> {
         if data.len() != t.numel() {
             return Err(Error::shape("write", format!("{} values into {:?}", data.len(), t.shape())));
         }
-        self.queue.write_buffer(t.buffer(), t.offset(), bytemuck::cast_slice(data));
+        self.write_padded(t, &t.element.encode(data));
         Ok(())
     }
 
     /// Overwrites a u32 tensor (labels, masks) with `data`.
     pub fn write_u32(&self, t: &Tensor, data: &[u32]) -> Result<()> {
-        if data.len() != t.numel() {
+        if data.len() != t.numel() || t.element != Element::F32 {
             return Err(Error::shape("write", format!("{} values into {:?}", data.len(), t.shape())));
         }
         self.queue.write_buffer(t.buffer(), t.offset(), bytemuck::cast_slice(data));
@@ -149,10 +240,10 @@ impl GpuContext {
         self.upload(&vec![0.0; numel], shape, label)
     }
 
-    /// Copies a tensor back to the host as f32.
+    /// Copies a tensor back to the host as f32 (f16 tensors are widened exactly).
     pub async fn read(&self, t: &Tensor) -> Result<Vec<f32>> {
         let bytes = self.read_bytes(t).await?;
-        Ok(bytemuck::cast_slice(&bytes).to_vec())
+        Ok(t.element.decode(&bytes))
     }
 
     /// Copies a tensor back to the host as u32.
@@ -181,7 +272,7 @@ impl GpuContext {
         let mut bytes = self.map_read(&staging, &format!("{t:?}")).await?;
         self.take_error("readback")?;
         // An empty tensor still copies one padding element (bindings cannot be empty).
-        bytes.truncate(t.numel() * 4);
+        bytes.truncate(t.numel() * t.element.bytes());
         Ok(bytes)
     }
 

@@ -3,6 +3,7 @@
 
 use std::sync::OnceLock;
 
+use autoprog::gpu::Element;
 use autoprog::{ContextOptions, GpuContext, Recorder, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -39,6 +40,25 @@ pub fn to_f32(v: &[f64]) -> Vec<f32> {
 /// f32-rounded copy in f64, so CPU twins see exactly the values the GPU sees.
 pub fn rounded(v: &[f64]) -> Vec<f64> {
     v.iter().map(|&x| x as f32 as f64).collect()
+}
+
+/// `v` as a tensor of `element` stores it, in f64 (the CPU twin's input).
+pub fn stored(element: Element, v: &[f64]) -> Vec<f64> {
+    v.iter().map(|&x| element.round(x as f32) as f64).collect()
+}
+
+pub fn upload_as(element: Element, v: &[f64], shape: &[usize]) -> Tensor {
+    ctx().upload_as(&to_f32(v), shape, element, "test.input").expect("upload")
+}
+
+/// f16 tests run on adapters with f16 shaders (lavapipe has them); test.sh leaves them
+/// out of the GL run (wgpu's GL backend has none). Elsewhere they fail rather than skip.
+pub fn require_f16() {
+    assert!(
+        ctx().has(wgpu::Features::SHADER_F16),
+        "{} has no SHADER_F16; run the f16 tests on an adapter with it (lavapipe has it)",
+        ctx().summary.name
+    );
 }
 
 pub fn upload(v: &[f64], shape: &[usize]) -> Tensor {

@@ -1,4 +1,5 @@
 use autoprog::cpu;
+use autoprog::gpu::Element;
 use autoprog::kernels::matmul::{self, Config, Epilogue, Layout};
 use autoprog::tolerance::Tolerance;
 use proptest::prelude::*;
@@ -42,14 +43,20 @@ fn check(case: &Case, config: Config, seed: u64) {
 /// [`check`], through split-K with this many slices when `split` is given (TN, plain or
 /// accumulating epilogue, 2-D operands).
 fn check_split(case: &Case, config: Config, split: Option<usize>, seed: u64) {
+    check_typed(case, config, split, [Element::F32; 2], seed);
+}
+
+/// [`check_split`] with A, B and the bias stored as `operand` and C, the residual and the
+/// pre-activation as `output`; the CPU twin sees the values as stored.
+fn check_typed(case: &Case, config: Config, split: Option<usize>, [operand, output]: [Element; 2], seed: u64) {
     let Case { layout, batch, m, n, k, .. } = *case;
     let mut r = rng(seed);
-    let a = rounded(&random(&mut r, batch * m * k, 1.0));
+    let a = stored(operand, &random(&mut r, batch * m * k, 1.0));
     let b_batches = if case.b_shared { 1 } else { batch };
-    let b = rounded(&random(&mut r, b_batches * k * n, 1.0));
-    let bias = rounded(&random(&mut r, n, 1.0));
-    let res = rounded(&random(&mut r, batch * m * n, 1.0));
-    let old = rounded(&random(&mut r, batch * m * n, 1.0));
+    let b = stored(operand, &random(&mut r, b_batches * k * n, 1.0));
+    let bias = stored(operand, &random(&mut r, n, 1.0));
+    let res = stored(output, &random(&mut r, batch * m * n, 1.0));
+    let old = stored(output, &random(&mut r, batch * m * n, 1.0));
     let a_shape = match layout {
         Layout::TN => vec![batch, k, m],
         _ => vec![batch, m, k],
@@ -62,11 +69,11 @@ fn check_split(case: &Case, config: Config, split: Option<usize>, seed: u64) {
         b_shape.remove(0);
     }
     let c_shape = [batch, m, n];
-    let (at, bt) = (upload(&a, &a_shape), upload(&b, &b_shape));
-    let bias_t = upload(&bias, &[n]);
-    let res_t = upload(&res, &c_shape);
-    let c = upload(&old, &c_shape);
-    let pre = empty(&c_shape);
+    let (at, bt) = (upload_as(operand, &a, &a_shape), upload_as(operand, &b, &b_shape));
+    let bias_t = upload_as(operand, &bias, &[n]);
+    let res_t = upload_as(output, &res, &c_shape);
+    let c = upload_as(output, &old, &c_shape);
+    let pre = ctx().empty_as(&c_shape, output, "test.pre").expect("alloc");
     let epi = Epilogue {
         bias: case.bias.then_some(&bias_t),
         gelu: case.gelu,
@@ -108,8 +115,13 @@ fn check_split(case: &Case, config: Config, split: Option<usize>, seed: u64) {
     // by about 10).
     let sequential_sigma = f64::from(f32::EPSILON) / 2.0 * k as f64 / 18f64.sqrt();
     let abs = (5.0 * sequential_sigma).max(Tolerance::FORWARD.abs);
-    let tol = Tolerance { rel: Tolerance::FORWARD.rel, abs };
-    let what = format!("{} {} b{batch} m{m} n{n} k{k} split {split:?}", layout.name(), config.label());
+    let rel = match output {
+        Element::F32 => Tolerance::FORWARD.rel,
+        Element::F16 => Tolerance::F16_STORAGE.rel,
+    };
+    let tol = Tolerance { rel, abs };
+    let what =
+        format!("{} {} b{batch} m{m} n{n} k{k} split {split:?} {operand}->{output}", layout.name(), config.label());
     tol.assert(&what, &read(&c), &want);
     if case.gelu {
         tol.assert(&format!("{what} pre"), &read(&pre), &want_pre);
@@ -129,6 +141,85 @@ proptest! {
         let case = Case { layout, batch, m, n, k, b_shared, bias, gelu, residual, accumulate };
         check(&case, config, seed);
     }
+}
+
+proptest! {
+    // Fewer cases than f32: every case compiles new pipelines, slow on lavapipe.
+    #![proptest_config(ProptestConfig::with_cases(12))]
+    /// f16 storage: f16 operands into f16 (activations) or f32 (weight gradients), and
+    /// f32 operands into f16.
+    #[test]
+    fn matmul_f16_matches_cpu(
+        layout in prop::sample::select(Layout::ALL.to_vec()),
+        config in prop::sample::select(configs()),
+        types in prop::sample::select(vec![
+            [Element::F16, Element::F16], [Element::F16, Element::F32], [Element::F32, Element::F16],
+        ]),
+        batch in 1usize..3, m in 1usize..70, n in 1usize..70, k in 1usize..70,
+        b_shared in any::<bool>(), bias in any::<bool>(), gelu in any::<bool>(),
+        residual in any::<bool>(), accumulate in any::<bool>(), seed in any::<u64>(),
+    ) {
+        require_f16();
+        let case = Case { layout, batch, m, n, k, b_shared, bias, gelu, residual, accumulate };
+        check_typed(&case, config, None, types, seed);
+    }
+}
+
+#[test]
+fn matmul_f16_every_variant_and_layout_at_a_vit_shape() {
+    require_f16();
+    let one_per_variant =
+        [Config::register(16, 16, 8), Config::tiled(8, 8, 16, 16, 8), Config::blocked(8, 8, 16, 16, 8)];
+    for config in one_per_variant {
+        for layout in Layout::ALL {
+            let case = Case {
+                layout,
+                batch: 2,
+                m: 65,
+                n: 192,
+                k: 64,
+                b_shared: true,
+                bias: true,
+                gelu: true,
+                residual: true,
+                accumulate: false,
+            };
+            check_typed(&case, config, None, [Element::F16; 2], 12);
+        }
+    }
+}
+
+#[test]
+fn matmul_f16_split_k_into_f32_matches_cpu() {
+    // Weight gradients: f16 activations and gradients into an f32 gradient.
+    require_f16();
+    for (m, n, k, splits) in [(70, 33, 1000, 3), (64, 192, 768, 3)] {
+        let case = Case {
+            layout: Layout::TN,
+            batch: 1,
+            m,
+            n,
+            k,
+            b_shared: false,
+            bias: false,
+            gelu: false,
+            residual: false,
+            accumulate: true,
+        };
+        check_typed(&case, Config::register(8, 4, 8), Some(splits), [Element::F16, Element::F32], 18);
+    }
+}
+
+#[test]
+fn matmul_f16_refuses_mixed_operands() {
+    require_f16();
+    let c = ctx();
+    let a = c.upload_as(&[0.0; 12], &[3, 4], Element::F16, "a").unwrap();
+    let b = c.zeros(&[4, 6], "b").unwrap();
+    let out = c.zeros(&[3, 6], "c").unwrap();
+    let mut rec = c.recorder("mixed");
+    let err = matmul::matmul(&mut rec, Layout::NN, &a, &b, &out, &Epilogue::default()).unwrap_err().to_string();
+    assert!(err.contains("binding 1 takes f16") && err.contains("Tensor[4, 6]"), "{err}");
 }
 
 #[test]

@@ -118,11 +118,11 @@ pub(super) fn register_source(config: Config, reads: Reads) -> String {
             if reads == Reads::Vec4NK {
                 let _ = writeln!(w, "    for (var kk = 0u; kk < p.k; kk += 4u) {{");
                 for i in 0..tm {
-                    let _ = writeln!(w, "        let av{i} = a4[(a_base + r{i} * p.lda + kk) / 4u];");
+                    let _ = writeln!(w, "        let av{i} = vec4<f32>(a4[(a_base + r{i} * p.lda + kk) / 4u]);");
                 }
                 for (q, comp) in ["x", "y", "z", "w"].iter().enumerate() {
                     for j in 0..groups {
-                        let _ = writeln!(w, "        let bv{j}_{q} = b4[bk + c{j}];");
+                        let _ = writeln!(w, "        let bv{j}_{q} = vec4<f32>(b4[bk + c{j}]);");
                     }
                     for i in 0..tm {
                         for j in 0..groups {
@@ -137,10 +137,10 @@ pub(super) fn register_source(config: Config, reads: Reads) -> String {
             } else {
                 let _ = writeln!(w, "    for (var kk = 0u; kk < p.k; kk++) {{");
                 for i in 0..tm {
-                    let _ = writeln!(w, "        let av{i} = vec4<f32>(a[a_base + a_at(r{i}, kk)]);");
+                    let _ = writeln!(w, "        let av{i} = vec4<f32>(f32(a[a_base + a_at(r{i}, kk)]));");
                 }
                 for j in 0..groups {
-                    let _ = writeln!(w, "        let bv{j} = b4[bk + c{j}];");
+                    let _ = writeln!(w, "        let bv{j} = vec4<f32>(b4[bk + c{j}]);");
                 }
                 for i in 0..tm {
                     for j in 0..groups {
@@ -172,10 +172,10 @@ pub(super) fn register_source(config: Config, reads: Reads) -> String {
                 // A is [M, K] and B is [N, K]: both rows are contiguous along k.
                 let _ = writeln!(w, "    for (var kk = 0u; kk < p.k; kk += 4u) {{");
                 for i in 0..tm {
-                    let _ = writeln!(w, "        let av{i} = a4[(a_base + r{i} * p.lda + kk) / 4u];");
+                    let _ = writeln!(w, "        let av{i} = vec4<f32>(a4[(a_base + r{i} * p.lda + kk) / 4u]);");
                 }
                 for j in 0..tn {
-                    let _ = writeln!(w, "        let bv{j} = b4[(b_base + c{j} * p.ldb + kk) / 4u];");
+                    let _ = writeln!(w, "        let bv{j} = vec4<f32>(b4[(b_base + c{j} * p.ldb + kk) / 4u]);");
                 }
                 for i in 0..tm {
                     for j in 0..tn {
@@ -185,10 +185,10 @@ pub(super) fn register_source(config: Config, reads: Reads) -> String {
             } else {
                 let _ = writeln!(w, "    for (var kk = 0u; kk < p.k; kk++) {{");
                 for i in 0..tm {
-                    let _ = writeln!(w, "        let av{i} = a[a_base + a_at(r{i}, kk)];");
+                    let _ = writeln!(w, "        let av{i} = f32(a[a_base + a_at(r{i}, kk)]);");
                 }
                 for j in 0..tn {
-                    let _ = writeln!(w, "        let bv{j} = b[b_base + b_at(kk, c{j})];");
+                    let _ = writeln!(w, "        let bv{j} = f32(b[b_base + b_at(kk, c{j})]);");
                 }
                 for i in 0..tm {
                     for j in 0..tn {
@@ -292,8 +292,8 @@ pub(super) fn blocked_source(config: Config, a_trans: bool, b_trans: bool) -> St
         }
     };
     let load = |w: &mut String, k0: &str| {
-        load_operand(w, k0, "la", "sa", groups_a, "m0", "p.m", &|row| format!("a[a_base + a_at({row}, kc)]"));
-        load_operand(w, k0, "lb", "sb", groups_b, "n0", "p.n", &|col| format!("b[b_base + b_at(kc, {col})]"));
+        load_operand(w, k0, "la", "sa", groups_a, "m0", "p.m", &|row| format!("f32(a[a_base + a_at({row}, kc)])"));
+        load_operand(w, k0, "lb", "sb", groups_b, "n0", "p.n", &|col| format!("f32(b[b_base + b_at(kc, {col})])"));
     };
     load(w, "0u");
     for i in 0..tm {

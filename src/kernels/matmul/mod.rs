@@ -258,7 +258,7 @@ pub fn matmul_with(
     if d.m == 0 || d.n == 0 || d.batch == 0 {
         return Ok(());
     }
-    if let Some(splits) = split_k_count(rec.ctx(), layout, config, &d, a, b, epi) {
+    if let Some(splits) = split_k_count(rec.ctx(), layout, config, &d, a, b, c, epi) {
         return matmul_split_k(rec, config, a, b, c, epi.accumulate, splits);
     }
     let (a_trans, b_trans) = layout.transposes();
@@ -276,7 +276,13 @@ pub fn matmul_with(
         ("STORE_PRE", flag(epi.pre.is_some())),
         ("HAS_RESIDUAL", flag(epi.residual.is_some())),
         ("ACCUMULATE", flag(epi.accumulate)),
+        ("Operand", a.element().wgsl().to_string()),
+        ("Output", c.element().wgsl().to_string()),
     ];
+    // A, B and the bias share one element type, C, the residual and the pre-activation
+    // another; dispatch refuses tensors that differ.
+    let (operand, output) = (a.element(), c.element());
+    let elements = [operand, operand, operand, output, output, output];
     let config = fit_scalar_reads(layout, config, &d);
     let reads = choose_reads(layout, config, &d);
     let register = || register_source(config, reads);
@@ -298,6 +304,7 @@ pub fn matmul_with(
         bindings: &[Read, Read, Read, Read, ReadWrite, ReadWrite, Uniform],
         consts: &consts,
         generated,
+        elements: &elements,
     };
     let kernel = rec.ctx().kernel(&spec)?;
     // Unused bindings still need a buffer.

@@ -23,10 +23,15 @@ pub(super) fn split_k_count(
     d: &Dims,
     a: &Tensor,
     b: &Tensor,
+    c: &Tensor,
     epi: &Epilogue<'_>,
 ) -> Option<usize> {
     let plain = epi.bias.is_none() && !epi.gelu && epi.pre.is_none() && epi.residual.is_none();
     let two_d = a.shape().len() == 2 && b.shape().len() == 2;
+    // The slices are summed by an f32 kernel: f16 outputs take the unsplit path.
+    if c.element() != crate::gpu::Element::F32 {
+        return None;
+    }
     if ctx.summary.is_cpu() || layout != Layout::TN || !plain || !two_d || d.batch != 1 {
         return None;
     }
@@ -68,9 +73,9 @@ pub fn matmul_split_k(
             ),
         ));
     }
-    // Slices of a multiple of 64 rows start every view of A and B at a multiple of 256
-    // bytes, the largest storage offset alignment an adapter may ask for.
-    let slice = d.k.div_ceil(splits).next_multiple_of(64);
+    // Slices of a multiple of 64 rows (128 in f16) start every view of A and B at a
+    // multiple of 256 bytes, the largest storage offset alignment an adapter may ask for.
+    let slice = d.k.div_ceil(splits).next_multiple_of(256 / a.element().bytes());
     let full = d.k / slice;
     let tail = d.k - full * slice;
     if full == 0 {
