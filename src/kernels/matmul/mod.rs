@@ -16,7 +16,7 @@ mod tune;
 use bytemuck::{Pod, Zeroable};
 use serde::{Deserialize, Serialize};
 
-use crate::gpu::{Access, Generated, GpuContext, KernelSpec, Recorder, Shader, Tensor};
+use crate::gpu::{Access, Element, Generated, GpuContext, KernelSpec, Recorder, Shader, Tensor};
 use crate::kernels::LOOP_BUDGET;
 use crate::{Error, Result};
 
@@ -258,8 +258,10 @@ pub fn matmul_with(
     if d.m == 0 || d.n == 0 || d.batch == 0 {
         return Ok(());
     }
-    if let Some(splits) = split_k_count(rec.ctx(), layout, config, &d, a, b, c, epi) {
-        return matmul_split_k(rec, config, a, b, c, epi.accumulate, splits);
+    if c.element() == Element::F32 {
+        if let Some(splits) = split_k_count(rec.ctx(), layout, config, &d, a, b, epi) {
+            return matmul_split_k(rec, config, a, b, c, epi.accumulate, splits);
+        }
     }
     let (a_trans, b_trans) = layout.transposes();
     let flag = |b: bool| b.to_string();

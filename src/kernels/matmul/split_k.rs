@@ -15,7 +15,8 @@ const SPLIT_K_MIN_SLICE: usize = 256;
 /// How many K slices to split a weight-gradient matmul into, if any. A dW = dYᵀ·X is TN
 /// with a small output (width × width) and a long K (batch × tokens): one workgroup per
 /// output tile would leave most of a GPU idle. Only on GPUs (CPU adapters have a handful
-/// of cores, which the tiles already fill) and only for a plain or accumulating epilogue.
+/// of cores, which the tiles already fill) and only for a plain or accumulating epilogue;
+/// the caller asks only for an f32 C (the slices are summed by an f32 kernel).
 pub(super) fn split_k_count(
     ctx: &GpuContext,
     layout: Layout,
@@ -23,15 +24,10 @@ pub(super) fn split_k_count(
     d: &Dims,
     a: &Tensor,
     b: &Tensor,
-    c: &Tensor,
     epi: &Epilogue<'_>,
 ) -> Option<usize> {
     let plain = epi.bias.is_none() && !epi.gelu && epi.pre.is_none() && epi.residual.is_none();
     let two_d = a.shape().len() == 2 && b.shape().len() == 2;
-    // The slices are summed by an f32 kernel: f16 outputs take the unsplit path.
-    if c.element() != crate::gpu::Element::F32 {
-        return None;
-    }
     if ctx.summary.is_cpu() || layout != Layout::TN || !plain || !two_d || d.batch != 1 {
         return None;
     }
