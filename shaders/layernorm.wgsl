@@ -34,6 +34,9 @@ struct ParamGradParams {
 }
 
 const WG: u32 = 64u;
+// The storage type of x, y, gamma, beta, dy and dx (f16: every load widens to f32, a
+// store rounds once). mean, rstd and the dgamma/dbeta sums are always f32.
+alias Act = f32;
 // A divisor of WG; the workgroup handles WG / THREADS_PER_ROW rows side by side.
 const THREADS_PER_ROW: u32 = 64u;
 const ROWS_PER_WG: u32 = WG / THREADS_PER_ROW;
@@ -92,10 +95,10 @@ fn row_sums_g(lid: u32, slot: u32, g: f32, gx: f32) -> vec2<f32> {
     return total;
 }
 
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> gamma: array<f32>;
-@group(0) @binding(2) var<storage, read> beta: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(0) var<storage, read> x: array<Act>;
+@group(0) @binding(1) var<storage, read> gamma: array<Act>;
+@group(0) @binding(2) var<storage, read> beta: array<Act>;
+@group(0) @binding(3) var<storage, read_write> y: array<Act>;
 @group(0) @binding(4) var<storage, read_write> mean: array<f32>;
 @group(0) @binding(5) var<storage, read_write> rstd: array<f32>;
 @group(0) @binding(6) var<uniform> p: Params;
@@ -114,20 +117,20 @@ fn layernorm_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
 
     var s = 0.0;
     for (var c = lane; c < cols; c += THREADS_PER_ROW) {
-        s += x[base + c];
+        s += f32(x[base + c]);
     }
     let mu = row_sum_a(lid, s) * inv_c;
 
     // Two-pass variance: sum of squared deviations, no cancellation of E[x^2] - E[x]^2.
     var q = 0.0;
     for (var c = lane; c < cols; c += THREADS_PER_ROW) {
-        let d = x[base + c] - mu;
+        let d = f32(x[base + c]) - mu;
         q += d * d;
     }
     let rs = 1.0 / sqrt(row_sum_b(lid, q) * inv_c + p.eps);
 
     for (var c = lane; c < cols; c += THREADS_PER_ROW) {
-        y[base + c] = (x[base + c] - mu) * rs * gamma[c] + beta[c];
+        y[base + c] = Act((f32(x[base + c]) - mu) * rs * f32(gamma[c]) + f32(beta[c]));
     }
     if (valid && lane == 0u) {
         mean[row] = mu;
@@ -135,12 +138,12 @@ fn layernorm_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     }
 }
 
-@group(0) @binding(0) var<storage, read> bx: array<f32>;
-@group(0) @binding(1) var<storage, read> bgamma: array<f32>;
+@group(0) @binding(0) var<storage, read> bx: array<Act>;
+@group(0) @binding(1) var<storage, read> bgamma: array<Act>;
 @group(0) @binding(2) var<storage, read> bmean: array<f32>;
 @group(0) @binding(3) var<storage, read> brstd: array<f32>;
-@group(0) @binding(4) var<storage, read> dy: array<f32>;
-@group(0) @binding(5) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(4) var<storage, read> dy: array<Act>;
+@group(0) @binding(5) var<storage, read_write> dx: array<Act>;
 @group(0) @binding(6) var<storage, read_write> dgamma_partial: array<f32>;
 @group(0) @binding(7) var<storage, read_write> dbeta_partial: array<f32>;
 @group(0) @binding(8) var<uniform> bp: BackwardParams;
@@ -182,15 +185,15 @@ fn layernorm_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
         var sg = 0.0;
         var sgx = 0.0;
         for (var c = lane; c < row_cols; c += THREADS_PER_ROW) {
-            let g = dy[base + c] * bgamma[c];
+            let g = f32(dy[base + c]) * f32(bgamma[c]);
             sg += g;
-            sgx += g * (bx[base + c] - mu) * rs;
+            sgx += g * (f32(bx[base + c]) - mu) * rs;
         }
         let sums = row_sums_g(lid, step & 1u, sg, sgx) * inv_c;
         for (var c = lane; c < row_cols; c += THREADS_PER_ROW) {
-            let d = dy[base + c];
-            let xhat = (bx[base + c] - mu) * rs;
-            dx[base + c] = rs * (d * bgamma[c] - sums.x - xhat * sums.y);
+            let d = f32(dy[base + c]);
+            let xhat = (f32(bx[base + c]) - mu) * rs;
+            dx[base + c] = Act(rs * (d * f32(bgamma[c]) - sums.x - xhat * sums.y));
             dgamma_partial[part + c] += d * xhat;
             dbeta_partial[part + c] += d;
         }

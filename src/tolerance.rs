@@ -1,5 +1,7 @@
 //! Numerical comparison with stated tolerances, shared by tests and benchmarks.
 
+use crate::gpu::Element;
+
 /// Unit roundoff of f16 (11-bit significand): rounding to nearest moves a normal value by
 /// at most 2⁻¹¹ of itself.
 pub const F16_UNIT_ROUNDOFF: f64 = 1.0 / 2048.0;
@@ -19,14 +21,19 @@ impl Tolerance {
     /// CPU backward (f64) against central finite differences with step 1e-6: truncation
     /// error O(h^2) plus rounding O(eps/h) gives about 1e-8 on smooth functions.
     pub const FINITE_DIFF: Tolerance = Tolerance { rel: 1e-5, abs: 1e-7 };
-    /// Kernels that store f16 (and compute in f32) against their f64 CPU twins, run on the
-    /// same f16-rounded inputs, when the kernel rounds its result to f16 once. WGSL lets a
-    /// conversion to f16 take either neighbour of an inexact value, so the rounding costs up
-    /// to one f16 ulp, 2·[`F16_UNIT_ROUNDOFF`] relative; the f32 arithmetic before it adds
-    /// [`Tolerance::FORWARD`]'s share. The absolute floor stays FORWARD's: f16's smallest
-    /// subnormal step (6e-8) is far below it.
-    pub const F16_STORAGE: Tolerance =
-        Tolerance { rel: 2.0 * F16_UNIT_ROUNDOFF + Tolerance::FORWARD.rel, abs: Tolerance::FORWARD.abs };
+
+    /// This tolerance for a kernel that computes in f32 and then stores its result as
+    /// `element`, compared with an f64 twin that ran on the same (stored) inputs. f16: WGSL
+    /// lets a conversion to f16 take either neighbour of an inexact value, so the one
+    /// rounding costs up to one f16 ulp, 2·[`F16_UNIT_ROUNDOFF`] of the value, on top of the
+    /// f32 arithmetic's share. The absolute floor is kept: f16's smallest subnormal step
+    /// (6e-8) is below every floor used here.
+    pub const fn after_rounding_to(self, element: Element) -> Tolerance {
+        match element {
+            Element::F32 => self,
+            Element::F16 => Tolerance { rel: self.rel + 2.0 * F16_UNIT_ROUNDOFF, abs: self.abs },
+        }
+    }
 
     /// Whether `actual` is within tolerance of `expected`.
     pub fn accepts(&self, actual: f64, expected: f64) -> bool {

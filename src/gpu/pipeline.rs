@@ -69,6 +69,11 @@ impl<'a> KernelSpec<'a> {
         KernelSpec { consts, ..self }
     }
 
+    /// The same entry point with its storage bindings' element types (see [`KernelSpec::elements`]).
+    pub fn with_elements(self, elements: &'a [Element]) -> Self {
+        KernelSpec { elements, ..self }
+    }
+
     /// The element type storage binding `i` must have.
     fn element(&self, i: usize) -> Element {
         self.elements.get(i).copied().unwrap_or_default()

@@ -1,9 +1,10 @@
-//! GELU (erf form), forward and backward: `shaders/gelu.wgsl`.
+//! GELU (erf form), forward and backward: `shaders/gelu.wgsl`. Tensors are all f32 or
+//! all f16 (computed in f32).
 
 use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{grid_1d, Access, KernelSpec, Recorder, Shader, Tensor};
-use crate::kernels::same_shape;
+use crate::kernels::{act_const, same_shape};
 use crate::Result;
 
 pub const SHADER: Shader = Shader {
@@ -22,11 +23,12 @@ struct Params {
 /// y = gelu(x), elementwise.
 pub fn gelu_forward(rec: &mut Recorder<'_>, x: &Tensor, y: &Tensor) -> Result<()> {
     same_shape("gelu_forward", &[("x", x), ("y", y)])?;
-    let kernel = rec.ctx().kernel(&KernelSpec::new(
-        SHADER,
-        "gelu_forward",
-        &[Access::Read, Access::ReadWrite, Access::Uniform],
-    ))?;
+    let consts = act_const(x);
+    let kernel = rec.ctx().kernel(
+        &KernelSpec::new(SHADER, "gelu_forward", &[Access::Read, Access::ReadWrite, Access::Uniform])
+            .with_consts(&consts)
+            .with_elements(&[x.element(); 2]),
+    )?;
     let n = x.numel() as u32;
     rec.dispatch(&kernel, &[x, y], &Params { n, _pad: [0; 3] }, grid_1d(n.div_ceil(WG)))
 }
@@ -34,11 +36,12 @@ pub fn gelu_forward(rec: &mut Recorder<'_>, x: &Tensor, y: &Tensor) -> Result<()
 /// dx = dy * gelu'(x), elementwise.
 pub fn gelu_backward(rec: &mut Recorder<'_>, x: &Tensor, dy: &Tensor, dx: &Tensor) -> Result<()> {
     same_shape("gelu_backward", &[("x", x), ("dy", dy), ("dx", dx)])?;
-    let kernel = rec.ctx().kernel(&KernelSpec::new(
-        SHADER,
-        "gelu_backward",
-        &[Access::Read, Access::Read, Access::ReadWrite, Access::Uniform],
-    ))?;
+    let consts = act_const(x);
+    let kernel = rec.ctx().kernel(
+        &KernelSpec::new(SHADER, "gelu_backward", &[Access::Read, Access::Read, Access::ReadWrite, Access::Uniform])
+            .with_consts(&consts)
+            .with_elements(&[x.element(); 3]),
+    )?;
     let n = x.numel() as u32;
     rec.dispatch(&kernel, &[x, dy, dx], &Params { n, _pad: [0; 3] }, grid_1d(n.div_ceil(WG)))
 }

@@ -6,11 +6,14 @@
 //! records both with a scratch partial buffer sized by [`layernorm_partial_rows`].
 //! Rows are split over invocations as [`RowSplit::for_rows`] picks for the adapter; the
 //! `_with_split` functions choose explicitly (tests run both splits on any adapter).
+//! x, y, gamma, beta, dy and dx share one element type (f32 or f16, computed in f32); the
+//! statistics and the dgamma/dbeta sums are f32.
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::gpu::Element::F32;
 use crate::gpu::{grid_1d, Access, KernelSpec, Recorder, Shader, Tensor};
-use crate::kernels::{check_loop_budget, expect_shape, same_shape, RowSplit, LOOP_BUDGET};
+use crate::kernels::{act_const, check_loop_budget, expect_shape, same_shape, RowSplit, LOOP_BUDGET};
 use crate::{Error, Result};
 
 pub const SHADER: Shader = Shader { name: "layernorm", source: include_str!("../../shaders/layernorm.wgsl") };
@@ -139,6 +142,8 @@ pub fn layernorm_forward_with_split(
         return Err(Error::invalid(OP, format!("eps is {eps}; it must be finite and >= 0")));
     }
     check_loop_budget(OP, split.iterations_per_row(cols, 3, 2), || format!("a row of {cols} channels"))?;
+    let act = x.element();
+    let consts = [split.shader_const(), act_const(x)].concat();
     let kernel = rec.ctx().kernel(
         &KernelSpec::new(
             SHADER,
@@ -153,7 +158,8 @@ pub fn layernorm_forward_with_split(
                 Access::Uniform,
             ],
         )
-        .with_consts(&split.shader_const()),
+        .with_consts(&consts)
+        .with_elements(&[act, act, act, act, F32, F32]),
     )?;
     let params = Params { rows: rows as u32, cols: cols as u32, eps, _pad: 0 };
     let groups = rows.div_ceil(split.rows_per_workgroup()) as u32;
@@ -212,6 +218,8 @@ pub fn layernorm_backward_with_split(
     };
     same_shape(OP, &[("dgamma_partial", dgamma_partial), ("dbeta_partial", dbeta_partial)])?;
     let rows_per_partial = rows.div_ceil(num_partials);
+    let act = x.element();
+    let consts = [split.shader_const(), act_const(x)].concat();
     if backward_iterations(split, cols, rows_per_partial) > LOOP_BUDGET {
         return Err(Error::invalid(
             OP,
@@ -239,7 +247,8 @@ pub fn layernorm_backward_with_split(
                 Access::Uniform,
             ],
         )
-        .with_consts(&split.shader_const()),
+        .with_consts(&consts)
+        .with_elements(&[act, act, F32, F32, act, act, F32, F32]),
     )?;
     let params = BackwardParams {
         rows: rows as u32,

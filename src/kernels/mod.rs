@@ -34,6 +34,13 @@ pub fn shaders() -> Vec<Shader> {
 /// Functions shared by several families (erf, GELU), prepended to their sources.
 pub const COMMON: Shader = Shader { name: "common", source: include_str!("../../shaders/common.wgsl") };
 
+/// The `consts` entry that sets a shader's `Act` alias, the storage type of its activations
+/// and of the weights it reads, to `t`'s element type. Statistics, weight gradients and
+/// partial sums stay f32 whatever `Act` is.
+pub(crate) fn act_const(t: &Tensor) -> [(&'static str, String); 1] {
+    [("Act", t.element().wgsl().to_string())]
+}
+
 /// Checks that all named tensors have the shape of the first.
 pub(crate) fn same_shape(op: &'static str, tensors: &[(&str, &Tensor)]) -> Result<()> {
     let (first_name, first) = tensors[0];

@@ -65,6 +65,10 @@ pub fn upload(v: &[f64], shape: &[usize]) -> Tensor {
     ctx().upload(&to_f32(v), shape, "test.input").expect("upload")
 }
 
+pub fn empty_as(element: Element, shape: &[usize]) -> Tensor {
+    ctx().empty_as(shape, element, "test.output").expect("alloc")
+}
+
 pub fn empty(shape: &[usize]) -> Tensor {
     ctx().empty(shape, "test.output").expect("alloc")
 }

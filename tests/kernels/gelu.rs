@@ -1,4 +1,5 @@
 use autoprog::cpu;
+use autoprog::gpu::Element;
 use autoprog::kernels::gelu;
 use autoprog::tolerance::Tolerance;
 use proptest::prelude::*;
@@ -6,17 +7,31 @@ use proptest::prelude::*;
 use crate::common::*;
 
 fn check_gelu(n: usize, seed: u64) {
+    check_gelu_as(Element::F32, n, seed);
+}
+
+fn check_gelu_as(element: Element, n: usize, seed: u64) {
     let mut r = rng(seed);
-    let x = rounded(&random(&mut r, n, 6.0));
-    let dy = rounded(&random(&mut r, n, 1.0));
-    let (xt, dyt) = (upload(&x, &[n]), upload(&dy, &[n]));
-    let (y, dx) = (empty(&[n]), empty(&[n]));
+    let x = stored(element, &random(&mut r, n, 6.0));
+    let dy = stored(element, &random(&mut r, n, 1.0));
+    let (xt, dyt) = (upload_as(element, &x, &[n]), upload_as(element, &dy, &[n]));
+    let (y, dx) = (empty_as(element, &[n]), empty_as(element, &[n]));
     run(|rec| {
         gelu::gelu_forward(rec, &xt, &y)?;
         gelu::gelu_backward(rec, &xt, &dyt, &dx)
     });
-    Tolerance::FORWARD.assert("gelu_forward", &read(&y), &cpu::gelu::gelu_forward(&x));
-    Tolerance::BACKWARD.assert("gelu_backward", &read(&dx), &cpu::gelu::gelu_backward(&x, &dy));
+    let (forward, backward) =
+        (Tolerance::FORWARD.after_rounding_to(element), Tolerance::BACKWARD.after_rounding_to(element));
+    forward.assert(&format!("gelu_forward {element}"), &read(&y), &cpu::gelu::gelu_forward(&x));
+    backward.assert(&format!("gelu_backward {element}"), &read(&dx), &cpu::gelu::gelu_backward(&x, &dy));
+}
+
+#[test]
+fn gelu_f16_matches_cpu() {
+    require_f16();
+    for (n, seed) in [(1, 1), (2999, 2), (256 * 70 + 3, 3)] {
+        check_gelu_as(Element::F16, n, seed);
+    }
 }
 
 proptest! {

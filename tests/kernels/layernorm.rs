@@ -1,4 +1,5 @@
 use autoprog::cpu;
+use autoprog::gpu::Element;
 use autoprog::kernels::{layernorm, RowSplit};
 use autoprog::tolerance::Tolerance;
 use proptest::prelude::*;
@@ -14,17 +15,31 @@ fn check_layernorm(rows: usize, cols: usize, partials: usize, accumulate: bool, 
 }
 
 fn check_layernorm_split(split: RowSplit, rows: usize, cols: usize, num_partials: usize, accumulate: bool, seed: u64) {
+    check_layernorm_as(Element::F32, split, rows, cols, num_partials, accumulate, seed);
+}
+
+/// [`check_layernorm_split`] with x, y, gamma, beta, dy and dx stored as `element`.
+fn check_layernorm_as(
+    element: Element,
+    split: RowSplit,
+    rows: usize,
+    cols: usize,
+    num_partials: usize,
+    accumulate: bool,
+    seed: u64,
+) {
     let eps = 1e-6;
     let mut r = rng(seed);
-    let x = rounded(&random(&mut r, rows * cols, 2.0));
-    let gamma = rounded(&random(&mut r, cols, 1.5));
-    let beta = rounded(&random(&mut r, cols, 0.5));
-    let dy = rounded(&random(&mut r, rows * cols, 1.0));
+    let x = stored(element, &random(&mut r, rows * cols, 2.0));
+    let gamma = stored(element, &random(&mut r, cols, 1.5));
+    let beta = stored(element, &random(&mut r, cols, 0.5));
+    let dy = stored(element, &random(&mut r, rows * cols, 1.0));
     let previous = (rounded(&random(&mut r, cols, 1.0)), rounded(&random(&mut r, cols, 1.0)));
 
-    let (xt, gt, bt, dyt) =
-        (upload(&x, &[rows, cols]), upload(&gamma, &[cols]), upload(&beta, &[cols]), upload(&dy, &[rows, cols]));
-    let (y, mean, rstd, dx) = (empty(&[rows, cols]), empty(&[rows]), empty(&[rows]), empty(&[rows, cols]));
+    let up = |v: &[f64], shape: &[usize]| upload_as(element, v, shape);
+    let (xt, gt, bt, dyt) = (up(&x, &[rows, cols]), up(&gamma, &[cols]), up(&beta, &[cols]), up(&dy, &[rows, cols]));
+    let (y, dx) = (empty_as(element, &[rows, cols]), empty_as(element, &[rows, cols]));
+    let (mean, rstd) = (empty(&[rows]), empty(&[rows]));
     let (dgp, dbp) = (empty(&[num_partials, cols]), empty(&[num_partials, cols]));
     let (dgamma, dbeta) = (upload(&previous.0, &[cols]), upload(&previous.1, &[cols]));
     run(|rec| {
@@ -34,7 +49,8 @@ fn check_layernorm_split(split: RowSplit, rows: usize, cols: usize, num_partials
     });
 
     let (want_y, want_mean, want_rstd) = cpu::layernorm::layernorm_forward(&x, &gamma, &beta, rows, cols, eps);
-    Tolerance::FORWARD.assert(&format!("layernorm_forward y ({split:?})"), &read(&y), &want_y);
+    let y_tol = Tolerance::FORWARD.after_rounding_to(element);
+    y_tol.assert(&format!("layernorm_forward y ({split:?}, {element})"), &read(&y), &want_y);
     Tolerance::FORWARD.assert(&format!("layernorm_forward mean ({split:?})"), &read(&mean), &want_mean);
     Tolerance::FORWARD.assert(&format!("layernorm_forward rstd ({split:?})"), &read(&rstd), &want_rstd);
 
@@ -43,7 +59,8 @@ fn check_layernorm_split(split: RowSplit, rows: usize, cols: usize, num_partials
         (read(&mean).iter().map(|&v| v as f64).collect(), read(&rstd).iter().map(|&v| v as f64).collect());
     let (want_dx, want_dgp, want_dbp) =
         cpu::layernorm::layernorm_backward(&x, &gamma, &gpu_mean, &gpu_rstd, &dy, rows, cols, num_partials);
-    Tolerance::BACKWARD.assert(&format!("layernorm_backward dx ({split:?})"), &read(&dx), &want_dx);
+    let dx_tol = Tolerance::BACKWARD.after_rounding_to(element);
+    dx_tol.assert(&format!("layernorm_backward dx ({split:?}, {element})"), &read(&dx), &want_dx);
     Tolerance::BACKWARD.assert(&format!("layernorm_backward dgamma_partial ({split:?})"), &read(&dgp), &want_dgp);
     Tolerance::BACKWARD.assert(&format!("layernorm_backward dbeta_partial ({split:?})"), &read(&dbp), &want_dbp);
 
@@ -62,6 +79,18 @@ proptest! {
         // Any partial count works, including more partial rows than rows (the extras hold zeros).
         let partials = 1 + (partial_frac * rows as f64) as usize + extra_partials;
         check_layernorm(rows, cols, partials, accumulate, seed);
+    }
+}
+
+#[test]
+fn layernorm_f16_matches_cpu() {
+    require_f16();
+    for split in [RowSplit::Invocation, RowSplit::Workgroup] {
+        for (rows, cols, partials, accumulate, seed) in
+            [(70, 192, 4, false, 3), (33, 7, 40, true, 4), (1, 300, 1, true, 5)]
+        {
+            check_layernorm_as(Element::F16, split, rows, cols, partials, accumulate, seed);
+        }
     }
 }
 

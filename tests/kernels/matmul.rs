@@ -115,11 +115,7 @@ fn check_typed(case: &Case, config: Config, split: Option<usize>, [operand, outp
     // by about 10).
     let sequential_sigma = f64::from(f32::EPSILON) / 2.0 * k as f64 / 18f64.sqrt();
     let abs = (5.0 * sequential_sigma).max(Tolerance::FORWARD.abs);
-    let rel = match output {
-        Element::F32 => Tolerance::FORWARD.rel,
-        Element::F16 => Tolerance::F16_STORAGE.rel,
-    };
-    let tol = Tolerance { rel, abs };
+    let tol = Tolerance { rel: Tolerance::FORWARD.rel, abs }.after_rounding_to(output);
     let what =
         format!("{} {} b{batch} m{m} n{n} k{k} split {split:?} {operand}->{output}", layout.name(), config.label());
     tol.assert(&what, &read(&c), &want);
