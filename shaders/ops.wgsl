@@ -45,6 +45,11 @@ struct GatherParams {
 }
 
 const WG: u32 = 256u;
+// The storage type of activations (and the weights read: class token, position embedding).
+// f16 is storage only: loads widen to f32, stores round once. Reduction outputs, weight
+// gradients (dcls) and drop-path scales stay f32; `convert` writes `Converted`.
+alias Act = f32;
+alias Converted = f32;
 
 fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wg.x + wg.y * nwg.x) * WG + lid;
@@ -52,9 +57,9 @@ fn linear_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
 
 // ---- elementwise ---------------------------------------------------------------------------
 
-@group(0) @binding(0) var<storage, read> add_x: array<f32>;
-@group(0) @binding(1) var<storage, read> add_y: array<f32>;
-@group(0) @binding(2) var<storage, read_write> add_z: array<f32>;
+@group(0) @binding(0) var<storage, read> add_x: array<Act>;
+@group(0) @binding(1) var<storage, read> add_y: array<Act>;
+@group(0) @binding(2) var<storage, read_write> add_z: array<Act>;
 @group(0) @binding(3) var<uniform> add_p: ElementwiseParams;
 
 // z = x + y
@@ -63,11 +68,11 @@ fn add_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
                @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
     if (i < add_p.n) {
-        add_z[i] = add_x[i] + add_y[i];
+        add_z[i] = Act(f32(add_x[i]) + f32(add_y[i]));
     }
 }
 
-@group(0) @binding(0) var<storage, read_write> scale_x: array<f32>;
+@group(0) @binding(0) var<storage, read_write> scale_x: array<Act>;
 @group(0) @binding(1) var<uniform> scale_p: ElementwiseParams;
 
 // x = a * x, in place
@@ -76,12 +81,12 @@ fn scale(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
          @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
     if (i < scale_p.n) {
-        scale_x[i] = scale_p.a * scale_x[i];
+        scale_x[i] = Act(scale_p.a * f32(scale_x[i]));
     }
 }
 
-@group(0) @binding(0) var<storage, read> axpy_x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> axpy_y: array<f32>;
+@group(0) @binding(0) var<storage, read> axpy_x: array<Act>;
+@group(0) @binding(1) var<storage, read_write> axpy_y: array<Act>;
 @group(0) @binding(2) var<uniform> axpy_p: ElementwiseParams;
 
 // y = y + a * x
@@ -90,7 +95,7 @@ fn axpy(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
     if (i < axpy_p.n) {
-        axpy_y[i] = axpy_y[i] + axpy_p.a * axpy_x[i];
+        axpy_y[i] = Act(f32(axpy_y[i]) + axpy_p.a * f32(axpy_x[i]));
     }
 }
 
@@ -98,7 +103,7 @@ fn axpy(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 
 var<workgroup> reduce_slots: array<f32, WG>;
 
-@group(0) @binding(0) var<storage, read> reduce_x: array<f32>;
+@group(0) @binding(0) var<storage, read> reduce_x: array<Act>;
 @group(0) @binding(1) var<storage, read_write> reduce_out: array<f32>;
 @group(0) @binding(2) var<uniform> reduce_p: ReduceParams;
 
@@ -108,7 +113,7 @@ var<workgroup> reduce_slots: array<f32, WG>;
 fn reduce_sum(@builtin(local_invocation_index) lid: u32) {
     var s = 0.0;
     for (var i = lid; i < reduce_p.n; i += WG) {
-        s += reduce_x[i];
+        s += f32(reduce_x[i]);
     }
     reduce_slots[lid] = s;
     workgroupBarrier();
@@ -121,7 +126,7 @@ fn reduce_sum(@builtin(local_invocation_index) lid: u32) {
     }
 }
 
-@group(0) @binding(0) var<storage, read> csp_x: array<f32>;
+@group(0) @binding(0) var<storage, read> csp_x: array<Act>;
 @group(0) @binding(1) var<storage, read_write> csp_partial: array<f32>;
 @group(0) @binding(2) var<uniform> csp_p: ColumnParams;
 
@@ -141,7 +146,7 @@ fn column_sum_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
     let last = min(first + csp_p.rows_per_block_or_accumulate, csp_p.rows);
     var s = 0.0;
     for (var r = first; r < last; r++) {
-        s += csp_x[r * cols + c];
+        s += f32(csp_x[r * cols + c]);
     }
     csp_partial[i] = s;
 }
@@ -151,7 +156,7 @@ const LANES: u32 = 8u;
 
 var<workgroup> lane_sums: array<array<f32, COLS>, LANES>;
 
-@group(0) @binding(0) var<storage, read> cs_x: array<f32>;
+@group(0) @binding(0) var<storage, read> cs_x: array<Act>;
 @group(0) @binding(1) var<storage, read_write> cs_out: array<f32>;
 @group(0) @binding(2) var<uniform> cs_p: ColumnParams;
 
@@ -165,7 +170,7 @@ fn column_sum(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     var s = 0.0;
     if (valid) {
         for (var r = li.y; r < cs_p.rows; r += LANES) {
-            s += cs_x[r * cs_p.cols + c];
+            s += f32(cs_x[r * cs_p.cols + c]);
         }
     }
     lane_sums[li.y][li.x] = s;
@@ -184,9 +189,9 @@ fn column_sum(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
 
 // ---- class token ---------------------------------------------------------------------------
 
-@group(0) @binding(0) var<storage, read> cc_patches: array<f32>;
-@group(0) @binding(1) var<storage, read> cc_cls: array<f32>;
-@group(0) @binding(2) var<storage, read_write> cc_out: array<f32>;
+@group(0) @binding(0) var<storage, read> cc_patches: array<Act>;
+@group(0) @binding(1) var<storage, read> cc_cls: array<Act>;
+@group(0) @binding(2) var<storage, read_write> cc_out: array<Act>;
 @group(0) @binding(3) var<uniform> cc_p: TokenParams;
 
 // out[b, 0, :] = cls, out[b, 1 + n, :] = patches[b, n, :]
@@ -208,8 +213,8 @@ fn cls_concat(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     }
 }
 
-@group(0) @binding(0) var<storage, read> ccb_dout: array<f32>;
-@group(0) @binding(1) var<storage, read_write> ccb_dpatches: array<f32>;
+@group(0) @binding(0) var<storage, read> ccb_dout: array<Act>;
+@group(0) @binding(1) var<storage, read_write> ccb_dpatches: array<Act>;
 @group(0) @binding(2) var<storage, read_write> ccb_dcls: array<f32>;
 @group(0) @binding(3) var<uniform> ccb_p: TokenParams;
 
@@ -229,7 +234,7 @@ fn cls_concat_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
         let c = i - copies;
         var s = 0.0;
         for (var b = 0u; b < ccb_p.batch; b++) {
-            s += ccb_dout[b * ccb_p.tokens * cols + c];
+            s += f32(ccb_dout[b * ccb_p.tokens * cols + c]);
         }
         if (ccb_p.accumulate != 0u) {
             s += ccb_dcls[c];
@@ -238,8 +243,8 @@ fn cls_concat_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgr
     }
 }
 
-@group(0) @binding(0) var<storage, read> cs_in: array<f32>;
-@group(0) @binding(1) var<storage, read_write> cs_slice: array<f32>;
+@group(0) @binding(0) var<storage, read> cs_in: array<Act>;
+@group(0) @binding(1) var<storage, read_write> cs_slice: array<Act>;
 @group(0) @binding(2) var<uniform> csl_p: TokenParams;
 
 // out[b, :] = x[b, 0, :] (the class token of every sequence)
@@ -254,8 +259,8 @@ fn cls_slice(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     cs_slice[i] = cs_in[i + b * (csl_p.tokens - 1u) * csl_p.cols];
 }
 
-@group(0) @binding(0) var<storage, read> csb_dout: array<f32>;
-@group(0) @binding(1) var<storage, read_write> csb_dx: array<f32>;
+@group(0) @binding(0) var<storage, read> csb_dout: array<Act>;
+@group(0) @binding(1) var<storage, read_write> csb_dx: array<Act>;
 @group(0) @binding(2) var<uniform> csb_p: TokenParams;
 
 // dx[b, 0, :] = dout[b, :], dx[b, n > 0, :] = 0
@@ -271,15 +276,15 @@ fn cls_slice_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
     let j = i - b * per_batch;
     var v = 0.0;
     if (j < csb_p.cols) {
-        v = csb_dout[b * csb_p.cols + j];
+        v = f32(csb_dout[b * csb_p.cols + j]);
     }
-    csb_dx[i] = v;
+    csb_dx[i] = Act(v);
 }
 
 // ---- position embedding --------------------------------------------------------------------
 
-@group(0) @binding(0) var<storage, read> ab_pos: array<f32>;
-@group(0) @binding(1) var<storage, read_write> ab_x: array<f32>;
+@group(0) @binding(0) var<storage, read> ab_pos: array<Act>;
+@group(0) @binding(1) var<storage, read_write> ab_x: array<Act>;
 @group(0) @binding(2) var<uniform> ab_p: TokenParams;
 
 // x[b, n, c] += pos[n, c], in place
@@ -289,15 +294,15 @@ fn add_broadcast(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
     let i = linear_index(wg, nwg, lid);
     let per_batch = ab_p.tokens * ab_p.cols;
     if (i < ab_p.batch * per_batch) {
-        ab_x[i] += ab_pos[i % per_batch];
+        ab_x[i] = Act(f32(ab_x[i]) + f32(ab_pos[i % per_batch]));
     }
 }
 
 // ---- token gather / scatter ----------------------------------------------------------------
 
-@group(0) @binding(0) var<storage, read> g_x: array<f32>;
+@group(0) @binding(0) var<storage, read> g_x: array<Act>;
 @group(0) @binding(1) var<storage, read> g_index: array<u32>;
-@group(0) @binding(2) var<storage, read_write> g_out: array<f32>;
+@group(0) @binding(2) var<storage, read_write> g_out: array<Act>;
 @group(0) @binding(3) var<uniform> g_p: GatherParams;
 
 // out[b, k, :] = x[b, index[b, k], :]; an index >= N gives a zero row.
@@ -314,14 +319,14 @@ fn gather_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     let n = g_index[row];
     var v = 0.0;
     if (n < g_p.tokens) {
-        v = g_x[(b * g_p.tokens + n) * g_p.cols + c];
+        v = f32(g_x[(b * g_p.tokens + n) * g_p.cols + c]);
     }
-    g_out[i] = v;
+    g_out[i] = Act(v);
 }
 
-@group(0) @binding(0) var<storage, read> s_dout: array<f32>;
+@group(0) @binding(0) var<storage, read> s_dout: array<Act>;
 @group(0) @binding(1) var<storage, read> s_index: array<u32>;
-@group(0) @binding(2) var<storage, read_write> s_dx: array<f32>;
+@group(0) @binding(2) var<storage, read_write> s_dx: array<Act>;
 @group(0) @binding(3) var<uniform> s_p: GatherParams;
 
 // dx[b, index[b, k], :] = dout[b, k, :] into a dx cleared beforehand (rows not kept stay zero).
@@ -352,10 +357,10 @@ struct RowScaleParams {
     _pad1: u32,
 }
 
-@group(0) @binding(0) var<storage, read> asr_x: array<f32>;
-@group(0) @binding(1) var<storage, read> asr_branch: array<f32>;
+@group(0) @binding(0) var<storage, read> asr_x: array<Act>;
+@group(0) @binding(1) var<storage, read> asr_branch: array<Act>;
 @group(0) @binding(2) var<storage, read> asr_scale: array<f32>;
-@group(0) @binding(3) var<storage, read_write> asr_out: array<f32>;
+@group(0) @binding(3) var<storage, read_write> asr_out: array<Act>;
 @group(0) @binding(4) var<uniform> asr_p: RowScaleParams;
 
 // out = x + branch * scale[b]: a residual add whose branch is dropped (scale 0) or
@@ -365,13 +370,13 @@ fn add_scaled_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
                    @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
     if (i < asr_p.n) {
-        asr_out[i] = asr_x[i] + asr_branch[i] * asr_scale[i / asr_p.per_item];
+        asr_out[i] = Act(f32(asr_x[i]) + f32(asr_branch[i]) * asr_scale[i / asr_p.per_item]);
     }
 }
 
-@group(0) @binding(0) var<storage, read> sr_x: array<f32>;
+@group(0) @binding(0) var<storage, read> sr_x: array<Act>;
 @group(0) @binding(1) var<storage, read> sr_scale: array<f32>;
-@group(0) @binding(2) var<storage, read_write> sr_y: array<f32>;
+@group(0) @binding(2) var<storage, read_write> sr_y: array<Act>;
 @group(0) @binding(3) var<uniform> sr_p: RowScaleParams;
 
 // y = x * scale[b] (the branch gradient of add_scaled_rows)
@@ -380,6 +385,22 @@ fn scale_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
               @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wg, nwg, lid);
     if (i < sr_p.n) {
-        sr_y[i] = sr_x[i] * sr_scale[i / sr_p.per_item];
+        sr_y[i] = Act(f32(sr_x[i]) * sr_scale[i / sr_p.per_item]);
+    }
+}
+
+// ---- element type conversion -----------------------------------------------------------------
+
+@group(0) @binding(0) var<storage, read> cv_x: array<Act>;
+@group(0) @binding(1) var<storage, read_write> cv_y: array<Converted>;
+@group(0) @binding(2) var<uniform> cv_p: ElementwiseParams;
+
+// y = x in another element type (f32 master weights to their f16 copy, f16 to f32)
+@compute @workgroup_size(WG)
+fn convert(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+    let i = linear_index(wg, nwg, lid);
+    if (i < cv_p.n) {
+        cv_y[i] = Converted(cv_x[i]);
     }
 }

@@ -6,11 +6,16 @@
 //! their backwards); the position-embedding add [`add_broadcast`] and
 //! [`add_broadcast_backward`]; token keep-lists ([`gather_rows`], [`scatter_rows`]).
 //! No float atomics anywhere: every sum has a fixed order.
+//!
+//! Activations (and the class token and position embedding they read) are f32 or f16, the
+//! type of the op's first tensor, computed in f32; sums into weight gradients, reductions
+//! and drop-path scales are f32. [`convert`] changes a tensor's element type.
 
 use std::sync::Arc;
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::gpu::Element::{self, F32};
 use crate::gpu::{grid_1d, Access, Kernel, KernelSpec, Recorder, Shader, Tensor};
 use crate::kernels::{check_loop_budget, expect_shape, same_shape};
 use crate::{Error, Result};
@@ -68,8 +73,17 @@ struct GatherParams {
     cols: u32,
 }
 
-fn kernel(rec: &Recorder<'_>, entry: &'static str, bindings: &[Access]) -> Result<Arc<Kernel>> {
-    rec.ctx().kernel(&KernelSpec::new(SHADER, entry, bindings))
+/// The compiled entry point with the shader's `Act` set to `act`; `elements` types its
+/// storage bindings (activations `act`, reduction outputs and weight gradients f32).
+fn kernel(
+    rec: &Recorder<'_>,
+    entry: &'static str,
+    bindings: &[Access],
+    act: Element,
+    elements: &[Element],
+) -> Result<Arc<Kernel>> {
+    let consts = [("Act", act.wgsl().to_string())];
+    rec.ctx().kernel(&KernelSpec::new(SHADER, entry, bindings).with_consts(&consts).with_elements(elements))
 }
 
 fn groups(elements: usize) -> [u32; 3] {
@@ -95,14 +109,15 @@ fn rows_cols(op: &'static str, x: &Tensor) -> Result<(usize, usize)> {
 /// z = x + y, elementwise.
 pub fn add_forward(rec: &mut Recorder<'_>, x: &Tensor, y: &Tensor, z: &Tensor) -> Result<()> {
     same_shape("add_forward", &[("x", x), ("y", y), ("z", z)])?;
-    let k = kernel(rec, "add_forward", &[Access::Read, Access::Read, Access::ReadWrite, Access::Uniform])?;
+    let a = x.element();
+    let k = kernel(rec, "add_forward", &[Access::Read, Access::Read, Access::ReadWrite, Access::Uniform], a, &[a; 3])?;
     let params = ElementwiseParams { n: x.numel() as u32, a: 0.0, _pad: [0; 2] };
     rec.dispatch(&k, &[x, y, z], &params, groups(x.numel()))
 }
 
 /// x = a * x, in place.
 pub fn scale(rec: &mut Recorder<'_>, x: &Tensor, a: f32) -> Result<()> {
-    let k = kernel(rec, "scale", &[Access::ReadWrite, Access::Uniform])?;
+    let k = kernel(rec, "scale", &[Access::ReadWrite, Access::Uniform], x.element(), &[x.element()])?;
     let params = ElementwiseParams { n: x.numel() as u32, a, _pad: [0; 2] };
     rec.dispatch(&k, &[x], &params, groups(x.numel()))
 }
@@ -110,7 +125,8 @@ pub fn scale(rec: &mut Recorder<'_>, x: &Tensor, a: f32) -> Result<()> {
 /// y = y + a * x, elementwise.
 pub fn axpy(rec: &mut Recorder<'_>, a: f32, x: &Tensor, y: &Tensor) -> Result<()> {
     same_shape("axpy", &[("x", x), ("y", y)])?;
-    let k = kernel(rec, "axpy", &[Access::Read, Access::ReadWrite, Access::Uniform])?;
+    let act = x.element();
+    let k = kernel(rec, "axpy", &[Access::Read, Access::ReadWrite, Access::Uniform], act, &[act; 2])?;
     let params = ElementwiseParams { n: x.numel() as u32, a, _pad: [0; 2] };
     rec.dispatch(&k, &[x, y], &params, groups(x.numel()))
 }
@@ -123,7 +139,8 @@ pub fn reduce_sum(rec: &mut Recorder<'_>, x: &Tensor, out: &Tensor, scale: f32) 
     }
     let n = x.numel();
     check_loop_budget("reduce_sum", n.div_ceil(WG as usize) + WG as usize + 2, || format!("summing {n} values"))?;
-    let k = kernel(rec, "reduce_sum", &[Access::Read, Access::ReadWrite, Access::Uniform])?;
+    let a = x.element();
+    let k = kernel(rec, "reduce_sum", &[Access::Read, Access::ReadWrite, Access::Uniform], a, &[a, F32])?;
     let params = ReduceParams { n: x.numel() as u32, scale, _pad: [0; 2] };
     rec.dispatch(&k, &[x, out], &params, [1, 1, 1])
 }
@@ -148,7 +165,8 @@ pub fn column_sum_partial(
     };
     let rows_per_block = rows.div_ceil(num_blocks);
     check_loop_budget(OP, rows_per_block + 1, || format!("{num_blocks} blocks of {rows_per_block} rows"))?;
-    let k = kernel(rec, "column_sum_partial", &[Access::Read, Access::ReadWrite, Access::Uniform])?;
+    let a = x.element();
+    let k = kernel(rec, "column_sum_partial", &[Access::Read, Access::ReadWrite, Access::Uniform], a, &[a, F32])?;
     let params = ColumnParams {
         rows: rows as u32,
         cols: cols as u32,
@@ -173,7 +191,8 @@ pub fn column_sum(
         check_loop_budget(OP, rows.div_ceil(COLUMN_SUM_LANES) + COLUMN_SUM_LANES + 2, || {
             format!("summing {rows} rows")
         })?;
-        let k = kernel(rec, "column_sum", &[Access::Read, Access::ReadWrite, Access::Uniform])?;
+        let a = x.element();
+        let k = kernel(rec, "column_sum", &[Access::Read, Access::ReadWrite, Access::Uniform], a, &[a, F32])?;
         let params = ColumnParams {
             rows: rows as u32,
             cols: cols as u32,
@@ -206,7 +225,8 @@ pub fn cls_concat(
     let (b, np, c) = dims3(OP, "patches", patches)?;
     expect_shape(OP, "cls", cls, &[c])?;
     expect_shape(OP, "out", out, &[b, np + 1, c])?;
-    let k = kernel(rec, "cls_concat", &[Access::Read, Access::Read, Access::ReadWrite, Access::Uniform])?;
+    let a = patches.element();
+    let k = kernel(rec, "cls_concat", &[Access::Read, Access::Read, Access::ReadWrite, Access::Uniform], a, &[a; 3])?;
     let params = TokenParams { batch: b as u32, tokens: (np + 1) as u32, cols: c as u32, accumulate: 0 };
     rec.dispatch(&k, &[patches, cls, out], &params, groups(out.numel()))
 }
@@ -228,7 +248,9 @@ pub fn cls_concat_backward(
     expect_shape(OP, "dpatches", dpatches, &[b, n - 1, c])?;
     expect_shape(OP, "dcls", dcls, &[c])?;
     check_loop_budget(OP, b + 1, || format!("summing dcls over a batch of {b}"))?;
-    let k = kernel(rec, "cls_concat_backward", &[Access::Read, Access::ReadWrite, Access::ReadWrite, Access::Uniform])?;
+    let a = dout.element();
+    let bindings = [Access::Read, Access::ReadWrite, Access::ReadWrite, Access::Uniform];
+    let k = kernel(rec, "cls_concat_backward", &bindings, a, &[a, a, F32])?;
     let params = TokenParams { batch: b as u32, tokens: n as u32, cols: c as u32, accumulate: accumulate as u32 };
     rec.dispatch(&k, &[dout, dpatches, dcls], &params, groups(dpatches.numel() + c))
 }
@@ -245,7 +267,8 @@ pub fn cls_slice(
         return Err(Error::shape(OP, format!("x is {:?}; it has no token to take", x.shape())));
     }
     expect_shape(OP, "out", out, &[b, c])?;
-    let k = kernel(rec, "cls_slice", &[Access::Read, Access::ReadWrite, Access::Uniform])?;
+    let a = x.element();
+    let k = kernel(rec, "cls_slice", &[Access::Read, Access::ReadWrite, Access::Uniform], a, &[a; 2])?;
     let params = TokenParams { batch: b as u32, tokens: n as u32, cols: c as u32, accumulate: 0 };
     rec.dispatch(&k, &[x, out], &params, groups(out.numel()))
 }
@@ -259,7 +282,8 @@ pub fn cls_slice_backward(
     const OP: &str = "cls_slice_backward";
     let (b, n, c) = dims3(OP, "dx", dx)?;
     expect_shape(OP, "dout", dout, &[b, c])?;
-    let k = kernel(rec, "cls_slice_backward", &[Access::Read, Access::ReadWrite, Access::Uniform])?;
+    let a = dout.element();
+    let k = kernel(rec, "cls_slice_backward", &[Access::Read, Access::ReadWrite, Access::Uniform], a, &[a; 2])?;
     let params = TokenParams { batch: b as u32, tokens: n as u32, cols: c as u32, accumulate: 0 };
     rec.dispatch(&k, &[dout, dx], &params, groups(dx.numel()))
 }
@@ -273,7 +297,8 @@ pub fn add_broadcast(
     const OP: &str = "add_broadcast";
     let (b, n, c) = dims3(OP, "x", x)?;
     expect_shape(OP, "pos", pos, &[n, c])?;
-    let k = kernel(rec, "add_broadcast", &[Access::Read, Access::ReadWrite, Access::Uniform])?;
+    let a = x.element();
+    let k = kernel(rec, "add_broadcast", &[Access::Read, Access::ReadWrite, Access::Uniform], a, &[a; 2])?;
     let params = TokenParams { batch: b as u32, tokens: n as u32, cols: c as u32, accumulate: 0 };
     rec.dispatch(&k, &[pos, x], &params, groups(x.numel()))
 }
@@ -312,7 +337,9 @@ pub fn gather_rows(
         }
     };
     expect_shape(OP, "out", out, &[b, kept, c])?;
-    let k = kernel(rec, "gather_rows", &[Access::Read, Access::Read, Access::ReadWrite, Access::Uniform])?;
+    let a = x.element();
+    let bindings = [Access::Read, Access::Read, Access::ReadWrite, Access::Uniform];
+    let k = kernel(rec, "gather_rows", &bindings, a, &[a, F32, a])?;
     let params = GatherParams { batch: b as u32, tokens: n as u32, kept: kept as u32, cols: c as u32 };
     rec.dispatch(&k, &[x, index, out], &params, groups(out.numel()))
 }
@@ -335,7 +362,9 @@ pub fn scatter_rows(
         }
     };
     expect_shape(OP, "dout", dout, &[b, kept, c])?;
-    let k = kernel(rec, "scatter_rows", &[Access::Read, Access::Read, Access::ReadWrite, Access::Uniform])?;
+    let a = dout.element();
+    let bindings = [Access::Read, Access::Read, Access::ReadWrite, Access::Uniform];
+    let k = kernel(rec, "scatter_rows", &bindings, a, &[a, F32, a])?;
     rec.clear(dx);
     let params = GatherParams { batch: b as u32, tokens: n as u32, kept: kept as u32, cols: c as u32 };
     rec.dispatch(&k, &[dout, index, dx], &params, groups(dout.numel()))
@@ -373,7 +402,9 @@ pub fn add_scaled_rows(
     const OP: &str = "add_scaled_rows";
     same_shape(OP, &[("x", x), ("branch", branch), ("out", out)])?;
     let params = row_scale_params(OP, x, scale)?;
-    let k = kernel(rec, OP, &[Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::Uniform])?;
+    let a = x.element();
+    let bindings = [Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::Uniform];
+    let k = kernel(rec, OP, &bindings, a, &[a, a, F32, a])?;
     rec.dispatch(&k, &[x, branch, scale, out], &params, groups(x.numel()))
 }
 
@@ -387,6 +418,24 @@ pub fn scale_rows(
     const OP: &str = "scale_rows";
     same_shape(OP, &[("x", x), ("y", y)])?;
     let params = row_scale_params(OP, x, scale)?;
-    let k = kernel(rec, OP, &[Access::Read, Access::Read, Access::ReadWrite, Access::Uniform])?;
+    let a = x.element();
+    let k = kernel(rec, OP, &[Access::Read, Access::Read, Access::ReadWrite, Access::Uniform], a, &[a, F32, a])?;
     rec.dispatch(&k, &[x, scale, y], &params, groups(x.numel()))
+}
+
+/// y = x in y's element type (f32 master weights into their f16 copy, f16 back to f32);
+/// f32 to f16 rounds to a neighbour (nearest on the adapters we know).
+pub fn convert(rec: &mut Recorder<'_>, x: &Tensor, y: &Tensor) -> Result<()> {
+    const OP: &str = "convert";
+    if x.shape() != y.shape() {
+        return Err(Error::shape(OP, format!("{x:?} into {y:?}: the shapes must match")));
+    }
+    let consts = [("Act", x.element().wgsl().to_string()), ("Converted", y.element().wgsl().to_string())];
+    let elements = [x.element(), y.element()];
+    let spec = KernelSpec::new(SHADER, OP, &[Access::Read, Access::ReadWrite, Access::Uniform])
+        .with_consts(&consts)
+        .with_elements(&elements);
+    let k = rec.ctx().kernel(&spec)?;
+    let params = ElementwiseParams { n: x.numel() as u32, a: 0.0, _pad: [0; 2] };
+    rec.dispatch(&k, &[x, y], &params, groups(x.numel()))
 }

@@ -1,4 +1,5 @@
 use autoprog::cpu;
+use autoprog::gpu::Element;
 use autoprog::kernels::ops;
 use autoprog::tolerance::Tolerance;
 use proptest::prelude::*;
@@ -21,20 +22,22 @@ fn keep_lists(r: &mut rand_chacha::ChaCha8Rng, batch: usize, tokens: usize, kept
         .collect()
 }
 
-fn check_elementwise(n: usize, seed: u64) {
+fn check_elementwise(element: Element, n: usize, seed: u64) {
     let mut r = rng(seed);
-    let (x, y) = (rounded(&random(&mut r, n, 2.0)), rounded(&random(&mut r, n, 2.0)));
-    let (xt, yt, st, at) = (upload(&x, &[n]), upload(&y, &[n]), upload(&x, &[n]), upload(&y, &[n]));
-    let (z, sum) = (empty(&[n]), empty(&[1]));
+    let (x, y) = (stored(element, &random(&mut r, n, 2.0)), stored(element, &random(&mut r, n, 2.0)));
+    let up = |v: &[f64]| upload_as(element, v, &[n]);
+    let (xt, yt, st, at) = (up(&x), up(&y), up(&x), up(&y));
+    let (z, sum) = (empty_as(element, &[n]), empty(&[1]));
     run(|rec| {
         ops::add_forward(rec, &xt, &yt, &z)?;
         ops::scale(rec, &st, -0.75)?;
         ops::axpy(rec, 0.5, &xt, &at)?;
         ops::reduce_sum(rec, &xt, &sum, 0.5)
     });
-    Tolerance::FORWARD.assert("add_forward", &read(&z), &cpu::ops::add_forward(&x, &y));
-    Tolerance::FORWARD.assert("scale", &read(&st), &cpu::ops::scale(&x, -0.75));
-    Tolerance::FORWARD.assert("axpy", &read(&at), &cpu::ops::axpy(0.5, &x, &y));
+    let tol = Tolerance::FORWARD.after_rounding_to(element);
+    tol.assert(&format!("add_forward {element}"), &read(&z), &cpu::ops::add_forward(&x, &y));
+    tol.assert(&format!("scale {element}"), &read(&st), &cpu::ops::scale(&x, -0.75));
+    tol.assert(&format!("axpy {element}"), &read(&at), &cpu::ops::axpy(0.5, &x, &y));
     // A sum of n terms of size ~1 in f32: absolute error grows like n * eps, beyond FORWARD's abs.
     let sum_tol = Tolerance { rel: 1e-4, abs: 1e-6 * n as f64 };
     sum_tol.assert("reduce_sum", &read(&sum), &[cpu::ops::reduce_sum(&x, 0.5)]);
@@ -42,11 +45,11 @@ fn check_elementwise(n: usize, seed: u64) {
 
 /// column_sum (direct or two-pass by row count) with and without accumulation, and the
 /// partial pass on its own.
-fn check_column_sum(rows: usize, cols: usize, num_blocks: usize, seed: u64) {
+fn check_column_sum(element: Element, rows: usize, cols: usize, num_blocks: usize, seed: u64) {
     let mut r = rng(seed);
-    let x = rounded(&random(&mut r, rows * cols, 1.0));
+    let x = stored(element, &random(&mut r, rows * cols, 1.0));
     let prev = rounded(&random(&mut r, cols, 1.0));
-    let xt = upload(&x, &[rows, cols]);
+    let xt = upload_as(element, &x, &[rows, cols]);
     let (out, acc, partial) = (empty(&[cols]), upload(&prev, &[cols]), empty(&[num_blocks, cols]));
     run(|rec| {
         ops::column_sum(rec, &xt, &out, false)?;
@@ -60,33 +63,40 @@ fn check_column_sum(rows: usize, cols: usize, num_blocks: usize, seed: u64) {
     tol.assert("column_sum_partial", &read(&partial), &cpu::ops::column_sum_partial(&x, rows, cols, num_blocks));
 }
 
-fn check_tokens(batch: usize, patch_tokens: usize, cols: usize, kept: usize, seed: u64) {
+/// The token ops with activations (and the class token and position embedding) stored as
+/// `element`; the gradients of the class token and position embedding are f32.
+fn check_tokens(element: Element, batch: usize, patch_tokens: usize, cols: usize, kept: usize, seed: u64) {
     let tokens = patch_tokens + 1;
     let mut r = rng(seed);
-    let patches = rounded(&random(&mut r, batch * patch_tokens * cols, 1.0));
-    let cls = rounded(&random(&mut r, cols, 1.0));
-    let pos = rounded(&random(&mut r, tokens * cols, 1.0));
-    let dseq = rounded(&random(&mut r, batch * tokens * cols, 1.0));
+    let act = |r: &mut rand_chacha::ChaCha8Rng, n: usize| stored(element, &random(r, n, 1.0));
+    let patches = act(&mut r, batch * patch_tokens * cols);
+    let cls = act(&mut r, cols);
+    let pos = act(&mut r, tokens * cols);
+    let dseq = act(&mut r, batch * tokens * cols);
     let dcls_prev = rounded(&random(&mut r, cols, 1.0));
     let dpos_prev = rounded(&random(&mut r, tokens * cols, 1.0));
-    let dhead = rounded(&random(&mut r, batch * cols, 1.0));
-    let dkept = rounded(&random(&mut r, batch * kept * cols, 1.0));
+    let dhead = act(&mut r, batch * cols);
+    let dkept = act(&mut r, batch * kept * cols);
     let index = keep_lists(&mut r, batch, tokens, kept);
 
+    let up = |v: &[f64], shape: &[usize]| upload_as(element, v, shape);
     let (pt, ct, post, dseqt) = (
-        upload(&patches, &[batch, patch_tokens, cols]),
-        upload(&cls, &[cols]),
-        upload(&pos, &[tokens, cols]),
-        upload(&dseq, &[batch, tokens, cols]),
+        up(&patches, &[batch, patch_tokens, cols]),
+        up(&cls, &[cols]),
+        up(&pos, &[tokens, cols]),
+        up(&dseq, &[batch, tokens, cols]),
     );
     let (dheadt, dkeptt, it) =
-        (upload(&dhead, &[batch, cols]), upload(&dkept, &[batch, kept, cols]), upload_index(&index, &[batch, kept]));
-    let seq = empty(&[batch, tokens, cols]);
-    let (head, gathered) = (empty(&[batch, cols]), empty(&[batch, kept, cols]));
-    let (dpatches, dcls, dpos) =
-        (empty(&[batch, patch_tokens, cols]), upload(&dcls_prev, &[cols]), upload(&dpos_prev, &[tokens, cols]));
+        (up(&dhead, &[batch, cols]), up(&dkept, &[batch, kept, cols]), upload_index(&index, &[batch, kept]));
+    let seq = empty_as(element, &[batch, tokens, cols]);
+    let (head, gathered) = (empty_as(element, &[batch, cols]), empty_as(element, &[batch, kept, cols]));
+    let (dpatches, dcls, dpos) = (
+        empty_as(element, &[batch, patch_tokens, cols]),
+        upload(&dcls_prev, &[cols]),
+        upload(&dpos_prev, &[tokens, cols]),
+    );
     let (dpos_fresh, dx_head, dx_kept) =
-        (empty(&[tokens, cols]), empty(&[batch, tokens, cols]), empty(&[batch, tokens, cols]));
+        (empty(&[tokens, cols]), empty_as(element, &[batch, tokens, cols]), empty_as(element, &[batch, tokens, cols]));
     run(|rec| {
         ops::cls_concat(rec, &pt, &ct, &seq)?;
         ops::add_broadcast(rec, &seq, &post)?;
@@ -99,10 +109,12 @@ fn check_tokens(batch: usize, patch_tokens: usize, cols: usize, kept: usize, see
         ops::scatter_rows(rec, &dkeptt, &it, &dx_kept)
     });
 
+    // The sequence is rounded once (by the position add); the slice and gather copy it.
+    let forward = Tolerance::FORWARD.after_rounding_to(element);
     let want_seq = cpu::ops::add_broadcast(&cpu::ops::cls_concat(&patches, &cls, batch, patch_tokens, cols), &pos);
-    Tolerance::FORWARD.assert("cls_concat + add_broadcast", &read(&seq), &want_seq);
-    Tolerance::FORWARD.assert("cls_slice", &read(&head), &cpu::ops::cls_slice(&want_seq, batch, tokens, cols));
-    Tolerance::FORWARD.assert(
+    forward.assert("cls_concat + add_broadcast", &read(&seq), &want_seq);
+    forward.assert("cls_slice", &read(&head), &cpu::ops::cls_slice(&want_seq, batch, tokens, cols));
+    forward.assert(
         "gather_rows",
         &read(&gathered),
         &cpu::ops::gather_rows(&want_seq, &index, batch, tokens, kept, cols),
@@ -134,57 +146,96 @@ fn check_tokens(batch: usize, patch_tokens: usize, cols: usize, kept: usize, see
     );
 }
 
-fn check_drop_path(batch: usize, per_item: usize, seed: u64) {
+fn check_drop_path(element: Element, batch: usize, per_item: usize, seed: u64) {
     let mut r = rng(seed);
     let n = batch * per_item;
-    let (x, branch) = (rounded(&random(&mut r, n, 2.0)), rounded(&random(&mut r, n, 2.0)));
+    let (x, branch) = (stored(element, &random(&mut r, n, 2.0)), stored(element, &random(&mut r, n, 2.0)));
     // Dropped items (0) and kept ones rescaled by 1 / keep-probability.
     let scale: Vec<f64> = (0..batch).map(|b| if b % 3 == 1 { 0.0 } else { 1.25 }).collect();
-    let (xt, bt, st) = (upload(&x, &[batch, per_item]), upload(&branch, &[batch, per_item]), upload(&scale, &[batch]));
-    let (out, dbranch) = (empty(&[batch, per_item]), empty(&[batch, per_item]));
+    let shape = [batch, per_item];
+    let (xt, bt, st) = (upload_as(element, &x, &shape), upload_as(element, &branch, &shape), upload(&scale, &[batch]));
+    let (out, dbranch) = (empty_as(element, &shape), empty_as(element, &shape));
     run(|rec| {
         ops::add_scaled_rows(rec, &xt, &bt, &st, &out)?;
         ops::scale_rows(rec, &xt, &st, &dbranch)
     });
-    Tolerance::FORWARD.assert("add_scaled_rows", &read(&out), &cpu::ops::add_scaled_rows(&x, &branch, &scale));
-    Tolerance::FORWARD.assert("scale_rows", &read(&dbranch), &cpu::ops::scale_rows(&x, &scale));
+    let tol = Tolerance::FORWARD.after_rounding_to(element);
+    tol.assert("add_scaled_rows", &read(&out), &cpu::ops::add_scaled_rows(&x, &branch, &scale));
+    tol.assert("scale_rows", &read(&dbranch), &cpu::ops::scale_rows(&x, &scale));
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(8))]
     #[test]
     fn drop_path_ops_match_cpu(batch in 1usize..7, per_item in 1usize..700, seed in any::<u64>()) {
-        check_drop_path(batch, per_item, seed);
+        check_drop_path(Element::F32, batch, per_item, seed);
     }
 
     #[test]
     fn elementwise_ops_match_cpu(n in 1usize..3000, seed in any::<u64>()) {
-        check_elementwise(n, seed);
+        check_elementwise(Element::F32, n, seed);
     }
 
     #[test]
     fn column_sum_matches_cpu(rows in 1usize..80, cols in 1usize..100, blocks in 1usize..12, seed in any::<u64>()) {
-        check_column_sum(rows, cols, blocks, seed);
+        check_column_sum(Element::F32, rows, cols, blocks, seed);
     }
 
     #[test]
     fn token_ops_match_cpu(batch in 1usize..4, patch_tokens in 0usize..20, cols in 1usize..70,
                            kept_frac in 0.0f64..1.0, seed in any::<u64>()) {
         let kept = ((patch_tokens + 1) as f64 * kept_frac) as usize;
-        check_tokens(batch, patch_tokens, cols, kept, seed);
+        check_tokens(Element::F32, batch, patch_tokens, cols, kept, seed);
     }
+}
+
+#[test]
+fn ops_f16_match_cpu() {
+    require_f16();
+    for (n, seed) in [(1, 1), (2999, 2)] {
+        check_elementwise(Element::F16, n, seed);
+    }
+    // Direct and two-pass column sums of f16 rows into f32.
+    check_column_sum(Element::F16, 70, 33, 4, 3);
+    check_column_sum(Element::F16, 1500, 37, 5, 4);
+    check_tokens(Element::F16, 3, 16, 24, 9, 5);
+    check_drop_path(Element::F16, 5, 301, 6);
+}
+
+#[test]
+fn convert_f16_round_trip() {
+    require_f16();
+    let mut r = rng(21);
+    // Magnitudes across f16's normal and subnormal range, and one that overflows it.
+    let mut x: Vec<f64> =
+        random(&mut r, 999, 1.0).iter().enumerate().map(|(i, v)| v * 2f64.powi(i as i32 % 40 - 25)).collect();
+    x.push(1e6);
+    let n = x.len();
+    let xt = upload(&x, &[n]);
+    let (half, back) = (empty_as(Element::F16, &[n]), empty(&[n]));
+    run(|rec| {
+        ops::convert(rec, &xt, &half)?;
+        ops::convert(rec, &half, &back)
+    });
+    let (half, back) = (read(&half), read(&back));
+    // f32 to f16 rounds to a neighbour: within one f16 ulp (2^-10 relative; 2^-24 absolute
+    // among subnormals); f16 to f32 is exact.
+    let one_ulp = Tolerance { rel: 0.0, abs: 2f64.powi(-24) }.after_rounding_to(Element::F16);
+    one_ulp.assert("convert f32 -> f16", &half[..n - 1], &rounded(&x[..n - 1]));
+    assert_eq!(half[n - 1], f32::INFINITY, "1e6 overflows f16");
+    assert_eq!(half, back, "f16 -> f32 is exact");
 }
 
 #[test]
 fn column_sum_two_pass() {
     // More rows than the direct path takes: partial sums of ~sqrt(R) rows, then their sum.
-    check_column_sum(1500, 37, 5, 2);
+    check_column_sum(Element::F32, 1500, 37, 5, 2);
 }
 
 #[test]
 fn position_gradient_over_a_large_batch() {
     // dpos over B = 1100 sequences takes column_sum's two-pass path.
-    check_tokens(1100, 2, 3, 2, 4);
+    check_tokens(Element::F32, 1100, 2, 3, 2, 4);
 }
 
 #[test]
