@@ -23,6 +23,9 @@ struct SoftParams {
 }
 
 const WG: u32 = 64u;
+// The storage type of the logits and their gradient (f16: computed in f32, rounded once on
+// store); losses and soft targets are f32.
+alias Act = f32;
 // A divisor of WG; the workgroup handles WG / THREADS_PER_ROW rows side by side.
 const THREADS_PER_ROW: u32 = 64u;
 const ROWS_PER_WG: u32 = WG / THREADS_PER_ROW;
@@ -66,10 +69,10 @@ fn row_sums(lid: u32, v: vec3<f32>) -> vec3<f32> {
     return total;
 }
 
-@group(0) @binding(0) var<storage, read> logits: array<f32>;
+@group(0) @binding(0) var<storage, read> logits: array<Act>;
 @group(0) @binding(1) var<storage, read> labels: array<u32>;
 @group(0) @binding(2) var<storage, read_write> loss: array<f32>;
-@group(0) @binding(3) var<storage, read_write> dlogits: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dlogits: array<Act>;
 @group(0) @binding(4) var<uniform> hp: HardParams;
 
 // Hard labels with smoothing s: loss = (1 - s)(lse - z[label]) + s (lse - mean z),
@@ -86,14 +89,14 @@ fn cross_entropy_hard(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
 
     var m = -3.0e38;
     for (var c = lane; c < k; c += THREADS_PER_ROW) {
-        m = max(m, logits[base + c]);
+        m = max(m, f32(logits[base + c]));
     }
     m = row_max(lid, m);
 
     // sum exp(z - m), and sum (m - z) for the smoothing term, in one pass.
     var part = vec3<f32>(0.0);
     for (var c = lane; c < k; c += THREADS_PER_ROW) {
-        let d = logits[base + c] - m;
+        let d = f32(logits[base + c]) - m;
         part += vec3<f32>(exp(d), -d, 0.0);
     }
     let sums = row_sums(lid, part);
@@ -108,7 +111,7 @@ fn cross_entropy_hard(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
     let on = 1.0 - s + off;
     if (label >= k) {
         for (var c = lane; c < k; c += THREADS_PER_ROW) {
-            dlogits[base + c] = nan(label - label);
+            dlogits[base + c] = Act(nan(label - label));
         }
         if (lane == 0u) {
             loss[row] = nan(label - label);
@@ -116,22 +119,22 @@ fn cross_entropy_hard(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
         return;
     }
     for (var c = lane; c < k; c += THREADS_PER_ROW) {
-        let p = exp(logits[base + c] - m) / sums.x;
+        let p = exp(f32(logits[base + c]) - m) / sums.x;
         let t = select(off, on, c == label);
-        dlogits[base + c] = hp.grad_scale * (p - t);
+        dlogits[base + c] = Act(hp.grad_scale * (p - t));
     }
     if (lane == 0u) {
         // lse - z = (m - z) + log se, so no large numbers cancel.
-        let nll = m - logits[base + label] + log_se;
+        let nll = m - f32(logits[base + label]) + log_se;
         let mean_nll = sums.y / f32(k) + log_se;
         loss[row] = (1.0 - s) * nll + s * mean_nll;
     }
 }
 
-@group(0) @binding(0) var<storage, read> slogits: array<f32>;
+@group(0) @binding(0) var<storage, read> slogits: array<Act>;
 @group(0) @binding(1) var<storage, read> targets: array<f32>;
 @group(0) @binding(2) var<storage, read_write> sloss: array<f32>;
-@group(0) @binding(3) var<storage, read_write> sdlogits: array<f32>;
+@group(0) @binding(3) var<storage, read_write> sdlogits: array<Act>;
 @group(0) @binding(4) var<uniform> sp: SoftParams;
 
 // Soft targets t [B, K] (mixup/cutmix): loss = sum t (lse - z),
@@ -147,14 +150,14 @@ fn cross_entropy_soft(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
 
     var m = -3.0e38;
     for (var c = lane; c < k; c += THREADS_PER_ROW) {
-        m = max(m, slogits[base + c]);
+        m = max(m, f32(slogits[base + c]));
     }
     m = row_max(lid, m);
 
     // sum exp(z - m), sum t and sum t (m - z) in one pass.
     var part = vec3<f32>(0.0);
     for (var c = lane; c < k; c += THREADS_PER_ROW) {
-        let d = slogits[base + c] - m;
+        let d = f32(slogits[base + c]) - m;
         let t = targets[base + c];
         part += vec3<f32>(exp(d), t, -t * d);
     }
@@ -164,8 +167,8 @@ fn cross_entropy_soft(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
     }
 
     for (var c = lane; c < k; c += THREADS_PER_ROW) {
-        let p = exp(slogits[base + c] - m) / sums.x;
-        sdlogits[base + c] = sp.grad_scale * (p * sums.y - targets[base + c]);
+        let p = exp(f32(slogits[base + c]) - m) / sums.x;
+        sdlogits[base + c] = Act(sp.grad_scale * (p * sums.y - targets[base + c]));
     }
     if (lane == 0u) {
         sloss[row] = sums.z + sums.y * log(sums.x);

@@ -4,12 +4,14 @@
 //! mean loss over the batch pass `grad_scale = 1 / B` here and reduce the per-row losses on
 //! the GPU with [`crate::kernels::ops::reduce_sum`] (scale 1 / B). Rows are split over
 //! invocations as [`RowSplit::for_rows`] picks for the adapter; the `_with_split` functions
-//! choose explicitly.
+//! choose explicitly. Logits and dlogits are f32 or f16 (computed in f32); losses, labels
+//! and soft targets are f32 (u32).
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::gpu::Element::F32;
 use crate::gpu::{grid_1d, Access, KernelSpec, Recorder, Shader, Tensor};
-use crate::kernels::{check_loop_budget, expect_shape, same_shape, RowSplit};
+use crate::kernels::{act_const, check_loop_budget, expect_shape, same_shape, RowSplit};
 use crate::{Error, Result};
 
 pub const SHADER: Shader = Shader { name: "cross_entropy", source: include_str!("../../shaders/cross_entropy.wgsl") };
@@ -88,13 +90,16 @@ pub fn cross_entropy_hard_with_split(
         return Err(Error::invalid(OP, format!("label smoothing is {smoothing}; it must lie in [0, 1]")));
     }
     check_grad_scale(OP, grad_scale)?;
+    let act = logits.element();
+    let consts = [split.shader_const(), act_const(logits)].concat();
     let kernel = rec.ctx().kernel(
         &KernelSpec::new(
             SHADER,
             "cross_entropy_hard",
             &[Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite, Access::Uniform],
         )
-        .with_consts(&split.shader_const()),
+        .with_consts(&consts)
+        .with_elements(&[act, F32, F32, act]),
     )?;
     let params = HardParams { batch: batch as u32, classes: classes as u32, smoothing, grad_scale };
     let groups = batch.div_ceil(split.rows_per_workgroup()) as u32;
@@ -131,13 +136,16 @@ pub fn cross_entropy_soft_with_split(
     same_shape(OP, &[("logits", logits), ("targets", targets), ("dlogits", dlogits)])?;
     expect_shape(OP, "loss", loss, &[batch])?;
     check_grad_scale(OP, grad_scale)?;
+    let act = logits.element();
+    let consts = [split.shader_const(), act_const(logits)].concat();
     let kernel = rec.ctx().kernel(
         &KernelSpec::new(
             SHADER,
             "cross_entropy_soft",
             &[Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite, Access::Uniform],
         )
-        .with_consts(&split.shader_const()),
+        .with_consts(&consts)
+        .with_elements(&[act, F32, F32, act]),
     )?;
     let params = SoftParams { batch: batch as u32, classes: classes as u32, grad_scale, _pad: 0 };
     let groups = batch.div_ceil(split.rows_per_workgroup()) as u32;

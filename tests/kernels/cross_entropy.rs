@@ -1,4 +1,5 @@
 use autoprog::cpu;
+use autoprog::gpu::Element;
 use autoprog::kernels::{cross_entropy, ops, RowSplit};
 use autoprog::tolerance::Tolerance;
 use proptest::prelude::*;
@@ -11,21 +12,26 @@ fn upload_labels(labels: &[u32]) -> autoprog::Tensor {
 }
 
 /// Logits around `offset` (a large offset checks the max subtraction).
-fn logits(r: &mut rand_chacha::ChaCha8Rng, n: usize, offset: f64) -> Vec<f64> {
-    rounded(&random(r, n, 6.0).iter().map(|v| v + offset).collect::<Vec<_>>())
+fn logits(element: Element, r: &mut rand_chacha::ChaCha8Rng, n: usize, offset: f64) -> Vec<f64> {
+    stored(element, &random(r, n, 6.0).iter().map(|v| v + offset).collect::<Vec<_>>())
 }
 
 fn check_hard(batch: usize, classes: usize, smoothing: f64, offset: f64, seed: u64) {
+    check_hard_as(Element::F32, batch, classes, smoothing, offset, seed);
+}
+
+/// [`check_hard`] with logits and dlogits stored as `element`.
+fn check_hard_as(element: Element, batch: usize, classes: usize, smoothing: f64, offset: f64, seed: u64) {
     let mut r = rng(seed);
-    let z = logits(&mut r, batch * classes, offset);
+    let z = logits(element, &mut r, batch * classes, offset);
     let labels: Vec<u32> = (0..batch).map(|_| r.random_range(0..classes as u32)).collect();
     let smoothing = smoothing as f32 as f64;
     let grad_scale = 1.0 / batch as f64;
-    let (zt, lt) = (upload(&z, &[batch, classes]), upload_labels(&labels));
+    let (zt, lt) = (upload_as(element, &z, &[batch, classes]), upload_labels(&labels));
     let (want_loss, want_dz) =
         cpu::cross_entropy::cross_entropy_hard(&z, &labels, batch, classes, smoothing, grad_scale);
     for split in [RowSplit::Invocation, RowSplit::Workgroup] {
-        let (loss, dz, mean) = (empty(&[batch]), empty(&[batch, classes]), empty(&[1]));
+        let (loss, dz, mean) = (empty(&[batch]), empty_as(element, &[batch, classes]), empty(&[1]));
         run(|rec| {
             cross_entropy::cross_entropy_hard_with_split(
                 rec,
@@ -40,15 +46,16 @@ fn check_hard(batch: usize, classes: usize, smoothing: f64, offset: f64, seed: u
             ops::reduce_sum(rec, &loss, &mean, grad_scale as f32)
         });
         Tolerance::FORWARD.assert(&format!("cross_entropy_hard loss ({split:?})"), &read(&loss), &want_loss);
-        Tolerance::BACKWARD.assert(&format!("cross_entropy_hard dlogits ({split:?})"), &read(&dz), &want_dz);
+        let dz_tol = Tolerance::BACKWARD.after_rounding_to(element);
+        dz_tol.assert(&format!("cross_entropy_hard dlogits ({split:?}, {element})"), &read(&dz), &want_dz);
         let want_mean = cpu::ops::reduce_sum(&want_loss, grad_scale);
         Tolerance::FORWARD.assert(&format!("cross_entropy_hard mean loss ({split:?})"), &read(&mean), &[want_mean]);
     }
 }
 
-fn check_soft(batch: usize, classes: usize, normalised: bool, seed: u64) {
+fn check_soft(element: Element, batch: usize, classes: usize, normalised: bool, seed: u64) {
     let mut r = rng(seed);
-    let z = logits(&mut r, batch * classes, 0.0);
+    let z = logits(element, &mut r, batch * classes, 0.0);
     let mut t: Vec<f64> = (0..batch * classes).map(|_| r.random_range(0.0..1.0)).collect();
     if normalised {
         for row in t.chunks_mut(classes) {
@@ -58,13 +65,14 @@ fn check_soft(batch: usize, classes: usize, normalised: bool, seed: u64) {
     }
     let t = rounded(&t);
     let grad_scale = 0.25;
-    let (zt, tt) = (upload(&z, &[batch, classes]), upload(&t, &[batch, classes]));
+    let (zt, tt) = (upload_as(element, &z, &[batch, classes]), upload(&t, &[batch, classes]));
     let (want_loss, want_dz) = cpu::cross_entropy::cross_entropy_soft(&z, &t, batch, classes, grad_scale);
     for split in [RowSplit::Invocation, RowSplit::Workgroup] {
-        let (loss, dz) = (empty(&[batch]), empty(&[batch, classes]));
+        let (loss, dz) = (empty(&[batch]), empty_as(element, &[batch, classes]));
         run(|rec| cross_entropy::cross_entropy_soft_with_split(rec, split, &zt, &tt, &loss, &dz, grad_scale as f32));
         Tolerance::FORWARD.assert(&format!("cross_entropy_soft loss ({split:?})"), &read(&loss), &want_loss);
-        Tolerance::BACKWARD.assert(&format!("cross_entropy_soft dlogits ({split:?})"), &read(&dz), &want_dz);
+        let dz_tol = Tolerance::BACKWARD.after_rounding_to(element);
+        dz_tol.assert(&format!("cross_entropy_soft dlogits ({split:?}, {element})"), &read(&dz), &want_dz);
     }
 }
 
@@ -79,8 +87,16 @@ proptest! {
     #[test]
     fn cross_entropy_soft_matches_cpu(batch in 1usize..20, classes in 1usize..300, normalised in any::<bool>(),
                                       seed in any::<u64>()) {
-        check_soft(batch, classes, normalised, seed);
+        check_soft(Element::F32, batch, classes, normalised, seed);
     }
+}
+
+#[test]
+fn cross_entropy_f16_matches_cpu() {
+    require_f16();
+    check_hard_as(Element::F16, 7, 10, 0.1, 0.0, 31);
+    check_hard_as(Element::F16, 3, 1000, 0.0, 80.0, 32);
+    check_soft(Element::F16, 5, 100, true, 33);
 }
 
 #[test]
@@ -160,7 +176,7 @@ fn cross_entropy_many_classes_use_a_workgroup_per_row() {
         if ctx().summary.is_cpu() { RowSplit::Invocation } else { RowSplit::Workgroup }
     );
     let mut r = rng(17);
-    let z = logits(&mut r, batch * classes, 0.0);
+    let z = logits(Element::F32, &mut r, batch * classes, 0.0);
     let labels = [0u32, 21_842, 777];
     let (zt, lt) = (upload(&z, &[batch, classes]), upload_labels(&labels));
     let (loss, dz) = (empty(&[batch]), empty(&[batch, classes]));
