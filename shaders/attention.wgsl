@@ -38,6 +38,10 @@ const HS: u32 = 64u;
 // load is a loop over the SIMD lanes, so one vec4 load costs about what one f32 load does.
 alias Lane = vec4<f32>;
 const LANES: u32 = 4u;
+// How q, k, v, out and their gradients are stored: Lane's shape in the element type of the
+// activations (f16 storage: loads widen to f32 Lanes, every sum and softmax runs in f32,
+// stores round once). lse and d are always f32.
+alias StoredLane = vec4<f32>;
 // Lanes per row of one head.
 const HL: u32 = HS / LANES;
 // Running-max start value: finite so that exp(start - s) is 0, never NaN.
@@ -75,10 +79,10 @@ fn lane_sum(x: Lane) -> f32 {
 // ---------------------------------------------------------------------------------------
 // Forward: out = softmax(q k^T * scale, masked keys dropped) v, lse = log sum exp.
 
-@group(0) @binding(0) var<storage, read> f_qkv: array<Lane>;
+@group(0) @binding(0) var<storage, read> f_qkv: array<StoredLane>;
 @group(0) @binding(1) var<storage, read> f_key_mask: array<u32>;
 @group(0) @binding(2) var<storage, read> f_head_mask: array<u32>;
-@group(0) @binding(3) var<storage, read_write> f_out: array<Lane>;
+@group(0) @binding(3) var<storage, read_write> f_out: array<StoredLane>;
 @group(0) @binding(4) var<storage, read_write> f_lse: array<f32>;
 @group(0) @binding(5) var<uniform> fp: Params;
 
@@ -105,8 +109,8 @@ fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
         let q_base = token * 3u * c + r.h * HL;
         let q2_base = token2 * 3u * c + r.h * HL;
         for (var d = 0u; d < HL; d++) {
-            q[d] = f_qkv[q_base + d];
-            q2[d] = f_qkv[q2_base + d];
+            q[d] = Lane(f_qkv[q_base + d]);
+            q2[d] = Lane(f_qkv[q2_base + d]);
         }
         for (var j = 0u; j < fp.n; j++) {
             if (fp.has_key_mask != 0u && f_key_mask[r.b * fp.n + j] == 0u) {
@@ -117,7 +121,7 @@ fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
             var qk = Lane(0.0);
             var qk2 = Lane(0.0);
             for (var d = 0u; d < HL; d++) {
-                let kd = f_qkv[k_base + d];
+                let kd = Lane(f_qkv[k_base + d]);
                 qk += q[d] * kd;
                 qk2 += q2[d] * kd;
             }
@@ -142,7 +146,7 @@ fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
             l += pj;
             l2 += pj2;
             for (var d = 0u; d < HL; d++) {
-                let vd = f_qkv[v_base + d];
+                let vd = Lane(f_qkv[v_base + d]);
                 acc[d] += pj * vd;
                 acc2[d] += pj2 * vd;
             }
@@ -152,14 +156,14 @@ fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     let inv = select(0.0, 1.0 / l, l > 0.0);
     let o_base = token * c + r.h * HL;
     for (var d = 0u; d < HL; d++) {
-        f_out[o_base + d] = acc[d] * inv;
+        f_out[o_base + d] = StoredLane(acc[d] * inv);
     }
     f_lse[r.bh * fp.n + r.i] = select(0.0, m + log(l), l > 0.0);
     if (r.second) {
         let inv2 = select(0.0, 1.0 / l2, l2 > 0.0);
         let o2_base = token2 * c + r.h * HL;
         for (var d = 0u; d < HL; d++) {
-            f_out[o2_base + d] = acc2[d] * inv2;
+            f_out[o2_base + d] = StoredLane(acc2[d] * inv2);
         }
         f_lse[r.bh * fp.n + r.i2] = select(0.0, m2 + log(l2), l2 > 0.0);
     }
@@ -168,8 +172,8 @@ fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
 // ---------------------------------------------------------------------------------------
 // Backward preprocess: d[b, h, i] = sum_d dout[b, i, h, d] * out[b, i, h, d].
 
-@group(0) @binding(0) var<storage, read> p_out: array<Lane>;
-@group(0) @binding(1) var<storage, read> p_dout: array<Lane>;
+@group(0) @binding(0) var<storage, read> p_out: array<StoredLane>;
+@group(0) @binding(1) var<storage, read> p_dout: array<StoredLane>;
 @group(0) @binding(2) var<storage, read_write> p_d: array<f32>;
 @group(0) @binding(3) var<uniform> pp: Params;
 
@@ -183,7 +187,7 @@ fn attention_backward_preprocess(@builtin(workgroup_id) wg: vec3<u32>, @builtin(
     let base = ((r.b * pp.n + r.i) * pp.nh + r.h) * HL;
     var acc = Lane(0.0);
     for (var d = 0u; d < HL; d++) {
-        acc += p_dout[base + d] * p_out[base + d];
+        acc += Lane(p_dout[base + d]) * Lane(p_out[base + d]);
     }
     p_d[r.bh * pp.n + r.i] = lane_sum(acc);
 }
@@ -192,13 +196,13 @@ fn attention_backward_preprocess(@builtin(workgroup_id) wg: vec3<u32>, @builtin(
 // Backward, shared by dk/dv and dq. With s = q k^T * scale, p = exp(s - lse),
 // dp = dout v^T and ds = p (dp - d):  dv = p^T dout, dk = ds^T q * scale, dq = ds k * scale.
 
-@group(0) @binding(0) var<storage, read> b_qkv: array<Lane>;
-@group(0) @binding(1) var<storage, read> b_dout: array<Lane>;
+@group(0) @binding(0) var<storage, read> b_qkv: array<StoredLane>;
+@group(0) @binding(1) var<storage, read> b_dout: array<StoredLane>;
 @group(0) @binding(2) var<storage, read> b_lse: array<f32>;
 @group(0) @binding(3) var<storage, read> b_d: array<f32>;
 @group(0) @binding(4) var<storage, read> b_key_mask: array<u32>;
 @group(0) @binding(5) var<storage, read> b_head_mask: array<u32>;
-@group(0) @binding(6) var<storage, read_write> b_dqkv: array<Lane>;
+@group(0) @binding(6) var<storage, read_write> b_dqkv: array<StoredLane>;
 @group(0) @binding(7) var<uniform> bp: Params;
 
 // One invocation per pair of key rows j, j2: loops over all query rows, writes the k and v
@@ -230,10 +234,10 @@ fn attention_backward_dkdv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wo
         var k2: array<Lane, HL>;
         var v2: array<Lane, HL>;
         for (var d = 0u; d < HL; d++) {
-            k[d] = b_qkv[k_base + d];
-            v[d] = b_qkv[v_base + d];
-            k2[d] = b_qkv[k2_base + d];
-            v2[d] = b_qkv[v2_base + d];
+            k[d] = Lane(b_qkv[k_base + d]);
+            v[d] = Lane(b_qkv[v_base + d]);
+            k2[d] = Lane(b_qkv[k2_base + d]);
+            v2[d] = Lane(b_qkv[v2_base + d]);
         }
         // Some key of the pair is unmasked, so every query row of this batch has a finite lse.
         for (var i = 0u; i < bp.n; i++) {
@@ -244,8 +248,8 @@ fn attention_backward_dkdv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wo
             var qk2 = Lane(0.0);
             var dov2 = Lane(0.0);
             for (var d = 0u; d < HL; d++) {
-                let qd = b_qkv[q_base + d];
-                let od = b_dout[o_base + d];
+                let qd = Lane(b_qkv[q_base + d]);
+                let od = Lane(b_dout[o_base + d]);
                 qk += qd * k[d];
                 dov += od * v[d];
                 qk2 += qd * k2[d];
@@ -259,8 +263,8 @@ fn attention_backward_dkdv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wo
             let pij2 = select(0.0, exp(lane_sum(qk2) * bp.scale - lse_i), key2_on);
             let ds2 = pij2 * (lane_sum(dov2) - d_i);
             for (var d = 0u; d < HL; d++) {
-                let qd = b_qkv[q_base + d];
-                let od = b_dout[o_base + d];
+                let qd = Lane(b_qkv[q_base + d]);
+                let od = Lane(b_dout[o_base + d]);
                 dv[d] += pij * od;
                 dk[d] += ds * qd;
                 dv2[d] += pij2 * od;
@@ -269,13 +273,13 @@ fn attention_backward_dkdv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wo
         }
     }
     for (var d = 0u; d < HL; d++) {
-        b_dqkv[k_base + d] = dk[d] * bp.scale;
-        b_dqkv[v_base + d] = dv[d];
+        b_dqkv[k_base + d] = StoredLane(dk[d] * bp.scale);
+        b_dqkv[v_base + d] = StoredLane(dv[d]);
     }
     if (r.second) {
         for (var d = 0u; d < HL; d++) {
-            b_dqkv[k2_base + d] = dk2[d] * bp.scale;
-            b_dqkv[v2_base + d] = dv2[d];
+            b_dqkv[k2_base + d] = StoredLane(dk2[d] * bp.scale);
+            b_dqkv[v2_base + d] = StoredLane(dv2[d]);
         }
     }
 }
@@ -302,10 +306,10 @@ fn attention_backward_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_work
         let o_base = (r.b * bp.n + r.i) * c + r.h * HL;
         let o2_base = (r.b * bp.n + r.i2) * c + r.h * HL;
         for (var d = 0u; d < HL; d++) {
-            q[d] = b_qkv[q_base + d];
-            dout[d] = b_dout[o_base + d];
-            q2[d] = b_qkv[q2_base + d];
-            dout2[d] = b_dout[o2_base + d];
+            q[d] = Lane(b_qkv[q_base + d]);
+            dout[d] = Lane(b_dout[o_base + d]);
+            q2[d] = Lane(b_qkv[q2_base + d]);
+            dout2[d] = Lane(b_dout[o2_base + d]);
         }
         let at = r.bh * bp.n + r.i;
         let lse_i = b_lse[at];
@@ -325,8 +329,8 @@ fn attention_backward_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_work
             var qk2 = Lane(0.0);
             var dov2 = Lane(0.0);
             for (var d = 0u; d < HL; d++) {
-                let kd = b_qkv[k_base + d];
-                let vd = b_qkv[v_base + d];
+                let kd = Lane(b_qkv[k_base + d]);
+                let vd = Lane(b_qkv[v_base + d]);
                 qk += q[d] * kd;
                 dov += dout[d] * vd;
                 qk2 += q2[d] * kd;
@@ -335,18 +339,18 @@ fn attention_backward_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_work
             let ds = exp(lane_sum(qk) * bp.scale - lse_i) * (lane_sum(dov) - d_i);
             let ds2 = exp(lane_sum(qk2) * bp.scale - lse_i2) * (lane_sum(dov2) - d_i2);
             for (var d = 0u; d < HL; d++) {
-                let kd = b_qkv[k_base + d];
+                let kd = Lane(b_qkv[k_base + d]);
                 dq[d] += ds * kd;
                 dq2[d] += ds2 * kd;
             }
         }
     }
     for (var d = 0u; d < HL; d++) {
-        b_dqkv[q_base + d] = dq[d] * bp.scale;
+        b_dqkv[q_base + d] = StoredLane(dq[d] * bp.scale);
     }
     if (r.second) {
         for (var d = 0u; d < HL; d++) {
-            b_dqkv[q2_base + d] = dq2[d] * bp.scale;
+            b_dqkv[q2_base + d] = StoredLane(dq2[d] * bp.scale);
         }
     }
 }

@@ -9,9 +9,13 @@
 //! Masks: `key_mask` u32 [B, N] (0 = padded key, ignored by every query of that image);
 //! `head_mask` [NH], u32 or f32 (a zero bit pattern masks the head: its output and all
 //! its gradients are zero). Query rows with no unmasked key output zeros and lse 0.
+//!
+//! `qkv`, `out`, `dout` and `dqkv` share one element type, f32 or f16 (storage only: scores,
+//! softmax and accumulators are f32); `lse` and `d` are f32.
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::gpu::Element::{self, F32};
 use crate::gpu::{grid_1d, Access, GpuContext, KernelSpec, Recorder, Shader, Tensor};
 use crate::kernels::{check_loop_budget, expect_shape};
 use crate::{Error, Result};
@@ -142,10 +146,16 @@ impl Dims {
         }
     }
 
-    /// The shader's specialisation: head size and the element type rows are read in.
-    fn consts(&self) -> [(&'static str, String); 3] {
-        let lane = if self.lanes() == 4 { "vec4<f32>" } else { "f32" };
-        [("HS", format!("{}u", self.hs)), ("LANES", format!("{}u", self.lanes())), ("Lane", lane.to_string())]
+    /// The shader's specialisation: head size, the type rows are computed in (f32 lanes)
+    /// and the type they are stored in (lanes of `act`, the activations' element type).
+    fn consts(&self, act: Element) -> [(&'static str, String); 4] {
+        let lanes = |scalar: &str| if self.lanes() == 4 { format!("vec4<{scalar}>") } else { scalar.to_string() };
+        [
+            ("HS", format!("{}u", self.hs)),
+            ("LANES", format!("{}u", self.lanes())),
+            ("Lane", lanes("f32")),
+            ("StoredLane", lanes(act.wgsl())),
+        ]
     }
 
     fn params(&self, opts: &AttentionOptions<'_>) -> Params {
@@ -179,8 +189,13 @@ impl Dims {
     }
 }
 
-fn spec<'a>(entry: &'a str, bindings: &'a [Access], consts: &'a [(&'a str, String)]) -> KernelSpec<'a> {
-    KernelSpec::new(SHADER, entry, bindings).with_consts(consts)
+fn spec<'a>(
+    entry: &'a str,
+    bindings: &'a [Access],
+    consts: &'a [(&'a str, String)],
+    elements: &'a [Element],
+) -> KernelSpec<'a> {
+    KernelSpec::new(SHADER, entry, bindings).with_consts(consts).with_elements(elements)
 }
 
 /// out = softmax(q kᵀ · scale, masked keys dropped) v per (image, head), and the row
@@ -197,15 +212,18 @@ pub fn attention_forward(
     dims.check_wide(OP, "out", out, 1)?;
     dims.check_masks(OP, opts)?;
     dims.check_loop_budget(rec.ctx(), OP)?;
-    let consts = dims.consts();
+    let act = qkv.element();
+    let consts = dims.consts(act);
     let kernel = rec.ctx().kernel(&spec(
         OP,
         &[Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite, Access::Uniform],
         &consts,
+        &[act, F32, F32, act, F32],
     ))?;
-    // An absent mask binds qkv as a placeholder the shader never reads (its flag is 0).
-    let key_mask = opts.key_mask.unwrap_or(qkv);
-    let head_mask = opts.head_mask.unwrap_or(qkv);
+    // An absent mask binds a placeholder the shader never reads (its flag is 0).
+    let unused = rec.ctx().placeholder(false)?;
+    let key_mask = opts.key_mask.unwrap_or(&unused);
+    let head_mask = opts.head_mask.unwrap_or(&unused);
     rec.dispatch(&kernel, &[qkv, key_mask, head_mask, out, lse], &dims.params(opts), dims.groups(PAIR))
 }
 
@@ -214,9 +232,10 @@ pub fn attention_backward_preprocess(rec: &mut Recorder<'_>, out: &Tensor, dout:
     const OP: &str = "attention_backward_preprocess";
     let dims = Dims::from(OP, ("d", d), ("out", out), 1)?;
     dims.check_wide(OP, "dout", dout, 1)?;
-    let consts = dims.consts();
-    let kernel =
-        rec.ctx().kernel(&spec(OP, &[Access::Read, Access::Read, Access::ReadWrite, Access::Uniform], &consts))?;
+    let act = out.element();
+    let consts = dims.consts(act);
+    let bindings = [Access::Read, Access::Read, Access::ReadWrite, Access::Uniform];
+    let kernel = rec.ctx().kernel(&spec(OP, &bindings, &consts, &[act, act, F32]))?;
     let params = dims.params(&AttentionOptions::new(1.0));
     rec.dispatch(&kernel, &[out, dout, d], &params, dims.groups(1))
 }
@@ -239,7 +258,8 @@ fn record_gradient(
     expect_shape(op, "d", d, lse.shape())?;
     dims.check_masks(op, opts)?;
     dims.check_loop_budget(rec.ctx(), op)?;
-    let consts = dims.consts();
+    let act = qkv.element();
+    let consts = dims.consts(act);
     let kernel = rec.ctx().kernel(&spec(
         op,
         &[
@@ -253,9 +273,11 @@ fn record_gradient(
             Access::Uniform,
         ],
         &consts,
+        &[act, act, F32, F32, F32, F32, act],
     ))?;
-    let key_mask = opts.key_mask.unwrap_or(qkv);
-    let head_mask = opts.head_mask.unwrap_or(qkv);
+    let unused = rec.ctx().placeholder(false)?;
+    let key_mask = opts.key_mask.unwrap_or(&unused);
+    let head_mask = opts.head_mask.unwrap_or(&unused);
     rec.dispatch(&kernel, &[qkv, dout, lse, d, key_mask, head_mask, dqkv], &dims.params(opts), dims.groups(PAIR))
 }
 

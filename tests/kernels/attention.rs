@@ -2,6 +2,7 @@
 //! and that the backward allocates nothing of size N x N.
 
 use autoprog::cpu::attention::{self as twin, AttentionMasks, AttentionShape};
+use autoprog::gpu::Element;
 use autoprog::kernels::attention::{self, AttentionOptions};
 use autoprog::tolerance::Tolerance;
 use autoprog::{ContextOptions, GpuContext, Tensor};
@@ -43,16 +44,21 @@ fn upload_u32(v: &[u32], shape: &[usize]) -> Tensor {
 
 /// Forward, preprocess (into its own d, for checking) and the full backward on the GPU.
 fn run_gpu(case: &Case, qkv: &[f64], dout: &[f64]) -> Gpu {
+    run_gpu_as(Element::F32, case, qkv, dout)
+}
+
+/// [`run_gpu`] with qkv, out, dout and dqkv stored as `element`.
+fn run_gpu_as(element: Element, case: &Case, qkv: &[f64], dout: &[f64]) -> Gpu {
     let s = case.s;
     let c = s.nh * s.hs;
-    let qkv_t = upload(qkv, &[s.b, s.n, 3 * c]); // [B, N, 3C]
-    let dout_t = upload(dout, &[s.b, s.n, c]); // [B, N, C]
+    let qkv_t = upload_as(element, qkv, &[s.b, s.n, 3 * c]); // [B, N, 3C]
+    let dout_t = upload_as(element, dout, &[s.b, s.n, c]); // [B, N, C]
     let key_t = case.key_mask.as_ref().map(|m| upload_u32(m, &[s.b, s.n])); // [B, N]
     let head_t = case.head_mask.as_ref().map(|m| upload_u32(m, &[s.nh])); // [NH]
-    let out = empty(&[s.b, s.n, c]); // [B, N, C]
+    let out = empty_as(element, &[s.b, s.n, c]); // [B, N, C]
     let lse = empty(&[s.b, s.nh, s.n]); // [B, NH, N]
     let d = empty(&[s.b, s.nh, s.n]); // [B, NH, N]
-    let dqkv = empty(&[s.b, s.n, 3 * c]); // [B, N, 3C]
+    let dqkv = empty_as(element, &[s.b, s.n, 3 * c]); // [B, N, 3C]
     let opts = AttentionOptions { scale: scale_of(&s) as f32, key_mask: key_t.as_ref(), head_mask: head_t.as_ref() };
     run(|rec| {
         attention::attention_forward(rec, &qkv_t, &opts, &out, &lse)?;
@@ -83,6 +89,43 @@ fn check_case(case: &Case, seed: u64) -> Gpu {
     Tolerance::BACKWARD.assert(&what("attention_backward_preprocess"), &gpu.d, &d);
     Tolerance::BACKWARD.assert(&what("attention_backward dqkv"), &gpu.dqkv, &dqkv);
     gpu
+}
+
+/// f16 storage: each output against the twin run on what the GPU stored before it (as the
+/// GPU's backward reads the stored out, lse and d), so every comparison covers one rounding.
+fn check_case_f16(case: &Case, seed: u64) {
+    let s = case.s;
+    let mut r = rng(seed);
+    let qkv = stored(Element::F16, &random(&mut r, qkv_len(&s), 2.0));
+    let dout = stored(Element::F16, &random(&mut r, s.b * s.n * s.nh * s.hs, 1.0));
+    let gpu = run_gpu_as(Element::F16, case, &qkv, &dout);
+    let scale = scale_of(&s);
+    let wide = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+    let (out, lse) = twin::attention_forward(&qkv, s, masks(case), scale);
+    let d = twin::attention_backward_preprocess(&wide(&gpu.out), &dout, s);
+    let (gpu_lse, gpu_d) = (wide(&gpu.lse), wide(&gpu.d));
+    let dkdv = twin::attention_backward_dkdv(&qkv, &dout, &gpu_lse, &gpu_d, s, masks(case), scale);
+    let dq = twin::attention_backward_dq(&qkv, &dout, &gpu_lse, &gpu_d, s, masks(case), scale);
+    let dqkv: Vec<f64> = dkdv.iter().zip(&dq).map(|(a, b)| a + b).collect();
+    let what = |name: &str| format!("{name} f16 {s:?} masks {:?} {:?}", case.key_mask, case.head_mask);
+    Tolerance::FORWARD.after_rounding_to(Element::F16).assert(&what("attention_forward out"), &gpu.out, &out);
+    Tolerance::FORWARD.assert(&what("attention_forward lse"), &gpu.lse, &lse);
+    Tolerance::BACKWARD.assert(&what("attention_backward_preprocess"), &gpu.d, &d);
+    Tolerance::BACKWARD.after_rounding_to(Element::F16).assert(&what("attention_backward dqkv"), &gpu.dqkv, &dqkv);
+}
+
+#[test]
+fn attention_f16_matches_cpu() {
+    require_f16();
+    let mut r = rng(41);
+    for (b, n, nh, hs, masked, seed) in [(1, 65, 2, 64, false, 1), (2, 17, 3, 3, true, 2), (1, 9, 1, 32, true, 3)] {
+        let case = Case {
+            s: AttentionShape { b, n, nh, hs },
+            key_mask: masked.then(|| random_mask(&mut r, b * n, 0.7)),
+            head_mask: masked.then(|| random_mask(&mut r, nh, 0.7)),
+        };
+        check_case_f16(&case, seed);
+    }
 }
 
 fn random_mask(r: &mut impl Rng, len: usize, keep: f64) -> Vec<u32> {
