@@ -15,12 +15,16 @@ struct Params {
 }
 
 const WG: u32 = 256u;
+// Storage types, from the tensors bound: every entry point reads `Src` and writes `Dst`
+// (f32 or f16; the arithmetic is f32 and a store rounds once).
+alias Src = f32;
+alias Dst = f32;
 
-@group(0) @binding(0) var<storage, read> images: array<f32>;
-@group(0) @binding(1) var<storage, read_write> patches: array<f32>;
+@group(0) @binding(0) var<storage, read> images: array<Src>;
+@group(0) @binding(1) var<storage, read_write> patches: array<Dst>;
 @group(0) @binding(2) var<uniform> p: Params;
 
-// patches[b * Np + gy * grid_w + gx, (c * P + py) * P + px] = images[b, c, gy * P + py, gx * P + px]
+// patches[b * Np + gy * grid_w + gx, (c * P + py) * P + px] = f32(images[b, c, gy * P + py, gx * P + px])
 @compute @workgroup_size(WG)
 fn patchify(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
@@ -41,5 +45,5 @@ fn patchify(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     let px = k % p.p;
     let y = gy * p.p + py;
     let x = gx * p.p + px;
-    patches[i] = images[((b * p.ch + c) * p.h + y) * p.w + x];
+    patches[i] = Dst(f32(images[((b * p.ch + c) * p.h + y) * p.w + x]));
 }

@@ -31,6 +31,10 @@ struct BicubicParams {
 
 const WG: u32 = 256u;
 const CUBIC_A: f32 = -0.75;
+// Storage types, from the tensors bound: every entry point reads `Src` and writes `Dst`
+// (f32 or f16; the arithmetic is f32 and a store rounds once).
+alias Src = f32;
+alias Dst = f32;
 
 // Keys' cubic convolution kernel for 1 <= |x| < 2 and |x| < 1 respectively.
 fn cubic_outer(x: f32) -> f32 {
@@ -80,8 +84,8 @@ fn cubic_dest_range(s: u32, scale: f32, out_size: u32) -> vec2<u32> {
     return vec2<u32>(u32(clamp(lo, 0.0, top)), u32(clamp(hi, 0.0, top)));
 }
 
-@group(0) @binding(0) var<storage, read> bl_x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> bl_y: array<f32>;
+@group(0) @binding(0) var<storage, read> bl_x: array<Src>;
+@group(0) @binding(1) var<storage, read_write> bl_y: array<Dst>;
 @group(0) @binding(2) var<uniform> bl: BilinearParams;
 
 // y[b, ch, oy, ox] = bilinear sample of x[b, ch] at the source coordinate of (oy, ox).
@@ -107,13 +111,13 @@ fn resize_bilinear(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
     let lx = rx - f32(x0);
 
     let base = plane * bl.h * bl.w;
-    let top = (1.0 - lx) * bl_x[base + y0 * bl.w + x0] + lx * bl_x[base + y0 * bl.w + x1];
-    let bottom = (1.0 - lx) * bl_x[base + y1 * bl.w + x0] + lx * bl_x[base + y1 * bl.w + x1];
-    bl_y[i] = (1.0 - ly) * top + ly * bottom;
+    let top = (1.0 - lx) * f32(bl_x[base + y0 * bl.w + x0]) + lx * f32(bl_x[base + y0 * bl.w + x1]);
+    let bottom = (1.0 - lx) * f32(bl_x[base + y1 * bl.w + x0]) + lx * f32(bl_x[base + y1 * bl.w + x1]);
+    bl_y[i] = Dst((1.0 - ly) * top + ly * bottom);
 }
 
-@group(0) @binding(0) var<storage, read> pf_grid: array<f32>;
-@group(0) @binding(1) var<storage, read_write> pf_out: array<f32>;
+@group(0) @binding(0) var<storage, read> pf_grid: array<Src>;
+@group(0) @binding(1) var<storage, read_write> pf_out: array<Dst>;
 @group(0) @binding(2) var<uniform> pf: BicubicParams;
 
 // out[oy, ox, c] = sum over the 4x4 clamped taps of wy * wx * grid[y, x, c]; one thread per
@@ -147,15 +151,15 @@ fn pos_embed_resize_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_w
         var along_row = 0.0;
         for (var k = 0; k < 4; k++) {
             let col = u32(clamp(x_first + k, 0, x_last));
-            along_row += wx[k] * pf_grid[(row + col) * pf.c + ch];
+            along_row += wx[k] * f32(pf_grid[(row + col) * pf.c + ch]);
         }
         acc += wy[r] * along_row;
     }
-    pf_out[i] = acc;
+    pf_out[i] = Dst(acc);
 }
 
-@group(0) @binding(0) var<storage, read> pb_dout: array<f32>;
-@group(0) @binding(1) var<storage, read_write> pb_dgrid: array<f32>;
+@group(0) @binding(0) var<storage, read> pb_dout: array<Src>;
+@group(0) @binding(1) var<storage, read_write> pb_dgrid: array<Dst>;
 @group(0) @binding(2) var<uniform> pb: BicubicParams;
 
 // dgrid[sy, sx, c] = sum over destinations (oy, ox) of Wy(oy -> sy) * Wx(ox -> sx) * dout[oy, ox, c].
@@ -183,9 +187,9 @@ fn pos_embed_resize_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_
         var along_row = 0.0;
         for (var ox = cols.x; ox <= cols.y; ox++) {
             let wx = cubic_weight_to(ox, i32(sx), pb.gw, pb.scale_w);
-            along_row += wx * pb_dout[(oy * pb.gw2 + ox) * pb.c + ch];
+            along_row += wx * f32(pb_dout[(oy * pb.gw2 + ox) * pb.c + ch]);
         }
         acc += wy * along_row;
     }
-    pb_dgrid[i] = acc;
+    pb_dgrid[i] = Dst(acc);
 }

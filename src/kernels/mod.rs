@@ -41,6 +41,12 @@ pub(crate) fn act_const(t: &Tensor) -> [(&'static str, String); 1] {
     [("Act", t.element().wgsl().to_string())]
 }
 
+/// The `consts` entries that set a copy-like shader's `Src` and `Dst` aliases, the storage
+/// types it reads and writes, to those of `src` and `dst`.
+pub(crate) fn src_dst_consts(src: &Tensor, dst: &Tensor) -> [(&'static str, String); 2] {
+    [("Src", src.element().wgsl().to_string()), ("Dst", dst.element().wgsl().to_string())]
+}
+
 /// Checks that all named tensors have the shape of the first.
 pub(crate) fn same_shape(op: &'static str, tensors: &[(&str, &Tensor)]) -> Result<()> {
     let (first_name, first) = tensors[0];

@@ -2,14 +2,15 @@
 //! The patch vector is ordered (channel, py, px), the flattening of a Conv2d weight
 //! [C, Ch, P, P], so the patch embedding is a plain matmul with that weight viewed as
 //! [C, Ch·P·P]. `patchify` has no backward (images take no gradient); the embedding's
-//! weight and bias gradients are a matmul and a column sum.
+//! weight and bias gradients are a matmul and a column sum. Images and patches are f32 or
+//! f16, each its own.
 
 use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{grid_1d, Access, KernelSpec, Recorder, Shader, Tensor};
-use crate::kernels::expect_shape;
 use crate::kernels::matmul::{matmul, Epilogue, Layout};
 use crate::kernels::ops::column_sum;
+use crate::kernels::{expect_shape, src_dst_consts};
 use crate::{Error, Result};
 
 pub const SHADER: Shader = Shader { name: "patch", source: include_str!("../../shaders/patch.wgsl") };
@@ -47,7 +48,9 @@ pub fn patchify(rec: &mut Recorder<'_>, images: &Tensor, patches: &Tensor, patch
     }
     let np = (h / patch) * (w / patch);
     expect_shape(OP, "patches", patches, &[b * np, ch * patch * patch])?; // [B·Np, Ch·P·P]
-    let kernel = rec.ctx().kernel(&KernelSpec::new(SHADER, OP, &[Access::Read, Access::ReadWrite, Access::Uniform]))?;
+    let (consts, elements) = (src_dst_consts(images, patches), [images.element(), patches.element()]);
+    let spec = KernelSpec::new(SHADER, OP, &[Access::Read, Access::ReadWrite, Access::Uniform]);
+    let kernel = rec.ctx().kernel(&spec.with_consts(&consts).with_elements(&elements))?;
     let n = patches.numel() as u32;
     let params = Params {
         n,

@@ -1,10 +1,12 @@
 //! Resizing with PyTorch's `F.interpolate(align_corners=False, antialias=False)` semantics:
 //! bilinear for images (progressive resolution, forward only) and bicubic for the
-//! position-embedding grid (forward and backward): `shaders/resize.wgsl`.
+//! position-embedding grid (forward and backward): `shaders/resize.wgsl`. Input and output
+//! are f32 or f16, each its own (the arithmetic is f32).
 
 use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{grid_1d, Access, KernelSpec, Recorder, Shader, Tensor};
+use crate::kernels::src_dst_consts;
 use crate::{Error, Result};
 
 pub const SHADER: Shader = Shader { name: "resize", source: include_str!("../../shaders/resize.wgsl") };
@@ -52,7 +54,9 @@ pub fn resize_bilinear(rec: &mut Recorder<'_>, x: &Tensor, y: &Tensor) -> Result
             format!("x is {xs:?} and y is {ys:?}; need x [B, Ch, H, W] and y [B, Ch, H2, W2], all sizes >= 1"),
         ));
     }
-    let kernel = rec.ctx().kernel(&KernelSpec::new(SHADER, OP, &[Access::Read, Access::ReadWrite, Access::Uniform]))?;
+    let (consts, elements) = (src_dst_consts(x, y), [x.element(), y.element()]);
+    let spec = KernelSpec::new(SHADER, OP, &[Access::Read, Access::ReadWrite, Access::Uniform]);
+    let kernel = rec.ctx().kernel(&spec.with_consts(&consts).with_elements(&elements))?;
     let n = y.numel() as u32;
     let params = BilinearParams {
         n,
@@ -99,7 +103,9 @@ fn bicubic_params(op: &'static str, grid: &Tensor, out: &Tensor, names: [&str; 2
 pub fn pos_embed_resize_forward(rec: &mut Recorder<'_>, grid: &Tensor, out: &Tensor) -> Result<()> {
     const OP: &str = "pos_embed_resize_forward";
     let mut params = bicubic_params(OP, grid, out, ["grid", "out"])?; // [Gh, Gw, C] -> [Gh2, Gw2, C]
-    let kernel = rec.ctx().kernel(&KernelSpec::new(SHADER, OP, &[Access::Read, Access::ReadWrite, Access::Uniform]))?;
+    let (consts, elements) = (src_dst_consts(grid, out), [grid.element(), out.element()]);
+    let spec = KernelSpec::new(SHADER, OP, &[Access::Read, Access::ReadWrite, Access::Uniform]);
+    let kernel = rec.ctx().kernel(&spec.with_consts(&consts).with_elements(&elements))?;
     params.n = out.numel() as u32;
     rec.dispatch(&kernel, &[grid, out], &params, grid_1d(params.n.div_ceil(WG)))
 }
@@ -110,7 +116,9 @@ pub fn pos_embed_resize_forward(rec: &mut Recorder<'_>, grid: &Tensor, out: &Ten
 pub fn pos_embed_resize_backward(rec: &mut Recorder<'_>, dout: &Tensor, dgrid: &Tensor) -> Result<()> {
     const OP: &str = "pos_embed_resize_backward";
     let mut params = bicubic_params(OP, dgrid, dout, ["dgrid", "dout"])?;
-    let kernel = rec.ctx().kernel(&KernelSpec::new(SHADER, OP, &[Access::Read, Access::ReadWrite, Access::Uniform]))?;
+    let (consts, elements) = (src_dst_consts(dout, dgrid), [dout.element(), dgrid.element()]);
+    let spec = KernelSpec::new(SHADER, OP, &[Access::Read, Access::ReadWrite, Access::Uniform]);
+    let kernel = rec.ctx().kernel(&spec.with_consts(&consts).with_elements(&elements))?;
     params.n = dgrid.numel() as u32;
     rec.dispatch(&kernel, &[dout, dgrid], &params, grid_1d(params.n.div_ceil(WG)))
 }

@@ -1,4 +1,5 @@
 use autoprog::cpu;
+use autoprog::gpu::Element;
 use autoprog::kernels::patch;
 use autoprog::tolerance::Tolerance;
 use proptest::prelude::*;
@@ -22,6 +23,25 @@ proptest! {
         let shape = [b, ch, grid_h * p, grid_w * p];
         let images = rounded(&random(&mut rng(seed), shape.iter().product(), 1.0));
         prop_assert_eq!(gpu_patchify(&images, shape, p), cpu::patch::patchify(&images, shape, p));
+    }
+}
+
+#[test]
+fn patchify_f16_matches_cpu() {
+    require_f16();
+    let shape = [2, 3, 12, 8];
+    let images = rounded(&random(&mut rng(4), shape.iter().product(), 1.0));
+    let want = cpu::patch::patchify(&images, shape, 4);
+    // f32 images into f16 patches: one rounding (within one f16 ulp); f16 into f16: a copy.
+    let f16_images = stored(Element::F16, &images);
+    for (src, values) in [(Element::F32, &images), (Element::F16, &f16_images)] {
+        let it = upload_as(src, values, &shape);
+        let out = empty_as(Element::F16, &[2 * 3 * 2, 3 * 16]);
+        run(|rec| patch::patchify(rec, &it, &out, 4));
+        let exact = Tolerance { rel: 0.0, abs: 0.0 };
+        let tol = if src == Element::F32 { exact.after_rounding_to(Element::F16) } else { exact };
+        let want = if src == Element::F32 { want.clone() } else { cpu::patch::patchify(values, shape, 4) };
+        tol.assert(&format!("patchify {src} -> f16"), &read(&out), &want);
     }
 }
 

@@ -1,4 +1,5 @@
 use autoprog::cpu;
+use autoprog::gpu::Element;
 use autoprog::kernels::resize;
 use autoprog::tolerance::Tolerance;
 use proptest::prelude::*;
@@ -6,27 +7,39 @@ use proptest::prelude::*;
 use crate::common::*;
 
 fn check_bilinear(shape: [usize; 4], out_hw: [usize; 2], seed: u64) {
+    check_bilinear_as([Element::F32; 2], shape, out_hw, seed);
+}
+
+/// Images stored as `src`, resized into `dst`.
+fn check_bilinear_as([src, dst]: [Element; 2], shape: [usize; 4], out_hw: [usize; 2], seed: u64) {
     let [b, ch, _, _] = shape;
-    let x = rounded(&random(&mut rng(seed), shape.iter().product(), 2.0));
-    let xt = upload(&x, &shape);
-    let y = empty(&[b, ch, out_hw[0], out_hw[1]]);
+    let x = stored(src, &random(&mut rng(seed), shape.iter().product(), 2.0));
+    let xt = upload_as(src, &x, &shape);
+    let y = empty_as(dst, &[b, ch, out_hw[0], out_hw[1]]);
     run(|rec| resize::resize_bilinear(rec, &xt, &y));
-    let what = format!("resize_bilinear {shape:?} -> {out_hw:?}");
-    Tolerance::FORWARD.assert(&what, &read(&y), &cpu::resize::resize_bilinear(&x, shape, out_hw));
+    let what = format!("resize_bilinear {shape:?} -> {out_hw:?} {src}->{dst}");
+    let tol = Tolerance::FORWARD.after_rounding_to(dst);
+    tol.assert(&what, &read(&y), &cpu::resize::resize_bilinear(&x, shape, out_hw));
 }
 
 fn check_pos_embed(in_hw: [usize; 2], c: usize, out_hw: [usize; 2], seed: u64) {
+    check_pos_embed_as(Element::F32, in_hw, c, out_hw, seed);
+}
+
+/// The grid, its resized copy and the copy's gradient stored as `act`; the grid's
+/// gradient is f32 (a weight gradient).
+fn check_pos_embed_as(act: Element, in_hw: [usize; 2], c: usize, out_hw: [usize; 2], seed: u64) {
     let mut r = rng(seed);
-    let grid = rounded(&random(&mut r, in_hw[0] * in_hw[1] * c, 1.0));
-    let dout = rounded(&random(&mut r, out_hw[0] * out_hw[1] * c, 1.0));
-    let (gt, dt) = (upload(&grid, &[in_hw[0], in_hw[1], c]), upload(&dout, &[out_hw[0], out_hw[1], c]));
-    let (out, dgrid) = (empty(&[out_hw[0], out_hw[1], c]), empty(&[in_hw[0], in_hw[1], c]));
+    let grid = stored(act, &random(&mut r, in_hw[0] * in_hw[1] * c, 1.0));
+    let dout = stored(act, &random(&mut r, out_hw[0] * out_hw[1] * c, 1.0));
+    let (gt, dt) = (upload_as(act, &grid, &[in_hw[0], in_hw[1], c]), upload_as(act, &dout, &[out_hw[0], out_hw[1], c]));
+    let (out, dgrid) = (empty_as(act, &[out_hw[0], out_hw[1], c]), empty(&[in_hw[0], in_hw[1], c]));
     run(|rec| {
         resize::pos_embed_resize_forward(rec, &gt, &out)?;
         resize::pos_embed_resize_backward(rec, &dt, &dgrid)
     });
-    let what = format!("{in_hw:?} -> {out_hw:?}, C {c}");
-    Tolerance::FORWARD.assert(
+    let what = format!("{in_hw:?} -> {out_hw:?}, C {c}, {act}");
+    Tolerance::FORWARD.after_rounding_to(act).assert(
         &format!("pos_embed_resize_forward {what}"),
         &read(&out),
         &cpu::resize::pos_embed_resize_forward(&grid, in_hw, c, out_hw),
@@ -51,6 +64,15 @@ proptest! {
                                     c in 1usize..40, seed in any::<u64>()) {
         check_pos_embed([gh, gw], c, [gh2, gw2], seed);
     }
+}
+
+#[test]
+fn resize_f16_matches_cpu() {
+    require_f16();
+    check_bilinear_as([Element::F32, Element::F16], [2, 3, 32, 32], [40, 40], 6);
+    check_bilinear_as([Element::F16, Element::F16], [1, 3, 40, 40], [24, 24], 7);
+    check_pos_embed_as(Element::F16, [14, 14], 64, [16, 16], 8);
+    check_pos_embed_as(Element::F16, [4, 4], 8, [21, 15], 9);
 }
 
 #[test]
