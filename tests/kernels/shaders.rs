@@ -1,11 +1,29 @@
 //! Every WGSL file parses and validates with naga (the compiler wgpu uses).
 
 fn validate(name: &str, source: &str) {
+    validate_with(name, source, naga::valid::Capabilities::empty());
+}
+
+fn validate_with(name: &str, source: &str, capabilities: naga::valid::Capabilities) {
     let module =
         naga::front::wgsl::parse_str(source).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
-    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
+    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities)
         .validate(&module)
         .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+}
+
+/// `source` with every storage-type alias (all but `Lane`, the f32 type rows are computed
+/// in) set to f16, as the kernels specialise it for f16 storage.
+fn with_f16_storage(source: &str) -> String {
+    let lines = source.lines().map(|line| {
+        let storage_alias = line.starts_with("alias ") && !line.starts_with("alias Lane ");
+        if storage_alias {
+            line.replace("f32", "f16")
+        } else {
+            line.to_string()
+        }
+    });
+    format!("enable f16;\n{}\n", lines.collect::<Vec<_>>().join("\n"))
 }
 
 #[test]
@@ -22,6 +40,25 @@ fn generated_matmul_kernels_validate() {
     for (name, source) in autoprog::kernels::matmul::generated_sources() {
         validate(&name, &source);
     }
+}
+
+#[test]
+fn every_shader_validates_with_f16_storage() {
+    // Only the f16 extension itself: no other capability may creep in with it.
+    let f16 = naga::valid::Capabilities::SHADER_FLOAT16;
+    let mut with_aliases = 0;
+    for shader in autoprog::kernels::shaders() {
+        let source = with_f16_storage(shader.source);
+        with_aliases += usize::from(source.contains("= f16;") || source.contains("vec4<f16>;"));
+        validate_with(&format!("{}.wgsl with f16 storage", shader.name), &source, f16);
+    }
+    for (name, source) in autoprog::kernels::matmul::generated_sources() {
+        validate_with(&format!("{name} with f16 storage"), &with_f16_storage(&source), f16);
+    }
+    // Every family that stores activations has a storage alias (the optimizer keeps f32
+    // master weights and moments; common.wgsl is a library).
+    let families = autoprog::kernels::shaders().len();
+    assert_eq!(with_aliases, families - 2, "a kernel family lost its storage-type alias");
 }
 
 #[test]
