@@ -194,7 +194,7 @@ impl Recorder<'_> {
         }
         // Every adapter accepts a binding at a multiple of 256 bytes; lavapipe accepts far less
         // and would hide a view that a browser refuses.
-        let align = (self.ctx.arena_align() * 4) as u64;
+        let align = self.ctx.offset_align();
         if let Some((i, t)) = tensors.iter().enumerate().find(|(_, t)| t.offset() % align != 0) {
             return Err(Error::invalid(
                 "dispatch",
@@ -282,7 +282,19 @@ impl Recorder<'_> {
         if src.numel() != dst.numel() || src.element() != dst.element() {
             return Err(Error::shape("copy", format!("{src:?} into {dst:?}")));
         }
-        self.encoder().copy_buffer_to_buffer(src.buffer(), src.offset(), dst.buffer(), dst.offset(), src.bytes());
+        // Buffer copies move whole 4-byte words: an odd count or offset of f16 values would
+        // copy (or overwrite) a neighbour.
+        let bytes = (src.numel() * src.element().bytes()) as u64;
+        if !bytes.is_multiple_of(4) || !src.offset().is_multiple_of(4) || !dst.offset().is_multiple_of(4) {
+            return Err(Error::invalid(
+                "copy",
+                format!(
+                    "{src:?} into {dst:?}: GPU copies move 4-byte words, so an f16 copy needs an even element count \
+                     and offset (an even model width)"
+                ),
+            ));
+        }
+        self.encoder().copy_buffer_to_buffer(src.buffer(), src.offset(), dst.buffer(), dst.offset(), bytes);
         Ok(())
     }
 

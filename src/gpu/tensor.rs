@@ -153,13 +153,19 @@ pub const PORTABLE_OFFSET_ALIGN: u64 = 256;
 pub const PORTABLE_STORAGE_BUFFERS: usize = 8;
 
 impl GpuContext {
-    /// Element alignment for views bound as storage: the adapter's
+    /// The byte alignment of every storage binding's offset: the adapter's
     /// `min_storage_buffer_offset_alignment`, and at least WebGPU's portable 256 bytes, so that
     /// layouts (and the check of every binding) are the same on every adapter and a view that
     /// a browser would refuse fails on lavapipe's tests too.
+    pub fn offset_align(&self) -> u64 {
+        (self.limits().min_storage_buffer_offset_alignment as u64).max(PORTABLE_OFFSET_ALIGN)
+    }
+
+    /// Element alignment for views bound as storage: [`GpuContext::offset_align`] counted in
+    /// f16 elements, so that the same element offsets are aligned in an f32 arena and in its
+    /// f16 copy (mixed precision reads weights from one).
     pub fn arena_align(&self) -> usize {
-        let bytes = (self.limits().min_storage_buffer_offset_alignment as u64).max(PORTABLE_OFFSET_ALIGN);
-        bytes as usize / 4
+        self.offset_align() as usize / Element::F16.bytes()
     }
 
     /// An uninitialised f32 tensor from the pool; `label` names it in GPU debuggers.

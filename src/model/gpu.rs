@@ -1,10 +1,15 @@
 //! The ViT on the GPU: parameters and gradients in flat arenas, activations planned once
 //! per (batch, resolution), and forward / loss / backward recorded into a [`Recorder`]
 //! so that a whole training step is one submission.
+//!
+//! Mixed precision ([`GpuVit::set_activations`] with f16): activations, saved tensors and
+//! activation gradients are stored as f16, and the kernels read the weights from an f16
+//! copy of the arena that each forward pass converts first; parameters, gradients,
+//! optimizer state and every reduction stay f32.
 
 pub use super::activations::{Activations, Loss};
 use super::activations::{BlockActs, PosResize};
-use crate::gpu::{GpuContext, Recorder, Tensor};
+use crate::gpu::{Element, GpuContext, Recorder, Tensor};
 use crate::kernels::attention::{attention_backward, attention_forward, AttentionOptions};
 use crate::kernels::cross_entropy::{cross_entropy_hard, cross_entropy_soft};
 use crate::kernels::gelu::gelu_backward;
@@ -24,6 +29,11 @@ pub struct GpuVit {
     pub params: Tensor,
     /// [layout.len]; padding stays 0, every parameter's slice is overwritten by `backward`.
     pub grads: Tensor,
+    /// What activations are stored as (f32 unless [`GpuVit::set_activations`]).
+    activations: Element,
+    /// With f16 activations: the f16 copy of the weights the passes read [layout.len],
+    /// written by every forward from the arena it runs.
+    weights16: Option<Tensor>,
 }
 
 impl GpuVit {
@@ -38,7 +48,37 @@ impl GpuVit {
         }
         let p = ctx.upload(params, &[layout.len], "vit.params")?;
         let grads = ctx.zeros(&[layout.len], "vit.grads")?;
-        Ok(GpuVit { config, layout, params: p, grads })
+        Ok(GpuVit { config, layout, params: p, grads, activations: Element::F32, weights16: None })
+    }
+
+    /// Stores activations (and the weights the kernels read) as `element` from the next
+    /// [`GpuVit::plan`] on; f16 needs the adapter's `SHADER_F16`. Plans made before keep
+    /// their type, so plan again after a change.
+    pub fn set_activations(&mut self, ctx: &GpuContext, element: Element) -> Result<()> {
+        if element == Element::F16 && !ctx.has(wgpu::Features::SHADER_F16) {
+            return Err(Error::MissingFeature {
+                what: format!("f16 activations on {}", ctx.summary.display_name()),
+                feature: "SHADER_F16",
+                hint: "train in f32 (--precision f32), or on an adapter that has it (`autoprog info` lists them)",
+            });
+        }
+        self.weights16 = match element {
+            Element::F32 => None,
+            Element::F16 => Some(ctx.empty_as(&[self.layout.len], Element::F16, "vit.weights16")?),
+        };
+        self.activations = element;
+        Ok(())
+    }
+
+    /// What activations are stored as.
+    pub fn activations(&self) -> Element {
+        self.activations
+    }
+
+    /// The arena the kernels read weights from: `arena` itself in f32; in f16 the copy
+    /// that [`GpuVit::forward`] converted `arena` into.
+    fn weights<'a>(&'a self, arena: &'a Tensor) -> &'a Tensor {
+        self.weights16.as_ref().unwrap_or(arena)
     }
 
     /// Blocks in this model (L).
@@ -74,21 +114,24 @@ impl GpuVit {
         let np = n - 1;
         let rows = batch * n;
         let depth = self.depth();
-        let e = |shape: &[usize], label: &str| ctx.empty(shape, label);
+        // Activations (`e`) in the model's element type; statistics, losses and the
+        // gradients of weights (`f`) always f32.
+        let e = |shape: &[usize], label: &str| ctx.empty_as(shape, self.activations, label);
+        let f = |shape: &[usize], label: &str| ctx.empty(shape, label);
         let blocks = (0..depth)
             .map(|i| {
                 let l = |s: &str| format!("vit.block{i}.{s}");
                 Ok(BlockActs {
                     ln1: e(&[batch, n, c], &l("ln1"))?,
-                    mean1: e(&[rows], &l("mean1"))?,
-                    rstd1: e(&[rows], &l("rstd1"))?,
+                    mean1: f(&[rows], &l("mean1"))?,
+                    rstd1: f(&[rows], &l("rstd1"))?,
                     qkv: e(&[batch, n, 3 * c], &l("qkv"))?,
                     attn: e(&[batch, n, c], &l("attn"))?,
-                    lse: e(&[batch, nh, n], &l("lse"))?,
+                    lse: f(&[batch, nh, n], &l("lse"))?,
                     x_mid: e(&[batch, n, c], &l("x_mid"))?,
                     ln2: e(&[batch, n, c], &l("ln2"))?,
-                    mean2: e(&[rows], &l("mean2"))?,
-                    rstd2: e(&[rows], &l("rstd2"))?,
+                    mean2: f(&[rows], &l("mean2"))?,
+                    rstd2: f(&[rows], &l("rstd2"))?,
                     pre: e(&[batch, n, h], &l("fc1.pre"))?,
                     act: e(&[batch, n, h], &l("fc1.act"))?,
                 })
@@ -103,23 +146,23 @@ impl GpuVit {
             Some(PosResize {
                 grid: e(&[g, g, c], "vit.pos.grid")?,
                 resized: e(&[g2, g2, c], "vit.pos.resized")?,
-                dgrid: e(&[g, g, c], "vit.pos.dgrid")?,
+                dgrid: f(&[g, g, c], "vit.pos.dgrid")?,
                 pos: e(&[n, c], "vit.pos")?,
-                dpos: e(&[n, c], "vit.pos.dpos")?,
-                dresized: e(&[g2, g2, c], "vit.pos.dresized")?,
+                dpos: f(&[n, c], "vit.pos.dpos")?,
+                dresized: f(&[g2, g2, c], "vit.pos.dresized")?,
             })
         };
         Ok(Activations {
             batch,
             resolution,
             tokens: n,
-            images: e(&[batch, cfg.in_chans, resolution, resolution], "vit.images")?,
+            images: f(&[batch, cfg.in_chans, resolution, resolution], "vit.images")?,
             labels: ctx.upload_u32(&vec![0; batch], &[batch], "vit.labels")?,
-            targets: e(&[batch, k], "vit.targets")?,
+            targets: f(&[batch, k], "vit.targets")?,
             drop_scales: ctx.upload(&vec![1.0; drop_len], &[drop_len], "vit.drop")?,
             drop_stride,
             logits: e(&[batch, k], "vit.logits")?,
-            loss: e(&[1], "vit.loss")?,
+            loss: f(&[1], "vit.loss")?,
             patches: e(&[batch * np, cfg.patch_values()], "vit.patches")?,
             tokens_out: e(&[batch * np, c], "vit.tokens")?,
             xs: (0..=depth).map(|i| e(&[batch, n, c], &format!("vit.x{i}"))).collect::<Result<_>>()?,
@@ -127,9 +170,9 @@ impl GpuVit {
             branch: e(&[batch, n, c], "vit.branch")?,
             cls: e(&[batch, c], "vit.cls")?,
             cls_norm: e(&[batch, c], "vit.cls_norm")?,
-            mean_f: e(&[batch], "vit.norm.mean")?,
-            rstd_f: e(&[batch], "vit.norm.rstd")?,
-            loss_rows: e(&[batch], "vit.loss_rows")?,
+            mean_f: f(&[batch], "vit.norm.mean")?,
+            rstd_f: f(&[batch], "vit.norm.rstd")?,
+            loss_rows: f(&[batch], "vit.loss_rows")?,
             dlogits: e(&[batch, k], "vit.dlogits")?,
             dcls_norm: e(&[batch, c], "vit.dcls_norm")?,
             dcls: e(&[batch, c], "vit.dcls")?,
@@ -155,10 +198,25 @@ impl GpuVit {
 
     /// Records the forward pass of `acts.images` with the weights in `arena` (the model's
     /// parameters or an EMA of them) up to `acts.logits`. With `drop_path`, each residual
-    /// branch is scaled per image by `acts.drop_scales`.
+    /// branch is scaled per image by `acts.drop_scales`. With f16 activations, `arena` is
+    /// first converted into the f16 weights the kernels read.
     pub fn forward(&self, rec: &mut Recorder<'_>, arena: &Tensor, acts: &Activations, drop_path: bool) -> Result<()> {
         let cfg = &self.config;
         let (b, n, c) = (acts.batch, acts.tokens, cfg.dim);
+        if acts.logits.element() != self.activations {
+            return Err(Error::invalid(
+                "vit forward",
+                format!(
+                    "activations planned in {} for a model in {}; plan again",
+                    acts.logits.element(),
+                    self.activations
+                ),
+            ));
+        }
+        if let Some(weights16) = &self.weights16 {
+            ops::convert(rec, arena, weights16)?;
+        }
+        let arena = self.weights(arena);
         let w = |name: &str| self.view(arena, name);
         patch_embed_forward(
             rec,
@@ -299,6 +357,16 @@ impl GpuVit {
     /// Records the loss of `acts.logits`: per-image losses, their mean in `acts.loss`, and
     /// dlogits = d(mean loss)/dlogits for [`GpuVit::backward`].
     pub fn loss(&self, rec: &mut Recorder<'_>, acts: &Activations, loss: Loss) -> Result<()> {
+        self.scaled_loss(rec, acts, loss, 1.0)
+    }
+
+    /// [`GpuVit::loss`] with dlogits multiplied by `scale`, so that every gradient of the
+    /// backward pass is `scale` times the true one: loss scaling keeps small f16 activation
+    /// gradients above f16's underflow. The mean loss itself is not scaled.
+    pub fn scaled_loss(&self, rec: &mut Recorder<'_>, acts: &Activations, loss: Loss, scale: f32) -> Result<()> {
+        if !(scale.is_finite() && scale > 0.0) {
+            return Err(Error::invalid("vit loss", format!("loss scale {scale}; it must be finite and > 0")));
+        }
         let rows = match loss {
             Loss::Partial { rows } if rows == 0 || rows > acts.batch => {
                 return Err(Error::invalid(
@@ -309,16 +377,23 @@ impl GpuVit {
             Loss::Partial { rows } => rows,
             Loss::Hard { .. } | Loss::Soft => acts.batch,
         };
-        let scale = 1.0 / rows as f32;
+        let mean = 1.0 / rows as f32;
+        let grad_scale = scale * mean;
         match loss {
-            Loss::Hard { smoothing } => {
-                cross_entropy_hard(rec, &acts.logits, &acts.labels, &acts.loss_rows, &acts.dlogits, smoothing, scale)?
-            }
+            Loss::Hard { smoothing } => cross_entropy_hard(
+                rec,
+                &acts.logits,
+                &acts.labels,
+                &acts.loss_rows,
+                &acts.dlogits,
+                smoothing,
+                grad_scale,
+            )?,
             Loss::Soft | Loss::Partial { .. } => {
-                cross_entropy_soft(rec, &acts.logits, &acts.targets, &acts.loss_rows, &acts.dlogits, scale)?
+                cross_entropy_soft(rec, &acts.logits, &acts.targets, &acts.loss_rows, &acts.dlogits, grad_scale)?
             }
         }
-        ops::reduce_sum(rec, &acts.loss_rows, &acts.loss, scale)
+        ops::reduce_sum(rec, &acts.loss_rows, &acts.loss, mean)
     }
 
     /// Records the backward pass from `acts.dlogits` (written by [`GpuVit::loss`]) after a
@@ -326,7 +401,8 @@ impl GpuVit {
     pub fn backward(&self, rec: &mut Recorder<'_>, acts: &Activations, drop_path: bool) -> Result<()> {
         let cfg = &self.config;
         let (b, n, c) = (acts.batch, acts.tokens, cfg.dim);
-        let (params, grads) = (&self.params, &self.grads);
+        // The weights the forward pass read (in f16, the copy it converted).
+        let (params, grads) = (self.weights(&self.params), &self.grads);
         let w = |name: &str| self.view(params, name);
         let g = |name: &str| self.view(grads, name);
         let none = Epilogue::default();

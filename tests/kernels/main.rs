@@ -8,6 +8,7 @@ mod gelu;
 mod layernorm;
 mod matmul;
 mod model;
+mod model_f16;
 mod ops;
 mod optimizer;
 mod patch;

@@ -16,7 +16,7 @@ const MODEL: Tolerance = Tolerance { rel: 1e-3, abs: 2e-5 };
 
 /// A small ViT whose sizes are multiples of no tile: 12 px, patch 4 (N = 10), dim 48,
 /// 3 heads of 16, MLP 72, 5 classes.
-fn small_config() -> VitConfig {
+pub(crate) fn small_config() -> VitConfig {
     VitConfig {
         image_size: 12,
         patch_size: 4,
@@ -32,7 +32,7 @@ fn small_config() -> VitConfig {
 
 /// timm's initialisation with every tensor nudged, so that no gradient is trivially zero
 /// (norm weights off 1, biases and the class token off 0).
-fn params(config: &VitConfig, layout: &ParamLayout, seed: u64) -> Vec<f32> {
+pub(crate) fn params(config: &VitConfig, layout: &ParamLayout, seed: u64) -> Vec<f32> {
     let mut p = layout.init(config, seed);
     let mut r = rng(seed + 1);
     let noise = random(&mut r, p.len(), 0.05);
@@ -44,17 +44,17 @@ fn params(config: &VitConfig, layout: &ParamLayout, seed: u64) -> Vec<f32> {
     p
 }
 
-struct Case {
-    config: VitConfig,
-    layout: ParamLayout,
-    params: Vec<f32>,
-    images: Vec<f64>,
-    labels: Vec<u32>,
-    batch: usize,
-    resolution: usize,
+pub(crate) struct Case {
+    pub(crate) config: VitConfig,
+    pub(crate) layout: ParamLayout,
+    pub(crate) params: Vec<f32>,
+    pub(crate) images: Vec<f64>,
+    pub(crate) labels: Vec<u32>,
+    pub(crate) batch: usize,
+    pub(crate) resolution: usize,
 }
 
-fn case(batch: usize, resolution: usize, seed: u64) -> Case {
+pub(crate) fn case(batch: usize, resolution: usize, seed: u64) -> Case {
     let config = small_config();
     let layout = ParamLayout::new(&config, config.depth, ctx().arena_align());
     let params = params(&config, &layout, seed);
@@ -64,7 +64,7 @@ fn case(batch: usize, resolution: usize, seed: u64) -> Case {
     Case { config, layout, params, images, labels, batch, resolution }
 }
 
-fn as_f64(v: &[f32]) -> Vec<f64> {
+pub(crate) fn as_f64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
 
