@@ -2,9 +2,14 @@
 // each live in one buffer, so a whole training step's update is a handful of dispatches.
 //
 //   grad_norm_partial  sums of squares of the gradient arena, one per CHUNK elements
-//   grad_norm_finish   partials -> stats = [global L2 norm, clip factor]
+//   grad_norm_finish   partials -> stats = [global L2 norm, gradient factor, finite, 0]
 //   adamw_update       AdamW (decoupled weight decay) with gradients scaled by stats[1]
 //   ema_update         ema = d * ema + (1 - d) * param
+//
+// Loss scaling: the stored gradients may be `scale` times the true ones (f16 activation
+// gradients); grad_norm_finish unscales the norm and folds 1 / scale into the factor, and
+// when any gradient is inf or NaN (an f16 overflow) it clears `finite`: AdamW and the EMAs
+// then leave everything untouched, the step is skipped.
 //
 // The clip factor never leaves the GPU: adamw_update reads it from the stats buffer, so
 // norm, clipping and update are recorded into the same submission. The norm reduction
@@ -71,15 +76,22 @@ struct FinishParams {
     num_partials: u32,
     // <= 0 disables clipping (clip factor 1).
     max_norm: f32,
+    // 1 / the loss scale the gradients carry.
+    inv_scale: f32,
     _pad0: u32,
-    _pad1: u32,
+}
+
+// Whether x is neither inf nor NaN, from its bits (compilers may assume floats finite).
+fn is_finite(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
 }
 
 @group(0) @binding(0) var<storage, read> fin_partials: array<f32>;
 @group(0) @binding(1) var<storage, read_write> fin_stats: array<f32>;
 @group(0) @binding(2) var<uniform> fin_p: FinishParams;
 
-// stats = [sqrt(sum partials), min(1, max_norm / (norm + 1e-6))]; one workgroup.
+// norm = sqrt(sum partials) / scale, clip = min(1, max_norm / (norm + 1e-6));
+// stats = [norm, clip / scale, finite, 0]; one workgroup.
 @compute @workgroup_size(WG)
 fn grad_norm_finish(@builtin(local_invocation_index) lid: u32) {
     var acc = 0.0;
@@ -88,13 +100,15 @@ fn grad_norm_finish(@builtin(local_invocation_index) lid: u32) {
     }
     let total = workgroup_sum(lid, acc);
     if (lid == 0u) {
-        let norm = sqrt(total);
+        let norm = sqrt(total) * fin_p.inv_scale;
         var clip = 1.0;
         if (fin_p.max_norm > 0.0) {
             clip = min(1.0, fin_p.max_norm / (norm + CLIP_EPS));
         }
         fin_stats[0] = norm;
-        fin_stats[1] = clip;
+        fin_stats[1] = clip * fin_p.inv_scale;
+        fin_stats[2] = select(0.0, 1.0, is_finite(total));
+        fin_stats[3] = 0.0;
     }
 }
 
@@ -130,7 +144,7 @@ struct AdamParams {
 fn adamw_update(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
     let i = (wg.x + wg.y * nwg.x) * WG + lid;
-    if (i >= adam_p.n) {
+    if (i >= adam_p.n || adam_stats[2] == 0.0) {
         return;
     }
     let g = adam_grads[i] * adam_stats[1];
@@ -153,15 +167,16 @@ struct EmaParams {
 }
 
 @group(0) @binding(0) var<storage, read> ema_params: array<f32>;
-@group(0) @binding(1) var<storage, read_write> ema: array<f32>;
-@group(0) @binding(2) var<uniform> ema_p: EmaParams;
+@group(0) @binding(1) var<storage, read> ema_stats: array<f32>;
+@group(0) @binding(2) var<storage, read_write> ema: array<f32>;
+@group(0) @binding(3) var<uniform> ema_p: EmaParams;
 
-// ema[i] = d * ema[i] + (1 - d) * param[i]
+// ema[i] = d * ema[i] + (1 - d) * param[i], unless the step was skipped (stats[2] = 0)
 @compute @workgroup_size(WG)
 fn ema_update(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
     let i = (wg.x + wg.y * nwg.x) * WG + lid;
-    if (i < ema_p.n) {
+    if (i < ema_p.n && ema_stats[2] != 0.0) {
         ema[i] = ema_p.decay * ema[i] + ema_p.one_minus_decay * ema_params[i];
     }
 }

@@ -186,6 +186,7 @@ pub async fn bench_train_step(
         max_grad_norm: 1.0,
         loss: Loss::Hard { smoothing: 0.1 },
         drop_path: true,
+        loss_scale: 1.0,
     };
     let mut samples = Vec::with_capacity(reps);
     let mut host = Vec::with_capacity(reps);

@@ -11,20 +11,23 @@ pub fn grad_norm_partial(grads: &[f64]) -> Vec<f64> {
     grads.chunks(GRAD_NORM_CHUNK).map(|chunk| chunk.iter().map(|g| g * g).sum()).collect()
 }
 
-/// `[norm, clip]`: norm = sqrt(sum partials), clip = min(1, max_norm / (norm + 1e-6)),
-/// or 1 when `max_norm <= 0` (PyTorch `clip_grad_norm_`).
-pub fn grad_norm_finish(partials: &[f64], max_norm: f64) -> Vec<f64> {
-    let norm = partials.iter().sum::<f64>().sqrt();
+/// `[norm, clip · inv_scale, finite, 0]`: norm = sqrt(sum partials) · inv_scale, clip =
+/// min(1, max_norm / (norm + 1e-6)), or 1 when `max_norm <= 0` (PyTorch `clip_grad_norm_`);
+/// finite is 1 unless the sum is inf or NaN (`inv_scale` undoes a loss scale).
+pub fn grad_norm_finish(partials: &[f64], max_norm: f64, inv_scale: f64) -> Vec<f64> {
+    let total = partials.iter().sum::<f64>();
+    let norm = total.sqrt() * inv_scale;
     let clip = if max_norm > 0.0 { (max_norm / (norm + 1e-6)).min(1.0) } else { 1.0 };
-    vec![norm, clip]
+    vec![norm, clip * inv_scale, f64::from(u8::from(total.is_finite())), 0.0]
 }
 
-/// Both passes: `[norm, clip]` of the gradient arena.
+/// Both passes: the stats of an unscaled gradient arena.
 pub fn grad_norm(grads: &[f64], max_norm: f64) -> Vec<f64> {
-    grad_norm_finish(&grad_norm_partial(grads), max_norm)
+    grad_norm_finish(&grad_norm_partial(grads), max_norm, 1.0)
 }
 
-/// One AdamW step; `stats[1]` is the clip factor, weight decay only on `[0, decay_end)`.
+/// One AdamW step; `stats[1]` is the factor applied to the gradients, `stats[2]` 0 skips
+/// the step; weight decay only on `[0, decay_end)`.
 /// Returns the new (params, m, v).
 #[allow(clippy::too_many_arguments, reason = "mirrors the GPU entry point's bindings and scalars")]
 pub fn adamw_update(
@@ -37,6 +40,10 @@ pub fn adamw_update(
     step: u32,
     decay_end: usize,
 ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    if stats[2] == 0.0 {
+        // A skipped step (a gradient overflowed): nothing moves.
+        return (params.to_vec(), m.to_vec(), v.to_vec());
+    }
     let (bc1, bc2) = hp.bias_corrections(step);
     let clip = stats[1];
     let mut new_params = Vec::with_capacity(params.len());

@@ -11,10 +11,15 @@
 //! One training step records, with no CPU readback in between:
 //!
 //! ```text
-//! grad_norm(rec, &grads, &partials, &stats, max_norm)?;          // stats = [norm, clip]
+//! grad_norm(rec, &grads, &partials, &stats, max_norm, 1.0)?;     // stats = [norm, clip, finite, 0]
 //! adamw_update(rec, &grads, &stats, &params, &m, &v, &hp, step, decay_end)?;
-//! ema_update(rec, &params, &[(&ema, 0.9999)])?;
+//! ema_update(rec, &params, &stats, &[(&ema, 0.9999)])?;
 //! ```
+//!
+//! With loss scaling the gradients carry a factor `scale`: pass `1 / scale` to
+//! [`grad_norm`], which reports the true norm and folds the unscaling into the factor
+//! AdamW applies; an inf or NaN gradient clears `finite` and AdamW and the EMA updates
+//! skip the step on the GPU (nothing changes, the host learns it from `stats`).
 
 use bytemuck::{Pod, Zeroable};
 
@@ -27,8 +32,10 @@ const WG: u32 = 256;
 /// Gradient elements per partial sum of squares (one workgroup: 256 threads x 16).
 /// Must match `CHUNK` in the WGSL.
 pub const GRAD_NORM_CHUNK: usize = 4096;
-/// Length of the stats tensor written by [`grad_norm_finish`]: `[global L2 norm, clip factor]`.
-pub const GRAD_STATS_LEN: usize = 2;
+/// Length of the stats tensor written by [`grad_norm_finish`]: `[global L2 norm of the
+/// true gradient, factor AdamW applies to the stored gradients (clip / loss scale),
+/// finite (1: apply the step, 0: an inf or NaN gradient, skip it), 0]`.
+pub const GRAD_STATS_LEN: usize = 4;
 
 /// Length of the scratch tensor [`grad_norm_partial`] writes for an `n`-element gradient
 /// arena (at least 1, so that an empty arena still has a valid binding).
@@ -76,7 +83,8 @@ struct PartialParams {
 struct FinishParams {
     num_partials: u32,
     max_norm: f32,
-    _pad: [u32; 2],
+    inv_scale: f32,
+    _pad: u32,
 }
 
 #[repr(C)]
@@ -126,10 +134,17 @@ pub fn grad_norm_partial(rec: &mut Recorder<'_>, grads: &Tensor, partials: &Tens
     rec.dispatch(&kernel, &[grads, partials], &params, grid_1d(num_partials as u32))
 }
 
-/// stats = [norm, clip] with norm = sqrt(sum partials) and, as PyTorch's
-/// `clip_grad_norm_`, clip = min(1, max_norm / (norm + 1e-6)); `max_norm <= 0` disables
-/// clipping (clip = 1). One workgroup.
-pub fn grad_norm_finish(rec: &mut Recorder<'_>, partials: &Tensor, stats: &Tensor, max_norm: f32) -> Result<()> {
+/// stats = [norm, clip · inv_scale, finite, 0] with norm = sqrt(sum partials) · inv_scale and,
+/// as PyTorch's `clip_grad_norm_`, clip = min(1, max_norm / (norm + 1e-6)); `max_norm <= 0`
+/// disables clipping (clip = 1). `inv_scale` undoes a loss scale (1 without one); finite is
+/// 0 when the sum of squares is inf or NaN. One workgroup.
+pub fn grad_norm_finish(
+    rec: &mut Recorder<'_>,
+    partials: &Tensor,
+    stats: &Tensor,
+    max_norm: f32,
+    inv_scale: f32,
+) -> Result<()> {
     let op = "grad_norm_finish";
     if partials.shape().len() != 1 {
         return Err(Error::shape(op, format!("partials is {:?} but must be 1-D", partials.shape())));
@@ -138,17 +153,20 @@ pub fn grad_norm_finish(rec: &mut Recorder<'_>, partials: &Tensor, stats: &Tenso
     if !max_norm.is_finite() {
         return Err(Error::invalid(op, format!("max_norm {max_norm} must be finite (<= 0 disables clipping)")));
     }
+    if !(inv_scale.is_finite() && inv_scale > 0.0) {
+        return Err(Error::invalid(op, format!("inverse loss scale {inv_scale} must be finite and > 0")));
+    }
     let kernel = rec.ctx().kernel(&KernelSpec::new(
         SHADER,
         "grad_norm_finish",
         &[Access::Read, Access::ReadWrite, Access::Uniform],
     ))?;
-    let params = FinishParams { num_partials: check_len(op, partials)?, max_norm, _pad: [0; 2] };
+    let params = FinishParams { num_partials: check_len(op, partials)?, max_norm, inv_scale, _pad: 0 };
     rec.dispatch(&kernel, &[partials, stats], &params, [1, 1, 1])
 }
 
-/// Global L2 norm of the gradient arena and the clip factor, left on the GPU in `stats`
-/// (`[GRAD_STATS_LEN]`: norm, clip). `partials` is caller-owned scratch of
+/// Global L2 norm of the gradient arena and the factor AdamW applies, left on the GPU in
+/// `stats` (`[GRAD_STATS_LEN]`, see [`grad_norm_finish`]). `partials` is caller-owned scratch of
 /// [`grad_norm_partials_len`]`(grads.numel())` elements, so that nothing is allocated
 /// (and nothing can alias) while a step is being recorded.
 pub fn grad_norm(
@@ -157,13 +175,14 @@ pub fn grad_norm(
     partials: &Tensor,
     stats: &Tensor,
     max_norm: f32,
+    inv_scale: f32,
 ) -> Result<()> {
     grad_norm_partial(rec, grads, partials)?;
-    grad_norm_finish(rec, partials, stats, max_norm)
+    grad_norm_finish(rec, partials, stats, max_norm, inv_scale)
 }
 
-/// One AdamW step over the whole arena, in one dispatch: `g = grads * stats[1]` (the clip
-/// factor from [`grad_norm`], read on the GPU), then for each element
+/// One AdamW step over the whole arena, in one dispatch, unless `stats[2]` is 0 (a skipped
+/// step): `g = grads * stats[1]` (the factor from [`grad_norm`], read on the GPU), then for each element
 /// `p -= lr wd p; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p -= lr (m/bc1) / (sqrt(v/bc2) + eps)`
 /// with `bc = 1 - beta^step` and `wd = hp.weight_decay` on `[0, decay_end)`, 0 after it
 /// (see the module doc for the arena layout). `step` is 1-based.
@@ -215,11 +234,13 @@ pub fn adamw_update(
     rec.dispatch(&kernel, &[grads, stats, params, m, v], &uniform, grid_1d(n.div_ceil(WG)))
 }
 
-/// `ema = decay * ema + (1 - decay) * params` for each `(ema, decay)`, one dispatch each.
-/// Every EMA arena has the parameter arena's shape; decays lie in [0, 1].
-pub fn ema_update(rec: &mut Recorder<'_>, params: &Tensor, emas: &[(&Tensor, f64)]) -> Result<()> {
+/// `ema = decay * ema + (1 - decay) * params` for each `(ema, decay)`, one dispatch each,
+/// unless `stats[2]` (from [`grad_norm`]) is 0: a skipped step moves no EMA. Every EMA
+/// arena has the parameter arena's shape; decays lie in [0, 1].
+pub fn ema_update(rec: &mut Recorder<'_>, params: &Tensor, stats: &Tensor, emas: &[(&Tensor, f64)]) -> Result<()> {
     let op = "ema_update";
     let n = check_len(op, params)?;
+    expect_shape(op, "stats", stats, &[GRAD_STATS_LEN])?;
     for &(ema, decay) in emas {
         same_shape(op, &[("params", params), ("ema", ema)])?;
         if !(0.0..=1.0).contains(&decay) {
@@ -229,11 +250,11 @@ pub fn ema_update(rec: &mut Recorder<'_>, params: &Tensor, emas: &[(&Tensor, f64
     let kernel = rec.ctx().kernel(&KernelSpec::new(
         SHADER,
         "ema_update",
-        &[Access::Read, Access::ReadWrite, Access::Uniform],
+        &[Access::Read, Access::Read, Access::ReadWrite, Access::Uniform],
     ))?;
     for &(ema, decay) in emas {
         let uniform = EmaParams { n, decay: decay as f32, one_minus_decay: (1.0 - decay) as f32, _pad: 0 };
-        rec.dispatch(&kernel, &[params, ema], &uniform, grid_1d(n.div_ceil(WG)))?;
+        rec.dispatch(&kernel, &[params, stats, ema], &uniform, grid_1d(n.div_ceil(WG)))?;
     }
     Ok(())
 }

@@ -1,11 +1,22 @@
 //! The training step: forward, loss, backward, global gradient-norm clipping, AdamW and
 //! the EMA updates, recorded into one [`Recorder`] so that a step is one submission and
 //! nothing (not even the clip factor) goes through the host.
+//!
+//! Mixed precision: a step with a loss scale S multiplies dlogits by S, so the f16
+//! activation gradients stay clear of f16's underflow, and the unscaling is folded into the
+//! factor AdamW applies. A gradient that overflowed (inf or NaN anywhere) makes the GPU skip
+//! the update and the EMAs; [`LossScaler`] then halves S when the host reads the step's
+//! [`Optimizer::report`] back, as PyTorch's `GradScaler` does.
 
 use crate::gpu::{GpuContext, Recorder, Tensor};
 use crate::kernels::optimizer::{adamw_update, ema_update, grad_norm, grad_norm_partials_len, AdamW, GRAD_STATS_LEN};
 use crate::model::{Activations, GpuVit, Loss};
+use crate::Error;
 use crate::Result;
+
+/// Elements of [`Optimizer::report`]: `[mean loss, applied (1) or skipped (0), gradient
+/// norm, 0]`.
+pub const STEP_REPORT_LEN: usize = 4;
 
 /// AdamW moments, EMAs of the weights and the gradient statistics, each an arena laid
 /// out like the parameters.
@@ -14,8 +25,13 @@ pub struct Optimizer {
     pub v: Tensor,
     /// (EMA weights, decay) for each decay.
     pub emas: Vec<(Tensor, f64)>,
-    /// [global gradient L2 norm, clip factor] of the last step.
+    /// The last step's gradient statistics ([`GRAD_STATS_LEN`], see
+    /// [`crate::kernels::optimizer::grad_norm_finish`]).
     pub stats: Tensor,
+    /// What the host reads back after each step ([`STEP_REPORT_LEN`]): the mean loss,
+    /// whether the update was applied (0: a gradient overflowed and the step was skipped)
+    /// and the gradient norm.
+    pub report: Tensor,
     partials: Tensor,
     /// Updates of the tensors outside the blocks (embeddings, final norm, head), which every
     /// step takes: AdamW's bias correction uses step + 1 for the next one.
@@ -36,6 +52,8 @@ pub struct StepOptions {
     pub loss: Loss,
     /// Scale residual branches by `Activations::drop_scales`.
     pub drop_path: bool,
+    /// The loss scale S of this step (1: none; see [`LossScaler`]).
+    pub loss_scale: f32,
 }
 
 impl Optimizer {
@@ -59,6 +77,7 @@ impl Optimizer {
             v,
             emas,
             stats: ctx.zeros(&[GRAD_STATS_LEN], "grad.stats")?,
+            report: ctx.zeros(&[STEP_REPORT_LEN], "step.report")?,
             partials: ctx.empty(&[grad_norm_partials_len(len)], "grad.partials")?,
             step: 0,
             block_steps: vec![0; model.depth()],
@@ -75,9 +94,10 @@ impl Optimizer {
         options: &StepOptions,
     ) -> Result<()> {
         model.forward(rec, &model.params, acts, options.drop_path)?;
-        model.loss(rec, acts, options.loss)?;
+        model.scaled_loss(rec, acts, options.loss, options.loss_scale)?;
         model.backward(rec, acts, options.drop_path)?;
-        grad_norm(rec, &model.grads, &self.partials, &self.stats, options.max_grad_norm)?;
+        let inv_scale = 1.0 / options.loss_scale;
+        grad_norm(rec, &model.grads, &self.partials, &self.stats, options.max_grad_norm, inv_scale)?;
         self.step += 1;
         for &block in acts.active_blocks() {
             self.block_steps[block] += 1;
@@ -101,7 +121,24 @@ impl Optimizer {
             )?;
         }
         let emas: Vec<(&Tensor, f64)> = self.emas.iter().map(|(t, d)| (t, *d)).collect();
-        ema_update(rec, &model.params, &emas)
+        ema_update(rec, &model.params, &self.stats, &emas)?;
+        let report = |i: usize| self.report.view(i, &[1]);
+        rec.copy(&acts.loss, &report(0)?)?;
+        rec.copy(&self.stats.view(2, &[1])?, &report(1)?)?;
+        rec.copy(&self.stats.view(0, &[1])?, &report(2)?)
+    }
+
+    /// Takes back the step counts of a step that the GPU skipped (its gradients overflowed),
+    /// once the host has read its report; `active` are the blocks it ran. Steps recorded
+    /// before the host knew used counts one higher: a slightly smaller bias correction for
+    /// a step or two.
+    pub fn uncount_skipped_step(&mut self, active: &[usize]) {
+        self.step = self.step.saturating_sub(1);
+        for &block in active {
+            if let Some(steps) = self.block_steps.get_mut(block) {
+                *steps = steps.saturating_sub(1);
+            }
+        }
     }
 }
 
@@ -144,5 +181,98 @@ impl Optimizer {
         }
         ranges.extend(open);
         ranges
+    }
+}
+
+/// Dynamic loss scaling for f16 activation gradients, as PyTorch's `GradScaler`: the scale
+/// halves after a step whose gradients overflowed (the GPU skipped that step) and doubles
+/// after `growth_interval` clean steps in a row. The host learns a step's outcome a few
+/// steps late (the readback ring), so each report carries the scale its step used: an
+/// overflow at a scale already halved is not halved again.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LossScaler {
+    pub scale: f32,
+    /// Clean steps in a row at the current scale.
+    pub clean_steps: u32,
+    pub growth_interval: u32,
+}
+
+/// What a step's report changed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ScaleChange {
+    None,
+    /// The step overflowed and was skipped; the scale went from the first to the second.
+    Halved(f32, f32),
+    /// `growth_interval` clean steps: the scale doubled to this.
+    Doubled(f32),
+    /// The step overflowed at a scale already lowered since: skipped, no further change.
+    Skipped,
+}
+
+impl LossScaler {
+    /// PyTorch's defaults: 2^16, doubling after 2000 clean steps.
+    pub fn new() -> LossScaler {
+        LossScaler { scale: 65536.0, clean_steps: 0, growth_interval: 2000 }
+    }
+
+    /// A scaler resumed at `scale` (from a checkpoint), or fresh.
+    pub fn resumed(scale: Option<f32>, clean_steps: u32) -> Result<LossScaler> {
+        match scale {
+            None => Ok(LossScaler::new()),
+            Some(s) if s.is_finite() && s > 0.0 => Ok(LossScaler { scale: s, clean_steps, ..LossScaler::new() }),
+            Some(s) => Err(Error::invalid("loss scale", format!("a checkpoint holds loss scale {s}; it must be > 0"))),
+        }
+    }
+
+    /// Takes the report of a step that ran at `used` scale.
+    pub fn update(&mut self, used: f32, applied: bool) -> ScaleChange {
+        match applied {
+            false if used > self.scale => ScaleChange::Skipped,
+            false => {
+                let before = self.scale;
+                // Never below 2^-24: a scale that small means the loss itself is not finite.
+                self.scale = (self.scale / 2.0).max(2f32.powi(-24));
+                self.clean_steps = 0;
+                ScaleChange::Halved(before, self.scale)
+            }
+            true if used == self.scale => {
+                self.clean_steps += 1;
+                if self.clean_steps >= self.growth_interval {
+                    self.clean_steps = 0;
+                    // Below f32's largest power of two: the scale itself stays finite.
+                    self.scale = (self.scale * 2.0).min(2f32.powi(100));
+                    return ScaleChange::Doubled(self.scale);
+                }
+                ScaleChange::None
+            }
+            true => ScaleChange::None,
+        }
+    }
+}
+
+impl Default for LossScaler {
+    fn default() -> Self {
+        LossScaler::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scaler_halves_once_per_overflow_and_grows_after_clean_steps() {
+        let mut s = LossScaler { growth_interval: 3, ..LossScaler::new() };
+        assert_eq!(s.update(65536.0, false), ScaleChange::Halved(65536.0, 32768.0));
+        // Steps already in flight at the old scale overflow too: no second halving.
+        assert_eq!(s.update(65536.0, false), ScaleChange::Skipped);
+        assert_eq!(s.update(65536.0, true), ScaleChange::None);
+        assert_eq!(s.clean_steps, 0, "a clean step at another scale does not count");
+        assert_eq!(s.update(32768.0, true), ScaleChange::None);
+        assert_eq!(s.update(32768.0, true), ScaleChange::None);
+        assert_eq!(s.update(32768.0, true), ScaleChange::Doubled(65536.0));
+        assert_eq!((s.scale, s.clean_steps), (65536.0, 0));
+        assert!(LossScaler::resumed(Some(0.0), 0).is_err());
+        assert_eq!(LossScaler::resumed(Some(8.0), 5).unwrap().scale, 8.0);
     }
 }

@@ -135,7 +135,7 @@ impl Trainer<'_> {
             acts.write_drop_path(self.ctx, &drop_path_scales(rate, epoch.trains.depth, r.batch, r.seed, step))?;
         }
         let adamw = AdamW { lr, beta1: r.beta1, beta2: r.beta2, eps: 1e-8, weight_decay: r.weight_decay };
-        Ok(StepOptions { adamw, max_grad_norm: r.clip_grad as f32, loss, drop_path })
+        Ok(StepOptions { adamw, max_grad_norm: r.clip_grad as f32, loss, drop_path, loss_scale: 1.0 })
     }
 
     /// Logs every loss still being read back.

@@ -224,7 +224,13 @@ fn ten_training_steps_follow_the_cpu_trajectory() {
     let acts = model.plan(ctx, c.batch, c.resolution).unwrap();
     let mut opt = Optimizer::new(ctx, &model, &[0.9]).unwrap();
     let hp = AdamW { lr: 3e-3, weight_decay: 0.05, ..AdamW::default() };
-    let options = StepOptions { adamw: hp, max_grad_norm: 1.0, loss: Loss::Hard { smoothing: 0.1 }, drop_path: false };
+    let options = StepOptions {
+        adamw: hp,
+        max_grad_norm: 1.0,
+        loss: Loss::Hard { smoothing: 0.1 },
+        drop_path: false,
+        loss_scale: 1.0,
+    };
     let mut params = as_f64(&c.params);
     let (mut m, mut v) = (vec![0.0; params.len()], vec![0.0; params.len()]);
     let mut ema = params.clone();
@@ -295,6 +301,7 @@ fn training_steps_overfit_one_batch() {
         max_grad_norm: 1.0,
         loss: Loss::Hard { smoothing: 0.0 },
         drop_path: false,
+        loss_scale: 1.0,
     };
     let mut losses = Vec::new();
     for _ in 0..60 {
@@ -364,6 +371,7 @@ fn elastic_steps_update_only_the_blocks_that_ran() {
         max_grad_norm: 0.0,
         loss: Loss::Hard { smoothing: 0.0 },
         drop_path: false,
+        loss_scale: 1.0,
     };
     acts.set_active_blocks(&[0, 2]).unwrap();
     let mut rec = ctx.recorder("elastic step");

@@ -46,13 +46,13 @@ fn check_step(n: usize, seed: u64) {
     let (slow_t, fast_t) = (upload(&ema_slow, &[n]), upload(&ema_fast, &[n]));
     let (partials, stats) = (partials_for(n), empty(&[GRAD_STATS_LEN]));
     run(|rec| {
-        optimizer::grad_norm(rec, &gt, &partials, &stats, max_norm)?;
+        optimizer::grad_norm(rec, &gt, &partials, &stats, max_norm, 1.0)?;
         optimizer::adamw_update(rec, &gt, &stats, &pt, &mt, &vt, &hp, step, decay_end)?;
-        optimizer::ema_update(rec, &pt, &[(&slow_t, 0.999), (&fast_t, 0.9)])
+        optimizer::ema_update(rec, &pt, &stats, &[(&slow_t, 0.999), (&fast_t, 0.9)])
     });
 
     let want_partials = cpu::optimizer::grad_norm_partial(&grads);
-    let want_stats = cpu::optimizer::grad_norm_finish(&want_partials, max_norm as f64);
+    let want_stats = cpu::optimizer::grad_norm_finish(&want_partials, max_norm as f64, 1.0);
     Tolerance::FORWARD.assert("grad_norm_partial", &read(&partials), &want_partials);
     Tolerance::FORWARD.assert("grad_norm_finish", &read(&stats), &want_stats);
     let (want_p, want_m, want_v) =
@@ -104,9 +104,9 @@ fn adamw_five_step_trajectory_matches_cpu() {
     run(|rec| {
         for (k, g) in grad_ts.iter().enumerate() {
             let step = k as u32 + 1;
-            optimizer::grad_norm(rec, g, &partials, &stats, max_norm)?;
+            optimizer::grad_norm(rec, g, &partials, &stats, max_norm, 1.0)?;
             optimizer::adamw_update(rec, g, &stats, &pt, &mt, &vt, &hp_at(step), step, decay_end)?;
-            optimizer::ema_update(rec, &pt, &[(&ema_t, 0.99)])?;
+            optimizer::ema_update(rec, &pt, &stats, &[(&ema_t, 0.99)])?;
         }
         Ok(())
     });
@@ -138,9 +138,10 @@ fn grad_norm_clips_like_clip_grad_norm() {
     let partials = partials_for(n);
     for (max_norm, want_clip) in [(1.0f32, 1.0 / (100.0 + 1e-6)), (1000.0, 1.0), (0.0, 1.0), (-1.0, 1.0)] {
         let stats = empty(&[GRAD_STATS_LEN]);
-        run(|rec| optimizer::grad_norm(rec, &gt, &partials, &stats, max_norm));
+        run(|rec| optimizer::grad_norm(rec, &gt, &partials, &stats, max_norm, 1.0));
         let got = read(&stats);
-        Tolerance::FORWARD.assert(&format!("grad_norm with max_norm {max_norm}"), &got, &[100.0, want_clip]);
+        let want = [100.0, want_clip, 1.0, 0.0];
+        Tolerance::FORWARD.assert(&format!("grad_norm with max_norm {max_norm}"), &got, &want);
         Tolerance::FORWARD.assert("twin", &got, &cpu::optimizer::grad_norm(&grads, max_norm as f64));
     }
 }
@@ -152,12 +153,49 @@ fn grad_norm_is_deterministic() {
     let runs: Vec<(Vec<u32>, Vec<u32>)> = (0..2)
         .map(|_| {
             let (partials, stats) = (partials_for(n), empty(&[GRAD_STATS_LEN]));
-            run(|rec| optimizer::grad_norm(rec, &gt, &partials, &stats, 1.0));
+            run(|rec| optimizer::grad_norm(rec, &gt, &partials, &stats, 1.0, 1.0));
             let bits = |t: &Tensor| read(t).iter().map(|x| x.to_bits()).collect();
             (bits(&partials), bits(&stats))
         })
         .collect();
     assert_eq!(runs[0], runs[1], "two runs of grad_norm differ in their bits");
+}
+
+#[test]
+fn an_overflowed_gradient_skips_the_whole_step() {
+    // A loss-scaled gradient (scale 1024) with one inf: the norm's sum is inf, `finite` is
+    // 0, and AdamW and the EMA leave parameters, moments and EMA bit-identical. Without the
+    // inf the same scaled gradient gives the unscaled norm and folds 1 / 1024 into the factor.
+    let n = 5_000;
+    let mut r = rng(17);
+    let params = rounded(&random(&mut r, n, 1.0));
+    let mut grads: Vec<f64> = rounded(&random(&mut r, n, 1.0)).iter().map(|g| g * 1024.0).collect();
+    let hp = AdamW { lr: 1e-2, weight_decay: 0.1, ..AdamW::default() };
+    let (pt, mt, vt, ema) =
+        (upload(&params, &[n]), upload(&params, &[n]), upload(&params, &[n]), upload(&params, &[n]));
+    let (partials, stats) = (partials_for(n), empty(&[GRAD_STATS_LEN]));
+    let scaled = upload(&grads, &[n]);
+    run(|rec| optimizer::grad_norm(rec, &scaled, &partials, &stats, 0.0, 1.0 / 1024.0));
+    let unscaled: Vec<f64> = grads.iter().map(|g| g / 1024.0).collect();
+    let want = cpu::optimizer::grad_norm_finish(&cpu::optimizer::grad_norm_partial(&grads), 0.0, 1.0 / 1024.0);
+    Tolerance::FORWARD.assert("scaled grad_norm", &read(&stats), &want);
+    Tolerance::FORWARD.assert(
+        "its norm is the unscaled one",
+        &read(&stats)[..1],
+        &cpu::optimizer::grad_norm(&unscaled, 0.0)[..1],
+    );
+    grads[1234] = f64::INFINITY;
+    let overflowed = upload(&grads, &[n]);
+    run(|rec| {
+        optimizer::grad_norm(rec, &overflowed, &partials, &stats, 1.0, 1.0 / 1024.0)?;
+        optimizer::adamw_update(rec, &overflowed, &stats, &pt, &mt, &vt, &hp, 3, n / 2)?;
+        optimizer::ema_update(rec, &pt, &stats, &[(&ema, 0.5)])
+    });
+    assert_eq!(read(&stats)[2], 0.0, "an inf gradient clears `finite`");
+    let untouched = to_f32(&params);
+    for (name, t) in [("params", &pt), ("m", &mt), ("v", &vt), ("ema", &ema)] {
+        assert_eq!(read(t), untouched, "{name} changed on a skipped step");
+    }
 }
 
 #[test]
@@ -167,7 +205,7 @@ fn adamw_decays_only_before_decay_end() {
     let n = 2_500;
     let params = rounded(&random(&mut rng(9), n, 1.0));
     let hp = AdamW { lr: 1e-2, weight_decay: 0.1, ..AdamW::default() };
-    let stats = upload(&[0.0, 1.0], &[GRAD_STATS_LEN]);
+    let stats = upload(&[0.0, 1.0, 1.0, 0.0], &[GRAD_STATS_LEN]);
     let grads = ctx().zeros(&[n], "grads").unwrap();
     for decay_end in [0, 1_000, n] {
         let (pt, mt, vt) = (upload(&params, &[n]), ctx().zeros(&[n], "m").unwrap(), ctx().zeros(&[n], "v").unwrap());
@@ -189,9 +227,10 @@ fn ema_update_tracks_two_decays() {
     let start = rounded(&random(&mut r, n, 1.0));
     let (slow_t, fast_t) = (upload(&start, &[n]), upload(&start, &[n]));
     let snapshot_ts: Vec<Tensor> = snapshots.iter().map(|p| upload(p, &[n])).collect();
+    let applied = upload(&[0.0, 1.0, 1.0, 0.0], &[GRAD_STATS_LEN]);
     run(|rec| {
         for p in &snapshot_ts {
-            optimizer::ema_update(rec, p, &[(&slow_t, 0.999), (&fast_t, 0.5)])?;
+            optimizer::ema_update(rec, p, &applied, &[(&slow_t, 0.999), (&fast_t, 0.5)])?;
         }
         Ok(())
     });
@@ -227,11 +266,11 @@ fn optimizer_rejects_bad_input() {
     assert!(err.contains("adamw_update") && err.contains("stats is [3]"), "{err}");
 
     let wrong_partials = c.zeros(&[7], "partials").unwrap();
-    let err = optimizer::grad_norm(&mut rec, &g, &wrong_partials, &stats, 1.0).unwrap_err().to_string();
+    let err = optimizer::grad_norm(&mut rec, &g, &wrong_partials, &stats, 1.0, 1.0).unwrap_err().to_string();
     assert!(err.contains("grad_norm_partial") && err.contains("[7]") && err.contains("[1]"), "{err}");
 
-    let err = optimizer::ema_update(&mut rec, &p, &[(&m, 0.9), (&m_short, 0.9)]).unwrap_err().to_string();
+    let err = optimizer::ema_update(&mut rec, &p, &stats, &[(&m, 0.9), (&m_short, 0.9)]).unwrap_err().to_string();
     assert!(err.contains("ema_update") && err.contains("[99]") && err.contains("[100]"), "{err}");
-    let err = optimizer::ema_update(&mut rec, &p, &[(&m, 1.5)]).unwrap_err().to_string();
+    let err = optimizer::ema_update(&mut rec, &p, &stats, &[(&m, 1.5)]).unwrap_err().to_string();
     assert!(err.contains("ema_update") && err.contains("1.5"), "{err}");
 }
