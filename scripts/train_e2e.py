@@ -144,9 +144,17 @@ def check_native(work, files, browser_log, browser_winners):
     native_dir = os.path.join(work, "native")
     run("train", "--preset", "quick", "--model", "micro", "--schedule", "auto", "--epochs", str(EPOCHS),
         "--seed", str(SEED), "--train-images", str(IMAGES), "--val-images", str(VAL_IMAGES),
-        "--search-cost", "flops", "--quiet", "--out", native_dir)
+        "--search-cost", "flops", "--precision", "f32", "--quiet", "--out", native_dir)
+    # SwiftShader has no f16 shaders, so the page's `auto` precision trains in f32; lavapipe
+    # has them, so the native run asks for f32 to train the same numbers. Otherwise the
+    # flags must resolve to the same config.
     with open(files["config.toml"], "rb") as ours, open(os.path.join(native_dir, "config.toml"), "rb") as theirs:
-        if tomllib.load(ours) != tomllib.load(theirs):
+        ours, theirs = tomllib.load(ours), tomllib.load(theirs)
+        if ours["recipe"].get("precision") != "auto" or theirs["recipe"].get("precision") != "f32":
+            fail(f"precision: the page's config says {ours['recipe'].get('precision')}, the native run's "
+                 f"{theirs['recipe'].get('precision')} (expected auto and f32)")
+        ours["recipe"].pop("precision"), theirs["recipe"].pop("precision")
+        if ours != theirs:
             fail("the browser's config.toml differs from the one `autoprog train` resolves from the same flags")
     native_log = open(os.path.join(native_dir, "log.jsonl")).read()
     steps = [(e["step"], e["loss"]) for e in events(native_log, "step")]
@@ -221,7 +229,7 @@ def train_on_folder(browser, base, work):
     with open(config, "wb") as f:
         f.write(download(browser, "#train-config"))
     native_dir = os.path.join(work, "picked-native")
-    run("train", "--config", config, "--quiet", "--out", native_dir, cwd=work)
+    run("train", "--config", config, "--precision", "f32", "--quiet", "--out", native_dir, cwd=work)
     native = [(e["step"], e["loss"]) for e in events(open(os.path.join(native_dir, "log.jsonl")).read(), "step")]
     ours = [(e["step"], e["loss"]) for e in events(log, "step")]
     if len(ours) < 2 or [s for s, _ in ours] != [s for s, _ in native]:

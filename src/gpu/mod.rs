@@ -4,6 +4,7 @@
 //! One [`GpuContext`] is built at an entry point and passed by reference everywhere.
 
 mod context;
+mod element;
 mod pipeline;
 mod pool;
 mod readback;
@@ -12,11 +13,12 @@ mod tensor;
 pub mod timing;
 
 pub use context::{AdapterSummary, ContextOptions, GpuContext};
+pub use element::Element;
 pub use pipeline::{specialise, Access, Generated, Kernel, KernelSpec, Shader};
 pub use pool::BufferPool;
 pub use readback::ReadbackRing;
 pub use recorder::{Recorder, Timing};
-pub use tensor::{Element, Tensor, PORTABLE_OFFSET_ALIGN, PORTABLE_STORAGE_BUFFERS};
+pub use tensor::{Tensor, PORTABLE_OFFSET_ALIGN, PORTABLE_STORAGE_BUFFERS};
 
 /// Largest workgroup count per grid dimension that every WebGPU adapter accepts.
 pub const MAX_GROUPS_PER_DIM: u32 = 65_535;

@@ -372,6 +372,10 @@ pub struct Summary {
     pub model: String,
     /// Number of classes.
     pub classes: usize,
+    /// What activations were stored in: "f32" or "f16" (mixed precision; older runs: empty).
+    pub precision: String,
+    /// Steps skipped because their f16 gradients overflowed (loss scaling).
+    pub skipped_steps: u64,
 }
 
 /// Where a stage started and the sub-network it trained (for a stage that a search opened,

@@ -121,6 +121,8 @@ fn summary(schedule: &str, wall_seconds: f64, val_acc: f64, ema: Option<f64>) ->
         search_flops: if schedule == "autoprog" { 2e13 } else { 0.0 },
         model: "vit_nano".into(),
         classes: 10,
+        precision: "f32".into(),
+        skipped_steps: 0,
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::options::{DepthGrowth, GrowFrom, OptState, Schedule, SearchCost};
+use super::options::{DepthGrowth, GrowFrom, OptState, Precision, Schedule, SearchCost};
 use crate::data::AugmentConfig;
 use crate::model::VitConfig;
 use crate::prog::schedule::{ScheduleConfig, Stage};
@@ -118,6 +118,11 @@ pub struct Recipe {
     /// every search, as the official code).
     #[serde(default)]
     pub depth_growth: DepthGrowth,
+    /// What activations are stored in: `auto` (f16 where the adapter has f16 shaders),
+    /// `f32`, or `f16` (mixed precision: f32 master weights, optimizer state and reductions,
+    /// dynamic loss scaling).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 fn default_max_res_lag() -> usize {
@@ -333,6 +338,7 @@ impl Default for Recipe {
             search_cost: SearchCost::default(),
             max_res_lag: default_max_res_lag(),
             depth_growth: DepthGrowth::default(),
+            precision: Precision::default(),
         }
     }
 }

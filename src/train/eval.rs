@@ -2,6 +2,8 @@
 //! pass over labelled images, each batch uploaded once for all of them.
 
 use super::host::Batches;
+use crate::gpu::Element;
+use crate::kernels::ops::convert;
 use crate::model::cpu::cross_entropy;
 use crate::model::{Activations, GpuVit};
 use crate::{GpuContext, Tensor};
@@ -25,7 +27,9 @@ pub async fn evaluate(
 ) -> anyhow::Result<Evaluation> {
     let classes = model.config.classes;
     let batch = acts.batch;
-    let logits_all = ctx.empty(&[arenas.len(), batch, classes], "eval.logits")?;
+    // Each arena's logits, in f32 whatever the activations are stored in.
+    let logits_each: Vec<Tensor> =
+        arenas.iter().map(|_| ctx.empty(&[batch, classes], "eval.logits")).collect::<crate::Result<_>>()?;
     let (mut correct, mut loss_sum, mut count) = (vec![0usize; arenas.len()], vec![0.0; arenas.len()], 0usize);
     for item in batches {
         let b = item?;
@@ -37,14 +41,17 @@ pub async fn evaluate(
         images.resize(acts.images.numel(), 0.0); // the last batch is padded; its extra rows are ignored
         ctx.write(&acts.images, &images)?;
         let mut rec = ctx.recorder("eval");
-        for (i, arena) in arenas.iter().enumerate() {
+        for (arena, logits) in arenas.iter().zip(&logits_each) {
             model.forward(&mut rec, arena, acts, false)?;
-            rec.copy(&acts.logits, &logits_all.view(i * batch * classes, &[batch, classes])?)?;
+            match acts.logits.element() {
+                Element::F32 => rec.copy(&acts.logits, logits)?,
+                Element::F16 => convert(&mut rec, &acts.logits, logits)?,
+            }
         }
         ctx.submit(rec)?;
-        let logits = ctx.read(&logits_all).await?;
-        for i in 0..arenas.len() {
-            let rows = &logits[i * batch * classes..][..n * classes];
+        for (i, logits) in logits_each.iter().enumerate() {
+            let logits = ctx.read(logits).await?;
+            let rows = &logits[..n * classes];
             let predicted = argmax_rows(rows, classes);
             correct[i] += predicted.iter().zip(&b.labels).filter(|(p, l)| **p == **l as usize).count();
             let rows64: Vec<f64> = rows.iter().map(|&v| v as f64).collect();

@@ -28,7 +28,8 @@ pub async fn remap_state(
     let layout = ParamLayout::new(&config.model, source.len(), ctx.arena_align());
     let old = &state.model.layout;
     let remap = |values: Vec<f32>| remap_blocks(old, &layout, source, &values);
-    let model = GpuVit::new(ctx, config.model.clone(), layout.clone(), &remap(ctx.read(weights).await?)?)?;
+    let mut model = GpuVit::new(ctx, config.model.clone(), layout.clone(), &remap(ctx.read(weights).await?)?)?;
+    model.set_activations(ctx, state.model.activations())?;
     let mut optimizer = Optimizer::new(ctx, &model, &config.recipe.ema_decays)?;
     for ((ema, _), (old_ema, _)) in optimizer.emas.iter().zip(&state.optimizer.emas) {
         ctx.write(ema, &remap(ctx.read(old_ema).await?)?)?;
@@ -45,7 +46,7 @@ pub async fn remap_state(
         OptState::Reset => {}
     }
     progress.depth = source.len();
-    Ok(State { model, optimizer, progress })
+    Ok(State { model, optimizer, progress, scaler: state.scaler })
 }
 
 /// MoGrow: the state grown to `depth` blocks. The new weights are those `--grow-from`

@@ -62,6 +62,40 @@ pub enum SearchCost {
     Flops,
 }
 
+/// What activations are stored in (mixed precision).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f16 where the adapter has f16 shaders (`SHADER_F16`), else f32.
+    #[default]
+    Auto,
+    /// f32 throughout.
+    F32,
+    /// f16 activations and weight copies with f32 master weights, optimizer state and
+    /// reductions, and dynamic loss scaling.
+    F16,
+}
+
+impl Precision {
+    /// The element type activations are stored in on `ctx`'s adapter, and why.
+    pub fn resolve(self, ctx: &crate::GpuContext) -> crate::Result<(crate::gpu::Element, &'static str)> {
+        use crate::gpu::Element;
+        let has_f16 = ctx.has(wgpu::Features::SHADER_F16);
+        match self {
+            Precision::F32 => Ok((Element::F32, "as asked (--precision f32)")),
+            Precision::F16 if has_f16 => Ok((Element::F16, "as asked (--precision f16)")),
+            Precision::F16 => Err(crate::Error::MissingFeature {
+                what: format!("--precision f16 on {}", ctx.summary.display_name()),
+                feature: "SHADER_F16",
+                hint: "use --precision f32 (or auto), or an adapter that has it (`autoprog info` lists them)",
+            }),
+            Precision::Auto if has_f16 => Ok((Element::F16, "auto: the adapter has f16 shaders")),
+            Precision::Auto => Ok((Element::F32, "auto: the adapter has no f16 shaders")),
+        }
+    }
+}
+
 /// The option a word names, if any (the reverse of [`name`]).
 pub fn parse<T: serde::de::DeserializeOwned>(word: &str) -> Option<T> {
     serde_json::from_value(serde_json::Value::String(word.to_string())).ok()
@@ -87,6 +121,8 @@ mod tests {
         assert_eq!(name(&OptState::Copy), "copy");
         assert_eq!(name(&SearchCost::Flops), "flops");
         assert_eq!(name(&DepthGrowth::Schedule), "schedule");
+        assert_eq!(name(&Precision::F16), "f16");
+        assert_eq!(parse::<Precision>("auto"), Some(Precision::Auto));
         assert_eq!(parse::<Schedule>("prog"), Some(Schedule::Prog));
         assert_eq!(parse::<Schedule>("none"), Some(Schedule::Full));
         assert_eq!(parse::<Schedule>("fixed"), None);

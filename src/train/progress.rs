@@ -63,6 +63,15 @@ pub struct Progress {
     /// later search times only the candidates no earlier one did.
     #[serde(default)]
     pub step_ms: BTreeMap<String, f64>,
+    /// Mixed precision: the loss scale and its clean steps in a row (none in f32 runs and
+    /// older checkpoints: a resumed f16 run then starts a fresh scale).
+    #[serde(default)]
+    pub loss_scale: Option<f32>,
+    #[serde(default)]
+    pub loss_scale_clean_steps: u32,
+    /// Steps skipped because their f16 gradients overflowed.
+    #[serde(default)]
+    pub skipped_steps: u64,
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use super::supernet::{choose, scoring_weights, ActsByResolution, HeldBatch};
 use super::trainer::{AlreadyFinished, Diverged, Epoch, Host, Phase, Planned, Start, Stopped, Trainer};
 use crate::data::AugmentConfig;
 use crate::gpu::ReadbackRing;
+use crate::model::step::STEP_REPORT_LEN;
 use crate::model::ParamLayout;
 use crate::prog::schedule::{stage_at, Stage};
 use crate::prog::search::Candidate;
@@ -169,7 +170,7 @@ impl<'a> Trainer<'a> {
         // Files that failed in earlier sessions of the run are not tried (or reported) again.
         host.data.mark_failed(&state.progress.skipped_files);
         let (wall_before, session_start) = (state.progress.wall_seconds, host.clock.seconds());
-        let ring = ReadbackRing::new(ctx, 1, STEPS_IN_FLIGHT);
+        let ring = ReadbackRing::new(ctx, STEP_REPORT_LEN, STEPS_IN_FLIGHT);
         Trainer {
             ctx,
             config,
@@ -216,6 +217,12 @@ impl<'a> Trainer<'a> {
             self.steps.per_epoch,
             super::options::name(&c.recipe.schedule),
         ));
+        let precision = match c.recipe.precision.resolve(self.ctx) {
+            Ok((element, why)) => format!("{element} activations ({why})"),
+            Err(e) => e.to_string(),
+        };
+        let scale = self.state.scaler.map(|s| format!(", loss scale {}", s.scale)).unwrap_or_default();
+        self.host.sink.note(&format!("precision: {precision}{scale}"));
     }
 
     /// An epoch starts: a stage's search opens or its sub-network is foregone, the stage

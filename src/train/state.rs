@@ -8,7 +8,8 @@ use super::config::TrainConfig;
 use super::progress::Progress;
 use crate::checkpoint::schema::{ema_prefix, meta, ADAM_M, ADAM_V, TRAINING_FORMAT};
 use crate::checkpoint::Checkpoint;
-use crate::model::step::Optimizer;
+use crate::gpu::Element;
+use crate::model::step::{LossScaler, Optimizer};
 use crate::model::{GpuVit, ParamLayout};
 use crate::prog::schedule::Stage;
 use crate::GpuContext;
@@ -18,6 +19,24 @@ pub struct State {
     pub model: GpuVit,
     pub optimizer: Optimizer,
     pub progress: Progress,
+    /// The loss scale of a run with f16 activations (`None` in f32).
+    pub scaler: Option<LossScaler>,
+}
+
+/// `model` set to the run's precision; the loss scaler it needs (f16), resumed from
+/// `progress` where it holds one.
+fn with_precision(
+    ctx: &GpuContext,
+    config: &TrainConfig,
+    model: &mut GpuVit,
+    progress: &Progress,
+) -> anyhow::Result<Option<LossScaler>> {
+    let (element, _) = config.recipe.precision.resolve(ctx)?;
+    model.set_activations(ctx, element)?;
+    Ok(match element {
+        Element::F32 => None,
+        Element::F16 => Some(LossScaler::resumed(progress.loss_scale, progress.loss_scale_clean_steps)?),
+    })
 }
 
 /// The weights, an EMA or a moment held NaN or infinite values.
@@ -34,10 +53,11 @@ impl State {
         let depth = first.depth;
         let layout = ParamLayout::new(&config.model, depth, ctx.arena_align());
         let params = layout.init(&config.model, config.recipe.seed);
-        let model = GpuVit::new(ctx, config.model.clone(), layout, &params)?;
+        let mut model = GpuVit::new(ctx, config.model.clone(), layout, &params)?;
         let optimizer = Optimizer::new(ctx, &model, &config.recipe.ema_decays)?;
         let progress = Progress { resolution: first.resolution, depth, ..Progress::default() };
-        Ok(State { model, optimizer, progress })
+        let scaler = with_precision(ctx, config, &mut model, &progress)?;
+        Ok(State { model, optimizer, progress, scaler })
     }
 
     /// The state a training checkpoint holds; `what` names it in errors.
@@ -59,7 +79,8 @@ impl State {
         );
         let layout = ParamLayout::new(&config.model, progress.depth, ctx.arena_align());
         let params = layout.arena_from(ckpt, "")?;
-        let model = GpuVit::new(ctx, config.model.clone(), layout, &params)?;
+        let mut model = GpuVit::new(ctx, config.model.clone(), layout, &params)?;
+        let scaler = with_precision(ctx, config, &mut model, &progress)?;
         let mut optimizer = Optimizer::new(ctx, &model, &config.recipe.ema_decays)?;
         for (ema, decay) in &optimizer.emas {
             ctx.write(ema, &model.layout.arena_from(ckpt, &ema_prefix(*decay))?)?;
@@ -75,7 +96,7 @@ impl State {
             }
             n => anyhow::bail!("{what} records AdamW steps of {n} blocks for a model of {}", progress.depth),
         };
-        Ok(State { model, optimizer, progress })
+        Ok(State { model, optimizer, progress, scaler })
     }
 
     /// The training checkpoint of this state: weights, every EMA, the AdamW moments and the
@@ -103,6 +124,9 @@ impl State {
         let mut p = self.progress.clone();
         p.adam_step = u64::from(self.optimizer.step);
         p.adam_block_steps = self.optimizer.block_steps.iter().map(|&s| u64::from(s)).collect();
+        // So does the loss scale.
+        p.loss_scale = self.scaler.map(|s| s.scale);
+        p.loss_scale_clean_steps = self.scaler.map_or(0, |s| s.clean_steps);
         ckpt.set_json(meta::FORMAT, TRAINING_FORMAT)?;
         ckpt.set_json(meta::CONFIG, config)?;
         ckpt.set_json(meta::VIT, &self.model.config)?;

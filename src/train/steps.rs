@@ -11,7 +11,7 @@ use super::supernet::{stage_batch, Scoring, SearchState};
 use super::trainer::{Diverged, Epoch, Phase, StepInfo, Trainer};
 use crate::data::Batch;
 use crate::kernels::optimizer::AdamW;
-use crate::model::step::StepOptions;
+use crate::model::step::{ScaleChange, StepOptions};
 use crate::runlog::{CheckpointEvent, CheckpointKind, EmaAcc, EpochEvent, Event, RunStatus, StepEvent, Summary};
 
 impl Trainer<'_> {
@@ -69,13 +69,13 @@ impl Trainer<'_> {
         let mut rec = self.ctx.recorder("train.step");
         let options = self.stage_step(&mut rec, epoch, &batch, step, resolution, depth)?;
         if !self.ring.has_free() {
-            if let Some((s, values)) = self.ring.wait_oldest(self.ctx).await? {
-                self.record_loss(epoch, s, values[0])?;
+            if let Some((s, report)) = self.ring.wait_oldest(self.ctx).await? {
+                self.record_loss(epoch, s, &report)?;
             }
         }
         let acts = &self.planned.as_ref().expect("planned at the epoch's start").acts[&resolution];
         self.state.optimizer.record_step(&mut rec, &self.state.model, acts, &options)?;
-        self.ring.record(&mut rec, &acts.loss, step)?;
+        self.ring.record(&mut rec, &self.state.optimizer.report, step)?;
         self.ctx.submit(rec)?;
         self.ring.submitted();
         let p = &mut self.state.progress;
@@ -84,9 +84,9 @@ impl Trainer<'_> {
         p.train_flops += batch.len() as f64 * self.config.model.train_flops_per_image(resolution, depth);
         epoch.images += batch.len() as u64;
         let mut last = None;
-        for (s, values) in self.ring.poll(self.ctx)? {
-            self.record_loss(epoch, s, values[0])?;
-            last = Some((values[0], epoch.images_per_second(self.host.clock)));
+        for (s, report) in self.ring.poll(self.ctx)? {
+            self.record_loss(epoch, s, &report)?;
+            last = Some((report[0], epoch.images_per_second(self.host.clock)));
         }
         self.report_failures(epoch.index, step)?;
         let position = self.state.progress.batch_in_epoch as u64;
@@ -123,7 +123,8 @@ impl Trainer<'_> {
             None => (0..epoch.trains.depth).collect(),
         };
         let lr = learning_rate(step, self.steps.total, self.steps.warmup, r.lr, r.min_lr);
-        epoch.step_info.insert(step, StepInfo { lr, resolution, depth });
+        let loss_scale = self.state.scaler.map_or(1.0, |s| s.scale);
+        epoch.step_info.insert(step, StepInfo { lr, resolution, depth, loss_scale, active: active.clone() });
         let planned = self.planned.as_mut().expect("planned at the epoch's start");
         let (images, labels, targets) = (&batch.images, &batch.labels, batch.targets.as_deref());
         let loss = stage_batch(self.ctx, rec, &planned.acts, images, labels, targets, resolution, self.classes.len())?;
@@ -135,27 +136,40 @@ impl Trainer<'_> {
             acts.write_drop_path(self.ctx, &drop_path_scales(rate, epoch.trains.depth, r.batch, r.seed, step))?;
         }
         let adamw = AdamW { lr, beta1: r.beta1, beta2: r.beta2, eps: 1e-8, weight_decay: r.weight_decay };
-        Ok(StepOptions { adamw, max_grad_norm: r.clip_grad as f32, loss, drop_path, loss_scale: 1.0 })
+        Ok(StepOptions { adamw, max_grad_norm: r.clip_grad as f32, loss, drop_path, loss_scale })
     }
 
     /// Logs every loss still being read back.
     async fn drain_losses(&mut self, epoch: &mut Epoch) -> anyhow::Result<()> {
-        for (step, values) in self.ring.drain(self.ctx).await? {
-            self.record_loss(epoch, step, values[0])?;
+        for (step, report) in self.ring.drain(self.ctx).await? {
+            self.record_loss(epoch, step, &report)?;
         }
         Ok(())
     }
 
-    /// Logs the loss of `step` (read back now), or ends the run if it is not finite.
-    fn record_loss(&mut self, epoch: &mut Epoch, step: u64, loss: f32) -> anyhow::Result<()> {
+    /// Logs the loss of `step` from its report (read back now: [`Optimizer::report`]), or
+    /// ends the run if it is not finite; a step whose gradients overflowed was skipped.
+    ///
+    /// [`Optimizer::report`]: crate::model::step::Optimizer::report
+    fn record_loss(&mut self, epoch: &mut Epoch, step: u64, report: &[f32]) -> anyhow::Result<()> {
+        let (loss, applied) = (report[0], report[1] != 0.0);
         if !loss.is_finite() {
             let detail = format!("at step {step} (loss {loss})");
             anyhow::bail!(Diverged { detail, kept: self.host.sink.checkpoint_location() });
         }
-        epoch.losses.push(loss as f64);
         // Every step's info is recorded before its submission, and the readbacks are all
         // drained before the epoch changes, so the step is in this epoch's map.
-        let info = epoch.step_info[&step];
+        let info = epoch.step_info[&step].clone();
+        if !applied {
+            self.skipped_step(step, &info)?;
+        } else if let Some(scaler) = &mut self.state.scaler {
+            if let ScaleChange::Doubled(to) = scaler.update(info.loss_scale, true) {
+                self.host
+                    .sink
+                    .note(&format!("step {step}: {} clean steps, loss scale raised to {to}", scaler.growth_interval));
+            }
+        }
+        epoch.losses.push(loss as f64);
         let event = StepEvent {
             step,
             epoch: epoch.index as u32,
@@ -166,6 +180,26 @@ impl Trainer<'_> {
             depth: info.depth as u32,
         };
         self.host.sink.event(&Event::Step(event))
+    }
+
+    /// A step the GPU skipped because a gradient was inf or NaN: with f16 activations an
+    /// overflow (the loss scale halves, as PyTorch's `GradScaler`); in f32 a divergence.
+    fn skipped_step(&mut self, step: u64, info: &StepInfo) -> anyhow::Result<()> {
+        let Some(scaler) = &mut self.state.scaler else {
+            let detail = format!("at step {step} (a gradient is NaN or infinite)");
+            anyhow::bail!(Diverged { detail, kept: self.host.sink.checkpoint_location() });
+        };
+        self.state.optimizer.uncount_skipped_step(&info.active);
+        self.state.progress.skipped_steps += 1;
+        let note = match scaler.update(info.loss_scale, false) {
+            ScaleChange::Halved(from, to) => format!("loss scale {from} -> {to}"),
+            _ => format!("the loss scale was already lowered to {}", scaler.scale),
+        };
+        self.host.sink.note(&format!(
+            "step {step}: f16 gradients overflowed at loss scale {}; step skipped, {note}",
+            info.loss_scale
+        ));
+        Ok(())
     }
 
     /// One of the search's evaluation points (see [`Scoring::evaluation_point`]).
@@ -293,6 +327,8 @@ impl Trainer<'_> {
             search_flops: p.search_flops,
             model: config.model_name.clone(),
             classes: self.classes.len(),
+            precision: self.state.model.activations().wgsl().to_string(),
+            skipped_steps: p.skipped_steps,
         };
         self.host.sink.summary(&summary)?;
         self.end_event(RunStatus::Finished, self.state.progress.wall_seconds, None)?;

@@ -113,12 +113,15 @@ pub(super) struct Tally {
     pub seconds: f64,
 }
 
-/// The learning rate, resolution and depth of a step, for its log line.
-#[derive(Clone, Copy, Debug)]
+/// The learning rate, resolution and depth of a step, for its log line; the loss scale
+/// and the blocks it ran, for when its report says it was skipped.
+#[derive(Clone, Debug)]
 pub(super) struct StepInfo {
     pub lr: f64,
     pub resolution: usize,
     pub depth: usize,
+    pub loss_scale: f32,
+    pub active: Vec<usize>,
 }
 
 /// An epoch being trained.

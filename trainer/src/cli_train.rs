@@ -14,7 +14,9 @@ use clap::Args;
 use crate::data::{Dataset, Format};
 use crate::train::{self, Interrupted, RunOptions};
 use crate::GpuArgs;
-use autoprog::train::{DataConfig, DepthGrowth, GrowFrom, OptState, Recipe, Schedule, SearchCost, TrainConfig};
+use autoprog::train::{
+    DataConfig, DepthGrowth, GrowFrom, OptState, Precision, Recipe, Schedule, SearchCost, TrainConfig,
+};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -83,6 +85,11 @@ pub struct TrainArgs {
     /// the official rule).
     #[arg(long, value_enum)]
     depth_growth: Option<DepthGrowth>,
+    /// What activations are stored in: auto (the default: f16 where the adapter has f16
+    /// shaders, else f32), f32, or f16 (mixed precision: f32 master weights and optimizer,
+    /// f32 accumulation, dynamic loss scaling; checkpoints stay f32).
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
     /// Stages of the prog schedule, which auto searches within (default 4, or one per epoch
     /// in runs of fewer epochs).
     #[arg(long)]
@@ -208,6 +215,7 @@ impl TrainArgs {
         set(&mut r.search_cost, self.search_cost);
         set(&mut r.max_res_lag, self.max_res_lag);
         set(&mut r.depth_growth, self.depth_growth);
+        set(&mut r.precision, self.precision);
         set(&mut r.res_scale, self.res_scale);
         set(&mut r.depth_scale, self.depth_scale);
         set(&mut r.grow_opt_state, self.grow_opt_state);

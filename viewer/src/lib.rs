@@ -56,7 +56,7 @@ pub fn sample_size() -> u32 {
 
 /// Where the forward pass runs.
 enum Engine {
-    Gpu { ctx: Box<GpuContext>, vit: GpuVit },
+    Gpu { ctx: Box<GpuContext>, vit: Box<GpuVit> },
     Cpu { layout: ParamLayout, params: Vec<f64> },
 }
 
@@ -191,7 +191,7 @@ async fn gpu_engine(model: &InferenceModel) -> Result<Engine, String> {
     let layout = model.layout(ctx.arena_align());
     let params = model.arena(&layout).map_err(|e| e.to_string())?;
     let vit = GpuVit::new(&ctx, model.config.clone(), layout, &params).map_err(|e| e.to_string())?;
-    Ok(Engine::Gpu { ctx: Box::new(ctx), vit })
+    Ok(Engine::Gpu { ctx: Box::new(ctx), vit: Box::new(vit) })
 }
 
 fn cpu_engine(model: &InferenceModel) -> Result<Engine, JsValue> {
