@@ -6,7 +6,7 @@ use serde::Serialize;
 
 pub use crate::gpu::timing::time_ms;
 use crate::gpu::timing::{median, now_ms, time_samples, timer_name};
-use crate::gpu::GpuContext;
+use crate::gpu::{Element, GpuContext};
 use crate::kernels::attention::{self, AttentionOptions};
 use crate::kernels::matmul::{self, Dims, Layout};
 use crate::Result;
@@ -43,6 +43,11 @@ pub struct BenchResult {
     /// first; empty without timestamp queries.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub kernels: Vec<(String, f64, usize)>,
+    /// `train_step` cases: device memory the step's tensors hold (model, optimizer,
+    /// activations and scratch; bytes of the storage buffers created for it, see
+    /// [`GpuContext::tensor_bytes`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_bytes: Option<u64>,
 }
 
 /// What to measure.
@@ -119,6 +124,7 @@ pub async fn bench_attention(
             images_per_second: None,
             host_ms: None,
             kernels: Vec::new(),
+            device_bytes: None,
         }
     };
     Ok([result("attention_forward", &mut fwd, fwd_flops), result("attention_backward", &mut bwd, 2.5 * fwd_flops)])
@@ -149,14 +155,16 @@ pub async fn bench_matmul(
         images_per_second: None,
         host_ms: None,
         kernels: Vec::new(),
+        device_bytes: None,
     })
 }
 
 /// Times whole training steps (forward, loss, backward, clipping, AdamW, one EMA: one
 /// submission each) of the preset `model` at `resolution` px with patches of `patch` px and
-/// `batch` images, wall clock
-/// from recording to completion, so that submission overhead counts too. Also returns the
-/// GPU time per kernel of one step (empty without timestamps), largest first.
+/// `batch` images, activations stored as `activations` (f16: with a fixed loss scale of
+/// 1024), wall clock from recording to completion, so that submission overhead counts too.
+/// Also returns the GPU time per kernel of one step (empty without timestamps), largest
+/// first, and the device memory the step's tensors hold.
 pub async fn bench_train_step(
     ctx: &GpuContext,
     model: &str,
@@ -164,6 +172,7 @@ pub async fn bench_train_step(
     patch: usize,
     batch: usize,
     reps: usize,
+    activations: Element,
 ) -> Result<BenchResult> {
     use crate::kernels::optimizer::AdamW;
     use crate::model::step::{Optimizer, StepOptions};
@@ -175,7 +184,12 @@ pub async fn bench_train_step(
     config.validate()?;
     let layout = ParamLayout::new(&config, config.depth, ctx.arena_align());
     let params = layout.init(&config, 0);
-    let vit = GpuVit::new(ctx, config.clone(), layout, &params)?;
+    // Memory: what the pool holds after the step's tensors are made, less what it held
+    // before (idle buffers of earlier cases released first).
+    ctx.trim_pool();
+    let memory_before = ctx.tensor_bytes();
+    let mut vit = GpuVit::new(ctx, config.clone(), layout, &params)?;
+    vit.set_activations(ctx, activations)?;
     let acts = vit.plan(ctx, batch, resolution)?;
     let images: Vec<f32> = (0..acts.images.numel()).map(|i| ((i * 7919) % 255) as f32 / 128.0 - 1.0).collect();
     ctx.write(&acts.images, &images)?;
@@ -186,7 +200,7 @@ pub async fn bench_train_step(
         max_grad_norm: 1.0,
         loss: Loss::Hard { smoothing: 0.1 },
         drop_path: true,
-        loss_scale: 1.0,
+        loss_scale: if activations == Element::F16 { 1024.0 } else { 1.0 },
     };
     let mut samples = Vec::with_capacity(reps);
     let mut host = Vec::with_capacity(reps);
@@ -205,6 +219,7 @@ pub async fn bench_train_step(
     let mut rec = ctx.timed_recorder("bench.train_step");
     opt.record_step(&mut rec, &vit, &acts, &options)?;
     let breakdown = ctx.submit_timed(rec).await?.by_kernel();
+    let device_bytes = ctx.tensor_bytes() - memory_before;
     let ms = median(&mut samples);
     let flops = batch as f64 * config.train_flops_per_image(resolution, config.depth);
     let result = BenchResult {
@@ -212,7 +227,7 @@ pub async fn bench_train_step(
         m: None,
         n: None,
         k: None,
-        shape: Some(format!("{model} R{resolution} P{patch} B{batch}")),
+        shape: Some(format!("{model} R{resolution} P{patch} B{batch} {activations}")),
         ms,
         gflops: flops / (ms * 1e6),
         min_ms: samples[0],
@@ -221,6 +236,7 @@ pub async fn bench_train_step(
         images_per_second: Some(batch as f64 / (ms / 1e3)),
         host_ms: Some(median(&mut host)),
         kernels: breakdown,
+        device_bytes: Some(device_bytes),
     };
     Ok(result)
 }
@@ -235,10 +251,17 @@ pub async fn run(
     let mut results = Vec::new();
     // Both at 32 px with 4 px patches (65 tokens), the CIFAR-style setting of the reference
     // PyTorch numbers.
+    // Each in f32, and in f16 where the adapter has f16 shaders.
+    let mut precisions = vec![Element::F32];
+    if ctx.has(wgpu::Features::SHADER_F16) {
+        precisions.push(Element::F16);
+    }
     for model in ["nano", "tiny"] {
-        let r = bench_train_step(ctx, model, 32, 4, opts.train_batch, opts.reps.min(5)).await?;
-        progress(&r);
-        results.push(r);
+        for &activations in &precisions {
+            let r = bench_train_step(ctx, model, 32, 4, opts.train_batch, opts.reps.min(5), activations).await?;
+            progress(&r);
+            results.push(r);
+        }
     }
     if opts.train_only {
         return Ok(results);

@@ -117,7 +117,8 @@ async function loadModel(bytes, name) {
   model = loaded;
   const info = JSON.parse(model.info());
   testid("backend").textContent = info.backend;
-  $("adapter").textContent = `(${info.adapter})` + (info.fallback ? ` — CPU fallback: ${info.fallback}` : "");
+  $("adapter").textContent =
+    `(${info.adapter}, ${info.precision})` + (info.fallback ? ` — CPU fallback: ${info.fallback}` : "");
   $("model-info").textContent =
     `${name}: ${info.parameters.toLocaleString()} parameters, ${info.depth} blocks of width ${info.dim} ` +
     `(${info.heads} heads), ${info.image_size} px in ${info.patch_size} px patches, ${info.classes.length} classes.`;

@@ -37,6 +37,11 @@ pub struct AdapterSummary {
     pub max_compute_invocations_per_workgroup: u32,
     pub max_storage_buffers_per_shader_stage: u32,
     pub max_immediate_size: u32,
+    /// Whether shaders can use f16 (`SHADER_F16`: mixed precision, `--precision f16`).
+    pub shader_f16: bool,
+    /// The cooperative-matrix (tensor-core) shapes the adapter reports, as `MxNxK A/B->C`
+    /// (Vulkan adapters with `VK_KHR_cooperative_matrix`; none elsewhere).
+    pub cooperative_matrix: Vec<String>,
 }
 
 impl AdapterSummary {
@@ -60,6 +65,12 @@ impl AdapterSummary {
             max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
             max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
             max_immediate_size: limits.max_immediate_size,
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            cooperative_matrix: adapter
+                .cooperative_matrix_properties()
+                .iter()
+                .map(|p| format!("{}x{}x{} {:?}->{:?}", p.m_size, p.n_size, p.k_size, p.ab_type, p.cr_type))
+                .collect(),
         }
     }
 
@@ -325,6 +336,12 @@ impl GpuContext {
     /// Buffers currently pooled and bytes held by them, for leak checks across stages.
     pub fn pool_stats(&self) -> (usize, u64) {
         self.pool.stats()
+    }
+
+    /// Bytes of device memory that tensors hold (on loan or idle in the pool): after a
+    /// [`GpuContext::trim_pool`], the peak of what the tensors created since needed at once.
+    pub fn tensor_bytes(&self) -> u64 {
+        self.pool.allocated_bytes()
     }
 
     /// Drops every idle pooled buffer (for example when a model is re-planned).

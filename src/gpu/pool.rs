@@ -1,6 +1,7 @@
 //! A pool of storage buffers reused across steps, bucketed by rounded size.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Usages every tensor buffer carries: bound as storage, filled by uploads and copies,
@@ -13,6 +14,10 @@ pub(crate) const TENSOR_USAGE: wgpu::BufferUsages =
 #[derive(Default)]
 pub struct BufferPool {
     free: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
+    /// Bytes of every buffer created and not yet released by [`BufferPool::trim`], idle or
+    /// on loan: the device memory tensors hold. Buffers are only released by a trim, so
+    /// this is also the peak since the last one.
+    allocated: AtomicU64,
 }
 
 /// Rounds up to one of four steps per power of two (at most 25 % waste), minimum 256 B.
@@ -33,12 +38,18 @@ impl BufferPool {
         if let Some(buf) = self.free.lock().expect("pool lock").get_mut(&size).and_then(Vec::pop) {
             return buf;
         }
+        self.allocated.fetch_add(size, Ordering::Relaxed);
         device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size,
             usage: TENSOR_USAGE,
             mapped_at_creation: false,
         })
+    }
+
+    /// Bytes of tensor buffers held on the device (see `allocated`).
+    pub fn allocated_bytes(&self) -> u64 {
+        self.allocated.load(Ordering::Relaxed)
     }
 
     pub(crate) fn give(&self, buffer: wgpu::Buffer) {
@@ -55,7 +66,10 @@ impl BufferPool {
 
     /// Releases every idle buffer to the driver.
     pub fn trim(&self) {
-        self.free.lock().expect("pool lock").clear();
+        let mut free = self.free.lock().expect("pool lock");
+        let released: u64 = free.iter().map(|(size, v)| size * v.len() as u64).sum();
+        self.allocated.fetch_sub(released, Ordering::Relaxed);
+        free.clear();
     }
 }
 

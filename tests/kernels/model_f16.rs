@@ -209,3 +209,21 @@ fn an_f16_overflow_skips_exactly_one_step_and_halves_the_scale() {
     assert_eq!(scaler.scale, 512.0);
     assert_eq!(opt.step, 7, "the skipped step does not count for AdamW's bias correction");
 }
+
+#[test]
+fn an_f16_step_holds_at_most_0_6_of_the_f32_memory() {
+    // The device memory of a training step's tensors (model, optimizer, activations and
+    // scratch), as `autoprog bench --train` reports it, in a context of its own so that no
+    // other test's tensors count. Activations dominate and halve in f16; the f32 master
+    // weights, gradients, moments and EMA do not (and the f16 weight copy adds a little).
+    require_f16();
+    let ctx = autoprog::GpuContext::new_blocking(&Default::default()).unwrap();
+    let bytes = |element| {
+        let r = pollster::block_on(autoprog::bench::bench_train_step(&ctx, "nano", 32, 4, 64, 1, element)).unwrap();
+        r.device_bytes.unwrap() as f64
+    };
+    let (f32_bytes, f16_bytes) = (bytes(Element::F32), bytes(Element::F16));
+    let ratio = f16_bytes / f32_bytes;
+    assert!(ratio <= 0.6, "f16 step {f16_bytes} bytes, f32 {f32_bytes}: ratio {ratio:.3}");
+    assert!(ratio >= 0.4, "ratio {ratio:.3}: less than half would mean the f32 state was not counted");
+}

@@ -236,6 +236,12 @@ fn info(gpu: &GpuArgs, json: bool) -> autoprog::Result<()> {
             s.max_immediate_size,
         );
         println!("      subgroup size {}..{}", s.subgroup_min_size, s.subgroup_max_size);
+        let coop = if s.cooperative_matrix.is_empty() { "none".to_string() } else { s.cooperative_matrix.join(", ") };
+        println!(
+            "      f16 shaders: {} (mixed precision{}); cooperative matrices: {coop}",
+            if s.shader_f16 { "yes" } else { "no" },
+            if s.shader_f16 { "" } else { " unavailable: --precision auto trains in f32" },
+        );
     }
     println!("* would be used: {} ({})", chosen.summary.name, chosen.summary.backend);
     println!("  optional features it would use: {}", chosen.summary.enabled_features.join(", "));
@@ -284,12 +290,13 @@ fn run_bench(gpu: &GpuArgs, opts: &BenchOptions, json: bool, quiet: bool) -> aut
 fn describe(r: &BenchResult) -> String {
     if let Some(ips) = r.images_per_second {
         return format!(
-            "{} {}: {:.1} images/s ({:.1} ms per step, {:.1} ms of it recording and submitting)",
+            "{} {}: {:.1} images/s ({:.1} ms per step, {:.1} ms of it recording and submitting; {:.0} MiB of tensors)",
             r.name,
             r.shape.as_deref().unwrap_or(""),
             ips,
             r.ms,
-            r.host_ms.unwrap_or(f64::NAN)
+            r.host_ms.unwrap_or(f64::NAN),
+            r.device_bytes.unwrap_or(0) as f64 / f64::from(1 << 20),
         );
     }
     match (r.m, r.n, r.k) {

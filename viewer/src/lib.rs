@@ -77,6 +77,9 @@ pub struct Model {
 struct ModelInfo<'a> {
     backend: &'static str,
     adapter: String,
+    /// What the forward pass stores activations in: "f16" where the adapter has
+    /// `shader-f16`, else "f32"; "f64" on the CPU twin.
+    precision: &'static str,
     fallback: Option<&'a str>,
     image_size: usize,
     patch_size: usize,
@@ -118,14 +121,15 @@ impl Model {
     /// The architecture, classes and where it runs, as JSON.
     pub fn info(&self) -> String {
         let l = &*self.inner;
-        let (backend, adapter) = match &l.engine {
-            Engine::Gpu { ctx, .. } => ("webgpu", ctx.summary.display_name()),
-            Engine::Cpu { .. } => ("cpu", "the CPU twin in wasm (f64)".to_string()),
+        let (backend, adapter, precision) = match &l.engine {
+            Engine::Gpu { ctx, vit } => ("webgpu", ctx.summary.display_name(), vit.activations().wgsl()),
+            Engine::Cpu { .. } => ("cpu", "the CPU twin in wasm (f64)".to_string(), "f64"),
         };
         let c = &l.model.config;
         serde_json::to_string(&ModelInfo {
             backend,
             adapter,
+            precision,
             fallback: l.fallback.as_deref(),
             image_size: c.image_size,
             patch_size: c.patch_size,
@@ -190,7 +194,10 @@ async fn gpu_engine(model: &InferenceModel) -> Result<Engine, String> {
         .map_err(|_| "the browser has WebGPU but offers no adapter (GPU blocked or disabled)".to_string())?;
     let layout = model.layout(ctx.arena_align());
     let params = model.arena(&layout).map_err(|e| e.to_string())?;
-    let vit = GpuVit::new(&ctx, model.config.clone(), layout, &params).map_err(|e| e.to_string())?;
+    let mut vit = GpuVit::new(&ctx, model.config.clone(), layout, &params).map_err(|e| e.to_string())?;
+    // f16 activations where the browser's adapter has `shader-f16`, as `--precision auto`.
+    let (activations, _) = autoprog::train::Precision::Auto.resolve(&ctx).map_err(|e| e.to_string())?;
+    vit.set_activations(&ctx, activations).map_err(|e| e.to_string())?;
     Ok(Engine::Gpu { ctx: Box::new(ctx), vit: Box::new(vit) })
 }
 
