@@ -36,6 +36,14 @@ struct Case {
     accumulate: bool,
 }
 
+impl Case {
+    /// A weight gradient's shape: TN, 2-D, no epilogue but accumulation.
+    fn weight_gradient(m: usize, n: usize, k: usize, accumulate: bool) -> Case {
+        let (b_shared, bias, gelu, residual) = (false, false, false, false);
+        Case { layout: Layout::TN, batch: 1, m, n, k, b_shared, bias, gelu, residual, accumulate }
+    }
+}
+
 fn check(case: &Case, config: Config, seed: u64) {
     check_split(case, config, None, seed);
 }
@@ -190,18 +198,7 @@ fn matmul_f16_split_k_into_f32_matches_cpu() {
     // Weight gradients: f16 activations and gradients into an f32 gradient.
     require_f16();
     for (m, n, k, splits) in [(70, 33, 1000, 3), (64, 192, 768, 3)] {
-        let case = Case {
-            layout: Layout::TN,
-            batch: 1,
-            m,
-            n,
-            k,
-            b_shared: false,
-            bias: false,
-            gelu: false,
-            residual: false,
-            accumulate: true,
-        };
+        let case = Case::weight_gradient(m, n, k, true);
         check_typed(&case, Config::register(8, 4, 8), Some(splits), [Element::F16, Element::F32], 18);
     }
 }
@@ -247,19 +244,7 @@ fn matmul_split_k_matches_cpu() {
     for (m, n, k, splits) in [(70, 33, 1000, 3), (64, 192, 768, 3), (5, 8, 2000, 7), (10, 64, 300, 2)] {
         for accumulate in [false, true] {
             for config in [Config::register(8, 4, 8), Config::blocked(4, 4, 4, 4, 4)] {
-                let case = Case {
-                    layout: Layout::TN,
-                    batch: 1,
-                    m,
-                    n,
-                    k,
-                    b_shared: false,
-                    bias: false,
-                    gelu: false,
-                    residual: false,
-                    accumulate,
-                };
-                check_split(&case, config, Some(splits), 17);
+                check_split(&Case::weight_gradient(m, n, k, accumulate), config, Some(splits), 17);
             }
         }
     }

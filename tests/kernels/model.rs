@@ -1,6 +1,7 @@
 //! The whole ViT: the GPU model against its f64 CPU twin (logits, loss, every gradient,
 //! a 10-step training trajectory), and the CPU model's gradients against finite differences.
 
+use autoprog::gpu::Element;
 use autoprog::kernels::optimizer::AdamW;
 use autoprog::model::cpu::{cross_entropy, CpuVit, DropPath};
 use autoprog::model::step::{Optimizer, StepOptions};
@@ -70,9 +71,23 @@ pub(crate) fn as_f64(v: &[f32]) -> Vec<f64> {
 
 /// GPU forward + loss + backward of one batch: (logits, loss, gradient arena).
 fn gpu_gradients(c: &Case, loss: Loss, drop: Option<&[f64]>) -> (Vec<f32>, f32, Vec<f32>) {
+    gpu_gradients_as(c, Element::F32, loss, drop, 1.0)
+}
+
+/// [`gpu_gradients`] with activations stored as `activations` and the loss scaled by
+/// `scale` (the gradients returned are unscaled).
+pub(crate) fn gpu_gradients_as(
+    c: &Case,
+    activations: Element,
+    loss: Loss,
+    drop: Option<&[f64]>,
+    scale: f32,
+) -> (Vec<f32>, f32, Vec<f32>) {
     let ctx = ctx();
-    let model = GpuVit::new(ctx, c.config.clone(), c.layout.clone(), &c.params).unwrap();
+    let mut model = GpuVit::new(ctx, c.config.clone(), c.layout.clone(), &c.params).unwrap();
+    model.set_activations(ctx, activations).unwrap();
     let acts = model.plan(ctx, c.batch, c.resolution).unwrap();
+    assert_eq!(acts.logits.element(), activations, "the plan stores activations as asked");
     ctx.write(&acts.images, &to_f32(&c.images)).unwrap();
     ctx.write_u32(&acts.labels, &c.labels).unwrap();
     if let Some(scales) = drop {
@@ -80,21 +95,28 @@ fn gpu_gradients(c: &Case, loss: Loss, drop: Option<&[f64]>) -> (Vec<f32>, f32, 
     }
     run(|rec| {
         model.forward(rec, &model.params, &acts, drop.is_some())?;
-        model.loss(rec, &acts, loss)?;
+        model.scaled_loss(rec, &acts, loss, scale)?;
         model.backward(rec, &acts, drop.is_some())
     });
-    (read(&acts.logits), read(&acts.loss)[0], read(&model.grads))
+    let grads = read(&model.grads).iter().map(|g| g / scale).collect();
+    (read(&acts.logits), read(&acts.loss)[0], grads)
 }
 
-fn compare(c: &Case, smoothing: f64, drop: Option<&[f64]>) {
-    let (logits, loss, grads) = gpu_gradients(c, Loss::Hard { smoothing: smoothing as f32 }, drop);
+/// The f64 CPU model's (logits, loss, gradient arena) for the case's batch.
+pub(crate) fn cpu_reference(c: &Case, smoothing: f64, drop: Option<&[f64]>) -> (Vec<f64>, f64, Vec<f64>) {
     let params = as_f64(&c.params);
     let cpu = CpuVit { config: &c.config, layout: &c.layout, params: &params };
     let drop_path = drop.map(|scales| DropPath { scales });
     let fwd = cpu.forward(&c.images, c.batch, c.resolution, drop_path).unwrap();
-    let (cpu_loss, dlogits) = cross_entropy(&fwd.logits, &c.labels, c.config.classes, smoothing);
-    let cpu_grads = cpu.backward(&fwd, &dlogits, drop_path);
-    MODEL.assert("logits", &logits, &fwd.logits);
+    let (loss, dlogits) = cross_entropy(&fwd.logits, &c.labels, c.config.classes, smoothing);
+    let grads = cpu.backward(&fwd, &dlogits, drop_path);
+    (fwd.logits, loss, grads)
+}
+
+fn compare(c: &Case, smoothing: f64, drop: Option<&[f64]>) {
+    let (logits, loss, grads) = gpu_gradients(c, Loss::Hard { smoothing: smoothing as f32 }, drop);
+    let (cpu_logits, cpu_loss, cpu_grads) = cpu_reference(c, smoothing, drop);
+    MODEL.assert("logits", &logits, &cpu_logits);
     MODEL.assert("loss", &[loss], &[cpu_loss]);
     for spec in &c.layout.specs {
         MODEL.assert(&spec.name, &grads[spec.range()], &cpu_grads[spec.range()]);

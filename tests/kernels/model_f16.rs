@@ -3,13 +3,12 @@
 
 use autoprog::gpu::Element;
 use autoprog::kernels::optimizer::AdamW;
-use autoprog::model::cpu::{cross_entropy, CpuVit, DropPath};
 use autoprog::model::step::{LossScaler, Optimizer, ScaleChange, StepOptions};
 use autoprog::model::{GpuVit, Loss};
 use autoprog::tolerance::{relative_l2, F16_MODEL_REL_L2};
 
 use crate::common::*;
-use crate::model::{as_f64, case, Case};
+use crate::model::{case, cpu_reference, gpu_gradients_as, Case};
 
 fn f16_model(c: &Case) -> GpuVit {
     let ctx = ctx();
@@ -20,37 +19,17 @@ fn f16_model(c: &Case) -> GpuVit {
 
 /// f16 forward, scaled loss and backward: (logits, loss, unscaled gradient arena).
 fn f16_gradients(c: &Case, smoothing: f32, drop: Option<&[f64]>, scale: f32) -> (Vec<f32>, f32, Vec<f32>) {
-    let ctx = ctx();
-    let model = f16_model(c);
-    let acts = model.plan(ctx, c.batch, c.resolution).unwrap();
-    assert_eq!(acts.logits.element(), Element::F16, "the plan stores activations in f16");
-    ctx.write(&acts.images, &to_f32(&c.images)).unwrap();
-    ctx.write_u32(&acts.labels, &c.labels).unwrap();
-    if let Some(scales) = drop {
-        acts.write_drop_path(ctx, &to_f32(scales)).unwrap();
-    }
-    run(|rec| {
-        model.forward(rec, &model.params, &acts, drop.is_some())?;
-        model.scaled_loss(rec, &acts, Loss::Hard { smoothing }, scale)?;
-        model.backward(rec, &acts, drop.is_some())
-    });
-    let grads = read(&model.grads).iter().map(|g| g / scale).collect();
-    (read(&acts.logits), read(&acts.loss)[0], grads)
+    gpu_gradients_as(c, Element::F16, Loss::Hard { smoothing }, drop, scale)
 }
 
 fn compare_f16(c: &Case, smoothing: f64, drop: Option<&[f64]>) {
     let (logits, loss, grads) = f16_gradients(c, smoothing as f32, drop, 1024.0);
-    let params = as_f64(&c.params);
-    let cpu = CpuVit { config: &c.config, layout: &c.layout, params: &params };
-    let drop_path = drop.map(|scales| DropPath { scales });
-    let fwd = cpu.forward(&c.images, c.batch, c.resolution, drop_path).unwrap();
-    let (cpu_loss, dlogits) = cross_entropy(&fwd.logits, &c.labels, c.config.classes, smoothing);
-    let cpu_grads = cpu.backward(&fwd, &dlogits, drop_path);
+    let (cpu_logits, cpu_loss, cpu_grads) = cpu_reference(c, smoothing, drop);
     let check = |what: &str, actual: &[f32], expected: &[f64]| {
         let error = relative_l2(actual, expected);
         assert!(error <= F16_MODEL_REL_L2, "{what}: relative L2 error {error:.3e} > {F16_MODEL_REL_L2:.3e}");
     };
-    check("logits", &logits, &fwd.logits);
+    check("logits", &logits, &cpu_logits);
     check("loss", &[loss], &[cpu_loss]);
     for spec in &c.layout.specs {
         check(&spec.name, &grads[spec.range()], &cpu_grads[spec.range()]);
