@@ -63,6 +63,15 @@ fn bench_json_has_the_documented_fields() {
         assert!(e["ms"].as_f64().unwrap() > 0.0 && e["gflops"].as_f64().unwrap() > 0.0, "{e}");
         assert!(e["variant"].as_str().is_some_and(|v| !v.is_empty()), "{e}");
     }
+    // Training steps report their tensors' device memory, in f32 and (lavapipe has f16
+    // shaders) in f16, which holds less.
+    let steps: Vec<&serde_json::Value> = entries.iter().filter(|e| e["name"] == "train_step").collect();
+    let memory = |suffix: &str| {
+        let step =
+            steps.iter().find(|e| e["shape"].as_str().is_some_and(|s| s.starts_with("nano") && s.ends_with(suffix)));
+        step.and_then(|e| e["device_bytes"].as_u64()).unwrap_or_else(|| panic!("no nano {suffix} step in {steps:?}"))
+    };
+    assert!(memory("f16") < memory("f32"), "f16 {} bytes, f32 {}", memory("f16"), memory("f32"));
 }
 
 #[test]
