@@ -253,7 +253,7 @@ pub async fn run(
     // PyTorch numbers.
     // Each in f32, and in f16 where the adapter has f16 shaders.
     let mut precisions = vec![Element::F32];
-    if ctx.has(wgpu::Features::SHADER_F16) {
+    if ctx.has_f16() {
         precisions.push(Element::F16);
     }
     for model in ["nano", "tiny"] {

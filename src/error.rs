@@ -73,6 +73,15 @@ impl Error {
         Error::Format { what: what.into(), message: message.into() }
     }
 
+    /// f16 storage asked of a device without f16 shaders; `what` names what asked for it.
+    pub fn missing_f16(what: impl Into<String>) -> Self {
+        Error::MissingFeature {
+            what: what.into(),
+            feature: "SHADER_F16",
+            hint: "train in f32 (--precision f32, or auto), or on an adapter that has it (`autoprog info` lists them)",
+        }
+    }
+
     /// Shorthand for an invalid-argument error of operation `op`.
     pub fn invalid(op: &'static str, detail: impl Into<String>) -> Self {
         Error::InvalidArgument { op, detail: detail.into() }

@@ -292,6 +292,11 @@ impl GpuContext {
         self.device.features().contains(feature)
     }
 
+    /// Whether the device runs kernels that store f16 (`SHADER_F16`).
+    pub fn has_f16(&self) -> bool {
+        self.has(wgpu::Features::SHADER_F16)
+    }
+
     /// Fails with a clear message if `bytes` cannot be bound as one storage buffer.
     pub fn check_binding(&self, what: &str, bytes: u64) -> Result<()> {
         let limit = self.limits().max_storage_buffer_binding_size.min(self.limits().max_buffer_size);

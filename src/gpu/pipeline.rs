@@ -163,11 +163,7 @@ impl PipelineCache {
             return Ok(k.clone());
         }
         if half && !device.features().contains(wgpu::Features::SHADER_F16) {
-            return Err(Error::MissingFeature {
-                what: format!("{key} (f16 storage)"),
-                feature: "SHADER_F16",
-                hint: "use f32 (--precision f32), or an adapter that has it (`autoprog info` lists them)",
-            });
+            return Err(Error::missing_f16(format!("{key} (f16 storage)")));
         }
         let enable = if half { "enable f16;\n" } else { "" };
         let source = format!(

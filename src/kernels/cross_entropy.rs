@@ -91,7 +91,7 @@ pub fn cross_entropy_hard_with_split(
     }
     check_grad_scale(OP, grad_scale)?;
     let act = logits.element();
-    let consts = [split.shader_const(), act_const(logits)].concat();
+    let consts = [split.shader_const(), act_const(act)].concat();
     let kernel = rec.ctx().kernel(
         &KernelSpec::new(
             SHADER,
@@ -137,7 +137,7 @@ pub fn cross_entropy_soft_with_split(
     expect_shape(OP, "loss", loss, &[batch])?;
     check_grad_scale(OP, grad_scale)?;
     let act = logits.element();
-    let consts = [split.shader_const(), act_const(logits)].concat();
+    let consts = [split.shader_const(), act_const(act)].concat();
     let kernel = rec.ctx().kernel(
         &KernelSpec::new(
             SHADER,

@@ -23,7 +23,7 @@ struct Params {
 /// y = gelu(x), elementwise.
 pub fn gelu_forward(rec: &mut Recorder<'_>, x: &Tensor, y: &Tensor) -> Result<()> {
     same_shape("gelu_forward", &[("x", x), ("y", y)])?;
-    let consts = act_const(x);
+    let consts = act_const(x.element());
     let kernel = rec.ctx().kernel(
         &KernelSpec::new(SHADER, "gelu_forward", &[Access::Read, Access::ReadWrite, Access::Uniform])
             .with_consts(&consts)
@@ -36,7 +36,7 @@ pub fn gelu_forward(rec: &mut Recorder<'_>, x: &Tensor, y: &Tensor) -> Result<()
 /// dx = dy * gelu'(x), elementwise.
 pub fn gelu_backward(rec: &mut Recorder<'_>, x: &Tensor, dy: &Tensor, dx: &Tensor) -> Result<()> {
     same_shape("gelu_backward", &[("x", x), ("dy", dy), ("dx", dx)])?;
-    let consts = act_const(x);
+    let consts = act_const(x.element());
     let kernel = rec.ctx().kernel(
         &KernelSpec::new(SHADER, "gelu_backward", &[Access::Read, Access::Read, Access::ReadWrite, Access::Uniform])
             .with_consts(&consts)

@@ -143,7 +143,7 @@ pub fn layernorm_forward_with_split(
     }
     check_loop_budget(OP, split.iterations_per_row(cols, 3, 2), || format!("a row of {cols} channels"))?;
     let act = x.element();
-    let consts = [split.shader_const(), act_const(x)].concat();
+    let consts = [split.shader_const(), act_const(act)].concat();
     let kernel = rec.ctx().kernel(
         &KernelSpec::new(
             SHADER,
@@ -219,7 +219,7 @@ pub fn layernorm_backward_with_split(
     same_shape(OP, &[("dgamma_partial", dgamma_partial), ("dbeta_partial", dbeta_partial)])?;
     let rows_per_partial = rows.div_ceil(num_partials);
     let act = x.element();
-    let consts = [split.shader_const(), act_const(x)].concat();
+    let consts = [split.shader_const(), act_const(act)].concat();
     if backward_iterations(split, cols, rows_per_partial) > LOOP_BUDGET {
         return Err(Error::invalid(
             OP,

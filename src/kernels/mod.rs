@@ -12,7 +12,7 @@ pub mod optimizer;
 pub mod patch;
 pub mod resize;
 
-use crate::gpu::{GpuContext, Shader, Tensor};
+use crate::gpu::{Element, GpuContext, Shader, Tensor};
 use crate::{Error, Result};
 
 /// Every WGSL file of the crate, for validation and inspection.
@@ -35,10 +35,10 @@ pub fn shaders() -> Vec<Shader> {
 pub const COMMON: Shader = Shader { name: "common", source: include_str!("../../shaders/common.wgsl") };
 
 /// The `consts` entry that sets a shader's `Act` alias, the storage type of its activations
-/// and of the weights it reads, to `t`'s element type. Statistics, weight gradients and
-/// partial sums stay f32 whatever `Act` is.
-pub(crate) fn act_const(t: &Tensor) -> [(&'static str, String); 1] {
-    [("Act", t.element().wgsl().to_string())]
+/// and of the weights it reads. Statistics, weight gradients and partial sums stay f32
+/// whatever `Act` is.
+pub(crate) fn act_const(act: Element) -> [(&'static str, String); 1] {
+    [("Act", act.wgsl().to_string())]
 }
 
 /// The `consts` entries that set a copy-like shader's `Src` and `Dst` aliases, the storage

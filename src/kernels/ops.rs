@@ -17,7 +17,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::Element::{self, F32};
 use crate::gpu::{grid_1d, Access, Kernel, KernelSpec, Recorder, Shader, Tensor};
-use crate::kernels::{check_loop_budget, expect_shape, same_shape};
+use crate::kernels::{act_const, check_loop_budget, expect_shape, same_shape};
 use crate::{Error, Result};
 
 pub const SHADER: Shader = Shader { name: "ops", source: include_str!("../../shaders/ops.wgsl") };
@@ -82,7 +82,7 @@ fn kernel(
     act: Element,
     elements: &[Element],
 ) -> Result<Arc<Kernel>> {
-    let consts = [("Act", act.wgsl().to_string())];
+    let consts = act_const(act);
     rec.ctx().kernel(&KernelSpec::new(SHADER, entry, bindings).with_consts(&consts).with_elements(elements))
 }
 

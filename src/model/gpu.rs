@@ -55,12 +55,8 @@ impl GpuVit {
     /// [`GpuVit::plan`] on; f16 needs the adapter's `SHADER_F16`. Plans made before keep
     /// their type, so plan again after a change.
     pub fn set_activations(&mut self, ctx: &GpuContext, element: Element) -> Result<()> {
-        if element == Element::F16 && !ctx.has(wgpu::Features::SHADER_F16) {
-            return Err(Error::MissingFeature {
-                what: format!("f16 activations on {}", ctx.summary.display_name()),
-                feature: "SHADER_F16",
-                hint: "train in f32 (--precision f32), or on an adapter that has it (`autoprog info` lists them)",
-            });
+        if element == Element::F16 && !ctx.has_f16() {
+            return Err(Error::missing_f16(format!("f16 activations on {}", ctx.summary.display_name())));
         }
         self.weights16 = match element {
             Element::F32 => None,

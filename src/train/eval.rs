@@ -27,9 +27,12 @@ pub async fn evaluate(
 ) -> anyhow::Result<Evaluation> {
     let classes = model.config.classes;
     let batch = acts.batch;
-    // Each arena's logits, in f32 whatever the activations are stored in.
-    let logits_each: Vec<Tensor> =
-        arenas.iter().map(|_| ctx.empty(&[batch, classes], "eval.logits")).collect::<crate::Result<_>>()?;
+    let logits_all = ctx.empty(&[arenas.len(), batch, classes], "eval.logits")?;
+    // f16 logits are widened here first: a copy cannot change the element type.
+    let widened = match acts.logits.element() {
+        Element::F32 => None,
+        Element::F16 => Some(ctx.empty(&[batch, classes], "eval.logits_f32")?),
+    };
     let (mut correct, mut loss_sum, mut count) = (vec![0usize; arenas.len()], vec![0.0; arenas.len()], 0usize);
     for item in batches {
         let b = item?;
@@ -41,17 +44,21 @@ pub async fn evaluate(
         images.resize(acts.images.numel(), 0.0); // the last batch is padded; its extra rows are ignored
         ctx.write(&acts.images, &images)?;
         let mut rec = ctx.recorder("eval");
-        for (arena, logits) in arenas.iter().zip(&logits_each) {
+        for (i, arena) in arenas.iter().enumerate() {
             model.forward(&mut rec, arena, acts, false)?;
-            match acts.logits.element() {
-                Element::F32 => rec.copy(&acts.logits, logits)?,
-                Element::F16 => convert(&mut rec, &acts.logits, logits)?,
-            }
+            let logits = match &widened {
+                None => &acts.logits,
+                Some(f32_logits) => {
+                    convert(&mut rec, &acts.logits, f32_logits)?;
+                    f32_logits
+                }
+            };
+            rec.copy(logits, &logits_all.view(i * batch * classes, &[batch, classes])?)?;
         }
         ctx.submit(rec)?;
-        for (i, logits) in logits_each.iter().enumerate() {
-            let logits = ctx.read(logits).await?;
-            let rows = &logits[..n * classes];
+        let logits = ctx.read(&logits_all).await?;
+        for i in 0..arenas.len() {
+            let rows = &logits[i * batch * classes..][..n * classes];
             let predicted = argmax_rows(rows, classes);
             correct[i] += predicted.iter().zip(&b.labels).filter(|(p, l)| **p == **l as usize).count();
             let rows64: Vec<f64> = rows.iter().map(|&v| v as f64).collect();

@@ -81,15 +81,13 @@ impl Precision {
     /// The element type activations are stored in on `ctx`'s adapter, and why.
     pub fn resolve(self, ctx: &crate::GpuContext) -> crate::Result<(crate::gpu::Element, &'static str)> {
         use crate::gpu::Element;
-        let has_f16 = ctx.has(wgpu::Features::SHADER_F16);
+        let has_f16 = ctx.has_f16();
         match self {
             Precision::F32 => Ok((Element::F32, "as asked (--precision f32)")),
             Precision::F16 if has_f16 => Ok((Element::F16, "as asked (--precision f16)")),
-            Precision::F16 => Err(crate::Error::MissingFeature {
-                what: format!("--precision f16 on {}", ctx.summary.display_name()),
-                feature: "SHADER_F16",
-                hint: "use --precision f32 (or auto), or an adapter that has it (`autoprog info` lists them)",
-            }),
+            Precision::F16 => {
+                Err(crate::Error::missing_f16(format!("--precision f16 on {}", ctx.summary.display_name())))
+            }
             Precision::Auto if has_f16 => Ok((Element::F16, "auto: the adapter has f16 shaders")),
             Precision::Auto => Ok((Element::F32, "auto: the adapter has no f16 shaders")),
         }

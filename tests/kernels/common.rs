@@ -55,7 +55,7 @@ pub fn upload_as(element: Element, v: &[f64], shape: &[usize]) -> Tensor {
 /// out of the GL run (wgpu's GL backend has none). Elsewhere they fail rather than skip.
 pub fn require_f16() {
     assert!(
-        ctx().has(wgpu::Features::SHADER_F16),
+        ctx().has_f16(),
         "{} has no SHADER_F16; run the f16 tests on an adapter with it (lavapipe has it)",
         ctx().summary.name
     );
