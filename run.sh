@@ -7,7 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/env.sh
 
-cargo build --release -q -p autoprog-trainer
+# Data-parallel training under mpirun (the `mpi` feature) where OpenMPI and libclang are
+# installed (apt-get install openmpi-bin libopenmpi-dev libclang-dev).
+features=()
+if command -v mpicc >/dev/null 2>&1 && ldconfig -p 2>/dev/null | grep -q 'libclang'; then
+    features=(--features mpi)
+fi
+cargo build --release -q -p autoprog-trainer "${features[@]}"
 if ! ./target/release/autoprog info >/dev/null 2>&1; then
     say "no GPU adapter found; installing the software Vulkan driver (lavapipe)"
     need_software_vulkan

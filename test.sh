@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Every test: formatting, lints, all tests in release mode on lavapipe (Vulkan on the
-# CPU) and the kernel tests again on wgpu's GL backend (llvmpipe), the wasm32 build of
-# the viewer and its end-to-end tests in headless Chromium (the viewer, training in the
-# page). Installs what is missing when run as root on Debian/Ubuntu.
+# Every test: formatting, lints (with and without MPI), all tests in release mode on
+# lavapipe (Vulkan on the CPU; data-parallel training under mpirun included) and the
+# kernel tests again on wgpu's GL backend (llvmpipe), the wasm32 build of the viewer and
+# its end-to-end tests in headless Chromium (the viewer, training in the page). Installs
+# what is missing when run as root on Debian/Ubuntu.
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/env.sh
@@ -11,6 +12,8 @@ start=$(date +%s)
 say "checking prerequisites"
 need_software_vulkan
 install_packages libegl1 libgl1-mesa-dri chromium chromium-driver curl
+# OpenMPI for data-parallel training (`mpirun`), and libclang for the bindings' generator.
+install_packages openmpi-bin libopenmpi-dev libclang-dev
 if ! rustup target list --installed | grep -q wasm32-unknown-unknown; then
     say "adding the wasm32-unknown-unknown target"
     rustup target add wasm32-unknown-unknown
@@ -24,14 +27,15 @@ cargo fmt --all -- --check
 say "structure: function and file sizes, import cycles (scripts/check_structure.py)"
 python3 scripts/check_structure.py
 
-say "cargo clippy (all targets, warnings are errors)"
+say "cargo clippy (all targets, warnings are errors; without and with the mpi feature)"
 cargo clippy --release --workspace --all-targets -q -- -D warnings
+cargo clippy --release --workspace --all-targets -q --features autoprog-trainer/mpi -- -D warnings
 
 icd=$(lavapipe_icd)
 [ -n "$icd" ] || { echo "error: lavapipe's ICD manifest not found under /usr/share/vulkan/icd.d" >&2; exit 1; }
 
-say "tests on Vulkan lavapipe ($icd)"
-VK_DRIVER_FILES="$icd" WGPU_BACKEND=vulkan cargo test --release --workspace
+say "tests on Vulkan lavapipe ($icd), with the mpi feature (2 ranks under mpirun)"
+VK_DRIVER_FILES="$icd" WGPU_BACKEND=vulkan cargo test --release --workspace --features autoprog-trainer/mpi
 
 say "kernel tests on the GL backend (llvmpipe)"
 # One thread: wgpu's GL backend serialises on one context lock, and many waiting

@@ -22,7 +22,7 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 pub use augment::AugmentConfig;
-pub use batch::{Batch, LoadError};
+pub use batch::{Batch, LoadError, Shard};
 pub use pass::{InlineBatches, Pass, PassConfig, Skipped};
 pub use pixels::{normalize, preprocess, resize, CropBox, RgbImage};
 pub use source::{epoch_order, split_train_val, stream_seed, ProceduralSource, Source, Stream, Subset};

@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::augment::{eval_transform, mix_batch, train_transform, AugmentConfig};
 use super::source::{stream_seed, Source, Stream};
-use super::{Batch, LoadError, RgbImage};
+use super::{Batch, LoadError, RgbImage, Shard};
 use crate::{Error, Result};
 
 type Warn = dyn Fn(&str) + Send + Sync;
@@ -99,6 +99,8 @@ pub struct PassConfig {
     pub epoch: u64,
     /// Where failed samples are recorded; share one across the passes of a run.
     pub skipped: Skipped,
+    /// The part of every batch this process reads (data-parallel runs).
+    pub shard: Shard,
 }
 
 /// One pass over `order` (indices into `source`): what every batch of it is built from.
@@ -116,6 +118,14 @@ impl Pass {
         config.aug.validate().map_err(|e| Error::Config(e.to_string()))?;
         if config.batch == 0 {
             return Err(Error::Config("--batch must be at least 1".into()));
+        }
+        let ranks = config.shard.ranks;
+        if ranks > 1 && (!config.batch.is_multiple_of(ranks) || !config.drop_last) {
+            return Err(Error::Config(format!(
+                "a batch shared by {ranks} ranks must split evenly and passes must drop their last partial batch \
+                 (batch {}); use a --batch that is a multiple of {ranks}",
+                config.batch
+            )));
         }
         if order.is_empty() {
             return Err(Error::Config("the epoch has no samples; the dataset split is empty".into()));
@@ -146,23 +156,56 @@ impl Pass {
         &self.config.skipped
     }
 
-    /// Builds batch `index`: its samples loaded, transformed and (when training) mixed.
-    /// A sample that fails is left out; a batch none of whose samples loads is an error.
+    /// Builds batch `index`: its samples loaded, transformed and (when training) mixed, or
+    /// the shard's part of it. A sample that fails is left out; a batch none of whose
+    /// samples loads is an error.
     pub fn build(&self, index: usize) -> Result<Batch> {
         let config = &self.config;
-        let aug = &config.aug;
-        let r = aug.resolution;
-        let positions = index * config.batch..((index + 1) * config.batch).min(self.order.len());
-        let mut images = Vec::with_capacity(positions.len() * 3 * r * r); // [B, 3, R, R]
-        let mut labels = Vec::with_capacity(positions.len()); // [B]
-        let (wanted, last) = (positions.len(), positions.end - 1);
+        let whole = index * config.batch..((index + 1) * config.batch).min(self.order.len());
+        // Mixing pairs sample i with sample B−1−i of the whole batch: a shard of a mixed
+        // batch is cut from the whole one, which every rank builds.
+        let mixes = config.train && config.aug.soft_targets();
+        let positions = match mixes {
+            true => whole.clone(),
+            false => shift(config.shard.rows(whole.len()), whole.start),
+        };
+        let (mut images, labels) = self.load(index, positions)?;
+        let targets = mixes.then(|| {
+            let seed = stream_seed(config.seed, config.epoch, Stream::Mix, index as u64);
+            let classes = self.source.classes().len();
+            mix_batch(&mut images, &labels, classes, &config.aug, &mut ChaCha8Rng::seed_from_u64(seed)).0
+        });
+        let batch = Batch { index, resolution: config.aug.resolution, images, labels, targets };
+        if !mixes {
+            return Ok(batch);
+        }
+        if batch.len() < config.shard.ranks {
+            return Err(Error::BatchUnfillable {
+                batch: index,
+                detail: format!(
+                    "{} images load, fewer than the {} ranks that share it",
+                    batch.len(),
+                    config.shard.ranks
+                ),
+            });
+        }
+        Ok(batch.shard(config.shard))
+    }
+
+    /// The images ([n, 3, R, R], transformed) and labels of the samples at `positions`,
+    /// those that fail left out; an error when none loads.
+    fn load(&self, index: usize, positions: std::ops::Range<usize>) -> Result<(Vec<f32>, Vec<u32>)> {
+        let (config, r) = (&self.config, self.config.aug.resolution);
+        let mut images = Vec::with_capacity(positions.len() * 3 * r * r);
+        let mut labels = Vec::with_capacity(positions.len());
+        let (wanted, last) = (positions.len(), positions.end.max(1) - 1);
         for position in positions {
             let Some((image, label)) = self.load_at(position) else { continue };
             let seed = stream_seed(config.seed, config.epoch, Stream::Sample, position as u64);
             let chw = if config.train {
-                train_transform(&image, aug, &mut ChaCha8Rng::seed_from_u64(seed))
+                train_transform(&image, &config.aug, &mut ChaCha8Rng::seed_from_u64(seed))
             } else {
-                eval_transform(&image, aug)
+                eval_transform(&image, &config.aug)
             };
             images.extend_from_slice(&chw);
             labels.push(label);
@@ -176,12 +219,7 @@ impl Pass {
                 ),
             });
         }
-        let targets = (config.train && aug.soft_targets()).then(|| {
-            let seed = stream_seed(config.seed, config.epoch, Stream::Mix, index as u64);
-            let classes = self.source.classes().len();
-            mix_batch(&mut images, &labels, classes, aug, &mut ChaCha8Rng::seed_from_u64(seed)).0
-        });
-        Ok(Batch { index, resolution: r, images, labels, targets })
+        Ok((images, labels))
     }
 
     /// The sample at `position` of the order, or `None` when it fails to load (recorded in
@@ -199,6 +237,11 @@ impl Pass {
             }
         }
     }
+}
+
+/// `range` moved `by` positions on.
+fn shift(range: std::ops::Range<usize>, by: usize) -> std::ops::Range<usize> {
+    range.start + by..range.end + by
 }
 
 /// The batches of a pass, built one after another on the calling thread when asked for

@@ -16,6 +16,9 @@ pub struct ContextOptions {
     pub backend: Option<String>,
     /// Case-insensitive substring of the adapter name (`autoprog info` lists them).
     pub adapter: Option<String>,
+    /// A data-parallel run's rank on this machine: with no `adapter`, the adapters of the
+    /// best type are shared out, rank i taking the i-th (modulo their number).
+    pub local_rank: Option<usize>,
 }
 
 /// What was chosen and what it offers, for reports and for kernel-variant selection.
@@ -113,6 +116,12 @@ fn type_rank(t: wgpu::DeviceType) -> u8 {
     }
 }
 
+/// The order adapters are preferred in: best type first; among equals, native APIs before GL.
+fn preference(adapter: &wgpu::Adapter) -> (u8, bool) {
+    let info = adapter.get_info();
+    (type_rank(info.device_type), info.backend == wgpu::Backend::Gl)
+}
+
 /// Optional features used when the adapter has them.
 const WANTED_FEATURES: wgpu::Features = wgpu::Features::TIMESTAMP_QUERY
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
@@ -203,10 +212,7 @@ impl GpuContext {
                 .collect()
         };
         // Best type first; among equals, native APIs before GL (stable otherwise).
-        adapters.sort_by_key(|a| {
-            let info = a.get_info();
-            (type_rank(info.device_type), info.backend == wgpu::Backend::Gl)
-        });
+        adapters.sort_by_key(preference);
         adapters
     }
 
@@ -224,7 +230,13 @@ impl GpuContext {
             return Err(Error::NoAdapter { backends: backend_note });
         }
         let adapter = match &opts.adapter {
-            None => adapters.into_iter().next().expect("non-empty"),
+            None => {
+                // The same GPU through GL is not another GPU: only the first kind counts.
+                let best = preference(&adapters[0]);
+                let mut peers: Vec<_> = adapters.into_iter().filter(|a| preference(a) == best).collect();
+                let nth = opts.local_rank.unwrap_or(0) % peers.len();
+                peers.swap_remove(nth)
+            }
             Some(wanted) => {
                 let needle = wanted.to_lowercase();
                 let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();

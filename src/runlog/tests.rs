@@ -123,6 +123,8 @@ fn summary(schedule: &str, wall_seconds: f64, val_acc: f64, ema: Option<f64>) ->
         classes: 10,
         precision: "f32".into(),
         skipped_steps: 0,
+        ranks: 1,
+        adapters: Vec::new(),
     }
 }
 

@@ -67,6 +67,7 @@ impl SourceData {
             seed: request.seed,
             epoch: request.epoch,
             skipped: self.skipped.clone(),
+            shard: request.shard,
         };
         Ok(Pass::new(source, order, config)?)
     }

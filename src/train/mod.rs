@@ -36,7 +36,7 @@ pub mod trainer;
 pub use config::{DataConfig, Recipe, TrainConfig, PRESETS, SCHEDULES};
 pub use data::SourceData;
 pub use eval::{evaluate, Evaluation};
-pub use host::{BatchRequest, Batches, Clock, HostFuture, Pace, Part, RunSink, StepProgress, TrainData};
+pub use host::{BatchRequest, Batches, Clock, Collective, HostFuture, Pace, Part, RunSink, StepProgress, TrainData};
 pub use memory::MemoryRecord;
 pub use options::{DepthGrowth, GrowFrom, OptState, Precision, Schedule, SearchCost};
 pub use progress::Progress;

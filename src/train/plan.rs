@@ -10,6 +10,7 @@ use super::config::TrainConfig;
 use super::options::Schedule;
 use super::progress::Progress;
 use super::supernet::{evaluation_window, SearchState};
+use crate::data::Shard;
 use crate::prog::schedule::{stage_at, Stage};
 use crate::prog::search::{candidates, foregone, Candidate};
 use crate::runlog::StageSummary;
@@ -176,6 +177,13 @@ pub fn drop_path_scales(rate: f64, depth: usize, batch: usize, seed: u64, step: 
         }
     }
     scales
+}
+
+/// The rows of `shard` in each run of `batch` values of `values` (per-sample values laid out
+/// [.., batch], such as [`drop_path_scales`]).
+pub fn shard_rows(values: &[f32], batch: usize, shard: Shard) -> Vec<f32> {
+    let rows = shard.rows(batch);
+    values.chunks(batch).flat_map(|run| run[rows.clone()].iter().copied()).collect()
 }
 
 fn stage_summary(start_epoch: usize, resolution: usize, depth: usize) -> StageSummary {

@@ -177,3 +177,15 @@ fn compared_schedules_hold_back_the_same_images() {
     let err = held(&auto, 40).unwrap_err().to_string();
     assert!(err.contains("holds back 32 of the 40") && err.contains("--schedule none"), "{err}");
 }
+
+#[test]
+fn each_rank_takes_its_rows_of_every_blocks_drop_path_factors() {
+    let (depth, batch) = (3, 8);
+    let whole = drop_path_scales(0.3, depth, batch, 5, 11);
+    let shards: Vec<Vec<f32>> = (0..2).map(|rank| shard_rows(&whole, batch, Shard { rank, ranks: 2 })).collect();
+    // Per block and branch: rank 0's 4 factors, then rank 1's, make up the whole batch's.
+    for (run, factors) in whole.chunks(batch).enumerate() {
+        let joined: Vec<f32> = shards.iter().flat_map(|s| s[run * 4..run * 4 + 4].iter().copied()).collect();
+        assert_eq!(joined, factors, "block/branch {run}");
+    }
+}

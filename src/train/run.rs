@@ -10,7 +10,7 @@ use super::plan::{self, Steps, Trains};
 use super::state::{NonFinite, State};
 use super::supernet::{choose, scoring_weights, ActsByResolution, HeldBatch};
 use super::trainer::{AlreadyFinished, Diverged, Epoch, Host, Phase, Planned, Start, Stopped, Trainer};
-use crate::data::AugmentConfig;
+use crate::data::{AugmentConfig, Shard};
 use crate::gpu::ReadbackRing;
 use crate::model::step::STEP_REPORT_LEN;
 use crate::model::ParamLayout;
@@ -56,7 +56,8 @@ pub async fn run<'a>(
 ) -> anyhow::Result<Summary> {
     let started = host.clock.seconds();
     start_event(ctx, config, host.sink, host.clock)?;
-    let (mut trainer, wall_before) = match prepare(ctx, config, start, &*host.data) {
+    let ranks = host.collective.map_or(1, |c| c.ranks());
+    let (mut trainer, wall_before) = match prepare(ctx, config, start, &*host.data, ranks) {
         Ok(ready) => {
             let wall_before = ready.state.progress.wall_seconds;
             (Trainer::new(ctx, config, ready, host), wall_before)
@@ -117,8 +118,20 @@ pub(super) struct Ready {
 
 /// Checks the configuration against the data and builds the state: fresh, or from the
 /// run's checkpoint.
-fn prepare(ctx: &GpuContext, config: &TrainConfig, start: Start<'_>, data: &dyn TrainData) -> anyhow::Result<Ready> {
+fn prepare(
+    ctx: &GpuContext,
+    config: &TrainConfig,
+    start: Start<'_>,
+    data: &dyn TrainData,
+    ranks: usize,
+) -> anyhow::Result<Ready> {
     config.validate()?;
+    let batch = config.recipe.batch;
+    anyhow::ensure!(
+        batch.is_multiple_of(ranks),
+        "--batch {batch} does not split evenly over {ranks} ranks: use a multiple of {ranks} (--batch is the global \
+         batch; each rank trains --batch / ranks images a step)"
+    );
     let classes = data.classes().to_vec();
     anyhow::ensure!(
         classes.len() == config.model.classes,
@@ -182,6 +195,7 @@ impl<'a> Trainer<'a> {
             ring,
             planned: None,
             carried: None,
+            stop_agreed: false,
             wall_before,
             session_start,
         }
@@ -223,6 +237,15 @@ impl<'a> Trainer<'a> {
         };
         let scale = self.state.scaler.map(|s| format!(", loss scale {}", s.scale)).unwrap_or_default();
         self.host.sink.note(&format!("precision: {precision}{scale}"));
+        if let Some(peers) = self.peers() {
+            let adapters = peers.adapters().iter().enumerate().map(|(r, a)| format!("{r}: {a}")).collect::<Vec<_>>();
+            self.host.sink.note(&format!(
+                "data-parallel over {} ranks, {} images per rank a step; ranks' adapters: {}",
+                peers.ranks(),
+                self.local_batch(),
+                adapters.join(", ")
+            ));
+        }
     }
 
     /// An epoch starts: a stage's search opens or its sub-network is foregone, the stage
@@ -311,7 +334,7 @@ impl<'a> Trainer<'a> {
         // Release the old activations before allocating the new ones.
         self.planned = None;
         self.ctx.trim_pool();
-        let batch = self.config.recipe.batch;
+        let batch = self.local_batch();
         let mut acts = ActsByResolution::new();
         for &res in &trains.resolutions {
             acts.insert(res, self.state.model.plan(self.ctx, batch, res)?);
@@ -330,7 +353,11 @@ impl<'a> Trainer<'a> {
         if self.host.data.len(Part::Holdout) == 0 {
             return Ok(Vec::new());
         }
-        let request = self.eval_request(Part::Holdout, self.config.recipe.batch, resolution, true);
+        // Each rank scores its shard of every held-back batch; the losses are averaged.
+        let request = BatchRequest {
+            shard: self.shard(),
+            ..self.eval_request(Part::Holdout, self.config.recipe.batch, resolution, true)
+        };
         self.host.data.batches(&request)?.map(|b| b.map(|b| (b.images, b.labels))).collect()
     }
 
@@ -346,6 +373,7 @@ impl<'a> Trainer<'a> {
             seed: 0,
             epoch: 0,
             skip: 0,
+            shard: Shard::WHOLE,
         }
     }
 

@@ -5,14 +5,17 @@
 use std::sync::atomic::Ordering;
 
 use super::eval::evaluate;
+use super::host::Collective;
 use super::host::{BatchRequest, Part, StepProgress};
-use super::plan::{self, drop_path_scales, learning_rate};
-use super::supernet::{stage_batch, Scoring, SearchState};
+use super::plan::{self, drop_path_scales, learning_rate, shard_rows};
+use super::supernet::{combine_over_ranks, stage_batch, Scoring, SearchState};
 use super::trainer::{Diverged, Epoch, Phase, StepInfo, Trainer};
 use crate::data::Batch;
 use crate::kernels::optimizer::AdamW;
-use crate::model::step::{ScaleChange, StepOptions};
+use crate::model::step::{Optimizer, ScaleChange, StepOptions};
+use crate::model::{Activations, GpuVit};
 use crate::runlog::{CheckpointEvent, CheckpointKind, EmaAcc, EpochEvent, Event, RunStatus, StepEvent, Summary};
+use crate::GpuContext;
 
 impl Trainer<'_> {
     /// The steps of an epoch, up to its end, a search's end or a stop request.
@@ -27,6 +30,7 @@ impl Trainer<'_> {
             seed: r.seed,
             epoch: epoch.index as u64,
             skip: self.state.progress.batch_in_epoch,
+            shard: self.shard(),
         };
         let position = self.state.progress.batch_in_epoch as u64;
         let batches = self.host.data.batches(&request)?;
@@ -37,7 +41,7 @@ impl Trainer<'_> {
             if let Some(pace) = self.host.pace {
                 pace.between_steps().await;
             }
-            if self.host.stop.load(Ordering::Relaxed) {
+            if self.stop_requested() {
                 stopped = true;
                 break;
             }
@@ -74,15 +78,27 @@ impl Trainer<'_> {
             }
         }
         let acts = &self.planned.as_ref().expect("planned at the epoch's start").acts[&resolution];
-        self.state.optimizer.record_step(&mut rec, &self.state.model, acts, &options)?;
+        let (model, optimizer) = (&self.state.model, &mut self.state.optimizer);
+        match self.host.collective.filter(|c| c.ranks() > 1) {
+            None => optimizer.record_step(&mut rec, model, acts, &options)?,
+            Some(peers) => {
+                Optimizer::record_gradients(&mut rec, model, acts, &options)?;
+                let stop = self.host.stop.load(Ordering::Relaxed);
+                self.stop_agreed = average_over_ranks(self.ctx, rec, model, acts, peers, stop).await?;
+                rec = self.ctx.recorder("train.update");
+                optimizer.record_update(&mut rec, model, acts, &options)?;
+            }
+        }
         self.ring.record(&mut rec, &self.state.optimizer.report, step)?;
         self.ctx.submit(rec)?;
         self.ring.submitted();
+        // Every rank trained a shard of the same size: the totals count the whole batch.
+        let images = batch.len() * self.shard().ranks;
         let p = &mut self.state.progress;
         p.step += 1;
         p.batch_in_epoch += 1;
-        p.train_flops += batch.len() as f64 * self.config.model.train_flops_per_image(resolution, depth);
-        epoch.images += batch.len() as u64;
+        p.train_flops += images as f64 * self.config.model.train_flops_per_image(resolution, depth);
+        epoch.images += images as u64;
         let mut last = None;
         for (s, report) in self.ring.poll(self.ctx)? {
             self.record_loss(epoch, s, &report)?;
@@ -92,6 +108,15 @@ impl Trainer<'_> {
         let position = self.state.progress.batch_in_epoch as u64;
         self.host.sink.step_done(StepProgress { position, loss: last });
         Ok(())
+    }
+
+    /// Whether the run stops before its next step: on this process's request, or in a
+    /// data-parallel run when any rank asked at the last step (all ranks stop together).
+    fn stop_requested(&self) -> bool {
+        match self.peers() {
+            None => self.host.stop.load(Ordering::Relaxed),
+            Some(_) => self.stop_agreed,
+        }
     }
 
     /// The (resolution, depth) step `step` trains: a random sub-network of the supernet
@@ -125,6 +150,7 @@ impl Trainer<'_> {
         let lr = learning_rate(step, self.steps.total, self.steps.warmup, r.lr, r.min_lr);
         let loss_scale = self.state.scaler.map_or(1.0, |s| s.scale);
         epoch.step_info.insert(step, StepInfo { lr, resolution, depth, loss_scale, active: active.clone() });
+        let shard = self.shard();
         let planned = self.planned.as_mut().expect("planned at the epoch's start");
         let (images, labels, targets) = (&batch.images, &batch.labels, batch.targets.as_deref());
         let loss = stage_batch(self.ctx, rec, &planned.acts, images, labels, targets, resolution, self.classes.len())?;
@@ -133,7 +159,8 @@ impl Trainer<'_> {
         let rate = epoch.trains.regularisation.drop_path;
         let drop_path = rate > 0.0;
         if drop_path {
-            acts.write_drop_path(self.ctx, &drop_path_scales(rate, epoch.trains.depth, r.batch, r.seed, step))?;
+            let scales = drop_path_scales(rate, epoch.trains.depth, r.batch, r.seed, step);
+            acts.write_drop_path(self.ctx, &shard_rows(&scales, r.batch, shard))?;
         }
         let adamw = AdamW { lr, beta1: r.beta1, beta2: r.beta2, eps: 1e-8, weight_decay: r.weight_decay };
         Ok(StepOptions { adamw, max_grad_norm: r.clip_grad as f32, loss, drop_path, loss_scale })
@@ -216,7 +243,12 @@ impl Trainer<'_> {
         };
         let planned = self.planned.as_mut().expect("planned at the epoch's start");
         let timed = &mut self.state.progress.step_ms;
-        scoring.evaluation_point(&mut planned.acts, search, timed, &epoch.holdout).await
+        let flops_before = search.flops;
+        scoring.evaluation_point(&mut planned.acts, search, timed, &epoch.holdout).await?;
+        match self.host.collective.filter(|c| c.ranks() > 1) {
+            Some(peers) => combine_over_ranks(peers, search, flops_before, timed),
+            None => Ok(()),
+        }
     }
 
     /// The end of an epoch: the weights and every EMA evaluated, the epoch logged and
@@ -300,7 +332,13 @@ impl Trainer<'_> {
         let batches = self.host.data.batches(&request)?;
         let mut arenas = vec![&self.state.model.params];
         arenas.extend(self.state.optimizer.emas.iter().map(|(t, _)| t));
-        let eval = evaluate(self.ctx, &self.state.model, &arenas, acts, batches).await?;
+        let mut eval = evaluate(self.ctx, &self.state.model, &arenas, acts, batches).await?;
+        if let Some(peers) = self.peers() {
+            // Every rank evaluates the same weights on all the images; rank 0's numbers
+            // decide (best checkpoint, MoGrow's source) on all of them, whatever the adapters.
+            peers.broadcast_f64(&mut eval.acc)?;
+            peers.broadcast_f64(&mut eval.loss)?;
+        }
         Ok((eval.acc, eval.loss))
     }
 
@@ -329,6 +367,8 @@ impl Trainer<'_> {
             classes: self.classes.len(),
             precision: self.state.model.activations().wgsl().to_string(),
             skipped_steps: p.skipped_steps,
+            ranks: self.shard().ranks as u32,
+            adapters: self.peers().map(|c| c.adapters()).unwrap_or_default(),
         };
         self.host.sink.summary(&summary)?;
         self.end_event(RunStatus::Finished, self.state.progress.wall_seconds, None)?;
@@ -341,4 +381,30 @@ impl Trainer<'_> {
         }
         Ok(summary)
     }
+}
+
+/// The data-parallel half of a step: submits `rec` (the forward and backward of this rank's
+/// shard), then replaces the gradients and the loss with their means over the ranks, which
+/// trained shards of one size; returns whether any rank asked to stop (`stop` is this
+/// one's request, carried in the same sum).
+async fn average_over_ranks(
+    ctx: &GpuContext,
+    rec: crate::Recorder<'_>,
+    model: &GpuVit,
+    acts: &Activations,
+    peers: &dyn Collective,
+    stop: bool,
+) -> anyhow::Result<bool> {
+    ctx.submit(rec)?;
+    let mut exchange = ctx.read(&model.grads).await?;
+    let loss = ctx.read(&acts.loss).await?[0];
+    exchange.extend([loss, stop as u32 as f32]);
+    peers.sum_f32(&mut exchange)?;
+    let inv_ranks = 1.0 / peers.ranks() as f32;
+    let stop = exchange.pop().is_some_and(|requests| requests > 0.0);
+    let loss = exchange.pop().expect("the loss was appended") * inv_ranks;
+    exchange.iter_mut().for_each(|g| *g *= inv_ranks);
+    ctx.write(&model.grads, &exchange)?;
+    ctx.write(&acts.loss, &[loss])?;
+    Ok(stop)
 }

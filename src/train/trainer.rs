@@ -8,12 +8,12 @@ use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 
 use super::config::TrainConfig;
-use super::host::{Clock, Pace, RunSink, TrainData};
+use super::host::{Clock, Collective, Pace, RunSink, TrainData};
 use super::plan::{Steps, Trains};
 use super::state::State;
 use super::supernet::{ActsByResolution, HeldBatch, SearchState};
 use crate::checkpoint::Checkpoint;
-use crate::data::AugmentConfig;
+use crate::data::{AugmentConfig, Shard};
 use crate::gpu::ReadbackRing;
 use crate::model::Activations;
 use crate::prog::grow::Growth;
@@ -30,6 +30,8 @@ pub struct Host<'a> {
     pub stop: &'a AtomicBool,
     /// Awaited between steps, where the host has a use for it.
     pub pace: Option<&'a dyn Pace>,
+    /// The other processes of a data-parallel run; `None`: this process trains alone.
+    pub collective: Option<&'a dyn Collective>,
 }
 
 /// How a run starts.
@@ -93,6 +95,8 @@ pub(super) struct Trainer<'a> {
     pub planned: Option<Planned>,
     /// The tally of an epoch that a search ended inside of.
     pub carried: Option<Tally>,
+    /// Data-parallel runs: a rank asked to stop at the last step's exchange.
+    pub stop_agreed: bool,
     /// Wall seconds of earlier sessions of the run, and when this one started.
     pub wall_before: f64,
     pub session_start: f64,
@@ -156,6 +160,21 @@ impl Epoch {
 }
 
 impl Trainer<'_> {
+    /// The processes of a data-parallel run, if there are several.
+    pub(super) fn peers(&self) -> Option<&dyn Collective> {
+        self.host.collective.filter(|c| c.ranks() > 1)
+    }
+
+    /// The part of every batch this process trains.
+    pub(super) fn shard(&self) -> Shard {
+        self.peers().map_or(Shard::WHOLE, |c| Shard { rank: c.rank(), ranks: c.ranks() })
+    }
+
+    /// Images per training step on this process: its shard of `--batch`.
+    pub(super) fn local_batch(&self) -> usize {
+        self.config.recipe.batch / self.shard().ranks
+    }
+
     pub(super) fn epoch(&mut self, index: usize, trains: Trains, holdout: Vec<HeldBatch>) -> Epoch {
         let reg = trains.regularisation;
         let aug = AugmentConfig {

@@ -340,7 +340,7 @@ fn attention_rejects_bad_shapes() {
 #[test]
 fn attention_backward_allocates_nothing_n_by_n() {
     // A context of its own, so other tests' buffers do not move its pool statistics.
-    let opts = ContextOptions { backend: None, adapter: std::env::var("AUTOPROG_ADAPTER").ok() };
+    let opts = ContextOptions { backend: None, adapter: std::env::var("AUTOPROG_ADAPTER").ok(), ..Default::default() };
     let c = GpuContext::new_blocking(&opts).expect("context");
     let (b, n, nh, hs) = (1, 300, 2, 8);
     let qkv = c.zeros(&[b, n, 3 * nh * hs], "qkv").unwrap();

@@ -13,7 +13,8 @@ use rand_chacha::ChaCha8Rng;
 pub fn ctx() -> &'static GpuContext {
     static CTX: OnceLock<GpuContext> = OnceLock::new();
     CTX.get_or_init(|| {
-        let opts = ContextOptions { backend: None, adapter: std::env::var("AUTOPROG_ADAPTER").ok() };
+        let opts =
+            ContextOptions { backend: None, adapter: std::env::var("AUTOPROG_ADAPTER").ok(), ..Default::default() };
         match GpuContext::new_blocking(&opts) {
             Ok(ctx) => {
                 eprintln!("kernel tests on {} ({})", ctx.summary.name, ctx.summary.backend);

@@ -61,10 +61,21 @@ fn pooled_buffers_are_reused() {
 
 #[test]
 fn unknown_backend_and_missing_adapter_are_errors_not_panics() {
-    let err = GpuContext::new_blocking(&ContextOptions { backend: Some("glide".into()), adapter: None }).err().unwrap();
+    let err = GpuContext::new_blocking(&ContextOptions {
+        backend: Some("glide".into()),
+        adapter: None,
+        ..Default::default()
+    })
+    .err()
+    .unwrap();
     assert!(matches!(err, Error::UnknownBackend(_)), "{err}");
-    let err =
-        GpuContext::new_blocking(&ContextOptions { backend: None, adapter: Some("no-such-gpu".into()) }).err().unwrap();
+    let err = GpuContext::new_blocking(&ContextOptions {
+        backend: None,
+        adapter: Some("no-such-gpu".into()),
+        ..Default::default()
+    })
+    .err()
+    .unwrap();
     assert!(err.to_string().contains("no-such-gpu") && err.to_string().contains("available"), "{err}");
 }
 

@@ -33,7 +33,7 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.train.resume.is_none(), "compare starts new runs; --resume does not apply");
     anyhow::ensure!(args.seeds >= 1, "--seeds must be at least 1");
     let ctx = GpuContext::new_blocking(&args.train.gpu.options())?;
-    let (base, dataset) = prepare(&args.train, &ctx)?;
+    let (base, dataset) = prepare(&args.train, &ctx, true)?;
     let out: PathBuf = args.train.out.clone().unwrap_or_else(|| default_run_dir("compare"));
     let stop = stop_on_ctrl_c()?;
     let mut runs = Vec::new();
@@ -54,7 +54,7 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<()> {
             } else {
                 eprintln!("== {schedule}, seed {} -> {}", config.recipe.seed, dir.display());
                 let options = RunOptions { out: dir.clone(), resume: previous.started, quiet: args.train.quiet };
-                match train::train(&ctx, &config, &dataset, &options, &stop) {
+                match train::train(&ctx, &config, &dataset, &options, &stop, None) {
                     Ok(summary) => runs.push(summary),
                     Err(e) if e.is::<Interrupted>() => anyhow::bail!(Interrupted {
                         resume: "the same autoprog compare command (it keeps the finished runs and resumes this one)"

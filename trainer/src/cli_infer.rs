@@ -154,6 +154,7 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
         seed: 0,
         epoch: 0,
         skip: 0,
+        shard: Default::default(),
     };
     let batches = eval_batches(val.clone(), &request, config.data.workers, &skipped)?;
     let result = pollster::block_on(evaluate(&ctx, &model, &[&model.params], &acts, batches))?;

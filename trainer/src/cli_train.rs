@@ -12,10 +12,11 @@ use autoprog::GpuContext;
 use clap::Args;
 
 use crate::data::{Dataset, Format};
+use crate::ranks::{self, Peers};
 use crate::train::{self, Interrupted, RunOptions};
 use crate::GpuArgs;
 use autoprog::train::{
-    DataConfig, DepthGrowth, GrowFrom, OptState, Precision, Recipe, Schedule, SearchCost, TrainConfig,
+    Collective, DataConfig, DepthGrowth, GrowFrom, OptState, Precision, Recipe, Schedule, SearchCost, TrainConfig,
 };
 
 #[derive(Args)]
@@ -256,24 +257,43 @@ fn timestamp() -> String {
 }
 
 pub fn run(args: TrainArgs) -> ExitCode {
-    match run_inner(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.is::<Interrupted>() => {
-            eprintln!("{e}");
-            ExitCode::from(130)
-        }
+    let mut peers = match ranks::join() {
+        Ok(peers) => peers,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
+    };
+    let outcome = run_inner(&args, peers.as_mut());
+    let rank = peers.as_ref().map_or(0, |p| p.rank());
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<Interrupted>() => {
+            if rank == 0 {
+                eprintln!("{e}");
+            }
+            ExitCode::from(130)
+        }
+        Err(e) => match &peers {
+            // The other ranks would wait for this one forever: end the whole job.
+            Some(peers) => {
+                eprintln!("rank {rank}: error: {e:#}");
+                peers.abort(1)
+            }
+            None => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
 /// The resolved configuration and the opened dataset of a run (the model's class count
 /// and the flips follow the data for a new run).
-pub(crate) fn prepare(args: &TrainArgs, ctx: &GpuContext) -> anyhow::Result<(TrainConfig, Dataset)> {
+/// `announce`: say which preset was chosen (one rank of a data-parallel run does).
+pub(crate) fn prepare(args: &TrainArgs, ctx: &GpuContext, announce: bool) -> anyhow::Result<(TrainConfig, Dataset)> {
     let mut config = args.resolve(ctx)?;
-    if args.resume.is_none() && args.preset.is_none() && args.config.is_none() {
+    if announce && args.resume.is_none() && args.preset.is_none() && args.config.is_none() {
         eprintln!(
             "preset: {} (the default on {} adapters like {}; --preset overrides)",
             config.preset,
@@ -313,18 +333,35 @@ pub(crate) fn default_run_dir(what: &str) -> PathBuf {
     PathBuf::from("runs").join(format!("{}-{what}", timestamp()))
 }
 
-fn run_inner(args: &TrainArgs) -> anyhow::Result<()> {
-    let ctx = GpuContext::new_blocking(&args.gpu.options())?;
-    let (config, dataset) = prepare(args, &ctx)?;
+/// Trains as `args` say; in a data-parallel run (`peers`) as one of its ranks, rank 0
+/// reporting.
+fn run_inner(args: &TrainArgs, mut peers: Option<&mut Peers>) -> anyhow::Result<()> {
+    let rank = peers.as_ref().map_or(0, |p| p.rank());
+    let gpu = match peers {
+        Some(_) => args.gpu.options_for_rank(rank),
+        None => args.gpu.options(),
+    };
+    let ctx = GpuContext::new_blocking(&gpu)?;
+    if let Some(peers) = peers.as_deref_mut() {
+        peers.share_adapter(&ctx.summary.display_name());
+    }
+    let peers = peers.map(|p| &*p as &dyn Collective);
+    let reports = rank == 0;
+    let (config, dataset) = prepare(args, &ctx, reports)?;
     let out = match (&args.resume, &args.out) {
         (Some(dir), _) => dir.clone(),
         (None, Some(out)) => out.clone(),
         (None, None) => default_run_dir(&config.model_name),
     };
     let stop = stop_on_ctrl_c()?;
-    eprintln!("adapter: {} ({})", ctx.summary.display_name(), ctx.summary.backend);
-    let options = RunOptions { out: out.clone(), resume: args.resume.is_some(), quiet: args.quiet };
-    let summary = train::train(&ctx, &config, &dataset, &options, &stop)?;
+    if reports {
+        eprintln!("adapter: {} ({})", ctx.summary.display_name(), ctx.summary.backend);
+    }
+    let options = RunOptions { out: out.clone(), resume: args.resume.is_some(), quiet: args.quiet || !reports };
+    let summary = train::train(&ctx, &config, &dataset, &options, &stop, peers)?;
+    if !reports {
+        return Ok(());
+    }
     let ema = summary.val_acc_ema.map_or(String::new(), |acc| format!(", best EMA {acc:.4}"));
     println!(
         "validation accuracy {:.4}{ema} after {} epochs in {:.0} s ({:.0} images/s on {})",

@@ -7,6 +7,7 @@ mod cli_train;
 mod data;
 #[cfg(test)]
 mod hostile_tests;
+mod ranks;
 mod train;
 
 use std::process::ExitCode;
@@ -38,7 +39,18 @@ struct GpuArgs {
 
 impl GpuArgs {
     fn options(&self) -> ContextOptions {
-        ContextOptions { backend: self.backend.clone(), adapter: self.adapter.clone() }
+        ContextOptions { backend: self.backend.clone(), adapter: self.adapter.clone(), local_rank: None }
+    }
+
+    /// The adapter of `rank` in a data-parallel run: its entry of a comma-separated
+    /// `--adapter` list (rank modulo the list's length), or else the adapters of the best
+    /// type shared out by the rank on this machine.
+    fn options_for_rank(&self, rank: usize) -> ContextOptions {
+        let adapter = self.adapter.as_ref().map(|list| {
+            let names: Vec<&str> = list.split(',').map(str::trim).collect();
+            names[rank % names.len()].to_string()
+        });
+        ContextOptions { backend: self.backend.clone(), adapter, local_rank: ranks::local_rank() }
     }
 }
 

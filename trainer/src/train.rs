@@ -13,7 +13,8 @@ use autoprog::runlog::{self, Event, LogWriter, Summary};
 use autoprog::train::host::SystemClock;
 use autoprog::train::trainer::AlreadyFinished;
 use autoprog::train::{
-    BatchRequest, Batches, Host, Part, RunSink, SourceData, Start, StepProgress, Stopped, TrainConfig, TrainData,
+    BatchRequest, Batches, Collective, Host, Part, RunSink, SourceData, Start, StepProgress, Stopped, TrainConfig,
+    TrainData,
 };
 use autoprog::GpuContext;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -131,6 +132,18 @@ struct RunDir {
     bar: ProgressBar,
 }
 
+impl RunDir {
+    /// Creates (or, resuming, reopens) the run directory and writes its `config.toml`.
+    fn open(config: &TrainConfig, opts: &RunOptions) -> anyhow::Result<RunDir> {
+        let dir = &opts.out;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create the run directory {}", dir.display()))?;
+        autoprog::fsutil::write_atomic(&dir.join("config.toml"), config.to_toml().as_bytes())?;
+        let log_path = dir.join("log.jsonl");
+        let log = if opts.resume { LogWriter::open_for_resume(&log_path)? } else { LogWriter::open(&log_path)? };
+        Ok(RunDir { dir: dir.clone(), log, quiet: opts.quiet, bar: ProgressBar::hidden() })
+    }
+}
+
 impl RunSink for RunDir {
     fn event(&mut self, event: &Event) -> anyhow::Result<()> {
         Ok(self.log.write(event)?)
@@ -182,34 +195,42 @@ impl RunSink for RunDir {
 /// Trains as `config` says into `opts.out`; returns the summary (also written to
 /// `summary.json`). `stop` is set by Ctrl-C: the run then checkpoints and returns
 /// [`Interrupted`].
+/// In a data-parallel run (`peers`), every rank trains; rank 0 alone writes the run directory.
 pub fn train(
     ctx: &GpuContext,
     config: &TrainConfig,
     dataset: &Dataset,
     opts: &RunOptions,
     stop: &AtomicBool,
+    peers: Option<&dyn Collective>,
 ) -> anyhow::Result<Summary> {
     config.validate()?;
     let mut data = LoaderData::new(dataset, config)?;
     let run_dir = &opts.out;
     let last = run_dir.join("checkpoints/last.safetensors");
-    if !opts.resume && last.exists() {
+    let writes_record = peers.is_none_or(|p| p.rank() == 0);
+    if writes_record && !opts.resume && last.exists() {
         bail!("{} already holds a run; continue it with --resume {0}, or pass another --out", run_dir.display());
     }
     let checkpoint = if opts.resume { Some(Checkpoint::load(&last)?) } else { None };
-    std::fs::create_dir_all(run_dir)
-        .with_context(|| format!("cannot create the run directory {}", run_dir.display()))?;
-    autoprog::fsutil::write_atomic(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
-    let log_path = run_dir.join("log.jsonl");
-    let log = if opts.resume { LogWriter::open_for_resume(&log_path)? } else { LogWriter::open(&log_path)? };
-    let mut sink = RunDir { dir: run_dir.clone(), log, quiet: opts.quiet, bar: ProgressBar::hidden() };
+    let (mut record, mut follower);
+    let sink: &mut dyn RunSink = match writes_record {
+        true => {
+            record = RunDir::open(config, opts)?;
+            &mut record
+        }
+        false => {
+            follower = Follower { dir: run_dir.clone() };
+            &mut follower
+        }
+    };
     let what = last.display().to_string();
     let start = match &checkpoint {
         Some(checkpoint) => Start::Resume { checkpoint, what: &what },
         None => Start::Fresh,
     };
     let clock = SystemClock::default();
-    let host = Host { data: &mut data, sink: &mut sink, clock: &clock, stop, pace: None };
+    let host = Host { data: &mut data, sink, clock: &clock, stop, pace: None, collective: peers };
     pollster::block_on(autoprog::train::run(ctx, config, start, host)).map_err(|e| {
         if e.is::<Stopped>() {
             Interrupted { resume: format!("autoprog train --resume {}", run_dir.display()) }.into()
@@ -226,6 +247,34 @@ pub fn train(
 #[error("interrupted; the run is saved, continue it with: {resume}")]
 pub struct Interrupted {
     pub resume: String,
+}
+
+/// The record of a data-parallel rank other than 0: rank 0 writes the run's record (the
+/// same on every rank), the others none.
+struct Follower {
+    dir: PathBuf,
+}
+
+impl RunSink for Follower {
+    fn event(&mut self, _event: &Event) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    fn note(&mut self, _line: &str) {}
+
+    /// Where rank 0 writes the checkpoint.
+    fn checkpoint(&mut self, _checkpoint: &Checkpoint, best: bool) -> anyhow::Result<Vec<String>> {
+        let names = if best { &["last", "best"][..] } else { &["last"][..] };
+        Ok(names.iter().map(|n| self.dir.join(format!("checkpoints/{n}.safetensors")).display().to_string()).collect())
+    }
+
+    fn checkpoint_location(&self) -> String {
+        self.dir.join("checkpoints").display().to_string()
+    }
+
+    fn summary(&mut self, _summary: &Summary) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 fn progress_bar(quiet: bool, steps: u64, epoch: usize, epochs: usize) -> ProgressBar {

@@ -42,7 +42,7 @@ fn an_in_process_run_without_threads_repeats_the_command_line_run() {
     let mut record = MemoryRecord::default();
     let ctx = GpuContext::new_blocking(&ContextOptions::default()).unwrap();
     let (clock, stop) = (SystemClock::default(), AtomicBool::new(false));
-    let host = Host { data: &mut data, sink: &mut record, clock: &clock, stop: &stop, pace: None };
+    let host = Host { data: &mut data, sink: &mut record, clock: &clock, stop: &stop, pace: None, collective: None };
     let summary = pollster::block_on(autoprog::train::run(&ctx, &config, Start::Fresh, host)).unwrap();
 
     let losses: Vec<(u64, f64)> = record
@@ -84,7 +84,7 @@ fn setup_errors_end_the_record_as_a_failed_run_before_any_training() {
     let attempt = |config: &TrainConfig, data: &mut SourceData| {
         let mut record = MemoryRecord::default();
         let (clock, stop) = (SystemClock::default(), AtomicBool::new(false));
-        let host = Host { data, sink: &mut record, clock: &clock, stop: &stop, pace: None };
+        let host = Host { data, sink: &mut record, clock: &clock, stop: &stop, pace: None, collective: None };
         let error = pollster::block_on(autoprog::train::run(&ctx, config, Start::Fresh, host)).unwrap_err();
         (format!("{error:#}"), record.events)
     };

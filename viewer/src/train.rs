@@ -461,6 +461,13 @@ async fn train(
         Some(checkpoint) => Start::Resume { checkpoint, what: "the saved run" },
         None => Start::Fresh,
     };
-    let host = Host { data: &mut data, sink: &mut sink, clock: &clock, stop: &controls.stop, pace: Some(&*controls) };
+    let host = Host {
+        data: &mut data,
+        sink: &mut sink,
+        clock: &clock,
+        stop: &controls.stop,
+        pace: Some(&*controls),
+        collective: None,
+    };
     autoprog::train::run(ctx, config, start, host).await
 }

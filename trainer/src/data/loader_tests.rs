@@ -9,7 +9,7 @@ use super::super::testutil::{image_folder_fixture, TempDir};
 use super::super::{open, Dataset};
 use autoprog::data::augment::eval_transform;
 use autoprog::data::augment::AugmentConfig;
-use autoprog::data::{epoch_order, LoadError, Pass, PassConfig, RgbImage};
+use autoprog::data::{epoch_order, LoadError, Pass, PassConfig, RgbImage, Shard};
 
 use super::*;
 
@@ -54,6 +54,44 @@ fn data_loader_batches_are_identical_for_any_number_of_workers() {
     assert_eq!(one, collect(&source, order.clone(), config.clone(), 0));
     let other_epoch = PassConfig { epoch: 3, ..config };
     assert_ne!(one, collect(&source, order, other_epoch, 3));
+}
+
+#[test]
+fn data_parallel_shards_of_every_batch_make_up_the_whole_batch() {
+    let source = procedural(24);
+    let order = epoch_order(24, 3, 2);
+    let mixed = AugmentConfig { resolution: 8, mix_prob: 1.0, erase_prob: 0.5, ..AugmentConfig::default() };
+    let plain = AugmentConfig { mix_prob: 0.0, smoothing: 0.0, mixup_alpha: 0.0, cutmix_alpha: 0.0, ..mixed.clone() };
+    for aug in [mixed, plain] {
+        let config = PassConfig { batch: 8, drop_last: true, aug, train: true, seed: 3, ..PassConfig::default() };
+        let whole = collect(&source, order.clone(), config.clone(), 2);
+        for ranks in [2, 4] {
+            let shards: Vec<Vec<Batch>> = (0..ranks)
+                .map(|rank| {
+                    let shard = Shard { rank, ranks };
+                    collect(&source, order.clone(), PassConfig { shard, ..config.clone() }, 2)
+                })
+                .collect();
+            for (i, batch) in whole.iter().enumerate() {
+                let parts: Vec<&Batch> = shards.iter().map(|s| &s[i]).collect();
+                assert!(parts.iter().all(|p| p.len() == 8 / ranks), "equal shards");
+                let joined = |part: fn(&Batch) -> Vec<f32>| parts.iter().flat_map(|p| part(p)).collect::<Vec<f32>>();
+                assert_eq!(joined(|b| b.images.clone()), batch.images, "batch {i}, {ranks} ranks");
+                assert_eq!(
+                    joined(|b| b.labels.iter().map(|&l| l as f32).collect()),
+                    batch.labels.iter().map(|&l| l as f32).collect::<Vec<_>>()
+                );
+                assert_eq!(
+                    joined(|b| b.targets.clone().unwrap_or_default()),
+                    batch.targets.clone().unwrap_or_default()
+                );
+            }
+        }
+    }
+    // A batch that does not split evenly is refused with the fix.
+    let config = PassConfig { batch: 6, drop_last: true, shard: Shard { rank: 0, ranks: 4 }, ..PassConfig::default() };
+    let error = Pass::new(source, order, config).err().expect("6 does not split over 4 ranks").to_string();
+    assert!(error.contains("multiple of 4"), "{error}");
 }
 
 #[test]

@@ -1,0 +1,208 @@
+//! Data-parallel training under `mpirun -np 2` (the `mpi` feature) on the test machine's
+//! adapter: two ranks train what one process trains with the same global batch, make the
+//! same AutoProg decisions, and a rank that dies ends the job at once, leaving a checkpoint
+//! that resumes. `./test.sh` installs OpenMPI where it is missing.
+
+#![cfg(feature = "mpi")]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use autoprog::checkpoint::Checkpoint;
+use autoprog::runlog::{parse_log, Event, Summary};
+use common::{micro_args, micro_model, run, scratch, set_option, step_losses, text};
+
+/// Relative difference allowed between one process and two ranks, per loss and per
+/// checkpoint tensor (relative L2). The ranks sum their shards' gradients in another order
+/// than one process sums the whole batch (16 + 16 rows, then the mean of two), which moves
+/// f32 results by a few units of 2^-24 relative; five AdamW steps keep that near 1e-6.
+const RANKS_REL: f64 = 1e-5;
+
+/// `mpirun -np <ranks> autoprog <args>`, as root where need be (containers, CI).
+fn mpirun(ranks: usize, args: &[String]) -> Command {
+    let mut command = Command::new("mpirun");
+    command
+        .args(["-np", &ranks.to_string(), "--oversubscribe"])
+        .arg(env!("CARGO_BIN_EXE_autoprog"))
+        .args(args)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("AUTOPROG_CACHE_DIR", std::env::temp_dir().join("autoprog-cli-test-cache"));
+    command
+}
+
+fn run_ranks(ranks: usize, args: &[String]) -> Output {
+    mpirun(ranks, args).output().expect("mpirun runs (OpenMPI: apt-get install openmpi-bin; ./test.sh installs it)")
+}
+
+fn summary(run: &Path) -> Summary {
+    serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap()
+}
+
+fn relative_l2(a: &[f32], b: &[f32]) -> f64 {
+    let diff: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+    let norm: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum();
+    (diff / norm.max(1e-30)).sqrt()
+}
+
+#[test]
+fn two_ranks_train_what_one_process_trains_with_the_same_global_batch() {
+    let dir = scratch("ranks-equal");
+    let model = micro_model(&dir);
+    // 5 steps of the global batch 32 (16 images per rank), the quick preset's augmentation
+    // (mixing included) and drop-path, in f32.
+    let args = |out: &Path| {
+        let mut args = micro_args(&model, out, 1);
+        set_option(&mut args, "--train-images", "160");
+        set_option(&mut args, "--precision", "f32");
+        args
+    };
+    let (one, two) = (dir.join("one"), dir.join("two"));
+    let out = run(&args(&one));
+    assert!(out.status.success(), "{}", text(&out));
+    let out = run_ranks(2, &args(&two));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("data-parallel over 2 ranks, 16 images per rank a step"), "{}", text(&out));
+
+    let (a, b) = (step_losses(&one), step_losses(&two));
+    assert_eq!(a.iter().map(|s| s.0).collect::<Vec<_>>(), (0..5).collect::<Vec<u64>>());
+    assert_eq!(a.len(), b.len(), "two ranks log every step once");
+    for ((step, x), (_, y)) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= RANKS_REL * x.abs(), "step {step}: loss {x} alone, {y} on two ranks");
+    }
+    let [a, b] = [&one, &two].map(|run| Checkpoint::load(&run.join("checkpoints/last.safetensors")).unwrap());
+    assert_eq!(a.tensors.len(), b.tensors.len());
+    for tensor in &a.tensors {
+        let other = b.get(&tensor.name).unwrap_or_else(|| panic!("{} missing on two ranks", tensor.name));
+        let (mut x, mut y) = (tensor.data.clone(), other.data.clone());
+        if tensor.name.ends_with("attn.qkv.bias") {
+            // The keys' bias shifts every score of a query alike, which the softmax cancels:
+            // its gradient is rounding noise, which AdamW scales up to steps of the learning
+            // rate, differently in every summation order. The queries' and values' are kept.
+            let dim = x.len() / 3;
+            x.drain(dim..2 * dim);
+            y.drain(dim..2 * dim);
+        }
+        let rel = relative_l2(&x, &y);
+        assert!(rel <= RANKS_REL, "{}: relative L2 difference {rel:.2e}", tensor.name);
+    }
+    let (alone, ranked) = (summary(&one), summary(&two));
+    assert_eq!((alone.ranks, ranked.ranks), (1, 2));
+    assert_eq!(ranked.adapters.len(), 2, "{ranked:?}");
+    assert_eq!(ranked.train_flops, alone.train_flops, "FLOPs count the whole batch");
+    // The run directory is rank 0's alone: one log, with one run_start.
+    let log = parse_log(&std::fs::read_to_string(two.join("log.jsonl")).unwrap());
+    assert_eq!(log.events.iter().filter(|e| matches!(e, Event::RunStart(_))).count(), 1);
+}
+
+#[test]
+fn autoprog_decides_the_same_on_two_ranks_as_in_one_process() {
+    let dir = scratch("ranks-auto");
+    let model = micro_model(&dir);
+    // A search over {8, 16} px x {1, 2} blocks, its cost in FLOPs (measured step times
+    // would differ between any two runs), scored on a held-back batch that each rank
+    // scores half of.
+    let args = |out: &Path| {
+        let mut args = micro_args(&model, out, 4);
+        set_option(&mut args, "--train-images", "256");
+        set_option(&mut args, "--schedule", "auto");
+        set_option(&mut args, "--precision", "f32");
+        let search = ["--stages", "2", "--res-scale", "0.5", "--depth-scale", "0.5", "--search-epochs", "1"];
+        args.extend(search.into_iter().chain(["--search-cost", "flops"]).map(String::from));
+        args
+    };
+    let (one, two) = (dir.join("one"), dir.join("two"));
+    let out = run(&args(&one));
+    assert!(out.status.success(), "{}", text(&out));
+    let out = run_ranks(2, &args(&two));
+    assert!(out.status.success(), "{}", text(&out));
+    let decisions = |run: &Path| {
+        let log = parse_log(&std::fs::read_to_string(run.join("log.jsonl")).unwrap());
+        let searches: Vec<_> = log
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Search(s) => Some((s.step, s.winner.clone(), s.candidates.clone())),
+                _ => None,
+            })
+            .collect();
+        let growths: Vec<_> = log
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Growth(g) => Some((g.step, g.from_depth, g.to_depth, g.source.clone())),
+                _ => None,
+            })
+            .collect();
+        (searches, growths)
+    };
+    let ((searches, growths), (ranked_searches, ranked_growths)) = (decisions(&one), decisions(&two));
+    assert_eq!(searches.len(), 1, "one search");
+    assert_eq!(growths, ranked_growths, "the same growth at the same steps, from the same source");
+    for ((step, winner, candidates), (ranked_step, ranked_winner, ranked_candidates)) in
+        searches.iter().zip(&ranked_searches)
+    {
+        assert_eq!((step, winner), (ranked_step, ranked_winner), "the same winner at the same step");
+        for (c, r) in candidates.iter().zip(ranked_candidates) {
+            // The held-back loss: the mean of the ranks' halves of each batch.
+            for (x, y) in c.losses.iter().zip(&r.losses) {
+                assert!((x - y).abs() <= RANKS_REL * x.abs(), "{}: held-back loss {x} alone, {y} on two ranks", c.name);
+            }
+        }
+    }
+    let (alone, ranked) = (summary(&one), summary(&two));
+    assert_eq!(alone.stages, ranked.stages);
+    assert_eq!(alone.search_flops, ranked.search_flops, "the ranks' scoring FLOPs add up to one process's");
+}
+
+/// The pid of `rank` among the children of `mpirun` (OpenMPI launches local ranks itself).
+fn rank_pid(mpirun: u32, rank: usize) -> Option<u32> {
+    let children = std::fs::read_to_string(format!("/proc/{mpirun}/task/{mpirun}/children")).ok()?;
+    children.split_whitespace().filter_map(|p| p.parse().ok()).find(|pid: &u32| {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        environ.split(|&b| b == 0).any(|var| var == format!("OMPI_COMM_WORLD_RANK={rank}").as_bytes())
+    })
+}
+
+#[test]
+fn a_rank_killed_mid_run_ends_the_job_and_the_checkpoint_resumes() {
+    let dir = scratch("ranks-kill");
+    let model = micro_model(&dir);
+    let out_dir = dir.join("run");
+    let args = micro_args(&model, &out_dir, 80);
+    let mut job = mpirun(2, &args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("mpirun starts");
+    let log = out_dir.join("log.jsonl");
+    let start = Instant::now();
+    while std::fs::read_to_string(&log).map_or(0, |t| t.matches("\"event\":\"checkpoint\"").count()) < 4 {
+        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint after 120 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let victim = rank_pid(job.id(), 1).expect("rank 1 is a child of mpirun");
+    assert!(Command::new("kill").args(["-KILL", &victim.to_string()]).status().unwrap().success());
+    let killed = Instant::now();
+    let ended = loop {
+        if let Some(status) = job.try_wait().unwrap() {
+            break status;
+        }
+        assert!(killed.elapsed() < Duration::from_secs(30), "the job still runs 30 s after rank 1 died");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = job.wait_with_output().unwrap();
+    let said = text(&output);
+    assert!(!ended.success(), "{said}");
+    assert!(said.contains("rank 1") && said.contains("signal 9"), "the message names the dead rank: {said}");
+    assert!(!std::fs::read_to_string(&log).unwrap().contains("\"event\":\"run_end\""), "killed before the end");
+
+    // The last checkpoint is whole, and the run goes on from it, here in one process (a
+    // resume may change the number of ranks: --batch stays the global batch).
+    Checkpoint::load(&out_dir.join("checkpoints/last.safetensors")).expect("the checkpoint on disk loads");
+    let resumed = run(&["train", "--resume", &out_dir.display().to_string(), "--quiet"].map(String::from));
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    let ended = summary(&out_dir);
+    assert_eq!((ended.epochs, ended.ranks), (80, 1));
+    let steps: Vec<u64> = step_losses(&out_dir).iter().map(|s| s.0).collect();
+    assert_eq!(steps, (0..80 * 4).collect::<Vec<u64>>(), "every step logged once across the two sessions");
+}
