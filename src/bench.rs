@@ -9,6 +9,7 @@ use crate::gpu::timing::{median, now_ms, time_samples, timer_name};
 use crate::gpu::{Element, GpuContext};
 use crate::kernels::attention::{self, AttentionOptions};
 use crate::kernels::matmul::{self, Dims, Layout};
+use crate::train::Collective;
 use crate::Result;
 
 /// One measured case, as printed by `autoprog bench --json`.
@@ -48,6 +49,28 @@ pub struct BenchResult {
     /// [`GpuContext::tensor_bytes`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_bytes: Option<u64>,
+    /// Data-parallel `train_step` cases (under `mpirun`): what the ranks did together.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_parallel: Option<DataParallel>,
+}
+
+/// A data-parallel training step: `ranks` ranks train the case's batch, each its share,
+/// and average their gradients through host memory.
+#[derive(Clone, Debug, Serialize)]
+pub struct DataParallel {
+    pub ranks: usize,
+    /// Bytes of gradients each rank sends into the all-reduce per step.
+    pub gradient_bytes: u64,
+    /// The all-reduce of the gradients alone (median, timed after the ranks met).
+    pub all_reduce_ms: f64,
+    /// The step's all-reduce, waiting for the slowest rank included (median).
+    pub exchange_ms: f64,
+    /// Forward and backward until the gradients are on the host (median).
+    pub backward_ms: f64,
+    /// One process alone training the whole batch on rank 0's adapter (median step).
+    pub alone_ms: f64,
+    /// Strong-scaling efficiency: alone_ms / (ranks × step ms); 1 is perfect.
+    pub scaling_efficiency: f64,
 }
 
 /// What to measure.
@@ -125,6 +148,7 @@ pub async fn bench_attention(
             host_ms: None,
             kernels: Vec::new(),
             device_bytes: None,
+            data_parallel: None,
         }
     };
     Ok([result("attention_forward", &mut fwd, fwd_flops), result("attention_backward", &mut bwd, 2.5 * fwd_flops)])
@@ -156,6 +180,7 @@ pub async fn bench_matmul(
         host_ms: None,
         kernels: Vec::new(),
         device_bytes: None,
+        data_parallel: None,
     })
 }
 
@@ -174,34 +199,14 @@ pub async fn bench_train_step(
     reps: usize,
     activations: Element,
 ) -> Result<BenchResult> {
-    use crate::kernels::optimizer::AdamW;
-    use crate::model::step::{Optimizer, StepOptions};
-    use crate::model::{GpuVit, Loss, ParamLayout, VitConfig};
+    use crate::model::step::Optimizer;
 
-    let mut config = VitConfig::preset(model, 10)?;
-    config.image_size = resolution;
-    config.patch_size = patch;
-    config.validate()?;
-    let layout = ParamLayout::new(&config, config.depth, ctx.arena_align());
-    let params = layout.init(&config, 0);
     // Memory: what the pool holds after the step's tensors are made, less what it held
     // before (idle buffers of earlier cases released first).
     ctx.trim_pool();
     let memory_before = ctx.tensor_bytes();
-    let mut vit = GpuVit::new(ctx, config.clone(), layout, &params)?;
-    vit.set_activations(ctx, activations)?;
-    let acts = vit.plan(ctx, batch, resolution)?;
-    let images: Vec<f32> = (0..acts.images.numel()).map(|i| ((i * 7919) % 255) as f32 / 128.0 - 1.0).collect();
-    ctx.write(&acts.images, &images)?;
-    ctx.write_u32(&acts.labels, &(0..batch as u32).map(|i| i % 10).collect::<Vec<_>>())?;
+    let TrainCase { config, vit, acts, options } = TrainCase::new(ctx, model, resolution, patch, batch, activations)?;
     let mut opt = Optimizer::new(ctx, &vit, &[0.999])?;
-    let options = StepOptions {
-        adamw: AdamW { lr: 1e-4, weight_decay: 0.05, ..AdamW::default() },
-        max_grad_norm: 1.0,
-        loss: Loss::Hard { smoothing: 0.1 },
-        drop_path: true,
-        loss_scale: if activations == Element::F16 { 1024.0 } else { 1.0 },
-    };
     let mut samples = Vec::with_capacity(reps);
     let mut host = Vec::with_capacity(reps);
     for rep in 0..=reps {
@@ -237,8 +242,167 @@ pub async fn bench_train_step(
         host_ms: Some(median(&mut host)),
         kernels: breakdown,
         device_bytes: Some(device_bytes),
+        data_parallel: None,
     };
     Ok(result)
+}
+
+/// Times data-parallel training steps of the preset `model` (see [`bench_train_step`]):
+/// every rank trains its share of `batch` images and the ranks average their gradients;
+/// then rank 0 alone times the whole batch (the others wait), for the scaling efficiency.
+/// A collective call: every rank calls it with the same arguments.
+#[allow(clippy::too_many_arguments, reason = "the case's shape and the ranks")]
+pub async fn bench_data_parallel_step(
+    ctx: &GpuContext,
+    peers: &dyn Collective,
+    model: &str,
+    resolution: usize,
+    patch: usize,
+    batch: usize,
+    reps: usize,
+    activations: Element,
+) -> anyhow::Result<BenchResult> {
+    use crate::model::step::Optimizer;
+    use crate::train::collective::average_over_ranks;
+
+    let ranks = peers.ranks();
+    anyhow::ensure!(batch.is_multiple_of(ranks), "--train-batch {batch} does not split over {ranks} ranks");
+    let case = TrainCase::new(ctx, model, resolution, patch, batch / ranks, activations)?;
+    let (mut samples, mut backward, mut exchange, mut reduce) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut opt = Optimizer::new(ctx, &case.vit, &[0.999])?;
+    for rep in 0..=reps {
+        let start = now_ms();
+        let mut rec = ctx.recorder("bench.train_step");
+        Optimizer::record_gradients(&mut rec, &case.vit, &case.acts, &case.options)?;
+        let exchanged = average_over_ranks(ctx, rec, &case.vit, &case.acts, peers, false).await?;
+        let mut rec = ctx.recorder("bench.train_step");
+        opt.record_update(&mut rec, &case.vit, &case.acts, &case.options)?;
+        ctx.submit(rec)?;
+        ctx.read(&opt.report).await?;
+        let step_ms = now_ms() - start;
+        // The same all-reduce again once every rank has arrived: its transfer alone.
+        peers.sum_f64(&mut [0.0])?;
+        let mut gradients = vec![0.0f32; case.vit.grads.numel()];
+        let reduce_start = now_ms();
+        peers.sum_f32(&mut gradients)?;
+        if rep > 0 {
+            samples.push(step_ms);
+            backward.push(exchanged.backward_ms);
+            exchange.push(exchanged.all_reduce_ms);
+            reduce.push(now_ms() - reduce_start);
+        }
+    }
+    let ms = median(&mut samples);
+    let alone = match peers.rank() {
+        0 => Some(bench_train_step(ctx, model, resolution, patch, batch, reps, activations).await?),
+        _ => None,
+    };
+    // The others wait here (without spinning) while rank 0 times alone.
+    peers.sum_f64(&mut [0.0])?;
+    let alone_ms = alone.map_or(f64::NAN, |a| a.ms);
+    let flops = batch as f64 * case.config.train_flops_per_image(resolution, case.config.depth);
+    Ok(BenchResult {
+        name: "train_step".into(),
+        m: None,
+        n: None,
+        k: None,
+        shape: Some(format!("{model} R{resolution} P{patch} B{batch} {activations} over {ranks} ranks")),
+        ms,
+        gflops: flops / (ms * 1e6),
+        min_ms: samples[0],
+        variant: "data-parallel".into(),
+        timer: "wall-clock",
+        images_per_second: Some(batch as f64 / (ms / 1e3)),
+        host_ms: None,
+        kernels: Vec::new(),
+        device_bytes: None,
+        data_parallel: Some(DataParallel {
+            ranks,
+            gradient_bytes: case.vit.grads.numel() as u64 * 4,
+            all_reduce_ms: median(&mut reduce),
+            exchange_ms: median(&mut exchange),
+            backward_ms: median(&mut backward),
+            alone_ms,
+            scaling_efficiency: alone_ms / (ranks as f64 * ms),
+        }),
+    })
+}
+
+/// A training step's model, activations with a batch written, and options.
+struct TrainCase {
+    config: crate::model::VitConfig,
+    vit: crate::model::GpuVit,
+    acts: crate::model::Activations,
+    options: crate::model::step::StepOptions,
+}
+
+impl TrainCase {
+    /// The preset `model` at `resolution` px with patches of `patch` px, `batch` images,
+    /// activations stored as `activations` (f16: with a fixed loss scale of 1024).
+    fn new(
+        ctx: &GpuContext,
+        model: &str,
+        resolution: usize,
+        patch: usize,
+        batch: usize,
+        activations: Element,
+    ) -> Result<TrainCase> {
+        use crate::kernels::optimizer::AdamW;
+        use crate::model::step::StepOptions;
+        use crate::model::{GpuVit, Loss, ParamLayout, VitConfig};
+
+        let mut config = VitConfig::preset(model, 10)?;
+        config.image_size = resolution;
+        config.patch_size = patch;
+        config.validate()?;
+        let layout = ParamLayout::new(&config, config.depth, ctx.arena_align());
+        let params = layout.init(&config, 0);
+        let mut vit = GpuVit::new(ctx, config.clone(), layout, &params)?;
+        vit.set_activations(ctx, activations)?;
+        let acts = vit.plan(ctx, batch, resolution)?;
+        let images: Vec<f32> = (0..acts.images.numel()).map(|i| ((i * 7919) % 255) as f32 / 128.0 - 1.0).collect();
+        ctx.write(&acts.images, &images)?;
+        ctx.write_u32(&acts.labels, &(0..batch as u32).map(|i| i % 10).collect::<Vec<_>>())?;
+        let options = StepOptions {
+            adamw: AdamW { lr: 1e-4, weight_decay: 0.05, ..AdamW::default() },
+            max_grad_norm: 1.0,
+            loss: Loss::Hard { smoothing: 0.1 },
+            drop_path: true,
+            loss_scale: if activations == Element::F16 { 1024.0 } else { 1.0 },
+        };
+        Ok(TrainCase { config, vit, acts, options })
+    }
+}
+
+/// Under `mpirun`: the training-step cases of [`run`], data-parallel over `peers` (see
+/// [`bench_data_parallel_step`]), calling `progress` after each. Collective.
+pub async fn run_data_parallel(
+    ctx: &GpuContext,
+    peers: &dyn Collective,
+    opts: &BenchOptions,
+    mut progress: impl FnMut(&BenchResult),
+) -> anyhow::Result<Vec<BenchResult>> {
+    matmul::autotune(ctx).await?;
+    let mut results = Vec::new();
+    for model in ["nano", "tiny"] {
+        for activations in precisions(ctx) {
+            let reps = opts.reps.min(5);
+            let r = bench_data_parallel_step(ctx, peers, model, 32, 4, opts.train_batch, reps, activations).await?;
+            progress(&r);
+            results.push(r);
+        }
+    }
+    Ok(results)
+}
+
+/// The activation types the training steps are timed in: f32, and f16 where the adapter
+/// has f16 shaders.
+fn precisions(ctx: &GpuContext) -> Vec<Element> {
+    let mut precisions = vec![Element::F32];
+    if ctx.has_f16() {
+        precisions.push(Element::F16);
+    }
+    precisions
 }
 
 /// Runs every case (tuning matmul first), calling `progress` after each.
@@ -251,13 +415,8 @@ pub async fn run(
     let mut results = Vec::new();
     // Both at 32 px with 4 px patches (65 tokens), the CIFAR-style setting of the reference
     // PyTorch numbers.
-    // Each in f32, and in f16 where the adapter has f16 shaders.
-    let mut precisions = vec![Element::F32];
-    if ctx.has_f16() {
-        precisions.push(Element::F16);
-    }
     for model in ["nano", "tiny"] {
-        for &activations in &precisions {
+        for activations in precisions(ctx) {
             let r = bench_train_step(ctx, model, 32, 4, opts.train_batch, opts.reps.min(5), activations).await?;
             progress(&r);
             results.push(r);

@@ -62,27 +62,6 @@ pub trait TrainData {
     fn mark_failed(&self, samples: &[String]);
 }
 
-/// The processes of a data-parallel run (MPI ranks natively), as the loop needs them: each
-/// trains its [`Shard`] of every batch on its own adapter; gradients and the measurements
-/// that decide anything (search losses, step times, validation accuracies) are combined
-/// here, so that every rank takes the same steps and the same decisions. Calls are
-/// collective: every rank makes the same calls in the same order.
-pub trait Collective {
-    /// This process's rank, 0 for the one that writes the run's record.
-    fn rank(&self) -> usize;
-    /// Number of processes.
-    fn ranks(&self) -> usize;
-    /// Each rank's adapter, in rank order (for the summary).
-    fn adapters(&self) -> Vec<String>;
-    /// Element-wise sum over the ranks, in place; every rank gets the same sums.
-    fn sum_f32(&self, values: &mut [f32]) -> anyhow::Result<()>;
-    fn sum_f64(&self, values: &mut [f64]) -> anyhow::Result<()>;
-    /// Element-wise maximum over the ranks, in place.
-    fn max_f64(&self, values: &mut [f64]) -> anyhow::Result<()>;
-    /// Replaces `values` with rank 0's (same length on every rank).
-    fn broadcast_f64(&self, values: &mut [f64]) -> anyhow::Result<()>;
-}
-
 /// One step of an epoch's progress, for a progress bar.
 #[derive(Clone, Copy, Debug)]
 pub struct StepProgress {

@@ -7,6 +7,8 @@
 //! - [`run`] (and `steps.rs`): the loop as phases over a [`trainer::Trainer`]: epoch start
 //!   (search set-up, growth, activations), training steps (with evaluation points), search
 //!   end (choice and recycling), epoch end (evaluation, checkpoint), stop, finish.
+//! - [`collective`]: data-parallel runs: gradients averaged over the ranks, a search's
+//!   measurements combined, the ranks' agreement checked.
 //! - [`supernet`]: the GPU side of a search: sampling, scoring, timing, the choice's event.
 //! - [`growth`]: MoGrow and the winner's extraction from the supernet.
 //! - [`state`]: the model, optimizer and [`progress`] of a run, and its checkpoint.
@@ -18,6 +20,7 @@
 //! resumed run repeats an uninterrupted one exactly. The loop is `async` only because GPU
 //! readbacks are: natively it runs under `pollster::block_on`.
 
+pub mod collective;
 pub mod config;
 pub mod data;
 pub mod eval;
@@ -33,10 +36,11 @@ mod steps;
 pub mod supernet;
 pub mod trainer;
 
+pub use collective::Collective;
 pub use config::{DataConfig, Recipe, TrainConfig, PRESETS, SCHEDULES};
 pub use data::SourceData;
 pub use eval::{evaluate, Evaluation};
-pub use host::{BatchRequest, Batches, Clock, Collective, HostFuture, Pace, Part, RunSink, StepProgress, TrainData};
+pub use host::{BatchRequest, Batches, Clock, HostFuture, Pace, Part, RunSink, StepProgress, TrainData};
 pub use memory::MemoryRecord;
 pub use options::{DepthGrowth, GrowFrom, OptState, Precision, Schedule, SearchCost};
 pub use progress::Progress;

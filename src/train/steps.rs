@@ -4,18 +4,16 @@
 
 use std::sync::atomic::Ordering;
 
+use super::collective::{align_with_rank_0, average_over_ranks, combine_over_ranks};
 use super::eval::evaluate;
-use super::host::Collective;
 use super::host::{BatchRequest, Part, StepProgress};
 use super::plan::{self, drop_path_scales, learning_rate, shard_rows};
-use super::supernet::{combine_over_ranks, stage_batch, Scoring, SearchState};
+use super::supernet::{stage_batch, Scoring, SearchState};
 use super::trainer::{Diverged, Epoch, Phase, StepInfo, Trainer};
 use crate::data::Batch;
 use crate::kernels::optimizer::AdamW;
 use crate::model::step::{Optimizer, ScaleChange, StepOptions};
-use crate::model::{Activations, GpuVit};
 use crate::runlog::{CheckpointEvent, CheckpointKind, EmaAcc, EpochEvent, Event, RunStatus, StepEvent, Summary};
-use crate::GpuContext;
 
 impl Trainer<'_> {
     /// The steps of an epoch, up to its end, a search's end or a stop request.
@@ -84,7 +82,7 @@ impl Trainer<'_> {
             Some(peers) => {
                 Optimizer::record_gradients(&mut rec, model, acts, &options)?;
                 let stop = self.host.stop.load(Ordering::Relaxed);
-                self.stop_agreed = average_over_ranks(self.ctx, rec, model, acts, peers, stop).await?;
+                self.stop_agreed = average_over_ranks(self.ctx, rec, model, acts, peers, stop).await?.stop;
                 rec = self.ctx.recorder("train.update");
                 optimizer.record_update(&mut rec, model, acts, &options)?;
             }
@@ -296,6 +294,7 @@ impl Trainer<'_> {
             acc[0],
             self.state.progress.wall_seconds
         ));
+        self.align_ranks(epoch.index).await?;
         let written = self.save_checkpoint(best).await?;
         for (path, kind) in written.into_iter().zip([CheckpointKind::Last, CheckpointKind::Best]) {
             let event = CheckpointEvent { epoch: epoch.index as u32, step: self.state.progress.step, path, kind };
@@ -305,6 +304,22 @@ impl Trainer<'_> {
             return Ok(Phase::EpochStart);
         }
         Ok(Phase::Finished(Box::new(self.finish(acc[0], &ema_accs)?)))
+    }
+
+    /// Data-parallel runs, before each checkpoint: every rank's state made rank 0's where
+    /// the ranks drifted apart (see [`align_with_rank_0`]), with a note.
+    async fn align_ranks(&mut self, epoch: usize) -> anyhow::Result<()> {
+        let Some(peers) = self.peers() else { return Ok(()) };
+        let optimizer = &self.state.optimizer;
+        let mut arenas = vec![&self.state.model.params, &optimizer.m, &optimizer.v];
+        arenas.extend(optimizer.emas.iter().map(|(t, _)| t));
+        if align_with_rank_0(self.ctx, peers, &arenas).await? {
+            let why = "adapters that round differently";
+            let note =
+                format!("epoch {}: the ranks' weights had drifted apart ({why}); all now hold rank 0's", epoch + 1);
+            self.host.sink.note(&note);
+        }
+        Ok(())
     }
 
     /// Adds what `epoch` trained in this session to the run's totals (also when it was
@@ -381,30 +396,4 @@ impl Trainer<'_> {
         }
         Ok(summary)
     }
-}
-
-/// The data-parallel half of a step: submits `rec` (the forward and backward of this rank's
-/// shard), then replaces the gradients and the loss with their means over the ranks, which
-/// trained shards of one size; returns whether any rank asked to stop (`stop` is this
-/// one's request, carried in the same sum).
-async fn average_over_ranks(
-    ctx: &GpuContext,
-    rec: crate::Recorder<'_>,
-    model: &GpuVit,
-    acts: &Activations,
-    peers: &dyn Collective,
-    stop: bool,
-) -> anyhow::Result<bool> {
-    ctx.submit(rec)?;
-    let mut exchange = ctx.read(&model.grads).await?;
-    let loss = ctx.read(&acts.loss).await?[0];
-    exchange.extend([loss, stop as u32 as f32]);
-    peers.sum_f32(&mut exchange)?;
-    let inv_ranks = 1.0 / peers.ranks() as f32;
-    let stop = exchange.pop().is_some_and(|requests| requests > 0.0);
-    let loss = exchange.pop().expect("the loss was appended") * inv_ranks;
-    exchange.iter_mut().for_each(|g| *g *= inv_ranks);
-    ctx.write(&model.grads, &exchange)?;
-    ctx.write(&acts.loss, &[loss])?;
-    Ok(stop)
 }

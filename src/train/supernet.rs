@@ -10,7 +10,7 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::host::{Clock, Collective};
+use super::host::Clock;
 use super::options::SearchCost;
 use crate::checkpoint::schema::ema_name;
 use crate::kernels::resize::resize_bilinear;
@@ -360,37 +360,6 @@ impl Scoring<'_> {
         let flops = (TIMING_ROUNDS + 1) as f64 * untimed.iter().map(step_flops).sum::<f64>();
         Ok((candidates.iter().map(|c| timed[&c.name()]).collect(), flops))
     }
-}
-
-/// Makes one data-parallel evaluation point's measurements the same on every rank: each
-/// candidate's new loss becomes the mean of the ranks' (each scored its shard of the same
-/// held-back batches), the step times the slowest rank's, the FLOPs spent the ranks' total
-/// (`flops_before`: the search's FLOPs before the point) and the seconds the longest.
-pub fn combine_over_ranks(
-    peers: &dyn Collective,
-    search: &mut SearchState,
-    flops_before: f64,
-    timed: &mut BTreeMap<String, f64>,
-) -> anyhow::Result<()> {
-    let ranks = peers.ranks() as f64;
-    let mut losses: Vec<f64> = search.losses.iter().map(|l| l.last().copied().unwrap_or(0.0)).collect();
-    peers.sum_f64(&mut losses)?;
-    for (series, sum) in search.losses.iter_mut().zip(losses) {
-        if let Some(last) = series.last_mut() {
-            *last = sum / ranks;
-        }
-    }
-    peers.max_f64(&mut search.step_ms)?;
-    for (c, &ms) in search.candidates.iter().zip(&search.step_ms) {
-        timed.entry(c.name()).and_modify(|t| *t = ms);
-    }
-    let mut spent = [search.flops - flops_before];
-    peers.sum_f64(&mut spent)?;
-    search.flops = flops_before + spent[0];
-    let mut seconds = [search.evaluation_seconds, search.timing_seconds];
-    peers.max_f64(&mut seconds)?;
-    [search.evaluation_seconds, search.timing_seconds] = seconds;
-    Ok(())
 }
 
 /// The choice at the end of a search, and its log event (`scored_with` names the weights

@@ -7,8 +7,9 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 
+use super::collective::Collective;
 use super::config::TrainConfig;
-use super::host::{Clock, Collective, Pace, RunSink, TrainData};
+use super::host::{Clock, Pace, RunSink, TrainData};
 use super::plan::{Steps, Trains};
 use super::state::State;
 use super::supernet::{ActsByResolution, HeldBatch, SearchState};

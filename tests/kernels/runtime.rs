@@ -153,3 +153,61 @@ fn timed_recordings_report_every_dispatch() {
         assert!(timing.passes.is_empty());
     }
 }
+
+/// Rank 1 of two, with rank 0's arenas given: `drifted` says whether rank 0's checksums
+/// differ from this rank's (the maximum over the ranks then differs from this rank's own).
+struct SecondRank {
+    rank0: Vec<Vec<f32>>,
+    drifted: bool,
+    broadcasts: std::cell::Cell<usize>,
+}
+
+impl autoprog::train::Collective for SecondRank {
+    fn rank(&self) -> usize {
+        1
+    }
+    fn ranks(&self) -> usize {
+        2
+    }
+    fn adapters(&self) -> Vec<String> {
+        vec![String::new(); 2]
+    }
+    fn sum_f32(&self, _values: &mut [f32]) -> anyhow::Result<()> {
+        unreachable!("not used by the alignment")
+    }
+    fn sum_f64(&self, _values: &mut [f64]) -> anyhow::Result<()> {
+        unreachable!("not used by the alignment")
+    }
+    fn max_f64(&self, values: &mut [f64]) -> anyhow::Result<()> {
+        if self.drifted {
+            values.iter_mut().for_each(|v| *v = v.abs() + 1.0);
+        }
+        Ok(())
+    }
+    fn broadcast_f64(&self, values: &mut [f64]) -> anyhow::Result<()> {
+        let from = &self.rank0[self.broadcasts.get()];
+        self.broadcasts.set(self.broadcasts.get() + 1);
+        values.iter_mut().zip(from).for_each(|(v, &x)| *v = x as f64);
+        Ok(())
+    }
+}
+
+#[test]
+fn data_parallel_ranks_that_drifted_apart_take_rank_0s_state() {
+    use autoprog::train::collective::align_with_rank_0;
+    let c = ctx();
+    let mine = [vec![1.0f32, 2.0, 3.0], vec![0.5; 5]];
+    let rank0 = vec![vec![1.0f32, 2.0, 3.0000002], vec![0.25; 5]];
+    for drifted in [false, true] {
+        let arenas: Vec<_> = mine.iter().map(|v| c.upload(v, &[v.len()], "arena").unwrap()).collect();
+        let peer = SecondRank { rank0: rank0.clone(), drifted, broadcasts: Default::default() };
+        let refs: Vec<_> = arenas.iter().collect();
+        let aligned = pollster::block_on(align_with_rank_0(c, &peer, &refs)).unwrap();
+        assert_eq!(aligned, drifted);
+        for (arena, (own, theirs)) in arenas.iter().zip(mine.iter().zip(&rank0)) {
+            let now = c.read_blocking(arena).unwrap();
+            assert_eq!(&now, if drifted { theirs } else { own }, "drifted: {drifted}");
+        }
+        assert_eq!(peer.broadcasts.get(), if drifted { 2 } else { 0 });
+    }
+}

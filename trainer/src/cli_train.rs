@@ -274,17 +274,14 @@ pub fn run(args: TrainArgs) -> ExitCode {
             }
             ExitCode::from(130)
         }
-        Err(e) => match &peers {
-            // The other ranks would wait for this one forever: end the whole job.
-            Some(peers) => {
-                eprintln!("rank {rank}: error: {e:#}");
-                peers.abort(1)
+        Err(e) => {
+            // Other ranks would wait for this one forever: the whole job ends.
+            if let Some(peers) = &peers {
+                ranks::abort_job(peers, &e);
             }
-            None => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

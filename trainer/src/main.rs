@@ -1,5 +1,6 @@
 //! `autoprog`: the command-line tool. Results go to stdout, progress and logs to stderr.
 
+mod cli_bench;
 mod cli_compare;
 mod cli_infer;
 mod cli_serve;
@@ -12,7 +13,7 @@ mod train;
 
 use std::process::ExitCode;
 
-use autoprog::bench::{self, BenchOptions, BenchResult};
+use autoprog::bench::BenchOptions;
 use autoprog::gpu::AdapterSummary;
 use autoprog::{ContextOptions, GpuContext};
 use clap::{Args, Parser, Subcommand};
@@ -180,7 +181,7 @@ fn main() -> ExitCode {
                 train_batch: train_batch.max(1),
                 all_variants,
             };
-            run_bench(&gpu, &opts, json, quiet)
+            return cli_bench::run(&gpu, &opts, json, quiet);
         }
     };
     match result {
@@ -258,61 +259,4 @@ fn info(gpu: &GpuArgs, json: bool) -> autoprog::Result<()> {
     println!("* would be used: {} ({})", chosen.summary.name, chosen.summary.backend);
     println!("  optional features it would use: {}", chosen.summary.enabled_features.join(", "));
     Ok(())
-}
-
-fn run_bench(gpu: &GpuArgs, opts: &BenchOptions, json: bool, quiet: bool) -> autoprog::Result<()> {
-    let ctx = GpuContext::new_blocking(&gpu.options())?;
-    eprintln!("adapter: {} ({}, {})", ctx.summary.name, ctx.summary.backend, ctx.summary.device_type);
-    eprintln!("optional features in use: {}", ctx.summary.enabled_features.join(", "));
-    eprintln!("tuning matmul variants for this adapter (cached after the first run)...");
-    let show = |r: &BenchResult| {
-        if !quiet && !json {
-            eprintln!("  {} done", describe(r));
-            if opts.train_only && !r.kernels.is_empty() {
-                eprintln!("    GPU time per kernel in one step:");
-                for (kernel, ms, count) in r.kernels.iter().take(15) {
-                    eprintln!("    {kernel:<44} {ms:>8.2} ms  ({count} dispatches)");
-                }
-            }
-        }
-    };
-    let results = pollster::block_on(bench::run(&ctx, opts, show))?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&results).expect("serialisable"));
-    } else {
-        println!("adapter: {} ({})", ctx.summary.name, ctx.summary.backend);
-        println!(
-            "{:<20} {:<20} {:>10} {:>10} {:>10}  {:<18} timer",
-            "kernel", "shape", "median ms", "GFLOP/s", "best ms", "variant"
-        );
-        for r in &results {
-            let shape = match (r.m, r.n, r.k) {
-                (Some(m), Some(n), Some(k)) => format!("m{m} n{n} k{k}"),
-                _ => r.shape.clone().unwrap_or_default(),
-            };
-            println!(
-                "{:<20} {:<20} {:>10.3} {:>10.1} {:>10.3}  {:<18} {}",
-                r.name, shape, r.ms, r.gflops, r.min_ms, r.variant, r.timer
-            );
-        }
-    }
-    Ok(())
-}
-
-fn describe(r: &BenchResult) -> String {
-    if let Some(ips) = r.images_per_second {
-        return format!(
-            "{} {}: {:.1} images/s ({:.1} ms per step, {:.1} ms of it recording and submitting; {:.0} MiB of tensors)",
-            r.name,
-            r.shape.as_deref().unwrap_or(""),
-            ips,
-            r.ms,
-            r.host_ms.unwrap_or(f64::NAN),
-            r.device_bytes.unwrap_or(0) as f64 / f64::from(1 << 20),
-        );
-    }
-    match (r.m, r.n, r.k) {
-        (Some(m), Some(n), Some(k)) => format!("{} {m}x{n}x{k}: {:.1} GFLOP/s", r.name, r.gflops),
-        _ => format!("{} {}: {:.3} ms", r.name, r.shape.as_deref().unwrap_or(""), r.ms),
-    }
 }

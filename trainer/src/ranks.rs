@@ -34,6 +34,21 @@ pub fn join() -> anyhow::Result<Option<Peers>> {
     Peers::init(ranks).map(Some)
 }
 
+/// `result`, except that an error on one rank of a job ends the whole job (after saying
+/// which rank failed and why): the other ranks would wait for this one forever.
+pub fn or_abort<T>(peers: Option<&Peers>, result: anyhow::Result<T>) -> anyhow::Result<T> {
+    match (result, peers) {
+        (Err(e), Some(peers)) => abort_job(peers, &e),
+        (result, _) => result,
+    }
+}
+
+/// Ends every rank of the job after saying which rank failed and why.
+pub fn abort_job(peers: &Peers, error: &anyhow::Error) -> ! {
+    eprintln!("rank {}: error: {error:#}", peers.rank());
+    peers.abort(1)
+}
+
 /// The other ranks of a data-parallel job.
 #[cfg(feature = "mpi")]
 pub struct Peers {

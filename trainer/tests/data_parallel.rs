@@ -206,3 +206,24 @@ fn a_rank_killed_mid_run_ends_the_job_and_the_checkpoint_resumes() {
     let steps: Vec<u64> = step_losses(&out_dir).iter().map(|s| s.0).collect();
     assert_eq!(steps, (0..80 * 4).collect::<Vec<u64>>(), "every step logged once across the two sessions");
 }
+
+#[test]
+fn bench_under_mpirun_reports_the_all_reduce_and_the_scaling_efficiency() {
+    let args = ["bench", "--json", "--train", "--train-batch", "2", "--reps", "1"].map(String::from);
+    let out = run_ranks(2, &args);
+    assert!(out.status.success(), "{}", text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON array, from rank 0");
+    let steps = json.as_array().expect("array");
+    assert!(steps.len() >= 2, "nano and tiny at least: {json}");
+    for step in steps {
+        let dp = &step["data_parallel"];
+        assert_eq!(dp["ranks"], 2, "{step}");
+        for key in ["all_reduce_ms", "exchange_ms", "backward_ms", "alone_ms", "scaling_efficiency"] {
+            let value = dp[key].as_f64().unwrap_or_else(|| panic!("{key} missing in {step}"));
+            assert!(value.is_finite() && value > 0.0, "{key} = {value} in {step}");
+        }
+        // The gradients of every parameter, in f32.
+        let model = if step["shape"].as_str().unwrap().starts_with("nano") { 306_250 } else { 5_000_000 };
+        assert!(dp["gradient_bytes"].as_u64().unwrap() >= 4 * model, "{step}");
+    }
+}

@@ -1,0 +1,137 @@
+//! Data-parallel training: what the loop asks of the ranks ([`Collective`]) and the few
+//! places it combines them: the gradients and loss of every step, a search's measurements,
+//! and checks that the ranks still agree.
+
+use std::collections::BTreeMap;
+
+use super::supernet::SearchState;
+use crate::gpu::timing::now_ms;
+use crate::model::{Activations, GpuVit};
+use crate::{GpuContext, Tensor};
+
+/// The processes of a data-parallel run (MPI ranks natively), as the loop needs them: each
+/// trains its [`Shard`](crate::data::Shard) of every batch on its own adapter; gradients and the measurements
+/// that decide anything (search losses, step times, validation accuracies) are combined
+/// here, so that every rank takes the same steps and the same decisions. Calls are
+/// collective: every rank makes the same calls in the same order.
+pub trait Collective {
+    /// This process's rank, 0 for the one that writes the run's record.
+    fn rank(&self) -> usize;
+    /// Number of processes.
+    fn ranks(&self) -> usize;
+    /// Each rank's adapter, in rank order (for the summary).
+    fn adapters(&self) -> Vec<String>;
+    /// Element-wise sum over the ranks, in place; every rank gets the same sums.
+    fn sum_f32(&self, values: &mut [f32]) -> anyhow::Result<()>;
+    fn sum_f64(&self, values: &mut [f64]) -> anyhow::Result<()>;
+    /// Element-wise maximum over the ranks, in place.
+    fn max_f64(&self, values: &mut [f64]) -> anyhow::Result<()>;
+    /// Replaces `values` with rank 0's (same length on every rank).
+    fn broadcast_f64(&self, values: &mut [f64]) -> anyhow::Result<()>;
+}
+
+/// The data-parallel half of a step: submits `rec` (the forward and backward of this rank's
+/// shard), then replaces the gradients and the loss with their means over the ranks, which
+/// trained shards of one size; returns whether any rank asked to stop (`stop` is this
+/// one's request, carried in the same sum) and how long the exchange took.
+pub async fn average_over_ranks(
+    ctx: &GpuContext,
+    rec: crate::Recorder<'_>,
+    model: &GpuVit,
+    acts: &Activations,
+    peers: &dyn Collective,
+    stop: bool,
+) -> anyhow::Result<Exchanged> {
+    let start = now_ms();
+    ctx.submit(rec)?;
+    let mut exchange = ctx.read(&model.grads).await?;
+    let loss = ctx.read(&acts.loss).await?[0];
+    exchange.extend([loss, stop as u32 as f32]);
+    let read = now_ms();
+    peers.sum_f32(&mut exchange)?;
+    let summed = now_ms();
+    let inv_ranks = 1.0 / peers.ranks() as f32;
+    let stop = exchange.pop().is_some_and(|requests| requests > 0.0);
+    let loss = exchange.pop().expect("the loss was appended") * inv_ranks;
+    exchange.iter_mut().for_each(|g| *g *= inv_ranks);
+    ctx.write(&model.grads, &exchange)?;
+    ctx.write(&acts.loss, &[loss])?;
+    Ok(Exchanged { stop, backward_ms: read - start, all_reduce_ms: summed - read })
+}
+
+/// What one step's exchange of gradients did and took.
+#[derive(Clone, Copy, Debug)]
+pub struct Exchanged {
+    /// Some rank asked to stop.
+    pub stop: bool,
+    /// From submitting the forward and backward to having the gradients on the host.
+    pub backward_ms: f64,
+    /// The all-reduce, waiting for the slowest rank included.
+    pub all_reduce_ms: f64,
+}
+
+/// Makes one data-parallel evaluation point's measurements the same on every rank: each
+/// candidate's new loss becomes the mean of the ranks' (each scored its shard of the same
+/// held-back batches), the step times the slowest rank's, the FLOPs spent the ranks' total
+/// (`flops_before`: the search's FLOPs before the point) and the seconds the longest.
+pub fn combine_over_ranks(
+    peers: &dyn Collective,
+    search: &mut SearchState,
+    flops_before: f64,
+    timed: &mut BTreeMap<String, f64>,
+) -> anyhow::Result<()> {
+    let ranks = peers.ranks() as f64;
+    let mut losses: Vec<f64> = search.losses.iter().map(|l| l.last().copied().unwrap_or(0.0)).collect();
+    peers.sum_f64(&mut losses)?;
+    for (series, sum) in search.losses.iter_mut().zip(losses) {
+        if let Some(last) = series.last_mut() {
+            *last = sum / ranks;
+        }
+    }
+    peers.max_f64(&mut search.step_ms)?;
+    for (c, &ms) in search.candidates.iter().zip(&search.step_ms) {
+        timed.entry(c.name()).and_modify(|t| *t = ms);
+    }
+    let mut spent = [search.flops - flops_before];
+    peers.sum_f64(&mut spent)?;
+    search.flops = flops_before + spent[0];
+    let mut seconds = [search.evaluation_seconds, search.timing_seconds];
+    peers.max_f64(&mut seconds)?;
+    [search.evaluation_seconds, search.timing_seconds] = seconds;
+    Ok(())
+}
+
+/// Makes every rank's `arenas` (weights, AdamW moments, EMAs) rank 0's where they drifted
+/// apart, and returns whether they had. Ranks on adapters of one kind compute bit for bit
+/// alike from the same averaged gradients and never drift; adapters of different kinds may
+/// round an update differently, and training would amplify that step by step.
+pub async fn align_with_rank_0(ctx: &GpuContext, peers: &dyn Collective, arenas: &[&Tensor]) -> anyhow::Result<bool> {
+    let mut values = Vec::with_capacity(arenas.len());
+    for arena in arenas {
+        values.push(ctx.read(arena).await?);
+    }
+    // Two sums per arena, the second weighted by position (a permutation changes it).
+    let checksums: Vec<f64> = values
+        .iter()
+        .flat_map(|v| {
+            let plain: f64 = v.iter().map(|&x| x as f64).sum();
+            let weighted: f64 = v.iter().enumerate().map(|(i, &x)| x as f64 * (i % 1021 + 1) as f64).sum();
+            [plain, weighted]
+        })
+        .collect();
+    // Every rank holds the same checksums only if the largest of each equals minus the
+    // largest of its negation.
+    let mut extremes: Vec<f64> = checksums.iter().flat_map(|&c| [c, -c]).collect();
+    peers.max_f64(&mut extremes)?;
+    if extremes.chunks(2).all(|pair| pair[0] == -pair[1]) {
+        return Ok(false);
+    }
+    for (arena, values) in arenas.iter().zip(values) {
+        // f32 → f64 → f32 is exact.
+        let mut wide: Vec<f64> = values.iter().map(|&x| x as f64).collect();
+        peers.broadcast_f64(&mut wide)?;
+        let narrow: Vec<f32> = wide.iter().map(|&x| x as f32).collect();
+        ctx.write(arena, &narrow)?;
+    }
+    Ok(true)
+}
