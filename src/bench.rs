@@ -61,11 +61,13 @@ pub struct DataParallel {
     pub ranks: usize,
     /// Bytes of gradients each rank sends into the all-reduce per step.
     pub gradient_bytes: u64,
-    /// The all-reduce of the gradients alone (median, timed after the ranks met).
+    /// One all-reduce of all the gradients alone (median, timed after the ranks met).
     pub all_reduce_ms: f64,
-    /// The step's all-reduce, waiting for the slowest rank included (median).
+    /// The step's all-reduces of its buckets, waiting for slower ranks included (median).
     pub exchange_ms: f64,
-    /// Forward and backward until the gradients are on the host (median).
+    /// The part of the exchange the step waited for after its backward (median).
+    pub exposed_ms: f64,
+    /// From recording the forward to the last bucket of gradients on the host (median).
     pub backward_ms: f64,
     /// One process alone training the whole batch on rank 0's adapter (median step).
     pub alone_ms: f64,
@@ -263,18 +265,18 @@ pub async fn bench_data_parallel_step(
     activations: Element,
 ) -> anyhow::Result<BenchResult> {
     use crate::model::step::Optimizer;
-    use crate::train::collective::average_over_ranks;
+    use crate::train::collective::train_gradients_over_ranks;
 
     let ranks = peers.ranks();
     anyhow::ensure!(batch.is_multiple_of(ranks), "--train-batch {batch} does not split over {ranks} ranks");
     let case = TrainCase::new(ctx, model, resolution, patch, batch / ranks, activations)?;
-    let (mut samples, mut backward, mut exchange, mut reduce) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let [mut samples, mut backward, mut exchange, mut exposed, mut reduce] = [(); 5].map(|_| Vec::new());
     let mut opt = Optimizer::new(ctx, &case.vit, &[0.999])?;
     for rep in 0..=reps {
         let start = now_ms();
-        let mut rec = ctx.recorder("bench.train_step");
-        Optimizer::record_gradients(&mut rec, &case.vit, &case.acts, &case.options)?;
-        let exchanged = average_over_ranks(ctx, rec, &case.vit, &case.acts, peers, false).await?;
+        let rec = ctx.recorder("bench.train_step");
+        let exchanged =
+            train_gradients_over_ranks(ctx, rec, &case.vit, &case.acts, &case.options, peers, false).await?;
         let mut rec = ctx.recorder("bench.train_step");
         opt.record_update(&mut rec, &case.vit, &case.acts, &case.options)?;
         ctx.submit(rec)?;
@@ -288,7 +290,8 @@ pub async fn bench_data_parallel_step(
         if rep > 0 {
             samples.push(step_ms);
             backward.push(exchanged.backward_ms);
-            exchange.push(exchanged.all_reduce_ms);
+            exchange.push(exchanged.exchange_ms);
+            exposed.push(exchanged.exposed_ms);
             reduce.push(now_ms() - reduce_start);
         }
     }
@@ -321,6 +324,7 @@ pub async fn bench_data_parallel_step(
             gradient_bytes: case.vit.grads.numel() as u64 * 4,
             all_reduce_ms: median(&mut reduce),
             exchange_ms: median(&mut exchange),
+            exposed_ms: median(&mut exposed),
             backward_ms: median(&mut backward),
             alone_ms,
             scaling_efficiency: alone_ms / (ranks as f64 * ms),

@@ -16,7 +16,7 @@ pub use context::{AdapterSummary, ContextOptions, GpuContext};
 pub use element::Element;
 pub use pipeline::{specialise, Access, Generated, Kernel, KernelSpec, Shader};
 pub use pool::BufferPool;
-pub use readback::ReadbackRing;
+pub use readback::{PendingRead, ReadbackRing};
 pub use recorder::{Recorder, Timing};
 pub use tensor::{Tensor, PORTABLE_OFFSET_ALIGN, PORTABLE_STORAGE_BUFFERS};
 

@@ -1,7 +1,10 @@
 //! Readback without stalling: a small ring of staging buffers that a submission copies a
 //! tensor into and that are mapped asynchronously, so the host picks a step's loss up a
 //! step or two later instead of waiting for the GPU after every step. A full ring waits
-//! for its oldest copy, which also bounds how far the host runs ahead of the GPU.
+//! for its oldest copy, which also bounds how far the host runs ahead of the GPU. And
+//! [`PendingRead`]: a larger readback that the host collects later, waiting for its own
+//! submission only (a data-parallel step sends the gradients of the last layers off while
+//! the GPU still computes the first ones).
 
 use std::collections::VecDeque;
 
@@ -146,5 +149,65 @@ impl ReadbackRing {
         self.free.push(slot);
         ctx.take_error("readback")?;
         Ok((tag, values))
+    }
+}
+
+/// A readback started with a submission (see [`GpuContext::submit_and_read`]) and
+/// collected with [`PendingRead::finish`].
+pub struct PendingRead {
+    staging: wgpu::Buffer,
+    #[cfg_attr(web, allow(dead_code, reason = "the browser maps without device polls"))]
+    submission: wgpu::SubmissionIndex,
+    mapped: oneshot::Receiver<MapResult>,
+    what: String,
+}
+
+impl GpuContext {
+    /// Submits everything recorded, with copies of `parts` (f32 tensors or views) one after
+    /// another into a new staging buffer, and starts mapping it: the host collects the
+    /// values later ([`PendingRead::finish`]), waiting for this submission alone.
+    pub fn submit_and_read(&self, mut rec: Recorder<'_>, parts: &[Tensor], what: &str) -> Result<PendingRead> {
+        if let Some(bad) = parts.iter().find(|p| p.element() != crate::gpu::Element::F32) {
+            return Err(Error::invalid("readback", format!("{bad:?} is not f32")));
+        }
+        let bytes: u64 = parts.iter().map(Tensor::bytes).sum();
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback.parts"),
+            size: bytes.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut offset = 0;
+        for part in parts {
+            rec.copy_to_staging_at(part, &staging, offset);
+            offset += part.bytes();
+        }
+        let submission = self.submit_indexed(rec)?;
+        let (tx, rx) = oneshot::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        Ok(PendingRead { staging, submission, mapped: rx, what: what.to_string() })
+    }
+}
+
+impl PendingRead {
+    /// The values, once the submission that copied them has finished (natively this waits
+    /// for that submission, not for later ones).
+    pub async fn finish(self, ctx: &GpuContext) -> Result<Vec<f32>> {
+        let fail = |detail: String| Error::Readback { what: self.what.clone(), detail };
+        #[cfg(native)]
+        ctx.device
+            .poll(wgpu::PollType::Wait { submission_index: Some(self.submission.clone()), timeout: None })
+            .map_err(|e| fail(e.to_string()))?;
+        let mapped = self.mapped.await.map_err(|_| fail("the device was lost before the copy finished".into()))?;
+        mapped.map_err(|e| fail(e.to_string()))?;
+        let values = {
+            let range = self.staging.get_mapped_range(..).map_err(|e| fail(e.to_string()))?;
+            bytemuck::cast_slice(&range).to_vec()
+        };
+        self.staging.unmap();
+        ctx.take_error("readback")?;
+        Ok(values)
     }
 }

@@ -99,12 +99,18 @@ impl GpuContext {
 
     /// Submits everything recorded. Uniform blocks go back to the pool: a later
     /// `write_buffer` to them is ordered after this submission by the queue.
-    pub fn submit(&self, mut rec: Recorder<'_>) -> Result<()> {
+    pub fn submit(&self, rec: Recorder<'_>) -> Result<()> {
+        self.submit_indexed(rec).map(|_| ())
+    }
+
+    /// [`GpuContext::submit`], returning the submission's index (to wait for it alone).
+    pub fn submit_indexed(&self, mut rec: Recorder<'_>) -> Result<wgpu::SubmissionIndex> {
         let encoder = rec.encoder.take().expect("recorder submitted once");
-        self.queue.submit([encoder.finish()]);
+        let index = self.queue.submit([encoder.finish()]);
         // `rec` drops here and returns its uniform blocks to the pool.
         drop(rec);
-        self.take_error("submit")
+        self.take_error("submit")?;
+        Ok(index)
     }
 
     /// Submits and returns per-dispatch GPU times (empty without timestamp support).
@@ -300,7 +306,12 @@ impl Recorder<'_> {
 
     /// Records a copy of `src` into the start of a MAP_READ staging buffer.
     pub(crate) fn copy_to_staging(&mut self, src: &Tensor, staging: &wgpu::Buffer) {
-        self.encoder().copy_buffer_to_buffer(src.buffer(), src.offset(), staging, 0, src.bytes());
+        self.copy_to_staging_at(src, staging, 0);
+    }
+
+    /// Records a copy of `src` into `staging` at byte `offset`.
+    pub(crate) fn copy_to_staging_at(&mut self, src: &Tensor, staging: &wgpu::Buffer, offset: u64) {
+        self.encoder().copy_buffer_to_buffer(src.buffer(), src.offset(), staging, offset, src.bytes());
     }
 
     /// Records zero-filling `t`.

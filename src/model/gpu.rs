@@ -18,7 +18,7 @@ use crate::kernels::matmul::{matmul, Epilogue, Layout};
 use crate::kernels::ops;
 use crate::kernels::patch::{patch_embed_backward, patch_embed_forward};
 use crate::kernels::resize::{pos_embed_resize_backward, pos_embed_resize_forward};
-use crate::model::{ParamLayout, VitConfig};
+use crate::model::{GradPart, ParamLayout, VitConfig};
 use crate::{Error, Result};
 
 /// A ViT's parameters and their gradients on the GPU.
@@ -395,6 +395,19 @@ impl GpuVit {
     /// Records the backward pass from `acts.dlogits` (written by [`GpuVit::loss`]) after a
     /// [`GpuVit::forward`] of the model's own parameters; writes every gradient slice.
     pub fn backward(&self, rec: &mut Recorder<'_>, acts: &Activations, drop_path: bool) -> Result<()> {
+        self.backward_in_parts(rec, acts, drop_path, &mut |_, _| Ok(()))
+    }
+
+    /// [`GpuVit::backward`], calling `done` as soon as the commands that finish a part of the
+    /// gradients are recorded (the head and final norm, then each block that ran, then the
+    /// embeddings), so that a data-parallel step can send a part off while the rest runs.
+    pub fn backward_in_parts<'r>(
+        &self,
+        rec: &mut Recorder<'r>,
+        acts: &Activations,
+        drop_path: bool,
+        done: &mut dyn FnMut(&mut Recorder<'r>, GradPart) -> Result<()>,
+    ) -> Result<()> {
         let cfg = &self.config;
         let (b, n, c) = (acts.batch, acts.tokens, cfg.dim);
         // The weights the forward pass read (in f16, the copy it converted).
@@ -420,6 +433,7 @@ impl GpuVit {
             false,
         )?;
         ops::cls_slice_backward(rec, &acts.dcls, &acts.dx)?;
+        done(rec, GradPart::Head)?;
 
         let opts = AttentionOptions::new(1.0 / (cfg.head_size() as f32).sqrt());
         for (j, (&i, ba)) in acts.active.iter().zip(&acts.blocks).enumerate().rev() {
@@ -493,6 +507,7 @@ impl GpuVit {
                 false,
             )?;
             ops::add_forward(rec, &acts.dx_mid, &acts.dtmp, &acts.dx)?;
+            done(rec, GradPart::Block(i))?;
         }
 
         // Skipped blocks take no gradient (their AdamW update is skipped too, see
@@ -524,7 +539,8 @@ impl GpuVit {
             &g("patch_embed.proj.weight")?,
             &g("patch_embed.proj.bias")?,
             false,
-        )
+        )?;
+        done(rec, GradPart::Embeddings)
     }
 
     /// The gradient reaching a residual branch: `dx` itself, or `dx` scaled per image by

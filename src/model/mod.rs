@@ -14,4 +14,4 @@ pub mod step;
 
 pub use config::{limits, VitConfig, PRESETS};
 pub use gpu::{Activations, GpuVit, Loss};
-pub use params::{blocks_present, infer_config, param_shapes, parameter_count, ParamLayout, ParamSpec};
+pub use params::{blocks_present, infer_config, param_shapes, parameter_count, GradPart, ParamLayout, ParamSpec};

@@ -32,6 +32,16 @@ impl ParamSpec {
     }
 }
 
+/// A part of the gradients that the backward pass finishes at once (see
+/// [`GpuVit::backward_in_parts`](crate::model::GpuVit::backward_in_parts)): the head and
+/// final norm first, then each block from the last, then the embeddings (the rest).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GradPart {
+    Head,
+    Block(usize),
+    Embeddings,
+}
+
 /// Where every parameter of a ViT of some depth sits in one flat arena. Decayed tensors
 /// come first so that AdamW's weight decay covers `[0, decay_end)`; every offset is a
 /// multiple of `align` elements so that each tensor can be bound as a storage view.
@@ -119,6 +129,37 @@ impl ParamLayout {
 
     pub fn find(&self, name: &str) -> Option<&ParamSpec> {
         self.specs.iter().find(|s| s.name == name)
+    }
+
+    /// Where `part`'s tensors lie in the arena; tensors next to each other (with only the
+    /// alignment padding, which stays zero, between them) as one range.
+    pub fn part_ranges(&self, part: GradPart) -> Vec<std::ops::Range<usize>> {
+        let block = match part {
+            GradPart::Block(i) => format!("blocks.{i}."),
+            _ => String::new(),
+        };
+        let outside_blocks = |name: &str| !name.starts_with("blocks.");
+        let head = |name: &str| name.starts_with("head.") || name.starts_with("norm.");
+        let mut specs: Vec<&ParamSpec> = self
+            .specs
+            .iter()
+            .filter(|s| match part {
+                GradPart::Head => head(&s.name),
+                GradPart::Block(_) => s.name.starts_with(&block),
+                GradPart::Embeddings => outside_blocks(&s.name) && !head(&s.name),
+            })
+            .collect();
+        specs.sort_by_key(|s| s.offset);
+        let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+        for (i, spec) in specs.iter().enumerate() {
+            // Next to the previous one: no tensor of another part lies between them.
+            let after = |s: &ParamSpec| i > 0 && s.offset > specs[i - 1].offset && s.offset < spec.offset;
+            match ranges.last_mut() {
+                Some(last) if !self.specs.iter().any(after) => last.end = spec.range().end,
+                _ => ranges.push(spec.range()),
+            }
+        }
+        ranges
     }
 
     /// Blocks (L) the layout holds.
@@ -304,6 +345,30 @@ fn truncated_normal(rng: &mut ChaCha8Rng, std: f64, cut: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gradient_parts_cover_every_tensor_once_and_nothing_twice() {
+        let config = VitConfig::preset("nano", 10).unwrap();
+        let layout = ParamLayout::new(&config, 3, 64);
+        let parts = [GradPart::Head, GradPart::Block(2), GradPart::Block(1), GradPart::Block(0), GradPart::Embeddings];
+        let ranges: Vec<(GradPart, std::ops::Range<usize>)> =
+            parts.iter().flat_map(|&p| layout.part_ranges(p).into_iter().map(move |r| (p, r))).collect();
+        // Every tensor lies inside exactly one range, which belongs to its part.
+        for spec in &layout.specs {
+            let holders: Vec<GradPart> = ranges
+                .iter()
+                .filter(|(_, r)| r.start <= spec.offset && spec.range().end <= r.end)
+                .map(|(p, _)| *p)
+                .collect();
+            assert_eq!(holders.len(), 1, "{} in {holders:?}", spec.name);
+        }
+        // No two ranges overlap; so no gradient is summed twice.
+        let mut sorted: Vec<_> = ranges.iter().map(|(_, r)| r.clone()).collect();
+        sorted.sort_by_key(|r| r.start);
+        assert!(sorted.windows(2).all(|w| w[0].end <= w[1].start), "{sorted:?}");
+        // A block's weights and its biases and norms lie apart (decayed tensors first): two ranges.
+        assert_eq!(layout.part_ranges(GradPart::Block(1)).len(), 2);
+    }
 
     #[test]
     fn layout_has_timm_names_aligned_offsets_and_decay_first() {

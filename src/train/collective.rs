@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use super::supernet::SearchState;
 use crate::gpu::timing::now_ms;
-use crate::model::{Activations, GpuVit};
+use crate::gpu::{PendingRead, Recorder};
+use crate::model::step::StepOptions;
+use crate::model::{Activations, GpuVit, GradPart};
 use crate::{GpuContext, Tensor};
 
 /// The processes of a data-parallel run (MPI ranks natively), as the loop needs them: each
@@ -30,33 +32,70 @@ pub trait Collective {
     fn broadcast_f64(&self, values: &mut [f64]) -> anyhow::Result<()>;
 }
 
-/// The data-parallel half of a step: submits `rec` (the forward and backward of this rank's
-/// shard), then replaces the gradients and the loss with their means over the ranks, which
-/// trained shards of one size; returns whether any rank asked to stop (`stop` is this
-/// one's request, carried in the same sum) and how long the exchange took.
-pub async fn average_over_ranks(
-    ctx: &GpuContext,
-    rec: crate::Recorder<'_>,
+/// About how many buckets a step's gradients travel in: each is sent off as soon as the
+/// backward has finished it, so that its all-reduce runs while the GPU computes the rest.
+/// A fixed count rather than PyTorch DDP's 25 MB cap: that cap would put a small model's
+/// gradients in one bucket, which nothing overlaps.
+const BUCKETS_PER_STEP: u64 = 8;
+
+/// A data-parallel step's forward, loss and backward of this rank's shard, recorded after
+/// what `rec` holds, with the gradients and the loss replaced by their means over the ranks
+/// (which trained shards of one size). The backward is submitted in buckets of finished
+/// gradients; each is read back and all-reduced while the GPU computes the next. Any rank's
+/// stop request (`stop`: this one's) rides along with the loss.
+pub async fn train_gradients_over_ranks<'a>(
+    ctx: &'a GpuContext,
+    mut rec: Recorder<'a>,
     model: &GpuVit,
     acts: &Activations,
+    options: &StepOptions,
     peers: &dyn Collective,
     stop: bool,
 ) -> anyhow::Result<Exchanged> {
     let start = now_ms();
-    ctx.submit(rec)?;
-    let mut exchange = ctx.read(&model.grads).await?;
-    let loss = ctx.read(&acts.loss).await?[0];
-    exchange.extend([loss, stop as u32 as f32]);
-    let read = now_ms();
-    peers.sum_f32(&mut exchange)?;
-    let summed = now_ms();
+    model.forward(&mut rec, &model.params, acts, options.drop_path)?;
+    model.scaled_loss(&mut rec, acts, options.loss, options.loss_scale)?;
+    let bucket_bytes = (model.grads.bytes() / BUCKETS_PER_STEP).max(1);
+    let mut buckets: Vec<(Vec<Tensor>, PendingRead)> = Vec::new();
+    let mut open: Vec<Tensor> = Vec::new();
+    model.backward_in_parts(&mut rec, acts, options.drop_path, &mut |rec, part| {
+        for range in model.layout.part_ranges(part) {
+            open.push(model.grads.view(range.start, &[range.len()])?);
+        }
+        // The embeddings come last: they close the last bucket.
+        if open.iter().map(Tensor::bytes).sum::<u64>() >= bucket_bytes || part == GradPart::Embeddings {
+            let finished = std::mem::replace(rec, ctx.recorder("train.backward"));
+            let parts = std::mem::take(&mut open);
+            let read = ctx.submit_and_read(finished, &parts, "gradients")?;
+            buckets.push((parts, read));
+        }
+        Ok(())
+    })?;
     let inv_ranks = 1.0 / peers.ranks() as f32;
-    let stop = exchange.pop().is_some_and(|requests| requests > 0.0);
-    let loss = exchange.pop().expect("the loss was appended") * inv_ranks;
-    exchange.iter_mut().for_each(|g| *g *= inv_ranks);
-    ctx.write(&model.grads, &exchange)?;
-    ctx.write(&acts.loss, &[loss])?;
-    Ok(Exchanged { stop, backward_ms: read - start, all_reduce_ms: summed - read })
+    let (mut exchange_ms, mut last_arrived) = (0.0, start);
+    for (parts, read) in buckets {
+        let mut values = read.finish(ctx).await?;
+        last_arrived = now_ms();
+        peers.sum_f32(&mut values)?;
+        exchange_ms += now_ms() - last_arrived;
+        values.iter_mut().for_each(|g| *g *= inv_ranks);
+        let mut at = 0;
+        for part in &parts {
+            ctx.write(part, &values[at..at + part.numel()])?;
+            at += part.numel();
+        }
+    }
+    let loss = ctx.read(&acts.loss).await?[0];
+    let mut scalars = [loss, stop as u32 as f32];
+    peers.sum_f32(&mut scalars)?;
+    ctx.write(&acts.loss, &[scalars[0] * inv_ranks])?;
+    let end = now_ms();
+    Ok(Exchanged {
+        stop: scalars[1] > 0.0,
+        backward_ms: last_arrived - start,
+        exchange_ms,
+        exposed_ms: end - last_arrived,
+    })
 }
 
 /// What one step's exchange of gradients did and took.
@@ -64,10 +103,12 @@ pub async fn average_over_ranks(
 pub struct Exchanged {
     /// Some rank asked to stop.
     pub stop: bool,
-    /// From submitting the forward and backward to having the gradients on the host.
+    /// From recording the forward to the last bucket of gradients on the host.
     pub backward_ms: f64,
-    /// The all-reduce, waiting for the slowest rank included.
-    pub all_reduce_ms: f64,
+    /// In the all-reduces, waiting for slower ranks included.
+    pub exchange_ms: f64,
+    /// What the step waited for after its backward: the exchange not hidden behind it.
+    pub exposed_ms: f64,
 }
 
 /// Makes one data-parallel evaluation point's measurements the same on every rank: each

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::collective::{align_with_rank_0, average_over_ranks, combine_over_ranks};
+use super::collective::{align_with_rank_0, combine_over_ranks, train_gradients_over_ranks};
 use super::eval::evaluate;
 use super::host::{BatchRequest, Part, StepProgress};
 use super::plan::{self, drop_path_scales, learning_rate, shard_rows};
@@ -12,7 +12,7 @@ use super::supernet::{stage_batch, Scoring, SearchState};
 use super::trainer::{Diverged, Epoch, Phase, StepInfo, Trainer};
 use crate::data::Batch;
 use crate::kernels::optimizer::AdamW;
-use crate::model::step::{Optimizer, ScaleChange, StepOptions};
+use crate::model::step::{ScaleChange, StepOptions};
 use crate::runlog::{CheckpointEvent, CheckpointKind, EmaAcc, EpochEvent, Event, RunStatus, StepEvent, Summary};
 
 impl Trainer<'_> {
@@ -80,9 +80,9 @@ impl Trainer<'_> {
         match self.host.collective.filter(|c| c.ranks() > 1) {
             None => optimizer.record_step(&mut rec, model, acts, &options)?,
             Some(peers) => {
-                Optimizer::record_gradients(&mut rec, model, acts, &options)?;
                 let stop = self.host.stop.load(Ordering::Relaxed);
-                self.stop_agreed = average_over_ranks(self.ctx, rec, model, acts, peers, stop).await?.stop;
+                let exchanged = train_gradients_over_ranks(self.ctx, rec, model, acts, &options, peers, stop).await?;
+                self.stop_agreed = exchanged.stop;
                 rec = self.ctx.recorder("train.update");
                 optimizer.record_update(&mut rec, model, acts, &options)?;
             }

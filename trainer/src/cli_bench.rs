@@ -95,16 +95,18 @@ fn run_inner(
 fn describe(r: &BenchResult) -> String {
     if let (Some(ips), Some(dp)) = (r.images_per_second, &r.data_parallel) {
         return format!(
-            "{} {}: {ips:.1} images/s ({:.1} ms per step: forward and backward until the gradients are on the host \
-             {:.1} ms, their all-reduce {:.1} ms with waiting for the slowest rank, {:.1} ms alone for {:.2} MiB); one \
-             process alone {:.1} ms: scaling efficiency {:.2}",
+            "{} {}: {ips:.1} images/s ({:.1} ms per step: forward and backward until the last gradients are on the \
+             host {:.1} ms, their all-reduces {:.1} ms with waiting for slower ranks, {:.1} ms of it after the \
+             backward; one all-reduce of all {:.2} MiB alone {:.1} ms); one process alone {:.1} ms: scaling \
+             efficiency {:.2}",
             r.name,
             r.shape.as_deref().unwrap_or(""),
             r.ms,
             dp.backward_ms,
             dp.exchange_ms,
-            dp.all_reduce_ms,
+            dp.exposed_ms,
             dp.gradient_bytes as f64 / f64::from(1 << 20),
+            dp.all_reduce_ms,
             dp.alone_ms,
             dp.scaling_efficiency,
         );
