@@ -47,10 +47,7 @@ impl GpuArgs {
     /// `--adapter` list (rank modulo the list's length), or else the adapters of the best
     /// type shared out by the rank on this machine.
     fn options_for_rank(&self, rank: usize) -> ContextOptions {
-        let adapter = self.adapter.as_ref().map(|list| {
-            let names: Vec<&str> = list.split(',').map(str::trim).collect();
-            names[rank % names.len()].to_string()
-        });
+        let adapter = self.adapter.as_ref().map(|list| ranks::adapter_of_rank(list, rank));
         ContextOptions { backend: self.backend.clone(), adapter, local_rank: ranks::local_rank() }
     }
 }
@@ -151,6 +148,11 @@ enum Command {
 fn main() -> ExitCode {
     quiet_egl();
     let cli = Cli::parse();
+    if let Err(e) = ranks::only_data_parallel_commands(matches!(cli.command, Command::Train(_) | Command::Bench { .. }))
+    {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Train(args) => return cli_train::run(*args),
         Command::Compare(args) => return report(cli_compare::compare(&args)),

@@ -25,6 +25,24 @@ pub fn local_rank() -> Option<usize> {
     first_number(&LOCAL_RANK_VARIABLES)
 }
 
+/// Rank `rank`'s entry of a comma-separated `--adapter` list (rank modulo its length).
+pub fn adapter_of_rank(list: &str, rank: usize) -> String {
+    let names: Vec<&str> = list.split(',').map(str::trim).collect();
+    names[rank % names.len()].to_string()
+}
+
+/// Refuses a command other than `train` and `bench` (`data_parallel`: this one is either)
+/// started as one of several ranks: each rank would run it alone, on the same files.
+pub fn only_data_parallel_commands(data_parallel: bool) -> anyhow::Result<()> {
+    let ranks = launched_ranks();
+    anyhow::ensure!(
+        data_parallel || ranks <= 1,
+        "this command runs in one process, but mpirun started {ranks}: only `train` and `bench` run data-parallel; \
+         run it without mpirun"
+    );
+    Ok(())
+}
+
 /// Joins the job `mpirun` started this process in: `None` for a process alone.
 pub fn join() -> anyhow::Result<Option<Peers>> {
     let ranks = launched_ranks();
@@ -210,5 +228,18 @@ impl Collective for Peers {
 
     fn broadcast_f64(&self, _values: &mut [f64]) -> anyhow::Result<()> {
         match self.0 {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranks_take_their_adapter_from_the_list_in_turn() {
+        let list = "NVIDIA H100, AMD MI300";
+        let picks: Vec<String> = (0..4).map(|rank| adapter_of_rank(list, rank)).collect();
+        assert_eq!(picks, ["NVIDIA H100", "AMD MI300", "NVIDIA H100", "AMD MI300"]);
+        assert_eq!(adapter_of_rank("llvmpipe", 3), "llvmpipe");
     }
 }

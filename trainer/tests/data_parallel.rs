@@ -240,3 +240,10 @@ fn bench_under_mpirun_reports_the_all_reduce_and_the_scaling_efficiency() {
         assert!(dp["gradient_bytes"].as_u64().unwrap() >= 4 * model, "{step}");
     }
 }
+
+#[test]
+fn commands_that_run_in_one_process_refuse_to_run_as_several_ranks() {
+    let out = run_ranks(2, &["info".to_string()]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("only `train` and `bench` run data-parallel"), "{}", text(&out));
+}
