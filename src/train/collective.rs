@@ -160,11 +160,7 @@ pub async fn align_with_rank_0(ctx: &GpuContext, peers: &dyn Collective, arenas:
             [plain, weighted]
         })
         .collect();
-    // Every rank holds the same checksums only if the largest of each equals minus the
-    // largest of its negation.
-    let mut extremes: Vec<f64> = checksums.iter().flat_map(|&c| [c, -c]).collect();
-    peers.max_f64(&mut extremes)?;
-    if extremes.chunks(2).all(|pair| pair[0] == -pair[1]) {
+    if all_agree(peers, &checksums)? {
         return Ok(false);
     }
     for (arena, values) in arenas.iter().zip(values) {
@@ -175,4 +171,25 @@ pub async fn align_with_rank_0(ctx: &GpuContext, peers: &dyn Collective, arenas:
         ctx.write(arena, &narrow)?;
     }
     Ok(true)
+}
+
+/// Checks that every rank holds the same `values` (a decision); an error naming `what`
+/// otherwise. The ranks make their decisions from shared numbers, so they agree by
+/// construction; a rank that did not would train another network while rank 0 records one.
+pub fn check_agreement(peers: &dyn Collective, what: &str, values: &[f64]) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        all_agree(peers, values)?,
+        "the {} ranks disagree on {what} (rank {} holds {values:?}); this is a bug, please report it",
+        peers.ranks(),
+        peers.rank()
+    );
+    Ok(())
+}
+
+/// Whether every rank holds the same `values`: then each value's maximum over the ranks is
+/// minus the maximum of its negation. (Collective.)
+fn all_agree(peers: &dyn Collective, values: &[f64]) -> anyhow::Result<bool> {
+    let mut extremes: Vec<f64> = values.iter().flat_map(|&v| [v, -v]).collect();
+    peers.max_f64(&mut extremes)?;
+    Ok(extremes.chunks(2).all(|pair| pair[0] == -pair[1]))
 }

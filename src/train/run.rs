@@ -3,6 +3,7 @@
 //! inside it (the winner recycled), the epoch ends (`steps.rs`: evaluation, checkpoint),
 //! the run stops or finishes. Each phase is a method of [`Trainer`]; [`run`] drives them.
 
+use super::collective::check_agreement;
 use super::config::TrainConfig;
 use super::growth::{grow, remap_state};
 use super::host::{BatchRequest, Clock, Part, RunSink, TrainData};
@@ -394,6 +395,9 @@ impl<'a> Trainer<'a> {
         let (_, scored_with) = scoring_weights(&self.state.model, &self.state.optimizer, &search);
         let cost = self.config.recipe.search_cost;
         let (chosen, event) = choose(&search, cost, scored_with, epoch.index, self.state.progress.step)?;
+        if let Some(peers) = self.peers() {
+            check_agreement(peers, "the search's choice", &[chosen.resolution as f64, chosen.depth as f64])?;
+        }
         let active = search.growth().active(chosen.depth)?;
         let recycled = remap_state(self.ctx, &self.state, self.config, &active, &self.state.model.params).await?;
         self.replace_state(recycled);

@@ -193,8 +193,8 @@ impl autoprog::train::Collective for SecondRank {
 }
 
 #[test]
-fn data_parallel_ranks_that_drifted_apart_take_rank_0s_state() {
-    use autoprog::train::collective::align_with_rank_0;
+fn data_parallel_ranks_that_drifted_apart_take_rank_0s_state_and_split_decisions_fail() {
+    use autoprog::train::collective::{align_with_rank_0, check_agreement};
     let c = ctx();
     let mine = [vec![1.0f32, 2.0, 3.0], vec![0.5; 5]];
     let rank0 = vec![vec![1.0f32, 2.0, 3.0000002], vec![0.25; 5]];
@@ -209,5 +209,8 @@ fn data_parallel_ranks_that_drifted_apart_take_rank_0s_state() {
             assert_eq!(&now, if drifted { theirs } else { own }, "drifted: {drifted}");
         }
         assert_eq!(peer.broadcasts.get(), if drifted { 2 } else { 0 });
+        // A decision the ranks do not share is an error, not a resync.
+        let agreed = check_agreement(&peer, "the search's choice", &[24.0, 6.0]);
+        assert_eq!(agreed.is_err(), drifted, "{agreed:?}");
     }
 }
