@@ -227,26 +227,38 @@ pub async fn bench_train_step(
     opt.record_step(&mut rec, &vit, &acts, &options)?;
     let breakdown = ctx.submit_timed(rec).await?.by_kernel();
     let device_bytes = ctx.tensor_bytes() - memory_before;
-    let ms = median(&mut samples);
+    let shape = format!("{model} R{resolution} P{patch} B{batch} {activations}");
     let flops = batch as f64 * config.train_flops_per_image(resolution, config.depth);
-    let result = BenchResult {
-        name: "train_step".into(),
-        m: None,
-        n: None,
-        k: None,
-        shape: Some(format!("{model} R{resolution} P{patch} B{batch} {activations}")),
-        ms,
-        gflops: flops / (ms * 1e6),
-        min_ms: samples[0],
-        variant: "one submission".into(),
-        timer: "wall-clock",
-        images_per_second: Some(batch as f64 / (ms / 1e3)),
+    Ok(BenchResult {
         host_ms: Some(median(&mut host)),
         kernels: breakdown,
         device_bytes: Some(device_bytes),
-        data_parallel: None,
-    };
-    Ok(result)
+        ..BenchResult::train_step(shape, "one submission", &mut samples, batch, flops)
+    })
+}
+
+impl BenchResult {
+    /// A `train_step` case of `batch` images and `flops` per step from its step times in ms.
+    fn train_step(shape: String, variant: &str, samples: &mut [f64], batch: usize, flops: f64) -> BenchResult {
+        let ms = median(samples);
+        BenchResult {
+            name: "train_step".into(),
+            m: None,
+            n: None,
+            k: None,
+            shape: Some(shape),
+            ms,
+            gflops: flops / (ms * 1e6),
+            min_ms: samples[0],
+            variant: variant.into(),
+            timer: "wall-clock",
+            images_per_second: Some(batch as f64 / (ms / 1e3)),
+            host_ms: None,
+            kernels: Vec::new(),
+            device_bytes: None,
+            data_parallel: None,
+        }
+    }
 }
 
 /// Times data-parallel training steps of the preset `model` (see [`bench_train_step`]):
@@ -295,7 +307,6 @@ pub async fn bench_data_parallel_step(
             reduce.push(now_ms() - reduce_start);
         }
     }
-    let ms = median(&mut samples);
     let alone = match peers.rank() {
         0 => Some(bench_train_step(ctx, model, resolution, patch, batch, reps, activations).await?),
         _ => None,
@@ -304,21 +315,9 @@ pub async fn bench_data_parallel_step(
     peers.sum_f64(&mut [0.0])?;
     let alone_ms = alone.map_or(f64::NAN, |a| a.ms);
     let flops = batch as f64 * case.config.train_flops_per_image(resolution, case.config.depth);
+    let shape = format!("{model} R{resolution} P{patch} B{batch} {activations} over {ranks} ranks");
+    let step = BenchResult::train_step(shape, "data-parallel", &mut samples, batch, flops);
     Ok(BenchResult {
-        name: "train_step".into(),
-        m: None,
-        n: None,
-        k: None,
-        shape: Some(format!("{model} R{resolution} P{patch} B{batch} {activations} over {ranks} ranks")),
-        ms,
-        gflops: flops / (ms * 1e6),
-        min_ms: samples[0],
-        variant: "data-parallel".into(),
-        timer: "wall-clock",
-        images_per_second: Some(batch as f64 / (ms / 1e3)),
-        host_ms: None,
-        kernels: Vec::new(),
-        device_bytes: None,
         data_parallel: Some(DataParallel {
             ranks,
             gradient_bytes: case.vit.grads.numel() as u64 * 4,
@@ -327,8 +326,9 @@ pub async fn bench_data_parallel_step(
             exposed_ms: median(&mut exposed),
             backward_ms: median(&mut backward),
             alone_ms,
-            scaling_efficiency: alone_ms / (ranks as f64 * ms),
+            scaling_efficiency: alone_ms / (ranks as f64 * step.ms),
         }),
+        ..step
     })
 }
 

@@ -93,26 +93,16 @@ impl Optimizer {
         acts: &Activations,
         options: &StepOptions,
     ) -> Result<()> {
-        Optimizer::record_gradients(rec, model, acts, options)?;
+        model.forward(rec, &model.params, acts, options.drop_path)?;
+        model.scaled_loss(rec, acts, options.loss, options.loss_scale)?;
+        model.backward(rec, acts, options.drop_path)?;
         self.record_update(rec, model, acts, options)
     }
 
-    /// Records the first half of a step: forward, loss and backward into `model.grads`
-    /// (scaled by the loss scale). A data-parallel step averages the gradients (and the
-    /// loss) over the ranks before [`Optimizer::record_update`].
-    pub fn record_gradients(
-        rec: &mut Recorder<'_>,
-        model: &GpuVit,
-        acts: &Activations,
-        options: &StepOptions,
-    ) -> Result<()> {
-        model.forward(rec, &model.params, acts, options.drop_path)?;
-        model.scaled_loss(rec, acts, options.loss, options.loss_scale)?;
-        model.backward(rec, acts, options.drop_path)
-    }
-
-    /// Records the second half of a step from the gradients in `model.grads` and the loss
-    /// in `acts.loss`: the gradient norm and clipping, AdamW, the EMAs and the report.
+    /// Records the second half of a step from the gradients in `model.grads` (scaled by
+    /// the loss scale) and the loss in `acts.loss`: the gradient norm and clipping, AdamW,
+    /// the EMAs and the report. A data-parallel step has averaged both over the ranks
+    /// first ([`crate::train::collective::train_gradients_over_ranks`]).
     pub fn record_update(
         &mut self,
         rec: &mut Recorder<'_>,
