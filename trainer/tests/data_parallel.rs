@@ -247,3 +247,16 @@ fn commands_that_run_in_one_process_refuse_to_run_as_several_ranks() {
     assert!(!out.status.success());
     assert!(text(&out).contains("only `train` and `bench` run data-parallel"), "{}", text(&out));
 }
+
+#[test]
+fn a_batch_that_does_not_split_over_the_ranks_ends_the_job_with_the_fix() {
+    let dir = scratch("ranks-odd-batch");
+    let model = micro_model(&dir);
+    let mut args = micro_args(&model, &dir.join("run"), 1);
+    set_option(&mut args, "--batch", "31");
+    let out = run_ranks(2, &args);
+    assert!(!out.status.success());
+    let said = text(&out);
+    assert!(said.contains("--batch 31 does not split evenly over 2 ranks: use a multiple of 2"), "{said}");
+    assert!(said.contains("rank 0: error") || said.contains("rank 1: error"), "the failing rank is named: {said}");
+}
