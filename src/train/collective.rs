@@ -12,10 +12,10 @@ use crate::model::{Activations, GpuVit, GradPart};
 use crate::{GpuContext, Tensor};
 
 /// The processes of a data-parallel run (MPI ranks natively), as the loop needs them: each
-/// trains its [`Shard`](crate::data::Shard) of every batch on its own adapter; gradients and the measurements
-/// that decide anything (search losses, step times, validation accuracies) are combined
-/// here, so that every rank takes the same steps and the same decisions. Calls are
-/// collective: every rank makes the same calls in the same order.
+/// trains its [`Shard`](crate::data::Shard) of every batch on its own adapter; gradients
+/// and the measurements that decide anything (search losses, step times, validation
+/// accuracies) are combined here, so that every rank takes the same steps and the same
+/// decisions. Calls are collective: every rank makes the same calls in the same order.
 pub trait Collective {
     /// This process's rank, 0 for the one that writes the run's record.
     fn rank(&self) -> usize;
