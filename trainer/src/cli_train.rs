@@ -309,8 +309,8 @@ pub(crate) fn prepare(args: &TrainArgs, ctx: &GpuContext, announce: bool) -> any
     Ok((config, dataset))
 }
 
-/// Sets the returned flag on the first Ctrl-C (the run then checkpoints and stops); a second
-/// Ctrl-C exits at once.
+/// Sets the returned flag on the first Ctrl-C or on SIGUSR1 (the run then checkpoints and
+/// stops); a second Ctrl-C exits at once.
 pub(crate) fn stop_on_ctrl_c() -> anyhow::Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     let handler_stop = stop.clone();
@@ -322,6 +322,11 @@ pub(crate) fn stop_on_ctrl_c() -> anyhow::Result<Arc<AtomicBool>> {
         eprintln!("\nstopping after this step and saving a checkpoint (Ctrl-C again to quit at once)");
     })
     .context("cannot install the Ctrl-C handler")?;
+    // `mpirun` ends its job on Ctrl-C but forwards SIGUSR1 to every rank: `kill -USR1` to
+    // mpirun stops a data-parallel run with a checkpoint (a single process takes it too).
+    #[cfg(unix)]
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, stop.clone())
+        .context("cannot install the SIGUSR1 handler")?;
     Ok(stop)
 }
 

@@ -233,7 +233,8 @@ pub fn train(
     let host = Host { data: &mut data, sink, clock: &clock, stop, pace: None, collective: peers };
     pollster::block_on(autoprog::train::run(ctx, config, start, host)).map_err(|e| {
         if e.is::<Stopped>() {
-            Interrupted { resume: format!("autoprog train --resume {}", run_dir.display()) }.into()
+            let launcher = peers.map_or(String::new(), |p| format!("mpirun -np {} ", p.ranks()));
+            Interrupted { resume: format!("{launcher}autoprog train --resume {}", run_dir.display()) }.into()
         } else if e.is::<AlreadyFinished>() {
             e.context(format!("{} holds a finished run", run_dir.display()))
         } else {

@@ -260,3 +260,33 @@ fn a_batch_that_does_not_split_over_the_ranks_ends_the_job_with_the_fix() {
     assert!(said.contains("--batch 31 does not split evenly over 2 ranks: use a multiple of 2"), "{said}");
     assert!(said.contains("rank 0: error") || said.contains("rank 1: error"), "the failing rank is named: {said}");
 }
+
+#[test]
+fn sigusr1_to_mpirun_stops_every_rank_with_a_checkpoint_that_resumes_exactly() {
+    let dir = scratch("ranks-stop");
+    let model = micro_model(&dir);
+    let args = |out: &Path| {
+        let mut args = micro_args(&model, out, 30);
+        set_option(&mut args, "--precision", "f32");
+        args
+    };
+    let (whole, stopped) = (dir.join("whole"), dir.join("stopped"));
+    let out = run_ranks(2, &args(&whole));
+    assert!(out.status.success(), "{}", text(&out));
+    // Ctrl-C makes mpirun end its job at once; SIGUSR1 it forwards to every rank.
+    let job = mpirun(2, &args(&stopped)).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("mpirun");
+    let log = stopped.join("log.jsonl");
+    let start = Instant::now();
+    while std::fs::read_to_string(&log).map_or(0, |t| t.matches("\"event\":\"step\"").count()) < 3 {
+        assert!(start.elapsed() < Duration::from_secs(120), "the run never reached step 3");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(Command::new("kill").args(["-USR1", &job.id().to_string()]).status().unwrap().success());
+    let output = job.wait_with_output().unwrap();
+    let said = text(&output);
+    assert_eq!(output.status.code(), Some(130), "{said}");
+    assert!(said.contains("continue it with: mpirun -np 2 autoprog train --resume"), "{said}");
+    let resumed = run_ranks(2, &["train", "--resume", &stopped.display().to_string(), "--quiet"].map(String::from));
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    assert_eq!(step_losses(&stopped), step_losses(&whole), "the same losses after a stop and resume on 2 ranks");
+}
