@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 
 use futures_channel::oneshot;
 
-use crate::gpu::{GpuContext, Recorder, Tensor};
+use crate::gpu::{Element, GpuContext, Recorder, Tensor};
 use crate::{Error, Result};
 
 type MapResult = std::result::Result<(), wgpu::BufferAsyncError>;
@@ -156,18 +156,16 @@ impl ReadbackRing {
 /// collected with [`PendingRead::finish`].
 pub struct PendingRead {
     staging: wgpu::Buffer,
-    #[cfg_attr(web, allow(dead_code, reason = "the browser maps without device polls"))]
     submission: wgpu::SubmissionIndex,
-    mapped: oneshot::Receiver<MapResult>,
     what: String,
 }
 
 impl GpuContext {
     /// Submits everything recorded, with copies of `parts` (f32 tensors or views) one after
-    /// another into a new staging buffer, and starts mapping it: the host collects the
-    /// values later ([`PendingRead::finish`]), waiting for this submission alone.
+    /// another into a new staging buffer: the host collects the values later
+    /// ([`PendingRead::finish`]), waiting for this submission alone.
     pub fn submit_and_read(&self, mut rec: Recorder<'_>, parts: &[Tensor], what: &str) -> Result<PendingRead> {
-        if let Some(bad) = parts.iter().find(|p| p.element() != crate::gpu::Element::F32) {
+        if let Some(bad) = parts.iter().find(|p| p.element() != Element::F32) {
             return Err(Error::invalid("readback", format!("{bad:?} is not f32")));
         }
         let bytes: u64 = parts.iter().map(Tensor::bytes).sum();
@@ -183,11 +181,7 @@ impl GpuContext {
             offset += part.bytes();
         }
         let submission = self.submit_indexed(rec)?;
-        let (tx, rx) = oneshot::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
-        Ok(PendingRead { staging, submission, mapped: rx, what: what.to_string() })
+        Ok(PendingRead { staging, submission, what: what.to_string() })
     }
 }
 
@@ -195,19 +189,7 @@ impl PendingRead {
     /// The values, once the submission that copied them has finished (natively this waits
     /// for that submission, not for later ones).
     pub async fn finish(self, ctx: &GpuContext) -> Result<Vec<f32>> {
-        let fail = |detail: String| Error::Readback { what: self.what.clone(), detail };
-        #[cfg(native)]
-        ctx.device
-            .poll(wgpu::PollType::Wait { submission_index: Some(self.submission.clone()), timeout: None })
-            .map_err(|e| fail(e.to_string()))?;
-        let mapped = self.mapped.await.map_err(|_| fail("the device was lost before the copy finished".into()))?;
-        mapped.map_err(|e| fail(e.to_string()))?;
-        let values = {
-            let range = self.staging.get_mapped_range(..).map_err(|e| fail(e.to_string()))?;
-            bytemuck::cast_slice(&range).to_vec()
-        };
-        self.staging.unmap();
-        ctx.take_error("readback")?;
-        Ok(values)
+        let bytes = ctx.map_read(&self.staging, Some(self.submission), &self.what).await?;
+        Ok(Element::F32.decode(&bytes))
     }
 }

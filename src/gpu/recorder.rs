@@ -137,7 +137,7 @@ impl GpuContext {
             rec.encoder().copy_buffer_to_buffer(&resolve, 0, &staging, 0, resolve.size());
         }
         self.submit(rec)?;
-        let bytes = self.map_read(&staging, "timestamps").await?;
+        let bytes = self.map_read(&staging, None, "timestamps").await?;
         let ticks: &[u64] = bytemuck::cast_slice(&bytes);
         let period_ns = self.queue.get_timestamp_period() as f64;
         let passes = timer

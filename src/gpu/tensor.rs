@@ -223,7 +223,7 @@ impl GpuContext {
         let mut encoder = self.device.create_command_encoder(&Default::default());
         encoder.copy_buffer_to_buffer(t.buffer(), t.offset(), &staging, 0, size);
         self.queue.submit([encoder.finish()]);
-        let mut bytes = self.map_read(&staging, &format!("{t:?}")).await?;
+        let mut bytes = self.map_read(&staging, None, &format!("{t:?}")).await?;
         self.take_error("readback")?;
         // An empty tensor still copies one padding element (bindings cannot be empty).
         bytes.truncate(t.numel() * t.element.bytes());
@@ -231,15 +231,23 @@ impl GpuContext {
     }
 
     /// Maps a MAP_READ buffer and copies its contents out. The one readback path for
-    /// native (poll the device) and web (the browser resolves the promise).
-    pub(crate) async fn map_read(&self, staging: &wgpu::Buffer, what: &str) -> Result<Vec<u8>> {
+    /// native (poll the device: until `after`, the submission that filled the buffer, has
+    /// finished, or else all work submitted so far) and web (the browser resolves the promise).
+    pub(crate) async fn map_read(
+        &self,
+        staging: &wgpu::Buffer,
+        after: Option<wgpu::SubmissionIndex>,
+        what: &str,
+    ) -> Result<Vec<u8>> {
         let (tx, rx) = futures_channel::oneshot::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);
         });
+        #[cfg(web)]
+        let _ = after;
         #[cfg(native)]
         self.device
-            .poll(wgpu::PollType::wait_indefinitely())
+            .poll(wgpu::PollType::Wait { submission_index: after, timeout: None })
             .map_err(|e| Error::Readback { what: what.to_string(), detail: e.to_string() })?;
         let mapped = rx.await.map_err(|_| Error::Readback {
             what: what.to_string(),

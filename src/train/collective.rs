@@ -41,8 +41,8 @@ const BUCKETS_PER_STEP: u64 = 8;
 /// A data-parallel step's forward, loss and backward of this rank's shard, recorded after
 /// what `rec` holds, with the gradients and the loss replaced by their means over the ranks
 /// (which trained shards of one size). The backward is submitted in buckets of finished
-/// gradients; each is read back and all-reduced while the GPU computes the next. Any rank's
-/// stop request (`stop`: this one's) rides along with the loss.
+/// gradients; each is read back and all-reduced while the GPU computes the next. The loss
+/// and any rank's stop request (`stop`: this one's) ride in the last bucket.
 pub async fn train_gradients_over_ranks<'a>(
     ctx: &'a GpuContext,
     mut rec: Recorder<'a>,
@@ -62,7 +62,10 @@ pub async fn train_gradients_over_ranks<'a>(
         for range in model.layout.part_ranges(part) {
             open.push(model.grads.view(range.start, &[range.len()])?);
         }
-        // The embeddings come last: they close the last bucket.
+        // The embeddings come last: they close the last bucket, which carries the loss too.
+        if part == GradPart::Embeddings {
+            open.push(acts.loss.clone());
+        }
         if open.iter().map(Tensor::bytes).sum::<u64>() >= bucket_bytes || part == GradPart::Embeddings {
             let finished = std::mem::replace(rec, ctx.recorder("train.backward"));
             let parts = std::mem::take(&mut open);
@@ -72,12 +75,20 @@ pub async fn train_gradients_over_ranks<'a>(
         Ok(())
     })?;
     let inv_ranks = 1.0 / peers.ranks() as f32;
-    let (mut exchange_ms, mut last_arrived) = (0.0, start);
-    for (parts, read) in buckets {
+    let (mut exchange_ms, mut last_arrived, mut stops) = (0.0, start, 0.0);
+    let last = buckets.len() - 1;
+    for (i, (parts, read)) in buckets.into_iter().enumerate() {
         let mut values = read.finish(ctx).await?;
         last_arrived = now_ms();
+        // The stop requests ride in the last bucket's sum, after its loss.
+        if i == last {
+            values.push(stop as u32 as f32);
+        }
         peers.sum_f32(&mut values)?;
         exchange_ms += now_ms() - last_arrived;
+        if i == last {
+            stops = values.pop().expect("pushed above");
+        }
         values.iter_mut().for_each(|g| *g *= inv_ranks);
         let mut at = 0;
         for part in &parts {
@@ -85,17 +96,8 @@ pub async fn train_gradients_over_ranks<'a>(
             at += part.numel();
         }
     }
-    let loss = ctx.read(&acts.loss).await?[0];
-    let mut scalars = [loss, stop as u32 as f32];
-    peers.sum_f32(&mut scalars)?;
-    ctx.write(&acts.loss, &[scalars[0] * inv_ranks])?;
     let end = now_ms();
-    Ok(Exchanged {
-        stop: scalars[1] > 0.0,
-        backward_ms: last_arrived - start,
-        exchange_ms,
-        exposed_ms: end - last_arrived,
-    })
+    Ok(Exchanged { stop: stops > 0.0, backward_ms: last_arrived - start, exchange_ms, exposed_ms: end - last_arrived })
 }
 
 /// What one step's exchange of gradients did and took.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use autoprog::checkpoint::Checkpoint;
 use autoprog::runlog::{parse_log, Event, Summary};
-use common::{micro_args, micro_model, run, scratch, set_option, step_losses, text};
+use common::{micro_args, micro_model, run, scratch, set_option, step_losses, text, wait_for_events};
 
 /// Relative difference allowed between one process and two ranks, per loss and per
 /// checkpoint tensor (relative L2). The ranks sum their shards' gradients in another order
@@ -188,11 +188,7 @@ fn a_rank_killed_mid_run_ends_the_job_and_the_checkpoint_resumes() {
     let args = micro_args(&model, &out_dir, 80);
     let mut job = mpirun(2, &args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("mpirun starts");
     let log = out_dir.join("log.jsonl");
-    let start = Instant::now();
-    while std::fs::read_to_string(&log).map_or(0, |t| t.matches("\"event\":\"checkpoint\"").count()) < 4 {
-        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint after 120 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_events(&log, "checkpoint", 4);
     let victim = rank_pid(job.id(), 1).expect("rank 1 is a child of mpirun");
     assert!(Command::new("kill").args(["-KILL", &victim.to_string()]).status().unwrap().success());
     let killed = Instant::now();
@@ -275,12 +271,7 @@ fn sigusr1_to_mpirun_stops_every_rank_with_a_checkpoint_that_resumes_exactly() {
     assert!(out.status.success(), "{}", text(&out));
     // Ctrl-C makes mpirun end its job at once; SIGUSR1 it forwards to every rank.
     let job = mpirun(2, &args(&stopped)).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("mpirun");
-    let log = stopped.join("log.jsonl");
-    let start = Instant::now();
-    while std::fs::read_to_string(&log).map_or(0, |t| t.matches("\"event\":\"step\"").count()) < 3 {
-        assert!(start.elapsed() < Duration::from_secs(120), "the run never reached step 3");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_events(&stopped.join("log.jsonl"), "step", 3);
     assert!(Command::new("kill").args(["-USR1", &job.id().to_string()]).status().unwrap().success());
     let output = job.wait_with_output().unwrap();
     let said = text(&output);

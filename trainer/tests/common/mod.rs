@@ -111,6 +111,16 @@ pub fn step_losses(run: &Path) -> Vec<(u64, f64)> {
     losses
 }
 
+/// Waits until the run log `log` holds `count` events of kind `event` (at most 120 s).
+pub fn wait_for_events(log: &Path, event: &str, count: usize) {
+    let start = std::time::Instant::now();
+    let needle = format!("\"event\":\"{event}\"");
+    while std::fs::read_to_string(log).map_or(0, |t| t.matches(&needle).count()) < count {
+        assert!(start.elapsed().as_secs() < 120, "the run never logged {count} {event} events");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 pub fn interrupt_at(args: &[String], log: &Path, steps: usize) {
     let child = Command::new(env!("CARGO_BIN_EXE_autoprog"))
         .args(args)
@@ -118,11 +128,7 @@ pub fn interrupt_at(args: &[String], log: &Path, steps: usize) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let start = std::time::Instant::now();
-    while std::fs::read_to_string(log).map_or(0, |t| t.matches("\"event\":\"step\"").count()) < steps {
-        assert!(start.elapsed().as_secs() < 120, "the run never reached step {steps}");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_for_events(log, "step", steps);
     assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
     let result = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&result.stderr);
