@@ -3,7 +3,7 @@
 //
 //   grad_norm_partial  sums of squares of the gradient arena, one per CHUNK elements
 //   grad_norm_finish   partials -> stats = [global L2 norm, gradient factor, finite, 0]
-//   adamw_update       AdamW (decoupled weight decay) with gradients scaled by stats[1]
+//   adamw_update       AdamW (decoupled weight decay) with gradients scaled by stats[1], per-group steps
 //   ema_update         ema = d * ema + (1 - d) * param
 //
 // Loss scaling: the stored gradients may be `scale` times the true ones (f16 activation
@@ -115,28 +115,32 @@ fn grad_norm_finish(@builtin(local_invocation_index) lid: u32) {
 // Host-computed scalars; 1 - beta and the bias corrections come from f64 on the host
 // (as PyTorch does) rather than from f32 arithmetic here.
 struct AdamParams {
-    lr: f32,
     beta1: f32,
     beta2: f32,
     eps: f32,
     weight_decay: f32,
-    // 1 - beta1^t and 1 - beta2^t for the 1-based step t.
-    bc1: f32,
-    bc2: f32,
     one_minus_beta1: f32,
     one_minus_beta2: f32,
     n: u32,
     // Elements [0, decay_end) get weight decay, [decay_end, n) do not.
     decay_end: u32,
-    _pad0: u32,
 }
+
+// Elements per entry of the group table. Must match `ADAMW_GROUP_CHUNK` in optimizer.rs.
+const GROUP_CHUNK: u32 = 128u;
 
 @group(0) @binding(0) var<storage, read> adam_grads: array<f32>;
 @group(0) @binding(1) var<storage, read> adam_stats: array<f32>;
-@group(0) @binding(2) var<storage, read_write> adam_params: array<f32>;
-@group(0) @binding(3) var<storage, read_write> adam_m: array<f32>;
-@group(0) @binding(4) var<storage, read_write> adam_v: array<f32>;
-@group(0) @binding(5) var<uniform> adam_p: AdamParams;
+// The group of each GROUP_CHUNK elements: tensors that share a step count (a block of the
+// ViT, or everything outside the blocks).
+@group(0) @binding(2) var<storage, read> adam_groups: array<u32>;
+// Per group, written every step: (lr, 1 - beta1^t, 1 - beta2^t, apply), t the group's
+// 1-based step; apply 0 leaves the group untouched (a block the sub-network skipped).
+@group(0) @binding(3) var<storage, read> adam_steps: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> adam_params: array<f32>;
+@group(0) @binding(5) var<storage, read_write> adam_m: array<f32>;
+@group(0) @binding(6) var<storage, read_write> adam_v: array<f32>;
+@group(0) @binding(7) var<uniform> adam_p: AdamParams;
 
 // g = grad * clip; p -= lr wd p; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
 // p -= lr (m / bc1) / (sqrt(v / bc2) + eps)
@@ -147,15 +151,20 @@ fn adamw_update(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     if (i >= adam_p.n || adam_stats[2] == 0.0) {
         return;
     }
+    let step = adam_steps[adam_groups[i / GROUP_CHUNK]];
+    if (step.w == 0.0) {
+        return;
+    }
+    let lr = step.x;
     let g = adam_grads[i] * adam_stats[1];
     let wd = select(0.0, adam_p.weight_decay, i < adam_p.decay_end);
     var w = adam_params[i];
-    w = w - adam_p.lr * wd * w;
+    w = w - lr * wd * w;
     let m = adam_p.beta1 * adam_m[i] + adam_p.one_minus_beta1 * g;
     let v = adam_p.beta2 * adam_v[i] + adam_p.one_minus_beta2 * g * g;
     adam_m[i] = m;
     adam_v[i] = v;
-    adam_params[i] = w - adam_p.lr * (m / adam_p.bc1) / (sqrt(v / adam_p.bc2) + adam_p.eps);
+    adam_params[i] = w - lr * (m / step.y) / (sqrt(v / step.z) + adam_p.eps);
 }
 
 struct EmaParams {

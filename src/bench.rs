@@ -90,6 +90,8 @@ pub struct BenchOptions {
     pub train_only: bool,
     /// Images per step of the training-step cases.
     pub train_batch: usize,
+    /// Model presets of the training-step cases.
+    pub train_models: Vec<String>,
     /// Time every matmul candidate of this adapter at the square sizes, not only the tuned one.
     pub all_variants: bool,
 }
@@ -104,6 +106,7 @@ impl BenchOptions {
             attention_batch: 32,
             train_only: false,
             train_batch: 64,
+            train_models: vec!["nano".into(), "tiny".into()],
             all_variants: false,
         }
     }
@@ -226,6 +229,8 @@ pub async fn bench_train_step(
     let mut rec = ctx.timed_recorder("bench.train_step");
     opt.record_step(&mut rec, &vit, &acts, &options)?;
     let breakdown = ctx.submit_timed(rec).await?.by_kernel();
+    // One submission either way; the host records it afresh only with plans turned off.
+    let variant = if opt.plans.enabled { "replayed plan" } else { "recorded afresh" };
     let device_bytes = ctx.tensor_bytes() - memory_before;
     let shape = format!("{model} R{resolution} P{patch} B{batch} {activations}");
     let flops = batch as f64 * config.train_flops_per_image(resolution, config.depth);
@@ -233,7 +238,7 @@ pub async fn bench_train_step(
         host_ms: Some(median(&mut host)),
         kernels: breakdown,
         device_bytes: Some(device_bytes),
-        ..BenchResult::train_step(shape, "one submission", &mut samples, batch, flops)
+        ..BenchResult::train_step(shape, variant, &mut samples, batch, flops)
     })
 }
 
@@ -388,7 +393,7 @@ pub async fn run_data_parallel(
 ) -> anyhow::Result<Vec<BenchResult>> {
     matmul::autotune(ctx).await?;
     let mut results = Vec::new();
-    for model in ["nano", "tiny"] {
+    for model in opts.train_models.iter().map(String::as_str) {
         for activations in precisions(ctx) {
             let reps = opts.reps.min(5);
             let r = bench_data_parallel_step(ctx, peers, model, 32, 4, opts.train_batch, reps, activations).await?;
@@ -419,7 +424,7 @@ pub async fn run(
     let mut results = Vec::new();
     // Both at 32 px with 4 px patches (65 tokens), the CIFAR-style setting of the reference
     // PyTorch numbers.
-    for model in ["nano", "tiny"] {
+    for model in opts.train_models.iter().map(String::as_str) {
         for activations in precisions(ctx) {
             let r = bench_train_step(ctx, model, 32, 4, opts.train_batch, opts.reps.min(5), activations).await?;
             progress(&r);

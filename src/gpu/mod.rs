@@ -1,11 +1,12 @@
 //! The GPU runtime: adapter choice, device, tensors, buffer pool, pipeline cache,
-//! command recording, readback, the timestamp profiler and [`timing`] of recorded work.
+//! command recording and replayed plans, readback, the timestamp profiler and [`timing`] of recorded work.
 //!
 //! One [`GpuContext`] is built at an entry point and passed by reference everywhere.
 
 mod context;
 mod element;
 mod pipeline;
+mod plan;
 mod pool;
 mod readback;
 mod recorder;
@@ -15,6 +16,7 @@ pub mod timing;
 pub use context::{AdapterSummary, ContextOptions, GpuContext};
 pub use element::Element;
 pub use pipeline::{specialise, Access, Generated, Kernel, KernelSpec, Shader};
+pub use plan::{Owner, Plan, Watch};
 pub use pool::BufferPool;
 pub use readback::{PendingRead, ReadbackRing};
 pub use recorder::{Recorder, Timing};

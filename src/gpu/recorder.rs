@@ -1,10 +1,16 @@
 //! Command recording: many dispatches into one encoder, submitted once.
 //!
-//! Each dispatch runs in its own compute pass so that, when timing is on, every
-//! dispatch gets a begin and end GPU timestamp.
+//! Each recorded dispatch runs in its own compute pass so that, when timing is on, every
+//! dispatch gets a begin and end GPU timestamp. A capturing recorder
+//! ([`GpuContext::capture`]) records into a [`Plan`] instead, which later submissions replay
+//! ([`Recorder::replay`]): one compute pass per run of dispatches, no bind group or
+//! parameter block made again.
+
+use std::sync::Arc;
 
 use bytemuck::Pod;
 
+use crate::gpu::plan::{Plan, PlanBuilder, PlannedDispatch, Segment, Transfer};
 use crate::gpu::{Access, GpuContext, Kernel, Tensor};
 use crate::{Error, Result};
 
@@ -53,7 +59,11 @@ pub struct Recorder<'a> {
     uniforms: Vec<wgpu::Buffer>,
     /// Scratch tensors of recorded dispatches, held until the recorder drops (after submit).
     kept: Vec<Tensor>,
+    /// Plans replayed into this recorder, held (with their tensors) until it drops.
+    replayed: Vec<Arc<Plan>>,
     timer: Option<Timer>,
+    /// Set while capturing a plan: dispatches, copies and clears go there, not to `encoder`.
+    capture: Option<PlanBuilder>,
 }
 
 impl GpuContext {
@@ -64,7 +74,24 @@ impl GpuContext {
             encoder: Some(self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })),
             uniforms: Vec::new(),
             kept: Vec::new(),
+            replayed: Vec::new(),
             timer: None,
+            capture: None,
+        }
+    }
+
+    /// A recorder that captures a [`Plan`] ([`Recorder::into_plan`]) instead of commands to
+    /// submit. Whatever the recording code writes to tensors directly (uploads) is not part of
+    /// the plan.
+    pub fn capture(&self, label: &str) -> Recorder<'_> {
+        Recorder {
+            ctx: self,
+            encoder: None,
+            uniforms: Vec::new(),
+            kept: Vec::new(),
+            replayed: Vec::new(),
+            timer: None,
+            capture: Some(PlanBuilder::new(label)),
         }
     }
 
@@ -105,7 +132,9 @@ impl GpuContext {
 
     /// [`GpuContext::submit`], returning the submission's index (to wait for it alone).
     pub fn submit_indexed(&self, mut rec: Recorder<'_>) -> Result<wgpu::SubmissionIndex> {
-        let encoder = rec.encoder.take().expect("recorder submitted once");
+        let Some(encoder) = rec.encoder.take() else {
+            return Err(Error::invalid("submit", "a capturing recorder makes a plan (into_plan), nothing to submit"));
+        };
         let index = self.queue.submit([encoder.finish()]);
         // `rec` drops here and returns its uniform blocks to the pool.
         drop(rec);
@@ -232,8 +261,15 @@ impl Recorder<'_> {
                 }
             }
         }
-        let uniform = self.ctx.uniform_buffer();
-        self.ctx.queue.write_buffer(&uniform, 0, bytes);
+        let (uniform, uniform_offset) = match &mut self.capture {
+            Some(plan) => plan.uniform_slot(&self.ctx.device, &self.ctx.queue, UNIFORM_BYTES, bytes),
+            None => {
+                let uniform = self.ctx.uniform_buffer();
+                self.ctx.queue.write_buffer(&uniform, 0, bytes);
+                self.uniforms.push(uniform.clone());
+                (uniform, 0)
+            }
+        };
         let mut t = tensors.iter();
         let entries: Vec<_> = kernel
             .bindings
@@ -242,7 +278,11 @@ impl Recorder<'_> {
             .map(|(i, access)| wgpu::BindGroupEntry {
                 binding: i as u32,
                 resource: match access {
-                    Access::Uniform => uniform.as_entire_binding(),
+                    Access::Uniform => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &uniform,
+                        offset: uniform_offset,
+                        size: wgpu::BufferSize::new(UNIFORM_BYTES),
+                    }),
                     _ => t.next().expect("counted").binding(),
                 },
             })
@@ -252,11 +292,22 @@ impl Recorder<'_> {
             layout: &kernel.layout,
             entries: &entries,
         });
+        let dispatch =
+            PlannedDispatch { label: kernel.label.clone(), pipeline: kernel.pipeline.clone(), bind_group, groups };
+        match &mut self.capture {
+            Some(plan) => plan.dispatch(dispatch, tensors),
+            None => self.encode_dispatch(&dispatch),
+        }
+        Ok(())
+    }
+
+    /// Encodes one dispatch in a compute pass of its own, timed when the recorder times.
+    fn encode_dispatch(&mut self, dispatch: &PlannedDispatch) {
         let encoder = self.encoder.as_mut().expect("recorder not yet submitted");
         let timestamp_writes = match &mut self.timer {
             Some(timer) if (timer.labels.len() as u32) < MAX_TIMED => {
                 let i = timer.labels.len() as u32;
-                timer.labels.push(kernel.label.clone());
+                timer.labels.push(dispatch.label.clone());
                 Some(wgpu::ComputePassTimestampWrites {
                     query_set: &timer.queries,
                     beginning_of_pass_write_index: Some(2 * i),
@@ -265,22 +316,74 @@ impl Recorder<'_> {
             }
             _ => None,
         };
-        {
-            let mut pass = encoder
-                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(&kernel.label), timestamp_writes });
-            pass.set_pipeline(&kernel.pipeline);
-            pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        let mut pass =
+            encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(&dispatch.label), timestamp_writes });
+        pass.set_pipeline(&dispatch.pipeline);
+        pass.set_bind_group(0, &dispatch.bind_group, &[]);
+        let [x, y, z] = dispatch.groups;
+        pass.dispatch_workgroups(x, y, z);
+    }
+
+    /// Records `plan`'s commands: its dispatches in one compute pass per run between
+    /// transfers (one pass per dispatch when timing, as [`Recorder::dispatch`]). The plan
+    /// is held until this recorder drops.
+    pub fn replay(&mut self, plan: &Arc<Plan>) -> Result<()> {
+        if self.capture.is_some() {
+            return Err(Error::invalid(
+                "replay",
+                format!("{plan:?} into a capturing recorder; replay it when recording"),
+            ));
         }
-        self.uniforms.push(uniform);
+        for segment in &plan.segments {
+            match segment {
+                Segment::Dispatches(run) if self.timer.is_some() => run.iter().for_each(|d| self.encode_dispatch(d)),
+                Segment::Dispatches(run) => {
+                    let mut pass = self.encoder().begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some(plan.label()),
+                        timestamp_writes: None,
+                    });
+                    for d in run {
+                        pass.set_pipeline(&d.pipeline);
+                        pass.set_bind_group(0, &d.bind_group, &[]);
+                        let [x, y, z] = d.groups;
+                        pass.dispatch_workgroups(x, y, z);
+                    }
+                }
+                Segment::Transfer(transfer) => encode_transfer(self.encoder(), transfer),
+            }
+        }
+        self.replayed.push(plan.clone());
         Ok(())
+    }
+
+    /// The plan a capturing recorder ([`GpuContext::capture`]) recorded.
+    pub fn into_plan(mut self) -> Result<Arc<Plan>> {
+        let Some(plan) = self.capture.take() else {
+            return Err(Error::invalid(
+                "into_plan",
+                "this recorder records commands; make it with GpuContext::capture",
+            ));
+        };
+        self.ctx.take_error("capturing a plan")?;
+        Ok(plan.finish(&self.ctx.queue))
+    }
+
+    /// Records `transfer`, or adds it to the plan being captured (holding `tensors`).
+    fn transfer(&mut self, transfer: Transfer, tensors: &[&Tensor]) {
+        match &mut self.capture {
+            Some(plan) => plan.transfer(transfer, tensors),
+            None => encode_transfer(self.encoder(), &transfer),
+        }
     }
 
     /// Holds a scratch tensor until this recorder drops. Its buffer would otherwise return
     /// to the pool at once, and an upload into a reuse of it (queue writes run before the
     /// not-yet-submitted commands) could overwrite it before the recorded dispatches read it.
     pub fn keep(&mut self, t: Tensor) {
-        self.kept.push(t);
+        match &mut self.capture {
+            Some(plan) => plan.hold(t),
+            None => self.kept.push(t),
+        }
     }
 
     /// Records a copy of `src` into `dst` (same element count).
@@ -300,7 +403,14 @@ impl Recorder<'_> {
                 ),
             ));
         }
-        self.encoder().copy_buffer_to_buffer(src.buffer(), src.offset(), dst.buffer(), dst.offset(), bytes);
+        let copy = Transfer::Copy {
+            src: src.buffer().clone(),
+            src_offset: src.offset(),
+            dst: dst.buffer().clone(),
+            dst_offset: dst.offset(),
+            bytes,
+        };
+        self.transfer(copy, &[src, dst]);
         Ok(())
     }
 
@@ -311,12 +421,40 @@ impl Recorder<'_> {
 
     /// Records a copy of `src` into `staging` at byte `offset`.
     pub(crate) fn copy_to_staging_at(&mut self, src: &Tensor, staging: &wgpu::Buffer, offset: u64) {
-        self.encoder().copy_buffer_to_buffer(src.buffer(), src.offset(), staging, offset, src.bytes());
+        let copy = Transfer::Copy {
+            src: src.buffer().clone(),
+            src_offset: src.offset(),
+            dst: staging.clone(),
+            dst_offset: offset,
+            bytes: src.bytes(),
+        };
+        self.transfer(copy, &[src]);
     }
 
     /// Records zero-filling `t`.
     pub fn clear(&mut self, t: &Tensor) {
-        self.encoder().clear_buffer(t.buffer(), t.offset(), Some(t.bytes()));
+        let clear = Transfer::Clear { buffer: t.buffer().clone(), offset: t.offset(), bytes: t.bytes() };
+        self.transfer(clear, &[t]);
+    }
+
+    /// Records writing `data` into `t` at this point of the recording: the values go to a
+    /// new tensor at once (queue writes land before the submission's commands) and are copied
+    /// in order, so that a step recorded after another reads its own values. `t` is f32.
+    pub fn write(&mut self, t: &Tensor, data: &[f32]) -> Result<()> {
+        let staged = self.ctx.upload(data, t.shape(), "recorder.write")?;
+        self.copy(&staged, t)?;
+        self.keep(staged);
+        Ok(())
+    }
+}
+
+/// Encodes a buffer-to-buffer command.
+fn encode_transfer(encoder: &mut wgpu::CommandEncoder, transfer: &Transfer) {
+    match transfer {
+        Transfer::Copy { src, src_offset, dst, dst_offset, bytes } => {
+            encoder.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *bytes)
+        }
+        Transfer::Clear { buffer, offset, bytes } => encoder.clear_buffer(buffer, *offset, Some(*bytes)),
     }
 }
 

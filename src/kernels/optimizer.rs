@@ -68,7 +68,25 @@ impl AdamW {
         let t = step as i32;
         (1.0 - self.beta1.powi(t), 1.0 - self.beta2.powi(t))
     }
+
+    /// A group's entry of [`adamw_update_grouped`]'s step table: `[lr, 1 - beta1^t,
+    /// 1 - beta2^t, 1]` for its 1-based step `t`, or zeros (apply 0) for `None`, a group
+    /// that takes no update.
+    pub fn group_step(&self, step: Option<u32>) -> [f32; 4] {
+        match step {
+            None => [0.0; 4],
+            Some(t) => {
+                let (bc1, bc2) = self.bias_corrections(t);
+                [self.lr as f32, bc1 as f32, bc2 as f32, 1.0]
+            }
+        }
+    }
 }
+
+/// Elements per entry of [`adamw_update_grouped`]'s group table: every tensor of a
+/// parameter arena starts at a multiple of it ([`crate::GpuContext::arena_align`] is one).
+/// Must match `GROUP_CHUNK` in the WGSL.
+pub const ADAMW_GROUP_CHUNK: usize = 128;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -90,18 +108,14 @@ struct FinishParams {
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct AdamParams {
-    lr: f32,
     beta1: f32,
     beta2: f32,
     eps: f32,
     weight_decay: f32,
-    bc1: f32,
-    bc2: f32,
     one_minus_beta1: f32,
     one_minus_beta2: f32,
     n: u32,
     decay_end: u32,
-    _pad: u32,
 }
 
 #[repr(C)]
@@ -185,7 +199,8 @@ pub fn grad_norm(
 /// step): `g = grads * stats[1]` (the factor from [`grad_norm`], read on the GPU), then for each element
 /// `p -= lr wd p; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p -= lr (m/bc1) / (sqrt(v/bc2) + eps)`
 /// with `bc = 1 - beta^step` and `wd = hp.weight_decay` on `[0, decay_end)`, 0 after it
-/// (see the module doc for the arena layout). `step` is 1-based.
+/// (see the module doc for the arena layout). `step` is 1-based. The step's values go to
+/// the GPU as a one-group table (see [`adamw_update_grouped`]).
 #[allow(clippy::too_many_arguments, reason = "one tensor per WGSL binding plus the step's scalars")]
 pub fn adamw_update(
     rec: &mut Recorder<'_>,
@@ -198,40 +213,76 @@ pub fn adamw_update(
     step: u32,
     decay_end: usize,
 ) -> Result<()> {
+    if step == 0 {
+        return Err(Error::invalid("adamw_update", "step is 1-based; step 0 has no bias correction"));
+    }
+    let ctx = rec.ctx();
+    let chunks = params.numel().div_ceil(ADAMW_GROUP_CHUNK).max(1);
+    let groups = ctx.upload_u32(&vec![0; chunks], &[chunks], "adamw.groups")?;
+    let steps = ctx.upload(&hp.group_step(Some(step)), &[4], "adamw.steps")?;
+    adamw_update_grouped(rec, grads, stats, &groups, &steps, params, m, v, hp, decay_end)?;
+    rec.keep(groups);
+    rec.keep(steps);
+    Ok(())
+}
+
+/// [`adamw_update`] with a step count per group of tensors, read on the GPU: `groups`
+/// (u32) gives the group of every [`ADAMW_GROUP_CHUNK`] elements, and `steps` holds each
+/// group's [`AdamW::group_step`] (its learning rate, bias corrections, and whether it is
+/// updated at all). A training step writes `steps` and leaves its recorded dispatches as
+/// they are; `hp.lr` is not read.
+#[allow(clippy::too_many_arguments, reason = "one tensor per WGSL binding plus the constant hyperparameters")]
+pub fn adamw_update_grouped(
+    rec: &mut Recorder<'_>,
+    grads: &Tensor,
+    stats: &Tensor,
+    groups: &Tensor,
+    steps: &Tensor,
+    params: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    hp: &AdamW,
+    decay_end: usize,
+) -> Result<()> {
     let op = "adamw_update";
     same_shape(op, &[("params", params), ("grads", grads), ("m", m), ("v", v)])?;
     expect_shape(op, "stats", stats, &[GRAD_STATS_LEN])?;
     let n = check_len(op, params)?;
+    expect_shape(op, "groups", groups, &[(n as usize).div_ceil(ADAMW_GROUP_CHUNK).max(1)])?;
+    if steps.shape().len() != 1 || steps.numel() == 0 || !steps.numel().is_multiple_of(4) {
+        return Err(Error::shape(op, format!("steps is {:?}; it holds 4 values per group", steps.shape())));
+    }
     if decay_end > n as usize {
         return Err(Error::invalid(
             op,
             format!("decay_end {decay_end} is past the end of the {n}-element arena {:?}", params.shape()),
         ));
     }
-    if step == 0 {
-        return Err(Error::invalid(op, "step is 1-based; step 0 has no bias correction"));
-    }
-    let (bc1, bc2) = hp.bias_corrections(step);
     let kernel = rec.ctx().kernel(&KernelSpec::new(
         SHADER,
         "adamw_update",
-        &[Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite, Access::ReadWrite, Access::Uniform],
+        &[
+            Access::Read,
+            Access::Read,
+            Access::Read,
+            Access::Read,
+            Access::ReadWrite,
+            Access::ReadWrite,
+            Access::ReadWrite,
+            Access::Uniform,
+        ],
     ))?;
     let uniform = AdamParams {
-        lr: hp.lr as f32,
         beta1: hp.beta1 as f32,
         beta2: hp.beta2 as f32,
         eps: hp.eps as f32,
         weight_decay: hp.weight_decay as f32,
-        bc1: bc1 as f32,
-        bc2: bc2 as f32,
         one_minus_beta1: (1.0 - hp.beta1) as f32,
         one_minus_beta2: (1.0 - hp.beta2) as f32,
         n,
         decay_end: decay_end as u32,
-        _pad: 0,
     };
-    rec.dispatch(&kernel, &[grads, stats, params, m, v], &uniform, grid_1d(n.div_ceil(WG)))
+    rec.dispatch(&kernel, &[grads, stats, groups, steps, params, m, v], &uniform, grid_1d(n.div_ceil(WG)))
 }
 
 /// `ema = decay * ema + (1 - decay) * params` for each `(ema, decay)`, one dispatch each,

@@ -1,7 +1,7 @@
 //! Every activation and scratch buffer of a training step at one (batch, resolution), and
 //! which blocks of the model the passes run (the elastic sub-network).
 
-use crate::gpu::{GpuContext, Tensor};
+use crate::gpu::{GpuContext, Owner, Tensor};
 use crate::{Error, Result};
 
 /// One block's saved activations.
@@ -80,6 +80,8 @@ pub struct Activations {
     /// The blocks the forward and backward passes run, in order (an elastic sub-network of
     /// the model; every block by default). Skipped blocks are the identity.
     pub(super) active: Vec<usize>,
+    /// Identifies these buffers to the step plans that bind them.
+    pub(crate) owner: Owner,
 }
 
 /// Which loss the step trains on.

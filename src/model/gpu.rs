@@ -9,7 +9,7 @@
 
 pub use super::activations::{Activations, Loss};
 use super::activations::{BlockActs, PosResize};
-use crate::gpu::{Element, GpuContext, Recorder, Tensor};
+use crate::gpu::{Element, GpuContext, Owner, Recorder, Tensor};
 use crate::kernels::attention::{attention_backward, attention_forward, AttentionOptions};
 use crate::kernels::cross_entropy::{cross_entropy_hard, cross_entropy_soft};
 use crate::kernels::gelu::gelu_backward;
@@ -34,6 +34,9 @@ pub struct GpuVit {
     /// With f16 activations: the f16 copy of the weights the passes read [layout.len],
     /// written by every forward from the arena it runs.
     weights16: Option<Tensor>,
+    /// Identifies the model's tensors to the step plans that bind them (new after
+    /// [`GpuVit::set_activations`]).
+    pub(crate) owner: Owner,
 }
 
 impl GpuVit {
@@ -46,9 +49,10 @@ impl GpuVit {
                 format!("{} parameter values for a layout of {}", params.len(), layout.len),
             ));
         }
-        let p = ctx.upload(params, &[layout.len], "vit.params")?;
-        let grads = ctx.zeros(&[layout.len], "vit.grads")?;
-        Ok(GpuVit { config, layout, params: p, grads, activations: Element::F32, weights16: None })
+        let (params, grads) =
+            (ctx.upload(params, &[layout.len], "vit.params")?, ctx.zeros(&[layout.len], "vit.grads")?);
+        let (activations, weights16, owner) = (Element::F32, None, Owner::default());
+        Ok(GpuVit { config, layout, params, grads, activations, weights16, owner })
     }
 
     /// Stores activations (and the weights the kernels read) as `element` from the next
@@ -63,6 +67,7 @@ impl GpuVit {
             Element::F16 => Some(ctx.empty_as(&[self.layout.len], Element::F16, "vit.weights16")?),
         };
         self.activations = element;
+        self.owner = Owner::default();
         Ok(())
     }
 
@@ -184,6 +189,7 @@ impl GpuVit {
             dtokens: e(&[batch, np, c], "vit.dtokens")?,
             pos,
             active: (0..depth).collect(),
+            owner: Owner::default(),
         })
     }
 

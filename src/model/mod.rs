@@ -10,6 +10,7 @@ pub mod cpu;
 mod gpu;
 pub mod inference;
 mod params;
+pub mod plans;
 pub mod step;
 
 pub use config::{limits, VitConfig, PRESETS};

@@ -2,6 +2,10 @@
 //! the EMA updates, recorded into one [`Recorder`] so that a step is one submission and
 //! nothing (not even the clip factor) goes through the host.
 //!
+//! A step's commands are recorded once per sub-network and replayed after
+//! ([`crate::model::plans`]): [`Optimizer::record_step`] writes the step's learning rate and bias corrections to a
+//! table on the GPU, then replays the cached plan.
+//!
 //! Mixed precision: a step with a loss scale S multiplies dlogits by S, so the f16
 //! activation gradients stay clear of f16's underflow, and the unscaling is folded into the
 //! factor AdamW applies. A gradient that overflowed (inf or NaN anywhere) makes the GPU skip
@@ -9,8 +13,11 @@
 //! [`Optimizer::report`] back, as PyTorch's `GradScaler` does.
 
 use crate::gpu::{GpuContext, Recorder, Tensor};
-use crate::kernels::optimizer::{adamw_update, ema_update, grad_norm, grad_norm_partials_len, AdamW, GRAD_STATS_LEN};
-use crate::model::{Activations, GpuVit, Loss};
+use crate::kernels::optimizer::{
+    adamw_update_grouped, ema_update, grad_norm, grad_norm_partials_len, AdamW, ADAMW_GROUP_CHUNK, GRAD_STATS_LEN,
+};
+use crate::model::plans::{StepKey, StepPlans};
+use crate::model::{Activations, GpuVit, Loss, ParamLayout};
 use crate::Error;
 use crate::Result;
 
@@ -40,6 +47,14 @@ pub struct Optimizer {
     /// none: as PyTorch's AdamW keeps a step count per parameter and advances it only when
     /// the parameter has a gradient, each block's bias correction counts its own updates.
     pub block_steps: Vec<u32>,
+    /// The AdamW group of every [`ADAMW_GROUP_CHUNK`] elements of the arena: 0 outside the
+    /// blocks, 1 + i in block i (u32).
+    groups: Tensor,
+    /// Each group's learning rate, bias corrections and whether it is updated, written by
+    /// every step ([`AdamW::group_step`]).
+    group_steps: Tensor,
+    /// The step's recorded plans, one per sub-network.
+    pub plans: StepPlans,
 }
 
 /// What one step does besides forward and backward.
@@ -81,11 +96,16 @@ impl Optimizer {
             partials: ctx.empty(&[grad_norm_partials_len(len)], "grad.partials")?,
             step: 0,
             block_steps: vec![0; model.depth()],
+            groups: ctx.upload_u32(&adamw_groups(&model.layout)?, &[groups_len(&model.layout)], "adamw.groups")?,
+            group_steps: ctx.zeros(&[4 * (model.depth() + 1)], "adamw.group_steps")?,
+            plans: StepPlans::default(),
         })
     }
 
     /// Records one whole training step on the batch already written to `acts`; the mean
-    /// loss lands in `acts.loss`.
+    /// loss lands in `acts.loss`. The step's commands replay the plan recorded for this
+    /// sub-network (recorded now if there is none; see [`crate::model::plans`]), after a
+    /// write of this step's AdamW table. One step per submission: a later step's table would overwrite it.
     pub fn record_step(
         &mut self,
         rec: &mut Recorder<'_>,
@@ -93,10 +113,31 @@ impl Optimizer {
         acts: &Activations,
         options: &StepOptions,
     ) -> Result<()> {
-        model.forward(rec, &model.params, acts, options.drop_path)?;
-        model.scaled_loss(rec, acts, options.loss, options.loss_scale)?;
-        model.backward(rec, acts, options.drop_path)?;
-        self.record_update(rec, model, acts, options)
+        self.count_step(rec, acts, options)?;
+        if !self.plans.enabled {
+            return self.record_passes(rec, model, acts, options);
+        }
+        let hp = &options.adamw;
+        let constants = [
+            options.loss_scale.to_bits().into(),
+            options.max_grad_norm.to_bits().into(),
+            hp.beta1.to_bits(),
+            hp.beta2.to_bits(),
+            hp.eps.to_bits(),
+            hp.weight_decay.to_bits(),
+        ];
+        let key = StepKey::new(model, acts, options.drop_path, options.loss, constants);
+        let plan = match self.plans.get(&key) {
+            Some(plan) => plan,
+            None => {
+                let mut capture = rec.ctx().capture("train.step");
+                self.record_passes(&mut capture, model, acts, options)?;
+                let plan = capture.into_plan()?;
+                self.plans.insert(key, plan.clone());
+                plan
+            }
+        };
+        rec.replay(&plan)
     }
 
     /// Records the second half of a step from the gradients in `model.grads` (scaled by
@@ -110,30 +151,64 @@ impl Optimizer {
         acts: &Activations,
         options: &StepOptions,
     ) -> Result<()> {
-        let inv_scale = 1.0 / options.loss_scale;
-        grad_norm(rec, &model.grads, &self.partials, &self.stats, options.max_grad_norm, inv_scale)?;
+        self.count_step(rec, acts, options)?;
+        self.record_update_passes(rec, model, acts, options)
+    }
+
+    /// Counts a step of the blocks `acts` runs and records writing its AdamW table: each
+    /// group's learning rate and bias corrections, nothing for the blocks it skips.
+    fn count_step(&mut self, rec: &mut Recorder<'_>, acts: &Activations, options: &StepOptions) -> Result<()> {
         self.step += 1;
         for &block in acts.active_blocks() {
             self.block_steps[block] += 1;
         }
-        // An elastic sub-network updates only what it ran, as PyTorch's AdamW skips
-        // parameters without a gradient: one dispatch per run of updated tensors that share
-        // a step count.
-        for (range, step) in self.updated_ranges(model, acts.active_blocks()) {
-            let len = range.end - range.start;
-            let view = |t: &Tensor| t.view(range.start, &[len]);
-            adamw_update(
-                rec,
-                &view(&model.grads)?,
-                &self.stats,
-                &view(&model.params)?,
-                &view(&self.m)?,
-                &view(&self.v)?,
-                &options.adamw,
-                step,
-                model.layout.decay_end.clamp(range.start, range.end) - range.start,
-            )?;
+        let hp = &options.adamw;
+        let mut table = hp.group_step(Some(self.step)).to_vec();
+        for (block, &steps) in self.block_steps.iter().enumerate() {
+            // An elastic sub-network updates only what it ran, as PyTorch's AdamW skips
+            // parameters without a gradient (and counts their steps apart).
+            table.extend(hp.group_step(acts.active_blocks().contains(&block).then_some(steps)));
         }
+        rec.write(&self.group_steps, &table)
+    }
+
+    /// Records forward, loss, backward and the update's passes.
+    fn record_passes(
+        &self,
+        rec: &mut Recorder<'_>,
+        model: &GpuVit,
+        acts: &Activations,
+        options: &StepOptions,
+    ) -> Result<()> {
+        model.forward(rec, &model.params, acts, options.drop_path)?;
+        model.scaled_loss(rec, acts, options.loss, options.loss_scale)?;
+        model.backward(rec, acts, options.drop_path)?;
+        self.record_update_passes(rec, model, acts, options)
+    }
+
+    /// Records the gradient norm and clipping, AdamW over the whole arena (the step's table
+    /// says which groups it updates, with which bias corrections), the EMAs and the report.
+    fn record_update_passes(
+        &self,
+        rec: &mut Recorder<'_>,
+        model: &GpuVit,
+        acts: &Activations,
+        options: &StepOptions,
+    ) -> Result<()> {
+        let inv_scale = 1.0 / options.loss_scale;
+        grad_norm(rec, &model.grads, &self.partials, &self.stats, options.max_grad_norm, inv_scale)?;
+        adamw_update_grouped(
+            rec,
+            &model.grads,
+            &self.stats,
+            &self.groups,
+            &self.group_steps,
+            &model.params,
+            &self.m,
+            &self.v,
+            &options.adamw,
+            model.layout.decay_end,
+        )?;
         let emas: Vec<(&Tensor, f64)> = self.emas.iter().map(|(t, d)| (t, *d)).collect();
         ema_update(rec, &model.params, &self.stats, &emas)?;
         let report = |i: usize| self.report.view(i, &[1]);
@@ -156,46 +231,36 @@ impl Optimizer {
     }
 }
 
-impl Optimizer {
-    /// The arena ranges AdamW updates when `active` blocks ran, each with the step count of
-    /// its tensors: every tensor except those of skipped blocks, adjacent tensors of one
-    /// count merged (the whole arena when every block has taken every step).
-    fn updated_ranges(&self, model: &GpuVit, active: &[usize]) -> Vec<(std::ops::Range<usize>, u32)> {
-        let layout = &model.layout;
-        if active.len() == model.depth() && self.block_steps.iter().all(|&s| s == self.step) {
-            let whole_arena = 0..layout.len;
-            return vec![(whole_arena, self.step)];
+/// Entries of the AdamW group table of an arena laid out as `layout`.
+fn groups_len(layout: &ParamLayout) -> usize {
+    layout.len.div_ceil(ADAMW_GROUP_CHUNK).max(1)
+}
+
+/// The AdamW group table of `layout` (see [`Optimizer::groups`]): tensors that share a
+/// step count share a group. Alignment padding between tensors takes group 0: it is zero in
+/// every arena, so its updates change nothing.
+fn adamw_groups(layout: &ParamLayout) -> Result<Vec<u32>> {
+    let mut table = vec![0u32; groups_len(layout)];
+    for spec in &layout.specs {
+        if !spec.offset.is_multiple_of(ADAMW_GROUP_CHUNK) {
+            return Err(Error::invalid(
+                "optimizer",
+                format!(
+                    "{} starts at element {} of the arena; AdamW's groups need offsets in multiples of \
+                     {ADAMW_GROUP_CHUNK} (lay the arena out with GpuContext::arena_align)",
+                    spec.name, spec.offset
+                ),
+            ));
         }
-        let block_of = |name: &str| {
-            name.strip_prefix("blocks.")
-                .and_then(|rest| rest.split_once('.'))
-                .and_then(|(i, _)| i.parse::<usize>().ok())
+        let block = spec.name.strip_prefix("blocks.").and_then(|rest| rest.split_once('.'));
+        let group = match block.and_then(|(i, _)| i.parse::<u32>().ok()) {
+            Some(i) => i + 1,
+            None => 0,
         };
-        let mut specs: Vec<_> = layout.specs.iter().collect();
-        specs.sort_by_key(|s| s.offset);
-        let mut ranges: Vec<(std::ops::Range<usize>, u32)> = Vec::new();
-        let mut open: Option<(std::ops::Range<usize>, u32)> = None;
-        for spec in specs {
-            let step = match block_of(&spec.name) {
-                Some(i) if !active.contains(&i) => {
-                    ranges.extend(open.take());
-                    continue;
-                }
-                Some(i) => self.block_steps[i],
-                None => self.step,
-            };
-            // Padding between two updated tensors is zero in every arena: updating it is harmless.
-            open = Some(match open {
-                Some((r, s)) if s == step => (r.start..spec.range().end, s),
-                other => {
-                    ranges.extend(other);
-                    (spec.range(), step)
-                }
-            });
-        }
-        ranges.extend(open);
-        ranges
+        let range = spec.range();
+        table[range.start / ADAMW_GROUP_CHUNK..range.end.div_ceil(ADAMW_GROUP_CHUNK)].fill(group);
     }
+    Ok(table)
 }
 
 /// Dynamic loss scaling for f16 activation gradients, as PyTorch's `GradScaler`: the scale

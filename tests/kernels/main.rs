@@ -12,6 +12,7 @@ mod model_f16;
 mod ops;
 mod optimizer;
 mod patch;
+mod plans;
 mod resize;
 mod runtime;
 mod shaders;

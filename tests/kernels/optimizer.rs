@@ -274,3 +274,57 @@ fn optimizer_rejects_bad_input() {
     let err = optimizer::ema_update(&mut rec, &p, &stats, &[(&m, 1.5)]).unwrap_err().to_string();
     assert!(err.contains("ema_update") && err.contains("1.5"), "{err}");
 }
+
+#[test]
+fn grouped_adamw_takes_each_groups_step_and_skips_groups_that_take_none() {
+    let chunk = optimizer::ADAMW_GROUP_CHUNK;
+    let n = 5 * chunk + 37;
+    let mut r = rng(41);
+    let params = rounded(&random(&mut r, n, 1.0));
+    let grads = rounded(&random(&mut r, n, 1.0));
+    let m = rounded(&random(&mut r, n, 0.1));
+    let v = rounded(&random_nonneg(&mut r, n, 0.01));
+    let decay_end = 2 * chunk + 50;
+    let hp = AdamW { lr: 2e-3, weight_decay: 0.05, ..AdamW::default() };
+    // Chunk groups, and each group's step: group 2 takes none (a skipped block).
+    let chunk_groups = [0u32, 1, 1, 2, 0, 1];
+    let group_steps = [Some(7u32), Some(1), None];
+    let table: Vec<f32> = group_steps.iter().flat_map(|&s| hp.group_step(s)).collect();
+
+    let (pt, gt, mt, vt) = (upload(&params, &[n]), upload(&grads, &[n]), upload(&m, &[n]), upload(&v, &[n]));
+    let groups = ctx().upload_u32(&chunk_groups, &[chunk_groups.len()], "groups").unwrap();
+    let steps = ctx().upload(&table, &[table.len()], "steps").unwrap();
+    let (partials, stats) = (partials_for(n), empty(&[GRAD_STATS_LEN]));
+    run(|rec| {
+        optimizer::grad_norm(rec, &gt, &partials, &stats, 0.0, 1.0)?;
+        optimizer::adamw_update_grouped(rec, &gt, &stats, &groups, &steps, &pt, &mt, &vt, &hp, decay_end)
+    });
+
+    let stats = cpu::optimizer::grad_norm(&grads, 0.0);
+    let (mut want_p, mut want_m, mut want_v) = (params.clone(), m.clone(), v.clone());
+    for (c, &group) in chunk_groups.iter().enumerate() {
+        let Some(step) = group_steps[group as usize] else { continue };
+        let range = c * chunk..((c + 1) * chunk).min(n);
+        let local_decay_end = decay_end.clamp(range.start, range.end) - range.start;
+        let (p, mm, vv) = cpu::optimizer::adamw_update(
+            &params[range.clone()],
+            &grads[range.clone()],
+            &m[range.clone()],
+            &v[range.clone()],
+            &stats,
+            &hp,
+            step,
+            local_decay_end,
+        );
+        want_p[range.clone()].copy_from_slice(&p);
+        want_m[range.clone()].copy_from_slice(&mm);
+        want_v[range].copy_from_slice(&vv);
+    }
+    Tolerance::FORWARD.assert("grouped adamw params", &read_n(&pt), &want_p);
+    Tolerance::FORWARD.assert("grouped adamw m", &read_n(&mt), &want_m);
+    Tolerance::FORWARD.assert("grouped adamw v", &read_n(&vt), &want_v);
+    // The skipped group is untouched, bit for bit.
+    let skipped = 3 * chunk..4 * chunk;
+    assert_eq!(read_n(&pt)[skipped.clone()], to_f32(&params[skipped.clone()])[..]);
+    assert_eq!(read_n(&mt)[skipped.clone()], to_f32(&m[skipped])[..]);
+}

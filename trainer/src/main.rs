@@ -138,6 +138,9 @@ enum Command {
         /// Images per step of the training-step cases.
         #[arg(long, default_value_t = 64)]
         train_batch: usize,
+        /// Model presets of the training-step cases (nano, tiny, ...), repeatable.
+        #[arg(long = "train-model", default_values_t = ["nano".to_string(), "tiny".to_string()])]
+        train_models: Vec<String>,
         /// Time every matmul variant this adapter's tuner chooses from at the --size
         /// sizes, not only the chosen one.
         #[arg(long)]
@@ -172,6 +175,7 @@ fn main() -> ExitCode {
             quiet,
             train,
             train_batch,
+            train_models,
             all_variants,
         } => {
             let opts = BenchOptions {
@@ -181,6 +185,7 @@ fn main() -> ExitCode {
                 attention_batch,
                 train_only: train,
                 train_batch: train_batch.max(1),
+                train_models,
                 all_variants,
             };
             return cli_bench::run(&gpu, &opts, json, quiet);

@@ -9,9 +9,15 @@ use std::process::{Command, Output};
 use autoprog::runlog::{parse_log, Event};
 
 pub fn autoprog(args: &[&str]) -> Output {
+    autoprog_with_env(args, &[])
+}
+
+/// [`autoprog`] with more environment variables set.
+pub fn autoprog_with_env(args: &[&str], vars: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_autoprog"))
         .args(args)
         .env("AUTOPROG_CACHE_DIR", std::env::temp_dir().join("autoprog-cli-test-cache"))
+        .envs(vars.iter().copied())
         .output()
         .expect("autoprog runs")
 }
