@@ -7,7 +7,7 @@ use serde::Serialize;
 pub use crate::gpu::timing::time_ms;
 use crate::gpu::timing::{median, now_ms, time_samples, timer_name};
 use crate::gpu::{Element, GpuContext};
-use crate::kernels::attention::{self, AttentionOptions};
+use crate::kernels::attention::{self, AttentionOptions, AttentionVariant};
 use crate::kernels::matmul::{self, Dims, Layout};
 use crate::train::Collective;
 use crate::Result;
@@ -88,6 +88,8 @@ pub struct BenchOptions {
     pub attention_batch: usize,
     /// Only the training-step cases.
     pub train_only: bool,
+    /// Only the attention cases (both variants).
+    pub attention_only: bool,
     /// Images per step of the training-step cases.
     pub train_batch: usize,
     /// Model presets of the training-step cases.
@@ -105,6 +107,7 @@ impl BenchOptions {
             reps: 9,
             attention_batch: 32,
             train_only: false,
+            attention_only: false,
             train_batch: 64,
             train_models: vec!["nano".into(), "tiny".into()],
             all_variants: false,
@@ -112,14 +115,12 @@ impl BenchOptions {
     }
 }
 
-/// Times fused attention forward and backward on qkv [B, N, 3·NH·HS]. FLOPs follow the
-/// FlashAttention convention: forward 4·B·NH·N²·HS (QKᵀ and PV), backward 2.5× that.
+/// Times fused attention forward and backward on qkv [B, N, 3·NH·HS] in `variant`. FLOPs
+/// follow the FlashAttention convention: forward 4·B·NH·N²·HS (QKᵀ and PV), backward 2.5× that.
 pub async fn bench_attention(
     ctx: &GpuContext,
-    b: usize,
-    nh: usize,
-    n: usize,
-    hs: usize,
+    variant: AttentionVariant,
+    [b, nh, n, hs]: [usize; 4],
     reps: usize,
 ) -> Result<[BenchResult; 2]> {
     let c = nh * hs;
@@ -129,7 +130,7 @@ pub async fn bench_attention(
     let out = ctx.empty(&[b, n, c], "bench.out")?;
     let lse = ctx.empty(&[b, nh, n], "bench.lse")?;
     let dqkv = ctx.empty(&[b, n, 3 * c], "bench.dqkv")?;
-    let opts = AttentionOptions::new(1.0 / (hs as f32).sqrt());
+    let opts = AttentionOptions::new(1.0 / (hs as f32).sqrt()).with_variant(variant);
     let mut fwd = time_samples(ctx, reps, |rec| attention::attention_forward(rec, &qkv, &opts, &out, &lse)).await?;
     let mut bwd =
         time_samples(ctx, reps, |rec| attention::attention_backward(rec, &qkv, &out, &dout, &lse, &opts, &dqkv))
@@ -147,7 +148,7 @@ pub async fn bench_attention(
             ms,
             gflops: flops / (ms * 1e6),
             min_ms: samples[0],
-            variant: "two-rows-per-invocation".to_string(),
+            variant: variant.label().to_string(),
             timer: timer_name(ctx),
             images_per_second: None,
             host_ms: None,
@@ -420,8 +421,12 @@ pub async fn run(
     opts: &BenchOptions,
     mut progress: impl FnMut(&BenchResult),
 ) -> Result<Vec<BenchResult>> {
-    matmul::autotune(ctx).await?;
     let mut results = Vec::new();
+    if opts.attention_only {
+        attention_cases(ctx, opts, &mut results, &mut progress).await?;
+        return Ok(results);
+    }
+    matmul::autotune(ctx).await?;
     // Both at 32 px with 4 px patches (65 tokens), the CIFAR-style setting of the reference
     // PyTorch numbers.
     for model in opts.train_models.iter().map(String::as_str) {
@@ -455,11 +460,24 @@ pub async fn run(
         progress(&r);
         results.push(r);
     }
+    attention_cases(ctx, opts, &mut results, &mut progress).await?;
+    Ok(results)
+}
+
+/// Attention at 65 and 197 tokens (3 heads of 64, DeiT-Ti's), in both variants.
+async fn attention_cases(
+    ctx: &GpuContext,
+    opts: &BenchOptions,
+    results: &mut Vec<BenchResult>,
+    progress: &mut impl FnMut(&BenchResult),
+) -> Result<()> {
     for n in [65, 197] {
-        for r in bench_attention(ctx, opts.attention_batch, 3, n, 64, opts.reps).await? {
-            progress(&r);
-            results.push(r);
+        for variant in [AttentionVariant::Rows, AttentionVariant::Tiled] {
+            for r in bench_attention(ctx, variant, [opts.attention_batch, 3, n, 64], opts.reps).await? {
+                progress(&r);
+                results.push(r);
+            }
         }
     }
-    Ok(results)
+    Ok(())
 }

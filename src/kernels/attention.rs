@@ -12,6 +12,11 @@
 //!
 //! `qkv`, `out`, `dout` and `dqkv` share one element type, f32 or f16 (storage only: scores,
 //! softmax and accumulators are f32); `lse` and `d` are f32.
+//!
+//! Two variants of the forward and gradient kernels ([`AttentionVariant`]): rows per
+//! invocation without workgroup memory (CPU adapters, where barriers are expensive) and
+//! workgroup tiles (`shaders/attention_tiled.wgsl`, GPUs, where the other needs too few
+//! threads to fill the chip). Same bindings, results equal up to f32 rounding.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -21,6 +26,13 @@ use crate::kernels::{check_loop_budget, expect_shape};
 use crate::{Error, Result};
 
 pub const SHADER: Shader = Shader { name: "attention", source: include_str!("../../shaders/attention.wgsl") };
+pub const TILED_SHADER: Shader =
+    Shader { name: "attention_tiled", source: include_str!("../../shaders/attention_tiled.wgsl") };
+/// Rows a workgroup of the tiled variant owns, and invocations per row (`ROWS`, `PARTS`).
+const TILED_ROWS: usize = 16;
+const TILED_PARTS: usize = 4;
+/// Workgroup memory every WebGPU adapter offers; the tiled variant's tiles are sized to fit.
+const PORTABLE_WORKGROUP_BYTES: usize = 16384;
 /// Invocations per workgroup; must match `WG` in the shader.
 const WG: u32 = 64;
 /// Rows (query or key) per invocation of the forward and gradient kernels; `PAIR` in the shader.
@@ -40,6 +52,36 @@ struct Params {
     _pad: [u32; 2],
 }
 
+/// How the forward and gradient kernels map rows to invocations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionVariant {
+    /// Two rows per invocation, the other side's rows read from storage: no workgroup
+    /// memory, no barriers (fast on CPU adapters, too few threads for a GPU).
+    Rows,
+    /// A workgroup per 16 rows, four invocations per row, the other side's rows staged in
+    /// workgroup-memory tiles (FlashAttention-2 style).
+    Tiled,
+}
+
+impl AttentionVariant {
+    pub fn label(self) -> &'static str {
+        match self {
+            AttentionVariant::Rows => "two-rows-per-invocation",
+            AttentionVariant::Tiled => "workgroup-tiles",
+        }
+    }
+
+    /// The variant for this adapter: rows on CPU adapters (measured on lavapipe, see
+    /// BENCHMARKS.md), tiles elsewhere.
+    pub fn for_adapter(ctx: &GpuContext) -> AttentionVariant {
+        if ctx.summary.is_cpu() {
+            AttentionVariant::Rows
+        } else {
+            AttentionVariant::Tiled
+        }
+    }
+}
+
 /// The scalar and the optional masks every attention entry point takes.
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionOptions<'a> {
@@ -49,18 +91,26 @@ pub struct AttentionOptions<'a> {
     pub key_mask: Option<&'a Tensor>,
     /// [NH], u32 1/0 or f32 1.0/0.0: a zero masks the whole head. None: every head is on.
     pub head_mask: Option<&'a Tensor>,
+    /// None: the adapter's ([`AttentionVariant::for_adapter`]).
+    pub variant: Option<AttentionVariant>,
 }
 
 impl<'a> AttentionOptions<'a> {
     /// No masks.
     pub fn new(scale: f32) -> Self {
-        AttentionOptions { scale, key_mask: None, head_mask: None }
+        AttentionOptions { scale, key_mask: None, head_mask: None, variant: None }
     }
     pub fn with_key_mask(self, key_mask: &'a Tensor) -> Self {
         AttentionOptions { key_mask: Some(key_mask), ..self }
     }
     pub fn with_head_mask(self, head_mask: &'a Tensor) -> Self {
         AttentionOptions { head_mask: Some(head_mask), ..self }
+    }
+    pub fn with_variant(self, variant: AttentionVariant) -> Self {
+        AttentionOptions { variant: Some(variant), ..self }
+    }
+    fn variant_on(&self, ctx: &GpuContext) -> AttentionVariant {
+        self.variant.unwrap_or_else(|| AttentionVariant::for_adapter(ctx))
     }
 }
 
@@ -187,15 +237,33 @@ impl Dims {
     fn groups(&self, rows: u32) -> [u32; 3] {
         grid_1d((self.b * self.nh) as u32 * (self.n as u32).div_ceil(WG * rows))
     }
+
+    /// The shader, its specialisation and the grid of a forward or gradient kernel.
+    fn variant(&self, variant: AttentionVariant, act: Element) -> (Shader, Vec<(&'static str, String)>, [u32; 3]) {
+        let consts = self.consts(act).to_vec();
+        match variant {
+            AttentionVariant::Rows => (SHADER, consts, self.groups(PAIR)),
+            AttentionVariant::Tiled => {
+                // Every workgroup array of the shader, per row of a tile: a k (or q) and a v
+                // (or dout) row in f32, two partials per (row, part), an lse and a d.
+                let per_tile_row = 2 * self.hs * 4 + 2 * TILED_ROWS * TILED_PARTS * 4 + 2 * 4;
+                let tile = (PORTABLE_WORKGROUP_BYTES / per_tile_row).clamp(1, 16);
+                let tiled = [("TILE", format!("{tile}u"))];
+                let groups = grid_1d(((self.b * self.nh) * self.n.div_ceil(TILED_ROWS)) as u32);
+                (TILED_SHADER, [consts, tiled.to_vec()].concat(), groups)
+            }
+        }
+    }
 }
 
 fn spec<'a>(
+    shader: Shader,
     entry: &'a str,
     bindings: &'a [Access],
     consts: &'a [(&'a str, String)],
     elements: &'a [Element],
 ) -> KernelSpec<'a> {
-    KernelSpec::new(SHADER, entry, bindings).with_consts(consts).with_elements(elements)
+    KernelSpec::new(shader, entry, bindings).with_consts(consts).with_elements(elements)
 }
 
 /// out = softmax(q kᵀ · scale, masked keys dropped) v per (image, head), and the row
@@ -213,8 +281,9 @@ pub fn attention_forward(
     dims.check_masks(OP, opts)?;
     dims.check_loop_budget(rec.ctx(), OP)?;
     let act = qkv.element();
-    let consts = dims.consts(act);
+    let (shader, consts, groups) = dims.variant(opts.variant_on(rec.ctx()), act);
     let kernel = rec.ctx().kernel(&spec(
+        shader,
         OP,
         &[Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite, Access::Uniform],
         &consts,
@@ -224,7 +293,7 @@ pub fn attention_forward(
     let unused = rec.ctx().placeholder(false)?;
     let key_mask = opts.key_mask.unwrap_or(&unused);
     let head_mask = opts.head_mask.unwrap_or(&unused);
-    rec.dispatch(&kernel, &[qkv, key_mask, head_mask, out, lse], &dims.params(opts), dims.groups(PAIR))
+    rec.dispatch(&kernel, &[qkv, key_mask, head_mask, out, lse], &dims.params(opts), groups)
 }
 
 /// d = rowsum(dout ∘ out): out, dout [B, N, C] → d [B, NH, N].
@@ -235,7 +304,7 @@ pub fn attention_backward_preprocess(rec: &mut Recorder<'_>, out: &Tensor, dout:
     let act = out.element();
     let consts = dims.consts(act);
     let bindings = [Access::Read, Access::Read, Access::ReadWrite, Access::Uniform];
-    let kernel = rec.ctx().kernel(&spec(OP, &bindings, &consts, &[act, act, F32]))?;
+    let kernel = rec.ctx().kernel(&spec(SHADER, OP, &bindings, &consts, &[act, act, F32]))?;
     let params = dims.params(&AttentionOptions::new(1.0));
     rec.dispatch(&kernel, &[out, dout, d], &params, dims.groups(1))
 }
@@ -259,8 +328,9 @@ fn record_gradient(
     dims.check_masks(op, opts)?;
     dims.check_loop_budget(rec.ctx(), op)?;
     let act = qkv.element();
-    let consts = dims.consts(act);
+    let (shader, consts, groups) = dims.variant(opts.variant_on(rec.ctx()), act);
     let kernel = rec.ctx().kernel(&spec(
+        shader,
         op,
         &[
             Access::Read,
@@ -278,7 +348,7 @@ fn record_gradient(
     let unused = rec.ctx().placeholder(false)?;
     let key_mask = opts.key_mask.unwrap_or(&unused);
     let head_mask = opts.head_mask.unwrap_or(&unused);
-    rec.dispatch(&kernel, &[qkv, dout, lse, d, key_mask, head_mask, dqkv], &dims.params(opts), dims.groups(PAIR))
+    rec.dispatch(&kernel, &[qkv, dout, lse, d, key_mask, head_mask, dqkv], &dims.params(opts), groups)
 }
 
 /// The k and v slots of dqkv [B, N, 3C]: dv = pᵀ dout, dk = dsᵀ q · scale, one invocation

@@ -25,6 +25,7 @@ pub fn shaders() -> Vec<Shader> {
         resize::SHADER,
         optimizer::SHADER,
         attention::SHADER,
+        attention::TILED_SHADER,
         layernorm::SHADER,
         cross_entropy::SHADER,
         ops::SHADER,

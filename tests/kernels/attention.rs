@@ -3,13 +3,16 @@
 
 use autoprog::cpu::attention::{self as twin, AttentionMasks, AttentionShape};
 use autoprog::gpu::Element;
-use autoprog::kernels::attention::{self, AttentionOptions};
+use autoprog::kernels::attention::{self, AttentionOptions, AttentionVariant};
 use autoprog::tolerance::Tolerance;
 use autoprog::{ContextOptions, GpuContext, Tensor};
 use proptest::prelude::*;
 use rand::Rng;
 
 use crate::common::*;
+
+/// Both mappings of the kernels, whatever the adapter would choose: each is checked here.
+const VARIANTS: [AttentionVariant; 2] = [AttentionVariant::Rows, AttentionVariant::Tiled];
 
 /// Twin against twin in f64: only summation order differs.
 const F64_EXACT: Tolerance = Tolerance { rel: 1e-9, abs: 1e-12 };
@@ -43,12 +46,12 @@ fn upload_u32(v: &[u32], shape: &[usize]) -> Tensor {
 }
 
 /// Forward, preprocess (into its own d, for checking) and the full backward on the GPU.
-fn run_gpu(case: &Case, qkv: &[f64], dout: &[f64]) -> Gpu {
-    run_gpu_as(Element::F32, case, qkv, dout)
+fn run_gpu(variant: AttentionVariant, case: &Case, qkv: &[f64], dout: &[f64]) -> Gpu {
+    run_gpu_as(Element::F32, variant, case, qkv, dout)
 }
 
 /// [`run_gpu`] with qkv, out, dout and dqkv stored as `element`.
-fn run_gpu_as(element: Element, case: &Case, qkv: &[f64], dout: &[f64]) -> Gpu {
+fn run_gpu_as(element: Element, variant: AttentionVariant, case: &Case, qkv: &[f64], dout: &[f64]) -> Gpu {
     let s = case.s;
     let c = s.nh * s.hs;
     let qkv_t = upload_as(element, qkv, &[s.b, s.n, 3 * c]); // [B, N, 3C]
@@ -59,7 +62,12 @@ fn run_gpu_as(element: Element, case: &Case, qkv: &[f64], dout: &[f64]) -> Gpu {
     let lse = empty(&[s.b, s.nh, s.n]); // [B, NH, N]
     let d = empty(&[s.b, s.nh, s.n]); // [B, NH, N]
     let dqkv = empty_as(element, &[s.b, s.n, 3 * c]); // [B, N, 3C]
-    let opts = AttentionOptions { scale: scale_of(&s) as f32, key_mask: key_t.as_ref(), head_mask: head_t.as_ref() };
+    let opts = AttentionOptions {
+        scale: scale_of(&s) as f32,
+        key_mask: key_t.as_ref(),
+        head_mask: head_t.as_ref(),
+        variant: Some(variant),
+    };
     run(|rec| {
         attention::attention_forward(rec, &qkv_t, &opts, &out, &lse)?;
         attention::attention_backward_preprocess(rec, &out, &dout_t, &d)?;
@@ -73,32 +81,36 @@ fn masks(case: &Case) -> AttentionMasks<'_> {
 }
 
 /// Random inputs, GPU vs twins for every entry point; returns the GPU results.
-fn check_case(case: &Case, seed: u64) -> Gpu {
+/// Both variants against the twins; their results, in [`VARIANTS`] order.
+fn check_case(case: &Case, seed: u64) -> Vec<Gpu> {
     let s = case.s;
     let mut r = rng(seed);
     let qkv = rounded(&random(&mut r, qkv_len(&s), 2.0));
     let dout = rounded(&random(&mut r, s.b * s.n * s.nh * s.hs, 1.0));
-    let gpu = run_gpu(case, &qkv, &dout);
     let scale = scale_of(&s);
     let (out, lse) = twin::attention_forward(&qkv, s, masks(case), scale);
     let d = twin::attention_backward_preprocess(&out, &dout, s);
     let dqkv = twin::attention_backward(&qkv, &dout, s, masks(case), scale);
-    let what = |name: &str| format!("{name} {s:?} masks {:?} {:?}", case.key_mask, case.head_mask);
-    Tolerance::FORWARD.assert(&what("attention_forward out"), &gpu.out, &out);
-    Tolerance::FORWARD.assert(&what("attention_forward lse"), &gpu.lse, &lse);
-    Tolerance::BACKWARD.assert(&what("attention_backward_preprocess"), &gpu.d, &d);
-    Tolerance::BACKWARD.assert(&what("attention_backward dqkv"), &gpu.dqkv, &dqkv);
-    gpu
+    let check = |variant: AttentionVariant| {
+        let gpu = run_gpu(variant, case, &qkv, &dout);
+        let what = |name: &str| format!("{name} ({variant:?}) {s:?} masks {:?} {:?}", case.key_mask, case.head_mask);
+        Tolerance::FORWARD.assert(&what("attention_forward out"), &gpu.out, &out);
+        Tolerance::FORWARD.assert(&what("attention_forward lse"), &gpu.lse, &lse);
+        Tolerance::BACKWARD.assert(&what("attention_backward_preprocess"), &gpu.d, &d);
+        Tolerance::BACKWARD.assert(&what("attention_backward dqkv"), &gpu.dqkv, &dqkv);
+        gpu
+    };
+    VARIANTS.map(check).into()
 }
 
 /// f16 storage: each output against the twin run on what the GPU stored before it (as the
 /// GPU's backward reads the stored out, lse and d), so every comparison covers one rounding.
-fn check_case_f16(case: &Case, seed: u64) {
+fn check_case_f16(variant: AttentionVariant, case: &Case, seed: u64) {
     let s = case.s;
     let mut r = rng(seed);
     let qkv = stored(Element::F16, &random(&mut r, qkv_len(&s), 2.0));
     let dout = stored(Element::F16, &random(&mut r, s.b * s.n * s.nh * s.hs, 1.0));
-    let gpu = run_gpu_as(Element::F16, case, &qkv, &dout);
+    let gpu = run_gpu_as(Element::F16, variant, case, &qkv, &dout);
     let scale = scale_of(&s);
     let wide = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
     let (out, lse) = twin::attention_forward(&qkv, s, masks(case), scale);
@@ -107,7 +119,7 @@ fn check_case_f16(case: &Case, seed: u64) {
     let dkdv = twin::attention_backward_dkdv(&qkv, &dout, &gpu_lse, &gpu_d, s, masks(case), scale);
     let dq = twin::attention_backward_dq(&qkv, &dout, &gpu_lse, &gpu_d, s, masks(case), scale);
     let dqkv: Vec<f64> = dkdv.iter().zip(&dq).map(|(a, b)| a + b).collect();
-    let what = |name: &str| format!("{name} f16 {s:?} masks {:?} {:?}", case.key_mask, case.head_mask);
+    let what = |name: &str| format!("{name} f16 ({variant:?}) {s:?} masks {:?} {:?}", case.key_mask, case.head_mask);
     Tolerance::FORWARD.after_rounding_to(Element::F16).assert(&what("attention_forward out"), &gpu.out, &out);
     Tolerance::FORWARD.assert(&what("attention_forward lse"), &gpu.lse, &lse);
     Tolerance::BACKWARD.assert(&what("attention_backward_preprocess"), &gpu.d, &d);
@@ -124,7 +136,9 @@ fn attention_f16_matches_cpu() {
             key_mask: masked.then(|| random_mask(&mut r, b * n, 0.7)),
             head_mask: masked.then(|| random_mask(&mut r, nh, 0.7)),
         };
-        check_case_f16(&case, seed);
+        for variant in VARIANTS {
+            check_case_f16(variant, &case, seed);
+        }
     }
 }
 
@@ -184,14 +198,16 @@ fn attention_masked_keys_do_not_influence_anything() {
             *x = 1e3 * (*x + 0.5);
         }
     }
-    let clean = run_gpu(&case, &qkv, &dout);
-    let dirty = run_gpu(&case, &garbage, &dout);
-    assert_eq!(clean.out, dirty.out, "out depends on masked keys");
-    assert_eq!(clean.lse, dirty.lse, "lse depends on masked keys");
-    assert_eq!(clean.dqkv, dirty.dqkv, "dqkv depends on masked keys");
-    for (token, _) in key_mask.iter().enumerate().filter(|(_, &m)| m == 0) {
-        let dkv = &clean.dqkv[token * 3 * c + c..(token + 1) * 3 * c];
-        assert!(dkv.iter().all(|&g| g == 0.0), "masked key {token} has a nonzero dk/dv: {dkv:?}");
+    for variant in VARIANTS {
+        let clean = run_gpu(variant, &case, &qkv, &dout);
+        let dirty = run_gpu(variant, &case, &garbage, &dout);
+        assert_eq!(clean.out, dirty.out, "{variant:?}: out depends on masked keys");
+        assert_eq!(clean.lse, dirty.lse, "{variant:?}: lse depends on masked keys");
+        assert_eq!(clean.dqkv, dirty.dqkv, "{variant:?}: dqkv depends on masked keys");
+        for (token, _) in key_mask.iter().enumerate().filter(|(_, &m)| m == 0) {
+            let dkv = &clean.dqkv[token * 3 * c + c..(token + 1) * 3 * c];
+            assert!(dkv.iter().all(|&g| g == 0.0), "{variant:?}: masked key {token} has a nonzero dk/dv: {dkv:?}");
+        }
     }
     check_case(&case, 22);
 }
@@ -201,15 +217,16 @@ fn attention_masked_head_gives_zero_output_and_gradients() {
     let s = AttentionShape { b: 2, n: 5, nh: 3, hs: 16 };
     let (c, hs) = (s.nh * s.hs, s.hs);
     let case = Case { s, key_mask: None, head_mask: Some(vec![1, 0, 1]) };
-    let gpu = check_case(&case, 31);
-    for token in 0..s.b * s.n {
-        assert!(gpu.out[token * c + hs..][..hs].iter().all(|&x| x == 0.0), "out of masked head");
-        for part in 0..3 {
-            let g = &gpu.dqkv[(token * 3 + part) * c + hs..][..hs];
-            assert!(g.iter().all(|&x| x == 0.0), "dqkv part {part} of masked head: {g:?}");
+    for (gpu, variant) in check_case(&case, 31).iter().zip(VARIANTS) {
+        for token in 0..s.b * s.n {
+            assert!(gpu.out[token * c + hs..][..hs].iter().all(|&x| x == 0.0), "{variant:?}: out of masked head");
+            for part in 0..3 {
+                let g = &gpu.dqkv[(token * 3 + part) * c + hs..][..hs];
+                assert!(g.iter().all(|&x| x == 0.0), "{variant:?}: dqkv part {part} of masked head: {g:?}");
+            }
+            // The heads around it are not affected.
+            assert!(gpu.out[token * c..][..hs].iter().any(|&x| x != 0.0));
         }
-        // The heads around it are not affected.
-        assert!(gpu.out[token * c..][..hs].iter().any(|&x| x != 0.0));
     }
 
     // An f32 head mask (1.0 / 0.0) means the same: a zero bit pattern masks the head.
@@ -241,17 +258,18 @@ fn attention_all_keys_masked_gives_zeros_without_nan() {
     // Image 0 has no unmasked key at all; image 1 has one.
     let mut key_mask = vec![0; 14];
     key_mask[10] = 1;
-    let gpu = check_case(&Case { s, key_mask: Some(key_mask), head_mask: None }, 41);
-    for v in [&gpu.out, &gpu.lse, &gpu.d, &gpu.dqkv] {
-        assert!(v.iter().all(|x| x.is_finite()), "non-finite value");
-    }
-    assert!(gpu.out[..s.n * c].iter().all(|&x| x == 0.0), "image 0 output");
-    assert!(gpu.lse[..s.nh * s.n].iter().all(|&x| x == 0.0), "image 0 lse");
-    assert!(gpu.dqkv[..s.n * 3 * c].iter().all(|&x| x == 0.0), "image 0 gradients");
-    // With one key left every query of image 1 copies that key's v (token 10, part 2).
-    let v = &gpu.qkv[(10 * 3 + 2) * c..][..c];
-    for i in s.n..2 * s.n {
-        Tolerance::FORWARD.assert("single-key row", &gpu.out[i * c..][..c], v);
+    for gpu in check_case(&Case { s, key_mask: Some(key_mask), head_mask: None }, 41) {
+        for v in [&gpu.out, &gpu.lse, &gpu.d, &gpu.dqkv] {
+            assert!(v.iter().all(|x| x.is_finite()), "non-finite value");
+        }
+        assert!(gpu.out[..s.n * c].iter().all(|&x| x == 0.0), "image 0 output");
+        assert!(gpu.lse[..s.nh * s.n].iter().all(|&x| x == 0.0), "image 0 lse");
+        assert!(gpu.dqkv[..s.n * 3 * c].iter().all(|&x| x == 0.0), "image 0 gradients");
+        // With one key left every query of image 1 copies that key's v (token 10, part 2).
+        let v = &gpu.qkv[(10 * 3 + 2) * c..][..c];
+        for i in s.n..2 * s.n {
+            Tolerance::FORWARD.assert("single-key row", &gpu.out[i * c..][..c], v);
+        }
     }
 }
 

@@ -135,6 +135,9 @@ enum Command {
         /// kernel in one step on stderr.
         #[arg(long)]
         train: bool,
+        /// Only the attention cases, in both variants (rows per invocation, workgroup tiles).
+        #[arg(long, conflicts_with = "train")]
+        attention: bool,
         /// Images per step of the training-step cases.
         #[arg(long, default_value_t = 64)]
         train_batch: usize,
@@ -174,6 +177,7 @@ fn main() -> ExitCode {
             reps,
             quiet,
             train,
+            attention,
             train_batch,
             train_models,
             all_variants,
@@ -184,6 +188,7 @@ fn main() -> ExitCode {
                 reps: reps.max(1),
                 attention_batch,
                 train_only: train,
+                attention_only: attention,
                 train_batch: train_batch.max(1),
                 train_models,
                 all_variants,

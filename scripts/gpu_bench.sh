@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Ours against PyTorch on this machine's GPU, in one call: `autoprog bench` (training steps of
+# nano and tiny at batch 64 and 512 in f32 and f16, matmul at 4096³, attention) and PyTorch's
+# same steps (eager f32 with TF32 off, and autocast to bf16 and f16) and matmuls, merged into
+# one JSON file and one Markdown table (scripts/bench_table.py).
+#
+#   scripts/gpu_bench.sh [OUT_DIR]        (default gpu-bench/)
+#
+# Needs an `autoprog` binary (AUTOPROG, default target/release/autoprog, built with
+# `cargo build --release -p autoprog-trainer`), python3 with torch and timm, and a Vulkan
+# loader. Without one on the system (`ldconfig -p` lists no libvulkan.so.1), it unpacks the
+# Debian packages in DEBS (default: scripts/debs/*.deb, e.g. `apt-get download libvulkan1`)
+# into a private folder and points the loader at the NVIDIA driver's ICD file.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+out=${1:-gpu-bench}
+autoprog=${AUTOPROG:-target/release/autoprog}
+mkdir -p "$out"
+[ -x "$autoprog" ] || { echo "error: no autoprog binary at $autoprog; build it with cargo build --release -p autoprog-trainer or set AUTOPROG" >&2; exit 1; }
+
+if ! ldconfig -p | grep -q 'libvulkan.so.1'; then
+    debs=(${DEBS:-$here/debs}/*.deb)
+    [ -e "${debs[0]}" ] || { echo "error: no Vulkan loader on this machine and no .deb files in ${DEBS:-$here/debs}; put libvulkan1's package there (apt-get download libvulkan1)" >&2; exit 1; }
+    prefix=$(mktemp -d)
+    for deb in "${debs[@]}"; do dpkg -x "$deb" "$prefix"; done
+    export LD_LIBRARY_PATH="$prefix/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
+    echo "Vulkan loader unpacked from ${#debs[@]} package(s) into $prefix" >&2
+fi
+if [ -z "${VK_DRIVER_FILES:-}" ]; then
+    for icd in /usr/share/vulkan/icd.d/nvidia_icd.json /etc/vulkan/icd.d/nvidia_icd.json \
+        /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json; do
+        if [ -f "$icd" ]; then export VK_DRIVER_FILES=$icd; break; fi
+    done
+fi
+export WGPU_BACKEND=${WGPU_BACKEND:-vulkan}
+
+run() { echo "==> $*" >&2; "$@"; }
+run "$autoprog" info --json > "$out/info.json"
+run "$autoprog" bench --json --train --train-batch 64 > "$out/ours_train_64.json"
+run "$autoprog" bench --json --train --train-batch 512 > "$out/ours_train_512.json"
+run "$autoprog" bench --json --size 4096 > "$out/ours_kernels.json"
+run python3 "$here/torch_train_step.py" --batch 64 --batch 512 --precision f32 --precision bf16 --precision f16 \
+    > "$out/torch_train.json"
+run python3 "$here/torch_matmul.py" --size 4096 > "$out/torch_matmul.json"
+python3 "$here/bench_table.py" --info "$out/info.json" --json "$out/gpu_bench.json" \
+    --ours "$out/ours_train_64.json" "$out/ours_train_512.json" "$out/ours_kernels.json" \
+    --torch "$out/torch_train.json" "$out/torch_matmul.json" | tee "$out/gpu_bench.md"
