@@ -1,5 +1,6 @@
 //! Top-1 accuracy and mean loss of several weight arenas (the weights and every EMA) on a
-//! pass over labelled images, each batch uploaded once for all of them.
+//! pass over labelled images, each batch uploaded once for all of them; the passes are
+//! recorded once per evaluation and replayed for every batch.
 
 use super::host::Batches;
 use crate::gpu::Element;
@@ -33,6 +34,20 @@ pub async fn evaluate(
         Element::F32 => None,
         Element::F16 => Some(ctx.empty(&[batch, classes], "eval.logits_f32")?),
     };
+    // Every batch runs the same passes over the same tensors: recorded once, replayed.
+    let mut capture = ctx.capture("eval");
+    for (i, arena) in arenas.iter().enumerate() {
+        model.forward(&mut capture, arena, acts, false)?;
+        let logits = match &widened {
+            None => &acts.logits,
+            Some(f32_logits) => {
+                convert(&mut capture, &acts.logits, f32_logits)?;
+                f32_logits
+            }
+        };
+        capture.copy(logits, &logits_all.view(i * batch * classes, &[batch, classes])?)?;
+    }
+    let plan = capture.into_plan()?;
     let (mut correct, mut loss_sum, mut count) = (vec![0usize; arenas.len()], vec![0.0; arenas.len()], 0usize);
     for item in batches {
         let b = item?;
@@ -44,17 +59,7 @@ pub async fn evaluate(
         images.resize(acts.images.numel(), 0.0); // the last batch is padded; its extra rows are ignored
         ctx.write(&acts.images, &images)?;
         let mut rec = ctx.recorder("eval");
-        for (i, arena) in arenas.iter().enumerate() {
-            model.forward(&mut rec, arena, acts, false)?;
-            let logits = match &widened {
-                None => &acts.logits,
-                Some(f32_logits) => {
-                    convert(&mut rec, &acts.logits, f32_logits)?;
-                    f32_logits
-                }
-            };
-            rec.copy(logits, &logits_all.view(i * batch * classes, &[batch, classes])?)?;
-        }
+        rec.replay(&plan)?;
         ctx.submit(rec)?;
         let logits = ctx.read(&logits_all).await?;
         for i in 0..arenas.len() {
