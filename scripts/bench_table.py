@@ -29,6 +29,7 @@ def train_rows(ours, torch):
         row = rows.setdefault((model, int(batch[1:])), {})
         row[f"ours {precision}"] = e["images_per_second"]
         row[f"host ms {precision}"] = e.get("host_ms")
+        row[f"gpu ms {precision}"] = e.get("gpu_ms")
     for e in torch:
         if e.get("name") != "train_step":
             continue
@@ -48,14 +49,15 @@ def ratio(a, b):
 
 def train_table(rows):
     head = ("| model | batch | ours f32 | ours f16 | torch f32 | torch bf16 | torch f16 | ours f32 / torch f32 "
-            "| ours f16 / torch bf16 | host ms f32 | host ms f16 |")
+            "| ours f16 / torch bf16 | host ms f32 | host ms f16 | GPU ms f32 | GPU ms f16 |")
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     for (model, batch), r in sorted(rows.items()):
         cells = [model, str(batch), fmt(r.get("ours f32")), fmt(r.get("ours f16")), fmt(r.get("torch f32")),
                  fmt(r.get("torch bf16")), fmt(r.get("torch f16")),
                  fmt(ratio(r.get("ours f32"), r.get("torch f32")), 2),
                  fmt(ratio(r.get("ours f16"), r.get("torch bf16")), 2),
-                 fmt(r.get("host ms f32"), 2), fmt(r.get("host ms f16"), 2)]
+                 fmt(r.get("host ms f32"), 2), fmt(r.get("host ms f16"), 2),
+                 fmt(r.get("gpu ms f32"), 1), fmt(r.get("gpu ms f16"), 1)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

@@ -1,5 +1,9 @@
 // Matrix multiply C = op(A) op(B), batched, with a fused epilogue:
 //   acc = op(A) op(B) (+ bias[n]) ; pre = acc ; acc = gelu(acc) ; (+ residual) ; (+ C_old) ; C = acc
+// or, for a GELU's backward, acc = op(A) op(B) (+ bias[n]) ; acc *= gelu'(pre) ; ... (GELU_GRAD:
+// `pre` then holds the forward's pre-activation and is only read). ROW_SCALE multiplies acc by
+// row_scale[(batch * M + row) / rows_per_scale] before the residual: drop-path's per-image
+// factor on a residual branch.
 // Layouts (row-major, leading dimensions lda/ldb/ldc):
 //   A_TRANS = false: A is [M, K];  true: A is [K, M]  (C = Aᵀ B, used for weight gradients)
 //   B_TRANS = false: B is [K, N];  true: B is [N, K]  (C = A Bᵀ, used for linear layers and dX)
@@ -17,7 +21,9 @@ const B_TRANS: bool = false;
 const HAS_BIAS: bool = false;
 const GELU: bool = false;
 const STORE_PRE: bool = false;
+const GELU_GRAD: bool = false;
 const HAS_RESIDUAL: bool = false;
+const ROW_SCALE: bool = false;
 const ACCUMULATE: bool = false;
 // Storage element types, rewritten per variant: `Operand` for A, B and the bias, `Output`
 // for C, the pre-activation and the residual. f16 is storage only: every load widens to
@@ -43,16 +49,18 @@ struct Params {
     batch_a: u32,
     batch_b: u32,
     batch_c: u32,
-    _pad2: u32,
+    // Rows of C (counted over the batch) that share one row_scale factor.
+    rows_per_scale: u32,
 }
 
 @group(0) @binding(0) var<storage, read> a: array<Operand>;
 @group(0) @binding(1) var<storage, read> b: array<Operand>;
 @group(0) @binding(2) var<storage, read> bias: array<Operand>;
 @group(0) @binding(3) var<storage, read> residual: array<Output>;
-@group(0) @binding(4) var<storage, read_write> c: array<Output>;
-@group(0) @binding(5) var<storage, read_write> pre: array<Output>;
-@group(0) @binding(6) var<uniform> p: Params;
+@group(0) @binding(4) var<storage, read> row_scale: array<f32>;
+@group(0) @binding(5) var<storage, read_write> c: array<Output>;
+@group(0) @binding(6) var<storage, read_write> pre: array<Output>;
+@group(0) @binding(7) var<uniform> p: Params;
 
 // Offset of op(A)[row, kk] relative to the batch item's base.
 fn a_at(row: u32, kk: u32) -> u32 {
@@ -84,6 +92,12 @@ fn store(batch: u32, row: u32, col: u32, value: f32) {
     }
     if (GELU) {
         acc = gelu(acc);
+    }
+    if (GELU_GRAD) {
+        acc *= gelu_grad(f32(pre[at]));
+    }
+    if (ROW_SCALE) {
+        acc *= row_scale[(batch * p.m + row) / p.rows_per_scale];
     }
     if (HAS_RESIDUAL) {
         acc += f32(residual[at]);

@@ -49,6 +49,10 @@ pub struct BenchResult {
     /// [`GpuContext::tensor_bytes`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_bytes: Option<u64>,
+    /// `train_step` cases: GPU time of one step, the sum of `kernels` (None without
+    /// timestamp queries).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_ms: Option<f64>,
     /// Data-parallel `train_step` cases (under `mpirun`): what the ranks did together.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_parallel: Option<DataParallel>,
@@ -154,6 +158,7 @@ pub async fn bench_attention(
             host_ms: None,
             kernels: Vec::new(),
             device_bytes: None,
+            gpu_ms: None,
             data_parallel: None,
         }
     };
@@ -186,6 +191,7 @@ pub async fn bench_matmul(
         host_ms: None,
         kernels: Vec::new(),
         device_bytes: None,
+        gpu_ms: None,
         data_parallel: None,
     })
 }
@@ -237,6 +243,7 @@ pub async fn bench_train_step(
     let flops = batch as f64 * config.train_flops_per_image(resolution, config.depth);
     Ok(BenchResult {
         host_ms: Some(median(&mut host)),
+        gpu_ms: (!breakdown.is_empty()).then(|| breakdown.iter().map(|(_, ms, _)| ms).sum()),
         kernels: breakdown,
         device_bytes: Some(device_bytes),
         ..BenchResult::train_step(shape, variant, &mut samples, batch, flops)
@@ -262,6 +269,7 @@ impl BenchResult {
             host_ms: None,
             kernels: Vec::new(),
             device_bytes: None,
+            gpu_ms: None,
             data_parallel: None,
         }
     }

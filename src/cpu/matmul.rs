@@ -1,7 +1,7 @@
 //! CPU twin of `shaders/matmul.wgsl` (both `matmul_register` and `matmul_tiled`
 //! compute the same function; this is it).
 
-use crate::cpu::gelu::gelu_forward;
+use crate::cpu::gelu::{gelu_backward, gelu_forward};
 use crate::kernels::matmul::Layout;
 
 /// The epilogue inputs in f64, mirroring `kernels::matmul::Epilogue`.
@@ -9,7 +9,11 @@ use crate::kernels::matmul::Layout;
 pub struct Epilogue<'a> {
     pub bias: Option<&'a [f64]>,
     pub gelu: bool,
+    /// Multiply by GELU'(x) of these values (shape of C), after the bias.
+    pub gelu_grad_of: Option<&'a [f64]>,
     pub residual: Option<&'a [f64]>,
+    /// `(scale, rows)`: multiply by `scale[(bi·m + i) / rows]` before the residual.
+    pub row_scale: Option<(&'a [f64], usize)>,
     /// Previous contents of C when accumulating.
     pub accumulate: Option<&'a [f64]>,
 }
@@ -55,6 +59,12 @@ pub fn matmul(
                 pre[at] = acc;
                 if epi.gelu {
                     acc = gelu_forward(&[acc])[0];
+                }
+                if let Some(x) = epi.gelu_grad_of {
+                    acc = gelu_backward(&[x[at]], &[acc])[0];
+                }
+                if let Some((scale, rows)) = epi.row_scale {
+                    acc *= scale[(bi * m + i) / rows];
                 }
                 if let Some(r) = epi.residual {
                     acc += r[at];

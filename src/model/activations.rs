@@ -57,7 +57,6 @@ pub struct Activations {
     pub(super) tokens_out: Tensor, // [B·Np, C]
     pub(super) xs: Vec<Tensor>,    // L + 1 of [B, N, C]: the residual stream before each block and after the last
     pub(super) blocks: Vec<BlockActs>,
-    pub(super) branch: Tensor,    // [B, N, C] a residual branch before drop-path
     pub(super) cls: Tensor,       // [B, C]
     pub(super) cls_norm: Tensor,  // [B, C]
     pub(super) mean_f: Tensor,    // [B]
@@ -73,7 +72,6 @@ pub struct Activations {
     pub(super) dattn: Tensor,     // [B, N, C]
     pub(super) dln: Tensor,       // [B, N, C]
     pub(super) dqkv: Tensor,      // [B, N, 3C]
-    pub(super) dact: Tensor,      // [B, N, H]
     pub(super) dpre: Tensor,      // [B, N, H]
     pub(super) dtokens: Tensor,   // [B, Np, C]
     pub(super) pos: Option<PosResize>,

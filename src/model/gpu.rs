@@ -12,7 +12,6 @@ use super::activations::{BlockActs, PosResize};
 use crate::gpu::{Element, GpuContext, Owner, Recorder, Tensor};
 use crate::kernels::attention::{attention_backward, attention_forward, AttentionOptions};
 use crate::kernels::cross_entropy::{cross_entropy_hard, cross_entropy_soft};
-use crate::kernels::gelu::gelu_backward;
 use crate::kernels::layernorm::{layernorm_backward_full, layernorm_forward};
 use crate::kernels::matmul::{matmul, Epilogue, Layout};
 use crate::kernels::ops;
@@ -168,7 +167,6 @@ impl GpuVit {
             tokens_out: e(&[batch * np, c], "vit.tokens")?,
             xs: (0..=depth).map(|i| e(&[batch, n, c], &format!("vit.x{i}"))).collect::<Result<_>>()?,
             blocks,
-            branch: e(&[batch, n, c], "vit.branch")?,
             cls: e(&[batch, c], "vit.cls")?,
             cls_norm: e(&[batch, c], "vit.cls_norm")?,
             mean_f: f(&[batch], "vit.norm.mean")?,
@@ -184,7 +182,6 @@ impl GpuVit {
             dattn: e(&[batch, n, c], "vit.dattn")?,
             dln: e(&[batch, n, c], "vit.dln")?,
             dqkv: e(&[batch, n, 3 * c], "vit.dqkv")?,
-            dact: e(&[batch, n, h], "vit.dact")?,
             dpre: e(&[batch, n, h], "vit.dpre")?,
             dtokens: e(&[batch, np, c], "vit.dtokens")?,
             pos,
@@ -319,7 +316,8 @@ impl GpuVit {
         )
     }
 
-    /// out = x + input·Wᵀ + bias, through `acts.branch` and a per-image scale under drop-path.
+    /// out = x + input·Wᵀ + bias, the branch scaled per image under drop-path (`drop_scale`),
+    /// in one matmul.
     #[allow(clippy::too_many_arguments, reason = "the linear's operands plus the residual and drop-path")]
     fn residual(
         &self,
@@ -333,27 +331,14 @@ impl GpuVit {
         drop_scale: Option<Result<Tensor>>,
     ) -> Result<()> {
         let (input2, x2, out2) = (flat(input)?, flat(x)?, flat(out)?);
-        match drop_scale {
-            None => matmul(
-                rec,
-                Layout::NT,
-                &input2,
-                weight,
-                &out2,
-                &Epilogue { bias: Some(bias), residual: Some(&x2), ..Default::default() },
-            ),
-            Some(scale) => {
-                matmul(
-                    rec,
-                    Layout::NT,
-                    &input2,
-                    weight,
-                    &flat(&acts.branch)?,
-                    &Epilogue { bias: Some(bias), ..Default::default() },
-                )?;
-                ops::add_scaled_rows(rec, x, &acts.branch, &scale?, out)
-            }
-        }
+        let scale = drop_scale.transpose()?;
+        let epilogue = Epilogue {
+            bias: Some(bias),
+            residual: Some(&x2),
+            row_scale: scale.as_ref().map(|s| (s, acts.tokens)),
+            ..Default::default()
+        };
+        matmul(rec, Layout::NT, &input2, weight, &out2, &epilogue)
     }
 
     /// Records the loss of `acts.logits`: per-image losses, their mean in `acts.loss`, and
@@ -447,22 +432,22 @@ impl GpuVit {
             let d = |name: &str| self.block_view(grads, i, name);
             // MLP branch: x_out = x_mid + s·fc2(gelu(fc1(ln2(x_mid)))).
             let dbranch = self.branch_grad(rec, acts, &acts.dx, drop_path, i, 1)?;
+            // fc2's input gradient goes through GELU' in the same matmul: dpre = (dy W) ∘ gelu'(pre).
             self.linear_backward(
                 rec,
                 &ba.act,
                 &p("mlp.fc2.weight")?,
                 dbranch,
-                &acts.dact,
+                (&acts.dpre, Some(&ba.pre)),
                 &d("mlp.fc2.weight")?,
                 &d("mlp.fc2.bias")?,
             )?;
-            gelu_backward(rec, &ba.pre, &acts.dact, &acts.dpre)?;
             self.linear_backward(
                 rec,
                 &ba.ln2,
                 &p("mlp.fc1.weight")?,
                 &acts.dpre,
-                &acts.dln,
+                (&acts.dln, None),
                 &d("mlp.fc1.weight")?,
                 &d("mlp.fc1.bias")?,
             )?;
@@ -486,7 +471,7 @@ impl GpuVit {
                 &ba.attn,
                 &p("attn.proj.weight")?,
                 dbranch,
-                &acts.dattn,
+                (&acts.dattn, None),
                 &d("attn.proj.weight")?,
                 &d("attn.proj.bias")?,
             )?;
@@ -496,7 +481,7 @@ impl GpuVit {
                 &ba.ln1,
                 &p("attn.qkv.weight")?,
                 &acts.dqkv,
-                &acts.dln,
+                (&acts.dln, None),
                 &d("attn.qkv.weight")?,
                 &d("attn.qkv.bias")?,
             )?;
@@ -568,6 +553,8 @@ impl GpuVit {
     }
 
     /// Gradients of a Linear y = x Wᵀ + b: dx = dy W, dW = dyᵀ x, db = column sums of dy.
+    /// `dx` is (its tensor, the input of a GELU before the linear): with the second, dx is
+    /// the gradient at the GELU's input, (dy W) ∘ GELU'(input), in the same matmul.
     #[allow(clippy::too_many_arguments, reason = "the linear's three inputs and three gradients")]
     fn linear_backward(
         &self,
@@ -575,13 +562,15 @@ impl GpuVit {
         x: &Tensor,
         weight: &Tensor,
         dy: &Tensor,
-        dx: &Tensor,
+        (dx, gelu_input): (&Tensor, Option<&Tensor>),
         dweight: &Tensor,
         dbias: &Tensor,
     ) -> Result<()> {
         let none = Epilogue::default();
         let (x2, dy2, dx2) = (flat(x)?, flat(dy)?, flat(dx)?);
-        matmul(rec, Layout::NN, &dy2, weight, &dx2, &none)?;
+        let gelu_input = gelu_input.map(flat).transpose()?;
+        let dx_epilogue = Epilogue { gelu_grad_of: gelu_input.as_ref(), ..Default::default() };
+        matmul(rec, Layout::NN, &dy2, weight, &dx2, &dx_epilogue)?;
         matmul(rec, Layout::TN, &dy2, &x2, dweight, &none)?;
         ops::column_sum(rec, &dy2, dbias, false)
     }

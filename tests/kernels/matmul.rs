@@ -32,7 +32,11 @@ struct Case {
     b_shared: bool,
     bias: bool,
     gelu: bool,
+    /// Multiply by GELU'(x) of a tensor the shape of C (a GELU's backward).
+    gelu_grad: bool,
     residual: bool,
+    /// Multiply by a factor per group of rows before the residual (drop-path).
+    row_scale: bool,
     accumulate: bool,
 }
 
@@ -40,7 +44,20 @@ impl Case {
     /// A weight gradient's shape: TN, 2-D, no epilogue but accumulation.
     fn weight_gradient(m: usize, n: usize, k: usize, accumulate: bool) -> Case {
         let (b_shared, bias, gelu, residual) = (false, false, false, false);
-        Case { layout: Layout::TN, batch: 1, m, n, k, b_shared, bias, gelu, residual, accumulate }
+        Case {
+            layout: Layout::TN,
+            batch: 1,
+            m,
+            n,
+            k,
+            b_shared,
+            bias,
+            gelu,
+            gelu_grad: false,
+            residual,
+            row_scale: false,
+            accumulate,
+        }
     }
 }
 
@@ -64,6 +81,10 @@ fn check_typed(case: &Case, config: Config, split: Option<usize>, [operand, outp
     let b = stored(operand, &random(&mut r, b_batches * k * n, 1.0));
     let bias = stored(operand, &random(&mut r, n, 1.0));
     let res = stored(output, &random(&mut r, batch * m * n, 1.0));
+    let x = stored(output, &random(&mut r, batch * m * n, 2.0));
+    // Rows per factor: a divisor of the rows of C, so that several factors differ.
+    let rows_per_scale = [7, 5, 3, 2, 1].into_iter().find(|d| (batch * m) % d == 0).unwrap_or(1);
+    let scales: Vec<f64> = (0..batch * m / rows_per_scale).map(|i| [0.0, 2.0, 1.25][i % 3]).collect();
     let old = stored(output, &random(&mut r, batch * m * n, 1.0));
     let a_shape = match layout {
         Layout::TN => vec![batch, k, m],
@@ -80,13 +101,17 @@ fn check_typed(case: &Case, config: Config, split: Option<usize>, [operand, outp
     let (at, bt) = (upload_as(operand, &a, &a_shape), upload_as(operand, &b, &b_shape));
     let bias_t = upload_as(operand, &bias, &[n]);
     let res_t = upload_as(output, &res, &c_shape);
+    let x_t = upload_as(output, &x, &c_shape);
+    let scales_t = upload(&scales, &[scales.len()]);
     let c = upload_as(output, &old, &c_shape);
     let pre = ctx().empty_as(&c_shape, output, "test.pre").expect("alloc");
     let epi = Epilogue {
         bias: case.bias.then_some(&bias_t),
         gelu: case.gelu,
         pre: case.gelu.then_some(&pre),
+        gelu_grad_of: case.gelu_grad.then_some(&x_t),
         residual: case.residual.then_some(&res_t),
+        row_scale: case.row_scale.then_some((&scales_t, rows_per_scale)),
         accumulate: case.accumulate,
     };
     run(|rec| match split {
@@ -109,7 +134,9 @@ fn check_typed(case: &Case, config: Config, split: Option<usize>, [operand, outp
         &cpu::matmul::Epilogue {
             bias: case.bias.then_some(&bias[..]),
             gelu: case.gelu,
+            gelu_grad_of: case.gelu_grad.then_some(&x[..]),
             residual: case.residual.then_some(&res[..]),
+            row_scale: case.row_scale.then_some((&scales[..], rows_per_scale)),
             accumulate: case.accumulate.then_some(&old[..]),
         },
     );
@@ -139,10 +166,14 @@ proptest! {
         layout in prop::sample::select(Layout::ALL.to_vec()),
         config in prop::sample::select(configs()),
         batch in 1usize..3, m in 1usize..70, n in 1usize..70, k in 1usize..70,
-        b_shared in any::<bool>(), bias in any::<bool>(), gelu in any::<bool>(),
-        residual in any::<bool>(), accumulate in any::<bool>(), seed in any::<u64>(),
+        b_shared in any::<bool>(), bias in any::<bool>(), activation in 0u8..3,
+        residual_mode in 0u8..4, accumulate in any::<bool>(), seed in any::<u64>(),
     ) {
-        let case = Case { layout, batch, m, n, k, b_shared, bias, gelu, residual, accumulate };
+        // Bit 0: a residual; bit 1: a row scale.
+        let (residual, row_scale) = (residual_mode & 1 != 0, residual_mode & 2 != 0);
+        // No activation, GELU, or the product with GELU' (they are exclusive).
+        let (gelu, gelu_grad) = (activation == 1, activation == 2);
+        let case = Case { layout, batch, m, n, k, b_shared, bias, gelu, gelu_grad, residual, row_scale, accumulate };
         check(&case, config, seed);
     }
 }
@@ -160,11 +191,15 @@ proptest! {
             [Element::F16, Element::F16], [Element::F16, Element::F32], [Element::F32, Element::F16],
         ]),
         batch in 1usize..3, m in 1usize..70, n in 1usize..70, k in 1usize..70,
-        b_shared in any::<bool>(), bias in any::<bool>(), gelu in any::<bool>(),
-        residual in any::<bool>(), accumulate in any::<bool>(), seed in any::<u64>(),
+        b_shared in any::<bool>(), bias in any::<bool>(), activation in 0u8..3,
+        residual_mode in 0u8..4, accumulate in any::<bool>(), seed in any::<u64>(),
     ) {
+        // Bit 0: a residual; bit 1: a row scale.
+        let (residual, row_scale) = (residual_mode & 1 != 0, residual_mode & 2 != 0);
+        // No activation, GELU, or the product with GELU' (they are exclusive).
+        let (gelu, gelu_grad) = (activation == 1, activation == 2);
         require_f16();
-        let case = Case { layout, batch, m, n, k, b_shared, bias, gelu, residual, accumulate };
+        let case = Case { layout, batch, m, n, k, b_shared, bias, gelu, gelu_grad, residual, row_scale, accumulate };
         check_typed(&case, config, None, types, seed);
     }
 }
@@ -185,7 +220,9 @@ fn matmul_f16_every_variant_and_layout_at_a_vit_shape() {
                 b_shared: true,
                 bias: true,
                 gelu: true,
+                gelu_grad: false,
                 residual: true,
+                row_scale: true,
                 accumulate: false,
             };
             check_typed(&case, config, None, [Element::F16; 2], 12);
@@ -229,7 +266,9 @@ fn matmul_every_variant_and_layout_at_a_vit_shape() {
                 b_shared: false,
                 bias: true,
                 gelu: false,
+                gelu_grad: false,
                 residual: false,
+                row_scale: false,
                 accumulate: false,
             };
             check(&case, config, 11);
@@ -315,7 +354,9 @@ fn matmul_long_k_is_split_on_cpu_adapters() {
                 b_shared: false,
                 bias: false,
                 gelu: false,
+                gelu_grad: false,
                 residual: false,
+                row_scale: false,
                 accumulate: true,
             };
             check(&case, config, 5);

@@ -113,12 +113,14 @@ fn describe(r: &BenchResult) -> String {
     }
     if let Some(ips) = r.images_per_second {
         return format!(
-            "{} {}: {:.1} images/s ({:.1} ms per step, {:.1} ms of it recording and submitting; {:.0} MiB of tensors)",
+            "{} {}: {:.1} images/s ({:.1} ms per step, {:.1} ms of it recording and submitting, {} on the GPU; \
+             {:.0} MiB of tensors)",
             r.name,
             r.shape.as_deref().unwrap_or(""),
             ips,
             r.ms,
             r.host_ms.unwrap_or(f64::NAN),
+            r.gpu_ms.map_or("no timestamps".into(), |ms| format!("{ms:.1} ms")),
             r.device_bytes.unwrap_or(0) as f64 / f64::from(1 << 20),
         );
     }

@@ -146,8 +146,16 @@ pub struct Epilogue<'a> {
     pub gelu: bool,
     /// Also store the value before GELU here (shape of C), for the backward pass.
     pub pre: Option<&'a Tensor>,
+    /// Multiply by GELU'(x) of this tensor (shape of C), after the bias: the backward of a
+    /// GELU whose input the forward stored with `pre`, fused into the matmul that makes the
+    /// GELU's output gradient. Exclusive with `gelu` (it is bound where `pre` is).
+    pub gelu_grad_of: Option<&'a Tensor>,
     /// `+ residual[m, n]` after GELU, shape of C.
     pub residual: Option<&'a Tensor>,
+    /// `(scale, rows)`: multiply by `scale[r / rows]` before the residual, r counting the
+    /// rows of C over the batch (f32 [rows of C / rows]): drop-path's factor per image on a
+    /// residual branch, `rows` its tokens.
+    pub row_scale: Option<(&'a Tensor, usize)>,
     /// `C += result` instead of `C = result` (beta = 1: gradient accumulation).
     pub accumulate: bool,
 }
@@ -166,7 +174,7 @@ struct Params {
     batch_a: u32,
     batch_b: u32,
     batch_c: u32,
-    _pad2: u32,
+    rows_per_scale: u32,
 }
 
 /// Problem size derived from the operand shapes.
@@ -245,7 +253,7 @@ pub fn matmul_with(
             return Err(Error::shape(op, format!("bias is {:?} but C has {} columns", bias.shape(), d.n)));
         }
     }
-    for (name, t) in [("residual", epi.residual), ("pre", epi.pre)] {
+    for (name, t) in [("residual", epi.residual), ("pre", epi.pre), ("gelu_grad_of", epi.gelu_grad_of)] {
         if let Some(t) = t {
             if t.shape() != c.shape() {
                 return Err(Error::shape(op, format!("{name} is {:?} but C is {:?}", t.shape(), c.shape())));
@@ -254,6 +262,17 @@ pub fn matmul_with(
     }
     if epi.pre.is_some() && !epi.gelu {
         return Err(Error::invalid(op, "storing the pre-activation only makes sense with gelu"));
+    }
+    if let Some((scale, rows)) = epi.row_scale {
+        if rows == 0 || (d.batch * d.m) % rows != 0 || scale.shape() != [d.batch * d.m / rows] {
+            return Err(Error::shape(
+                op,
+                format!("row scale {:?} of {rows} rows each for the {} rows of C", scale.shape(), d.batch * d.m),
+            ));
+        }
+    }
+    if epi.gelu_grad_of.is_some() && epi.gelu {
+        return Err(Error::invalid(op, "gelu_grad_of (a GELU's backward) and gelu (its forward) exclude each other"));
     }
     if d.m == 0 || d.n == 0 || d.batch == 0 {
         return Ok(());
@@ -276,7 +295,9 @@ pub fn matmul_with(
         ("HAS_BIAS", flag(epi.bias.is_some())),
         ("GELU", flag(epi.gelu)),
         ("STORE_PRE", flag(epi.pre.is_some())),
+        ("GELU_GRAD", flag(epi.gelu_grad_of.is_some())),
         ("HAS_RESIDUAL", flag(epi.residual.is_some())),
+        ("ROW_SCALE", flag(epi.row_scale.is_some())),
         ("ACCUMULATE", flag(epi.accumulate)),
         ("Operand", a.element().wgsl().to_string()),
         ("Output", c.element().wgsl().to_string()),
@@ -284,7 +305,7 @@ pub fn matmul_with(
     // A, B and the bias share one element type, C, the residual and the pre-activation
     // another; dispatch refuses tensors that differ.
     let (operand, output) = (a.element(), c.element());
-    let elements = [operand, operand, operand, output, output, output];
+    let elements = [operand, operand, operand, output, Element::F32, output, output];
     let config = fit_scalar_reads(layout, config, &d);
     let reads = choose_reads(layout, config, &d);
     let register = || register_source(config, reads);
@@ -303,7 +324,7 @@ pub fn matmul_with(
     let spec = KernelSpec {
         shader: SHADER,
         entry,
-        bindings: &[Read, Read, Read, Read, ReadWrite, ReadWrite, Uniform],
+        bindings: &[Read, Read, Read, Read, Read, ReadWrite, ReadWrite, Uniform],
         consts: &consts,
         generated,
         elements: &elements,
@@ -314,7 +335,8 @@ pub fn matmul_with(
     let placeholder_write = rec.ctx().placeholder(true)?;
     let bias = epi.bias.unwrap_or(&placeholder_read);
     let residual = epi.residual.unwrap_or(&placeholder_read);
-    let pre = epi.pre.unwrap_or(&placeholder_write);
+    let (row_scale, rows_per_scale) = epi.row_scale.unwrap_or((&placeholder_read, 1));
+    let pre = epi.pre.or(epi.gelu_grad_of).unwrap_or(&placeholder_write);
     let stride = |t: &Tensor, rows: usize, cols: usize| if t.shape().len() == 2 { 0 } else { (rows * cols) as u32 };
     let (a0, a1) = if layout == Layout::TN { (d.k, d.m) } else { (d.m, d.k) };
     let (b0, b1) = if layout == Layout::NT { (d.n, d.k) } else { (d.k, d.n) };
@@ -328,6 +350,7 @@ pub fn matmul_with(
         batch_a: stride(a, a0, a1),
         batch_b: stride(b, b0, b1),
         batch_c: (d.m * d.n) as u32,
+        rows_per_scale: rows_per_scale as u32,
         ..Zeroable::zeroed()
     };
     let (bm, bn) = match config.variant {
@@ -337,11 +360,12 @@ pub fn matmul_with(
     let groups = [(d.n as u32).div_ceil(bn), (d.m as u32).div_ceil(bm), d.batch as u32];
     let chunk = k_chunk(rec.ctx(), config, d.k);
     if chunk >= d.k {
-        return rec.dispatch(&kernel, &[a, b, bias, residual, c, pre], &params, groups);
+        return rec.dispatch(&kernel, &[a, b, bias, residual, row_scale, c, pre], &params, groups);
     }
     // CPU adapters stop a shader's loops after 65535 iterations: split K and let every
     // chunk after the first accumulate into C.
-    if epi.bias.is_some() || epi.gelu || epi.residual.is_some() {
+    let fused = epi.gelu || epi.gelu_grad_of.is_some() || epi.row_scale.is_some();
+    if epi.bias.is_some() || fused || epi.residual.is_some() {
         return Err(Error::invalid(
             op,
             format!(
@@ -361,7 +385,7 @@ pub fn matmul_with(
             b_offset: (if b_trans { k0 } else { k0 * b1 }) as u32,
             ..params
         };
-        rec.dispatch(kernel, &[a, b, bias, residual, c, pre], &p, groups)?;
+        rec.dispatch(kernel, &[a, b, bias, residual, row_scale, c, pre], &p, groups)?;
     }
     Ok(())
 }

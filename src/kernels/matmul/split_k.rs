@@ -26,7 +26,8 @@ pub(super) fn split_k_count(
     b: &Tensor,
     epi: &Epilogue<'_>,
 ) -> Option<usize> {
-    let plain = epi.bias.is_none() && !epi.gelu && epi.pre.is_none() && epi.residual.is_none();
+    let fused = epi.gelu || epi.pre.is_some() || epi.gelu_grad_of.is_some() || epi.row_scale.is_some();
+    let plain = epi.bias.is_none() && !fused && epi.residual.is_none();
     let two_d = a.shape().len() == 2 && b.shape().len() == 2;
     if ctx.summary.is_cpu() || layout != Layout::TN || !plain || !two_d || d.batch != 1 {
         return None;
