@@ -107,7 +107,40 @@ fn score_dp(row: u32, t: u32) -> f32 {
 // ---------------------------------------------------------------------------------------
 // Forward: a workgroup owns ROWS query rows; keys and values come in tiles.
 
-@group(0) @binding(0) var<storage, read> f_qkv: array<StoredLane>;
+// Binding 0 of every entry point: qkv [B, N, 3, NH, HS].
+@group(0) @binding(0) var<storage, read> qkv: array<StoredLane>;
+
+// Loads a row's lanes that this invocation owns from `base` (zeros when `on` is false).
+fn own_lanes_qkv(base: u32, part: u32, on: bool) -> array<Lane, PL> {
+    var row: array<Lane, PL>;
+    if (on) {
+        for (var e = 0u; e < PL; e++) {
+            let d = part + e * PARTS;
+            if (d < HL) {
+                row[e] = Lane(qkv[base + d]);
+            }
+        }
+    }
+    return row;
+}
+
+// Stages the keys [t0, t0 + TILE) of the workgroup's (batch, head) in tile_a and their values
+// in tile_b (zeros past N); `c` is NH * HL.
+fn load_kv_tile(lid: u32, t0: u32, at: Place, n: u32, c: u32) {
+    for (var x = lid; x < TILE * HL; x += WG) {
+        let j = t0 + x / HL;
+        var k = Lane(0.0);
+        var v = Lane(0.0);
+        if (at.live && j < n) {
+            let k_base = (at.b * n + j) * 3u * c + c + at.h * HL + x % HL;
+            k = Lane(qkv[k_base]);
+            v = Lane(qkv[k_base + c]);
+        }
+        tile_a[x] = k;
+        tile_b[x] = v;
+    }
+}
+
 @group(0) @binding(1) var<storage, read> f_key_mask: array<u32>;
 @group(0) @binding(2) var<storage, read> f_head_mask: array<u32>;
 @group(0) @binding(3) var<storage, read_write> f_out: array<StoredLane>;
@@ -121,32 +154,12 @@ fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
     let c = fp.nh * HL;
     let head_on = at.live && (fp.has_head_mask == 0u || f_head_mask[at.h] != 0u);
     let r = lid / PARTS;
-    var q: array<Lane, PL>;
+    let q = own_lanes_qkv((at.b * fp.n + at.row) * 3u * c + at.h * HL, at.part, at.valid);
     var acc: array<Lane, PL>;
-    if (at.valid) {
-        let q_base = (at.b * fp.n + at.row) * 3u * c + at.h * HL;
-        for (var e = 0u; e < PL; e++) {
-            let d = at.part + e * PARTS;
-            if (d < HL) {
-                q[e] = Lane(f_qkv[q_base + d]);
-            }
-        }
-    }
     var m = NEG_BIG;
     var l = 0.0;
     for (var t0 = 0u; t0 < fp.n; t0 += TILE) {
-        for (var x = lid; x < TILE * HL; x += WG) {
-            let j = t0 + x / HL;
-            var k = Lane(0.0);
-            var v = Lane(0.0);
-            if (at.live && j < fp.n) {
-                let k_base = (at.b * fp.n + j) * 3u * c + c + at.h * HL + x % HL;
-                k = Lane(f_qkv[k_base]);
-                v = Lane(f_qkv[k_base + c]);
-            }
-            tile_a[x] = k;
-            tile_b[x] = v;
-        }
+        load_kv_tile(lid, t0, at, fp.n, c);
         workgroupBarrier();
         for (var t = 0u; t < TILE; t++) {
             var qk = Lane(0.0);
@@ -218,7 +231,6 @@ fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
 // dv = p^T dout, dk = ds^T q * scale, dq = ds k * scale. d comes from attention.wgsl's
 // preprocess.
 
-@group(0) @binding(0) var<storage, read> b_qkv: array<StoredLane>;
 @group(0) @binding(1) var<storage, read> b_dout: array<StoredLane>;
 @group(0) @binding(2) var<storage, read> b_lse: array<f32>;
 @group(0) @binding(3) var<storage, read> b_d: array<f32>;
@@ -226,20 +238,6 @@ fn attention_forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgrou
 @group(0) @binding(5) var<storage, read> b_head_mask: array<u32>;
 @group(0) @binding(6) var<storage, read_write> b_dqkv: array<StoredLane>;
 @group(0) @binding(7) var<uniform> bp: Params;
-
-// Loads a row's lanes that this invocation owns from `base` (zeros when `on` is false).
-fn own_lanes_qkv(base: u32, part: u32, on: bool) -> array<Lane, PL> {
-    var row: array<Lane, PL>;
-    if (on) {
-        for (var e = 0u; e < PL; e++) {
-            let d = part + e * PARTS;
-            if (d < HL) {
-                row[e] = Lane(b_qkv[base + d]);
-            }
-        }
-    }
-    return row;
-}
 
 fn own_lanes_dout(base: u32, part: u32, on: bool) -> array<Lane, PL> {
     var row: array<Lane, PL>;
@@ -280,7 +278,7 @@ fn attention_backward_dkdv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wo
             var qd = Lane(0.0);
             var od = Lane(0.0);
             if (at.live && i < bp.n) {
-                qd = Lane(b_qkv[(at.b * bp.n + i) * 3u * c + at.h * HL + x % HL]);
+                qd = Lane(qkv[(at.b * bp.n + i) * 3u * c + at.h * HL + x % HL]);
                 od = Lane(b_dout[(at.b * bp.n + i) * c + at.h * HL + x % HL]);
             }
             tile_a[x] = qd;
@@ -361,18 +359,7 @@ fn attention_backward_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_work
     }
     var dq: array<Lane, PL>;
     for (var t0 = 0u; t0 < bp.n; t0 += TILE) {
-        for (var x = lid; x < TILE * HL; x += WG) {
-            let j = t0 + x / HL;
-            var k = Lane(0.0);
-            var v = Lane(0.0);
-            if (at.live && j < bp.n) {
-                let k_base = (at.b * bp.n + j) * 3u * c + c + at.h * HL + x % HL;
-                k = Lane(b_qkv[k_base]);
-                v = Lane(b_qkv[k_base + c]);
-            }
-            tile_a[x] = k;
-            tile_b[x] = v;
-        }
+        load_kv_tile(lid, t0, at, bp.n, c);
         workgroupBarrier();
         for (var t = 0u; t < TILE; t++) {
             var qk = Lane(0.0);
