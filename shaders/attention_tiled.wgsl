@@ -252,6 +252,25 @@ fn own_lanes_dout(base: u32, part: u32, on: bool) -> array<Lane, PL> {
     return row;
 }
 
+// The partial dot products of row r's own lanes with every row of the tiles: `x` against
+// tile_a (the score: k with the queries, or q with the keys) into part_s, `y` against tile_b
+// (dout·v) into part_dp.
+fn tile_partials(r: u32, part: u32, x: array<Lane, PL>, y: array<Lane, PL>) {
+    for (var t = 0u; t < TILE; t++) {
+        var xa = Lane(0.0);
+        var yb = Lane(0.0);
+        for (var e = 0u; e < PL; e++) {
+            let d = part + e * PARTS;
+            if (d < HL) {
+                xa += x[e] * tile_a[t * HL + d];
+                yb += y[e] * tile_b[t * HL + d];
+            }
+        }
+        part_s[(r * TILE + t) * PARTS + part] = lane_sum(xa);
+        part_dp[(r * TILE + t) * PARTS + part] = lane_sum(yb);
+    }
+}
+
 // A workgroup owns ROWS key rows and loops over tiles of queries (q and dout); writes the k
 // and v slots of dqkv.
 @compute @workgroup_size(WG)
@@ -296,19 +315,7 @@ fn attention_backward_dkdv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_wo
             tile_d[lid] = d_i;
         }
         workgroupBarrier();
-        for (var t = 0u; t < TILE; t++) {
-            var qk = Lane(0.0);
-            var dov = Lane(0.0);
-            for (var e = 0u; e < PL; e++) {
-                let d = at.part + e * PARTS;
-                if (d < HL) {
-                    qk += tile_a[t * HL + d] * k[e];
-                    dov += tile_b[t * HL + d] * v[e];
-                }
-            }
-            part_s[(r * TILE + t) * PARTS + at.part] = lane_sum(qk);
-            part_dp[(r * TILE + t) * PARTS + at.part] = lane_sum(dov);
-        }
+        tile_partials(r, at.part, k, v);
         workgroupBarrier();
         if (kept) {
             // Key j is unmasked, so every query row of this image has a finite lse.
@@ -361,19 +368,7 @@ fn attention_backward_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_work
     for (var t0 = 0u; t0 < bp.n; t0 += TILE) {
         load_kv_tile(lid, t0, at, bp.n, c);
         workgroupBarrier();
-        for (var t = 0u; t < TILE; t++) {
-            var qk = Lane(0.0);
-            var dov = Lane(0.0);
-            for (var e = 0u; e < PL; e++) {
-                let d = at.part + e * PARTS;
-                if (d < HL) {
-                    qk += q[e] * tile_a[t * HL + d];
-                    dov += dout[e] * tile_b[t * HL + d];
-                }
-            }
-            part_s[(r * TILE + t) * PARTS + at.part] = lane_sum(qk);
-            part_dp[(r * TILE + t) * PARTS + at.part] = lane_sum(dov);
-        }
+        tile_partials(r, at.part, q, dout);
         workgroupBarrier();
         if (at.valid) {
             // A row without unmasked keys skips every key and keeps dq = 0.

@@ -292,22 +292,29 @@ impl Recorder<'_> {
             layout: &kernel.layout,
             entries: &entries,
         });
-        let dispatch =
-            PlannedDispatch { label: kernel.label.clone(), pipeline: kernel.pipeline.clone(), bind_group, groups };
         match &mut self.capture {
-            Some(plan) => plan.dispatch(dispatch, tensors),
-            None => self.encode_dispatch(&dispatch),
+            Some(plan) => {
+                let (label, pipeline) = (kernel.label.clone(), kernel.pipeline.clone());
+                plan.dispatch(PlannedDispatch { label, pipeline, bind_group, groups }, tensors);
+            }
+            None => self.encode_dispatch(&kernel.label, &kernel.pipeline, &bind_group, groups),
         }
         Ok(())
     }
 
     /// Encodes one dispatch in a compute pass of its own, timed when the recorder times.
-    fn encode_dispatch(&mut self, dispatch: &PlannedDispatch) {
+    fn encode_dispatch(
+        &mut self,
+        label: &str,
+        pipeline: &wgpu::ComputePipeline,
+        bind_group: &wgpu::BindGroup,
+        [x, y, z]: [u32; 3],
+    ) {
         let encoder = self.encoder.as_mut().expect("recorder not yet submitted");
         let timestamp_writes = match &mut self.timer {
             Some(timer) if (timer.labels.len() as u32) < MAX_TIMED => {
                 let i = timer.labels.len() as u32;
-                timer.labels.push(dispatch.label.clone());
+                timer.labels.push(label.to_string());
                 Some(wgpu::ComputePassTimestampWrites {
                     query_set: &timer.queries,
                     beginning_of_pass_write_index: Some(2 * i),
@@ -317,10 +324,9 @@ impl Recorder<'_> {
             _ => None,
         };
         let mut pass =
-            encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(&dispatch.label), timestamp_writes });
-        pass.set_pipeline(&dispatch.pipeline);
-        pass.set_bind_group(0, &dispatch.bind_group, &[]);
-        let [x, y, z] = dispatch.groups;
+            encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes });
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, bind_group, &[]);
         pass.dispatch_workgroups(x, y, z);
     }
 
@@ -336,7 +342,9 @@ impl Recorder<'_> {
         }
         for segment in &plan.segments {
             match segment {
-                Segment::Dispatches(run) if self.timer.is_some() => run.iter().for_each(|d| self.encode_dispatch(d)),
+                Segment::Dispatches(run) if self.timer.is_some() => {
+                    run.iter().for_each(|d| self.encode_dispatch(&d.label, &d.pipeline, &d.bind_group, d.groups))
+                }
                 Segment::Dispatches(run) => {
                     let mut pass = self.encoder().begin_compute_pass(&wgpu::ComputePassDescriptor {
                         label: Some(plan.label()),
