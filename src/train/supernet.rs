@@ -5,6 +5,7 @@
 //! [`crate::prog::search`].
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::host::Clock;
 use super::options::SearchCost;
 use crate::checkpoint::schema::ema_name;
+use crate::gpu::Plan;
 use crate::kernels::resize::resize_bilinear;
 use crate::model::step::Optimizer;
 use crate::model::{Activations, GpuVit, Loss, VitConfig};
@@ -191,7 +193,9 @@ pub fn stage_batch(
 pub type HeldBatch = (Vec<f32>, Vec<u32>);
 
 /// Mean cross-entropy (no smoothing) of candidate `c` with the weights in `arena` over the
-/// given held-back batches (images at the largest resolution, labels).
+/// given held-back batches (images at the largest resolution, labels). Every batch runs the
+/// same forward and loss passes: recorded once and replayed for the others (a short batch,
+/// whose loss leaves out padded rows, records its own).
 pub async fn candidate_loss(
     ctx: &GpuContext,
     model: &GpuVit,
@@ -202,13 +206,24 @@ pub async fn candidate_loss(
     holdout: &[&HeldBatch],
 ) -> anyhow::Result<f64> {
     acts.get_mut(&c.resolution).expect("planned").set_active_blocks(&growth.active(c.depth)?)?;
+    let a = &acts[&c.resolution];
+    let mut plans: Vec<(Loss, Arc<Plan>)> = Vec::new();
     let mut total = 0.0;
     for (images, labels) in holdout.iter().copied() {
         let mut rec = ctx.recorder("search.eval");
         let loss = stage_batch(ctx, &mut rec, acts, images, labels, None, c.resolution, model.config.classes)?;
-        let a = &acts[&c.resolution];
-        model.forward(&mut rec, arena, a, false)?;
-        model.loss(&mut rec, a, loss)?;
+        let plan = match plans.iter().find(|(kind, _)| *kind == loss) {
+            Some((_, plan)) => plan.clone(),
+            None => {
+                let mut capture = ctx.capture("search.eval");
+                model.forward(&mut capture, arena, a, false)?;
+                model.loss(&mut capture, a, loss)?;
+                let plan = capture.into_plan()?;
+                plans.push((loss, plan.clone()));
+                plan
+            }
+        };
+        rec.replay(&plan)?;
         ctx.submit(rec)?;
         total += ctx.read(&a.loss).await?[0] as f64;
     }
@@ -231,10 +246,23 @@ pub async fn candidates_step_ms(
     growth: &Growth,
     candidates: &[Candidate],
 ) -> anyhow::Result<Vec<f64>> {
+    // Each candidate's step, captured once (before its warm-up) and replayed in every round,
+    // as training replays its steps: on adapters without timestamps the wall clock then
+    // counts the host time training pays, not that of recording afresh.
+    let mut plans = Vec::with_capacity(candidates.len());
+    for &c in candidates {
+        let a = acts.get_mut(&c.resolution).expect("planned");
+        a.set_active_blocks(&growth.active(c.depth)?)?;
+        let mut capture = ctx.capture("search.time");
+        model.forward(&mut capture, &model.params, a, false)?;
+        model.loss(&mut capture, a, Loss::Hard { smoothing: 0.0 })?;
+        model.backward(&mut capture, a, false)?;
+        plans.push(capture.into_plan()?);
+    }
     let mut samples = vec![Vec::with_capacity(TIMING_ROUNDS); candidates.len()];
     for round in 0..=TIMING_ROUNDS {
-        for (i, &c) in candidates.iter().enumerate() {
-            let ms = step_ms(ctx, clock, model, acts, growth, c).await?;
+        for (i, plan) in plans.iter().enumerate() {
+            let ms = step_ms(ctx, clock, plan).await?;
             if round > 0 {
                 samples[i].push(ms);
             }
@@ -249,23 +277,11 @@ pub async fn candidates_step_ms(
         .collect())
 }
 
-/// One timed forward + backward step of candidate `c` in milliseconds.
-async fn step_ms(
-    ctx: &GpuContext,
-    clock: &dyn Clock,
-    model: &GpuVit,
-    acts: &mut ActsByResolution,
-    growth: &Growth,
-    c: Candidate,
-) -> anyhow::Result<f64> {
-    let a = acts.get_mut(&c.resolution).expect("planned");
-    a.set_active_blocks(&growth.active(c.depth)?)?;
-    let a = &acts[&c.resolution];
+/// One timed replay of a candidate's step `plan` in milliseconds.
+async fn step_ms(ctx: &GpuContext, clock: &dyn Clock, plan: &Arc<Plan>) -> anyhow::Result<f64> {
     let start = clock.seconds();
     let mut rec = ctx.timed_recorder("search.time");
-    model.forward(&mut rec, &model.params, a, false)?;
-    model.loss(&mut rec, a, Loss::Hard { smoothing: 0.0 })?;
-    model.backward(&mut rec, a, false)?;
+    rec.replay(plan)?;
     let timing = ctx.submit_timed(rec).await?;
     let wall = (clock.seconds() - start) * 1e3;
     Ok(if timing.passes.is_empty() { wall } else { timing.total_ms() })

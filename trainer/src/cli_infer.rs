@@ -224,15 +224,21 @@ pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
     let k = loaded.model.config.classes;
     let mut predictions = Vec::new();
     const CHUNK: usize = 32;
+    // Every chunk runs the same forward pass: recorded once, replayed; the last chunk is
+    // padded with zero images, whose logits are left out.
+    let acts = model.plan(&ctx, args.images.len().min(CHUNK), resolution)?;
+    let mut capture = ctx.capture("predict");
+    model.forward(&mut capture, &model.params, &acts, false)?;
+    let forward = capture.into_plan()?;
     for files in args.images.chunks(CHUNK) {
-        let mut images = Vec::new();
+        let mut images = Vec::with_capacity(acts.images.numel());
         for f in files {
             images.extend(load_image(f, resolution, loaded.model.mean, loaded.model.std)?);
         }
-        let acts = model.plan(&ctx, files.len(), resolution)?;
+        images.resize(acts.images.numel(), 0.0);
         ctx.write(&acts.images, &images)?;
         let mut rec = ctx.recorder("predict");
-        model.forward(&mut rec, &model.params, &acts, false)?;
+        rec.replay(&forward)?;
         ctx.submit(rec)?;
         let logits = ctx.read_blocking(&acts.logits)?;
         for (f, row) in files.iter().zip(logits.chunks(k)) {

@@ -140,6 +140,26 @@ fn predict_and_debug_step_on_a_checkpoint() {
         assert!(probs.windows(2).all(|w| w[0] >= w[1]) && probs[0] <= 1.0);
         assert!(autoprog::data::CLASSES.contains(&top[0]["label"].as_str().unwrap()));
     }
+    // 35 images: a full chunk of 32 and a padded one, through the same replayed forward pass;
+    // each image's logits are those it had in a batch of two (within f32 rounding of a
+    // matmul that may tile batches of other sizes differently).
+    let paths: Vec<String> = (0..35).map(|i| [&png, &jpg][i % 2].display().to_string()).collect();
+    let mut args = vec!["predict", "--checkpoint", &ckpt, "--json"];
+    args.extend(paths.iter().map(String::as_str));
+    let out = autoprog(&args);
+    assert!(out.status.success(), "{}", text(&out));
+    let many: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let logits = |p: &serde_json::Value| -> Vec<f64> {
+        p["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    };
+    assert_eq!(many.as_array().unwrap().len(), 35);
+    for (i, p) in many.as_array().unwrap().iter().enumerate() {
+        let (got, want) = (logits(p), logits(&preds[i % 2]));
+        assert!(
+            got.iter().zip(&want).all(|(g, w)| (g - w).abs() <= 1e-4 * (1.0 + w.abs())),
+            "image {i}: {got:?} against {want:?}"
+        );
+    }
 
     // export: the EMA's weights alone with their description; predict gives what the
     // checkpoint with --ema gives (exactly in f32; f16 weights move logits by ~1e-3).
