@@ -14,6 +14,7 @@
 
 pub mod augment;
 mod batch;
+mod mirror;
 mod pass;
 mod pixels;
 mod source;
@@ -23,6 +24,7 @@ use rand_chacha::ChaCha8Rng;
 
 pub use augment::AugmentConfig;
 pub use batch::{Batch, LoadError, Shard};
+pub use mirror::{probe_mirroring, FlipAdvice, MirrorProbe, PROBE_IMAGES};
 pub use pass::{InlineBatches, Pass, PassConfig, Skipped};
 pub use pixels::{normalize, preprocess, resize, CropBox, RgbImage};
 pub use source::{epoch_order, split_train_val, stream_seed, ProceduralSource, Source, Stream, Subset};

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
+use autoprog::data::{probe_mirroring, FlipAdvice, MirrorProbe};
 use autoprog::model::VitConfig;
 use autoprog::GpuContext;
 use clap::Args;
@@ -111,8 +112,13 @@ pub struct TrainArgs {
     #[arg(long, value_enum)]
     grow_from: Option<GrowFrom>,
     /// No random horizontal flips (for digits, text and other data that mirroring changes).
-    #[arg(long)]
+    /// By default a new run probes the training images and leaves flips out where mirrored
+    /// images are classified clearly worse than the originals.
+    #[arg(long, conflicts_with = "hflip")]
     no_hflip: bool,
+    /// Random horizontal flips whatever the probe of the training images says.
+    #[arg(long)]
+    hflip: bool,
     /// Drop-path rate of the last block (rising linearly from 0 at the first).
     #[arg(long)]
     drop_path: Option<f64>,
@@ -159,8 +165,8 @@ impl TrainArgs {
         }
         let mut config = self.base_config(ctx)?;
         self.apply_recipe(&mut config.recipe);
-        if self.no_hflip {
-            config.augment.hflip = false;
+        if self.no_hflip || self.hflip {
+            config.augment.hflip = self.hflip;
         }
         self.apply_data(&mut config.data);
         if self.stages.is_none() {
@@ -301,12 +307,50 @@ pub(crate) fn prepare(args: &TrainArgs, ctx: &GpuContext, announce: bool) -> any
     let dataset = train::open_dataset(&config)?;
     if args.resume.is_none() {
         config.model.classes = dataset.classes().len();
-        if dataset.format == Format::Mnist {
-            // Mirrored digits are other digits.
-            config.augment.hflip = false;
+        // Flips follow the data unless the command line or a config file chose: never on
+        // MNIST (mirrored digits are other digits), the presets' on the built-in set (they
+        // are tuned for it), else as the probe of the training images advises.
+        match dataset.format {
+            _ if args.no_hflip || args.hflip => {}
+            Format::Mnist => config.augment.hflip = false,
+            _ if args.config.is_some() || !config.augment.hflip => {}
+            Format::Procedural => {}
+            _ => {
+                let probe = probe_mirroring(dataset.train.as_ref(), MIRROR_PROBE_SEED);
+                config.augment.hflip = probe.advice() != FlipAdvice::Avoid;
+                if announce {
+                    eprintln!("{}", flips_line(&probe));
+                }
+            }
         }
     }
     Ok((config, dataset))
+}
+
+/// The images the flip probe samples: the same for every seed of a sweep, so that seeds
+/// never train with different augmentations.
+const MIRROR_PROBE_SEED: u64 = 0x6d69_7272_6f72;
+
+/// The run's line on random horizontal flips: what the probe measured and what it chose.
+fn flips_line(probe: &MirrorProbe) -> String {
+    let measured = format!(
+        "a nearest-class-mean probe of {} training images classifies {:.1}% of them and {:.1}% of their mirror \
+         images (chance {:.1}%)",
+        probe.scored,
+        100.0 * probe.accuracy,
+        100.0 * probe.mirrored_accuracy,
+        100.0 * probe.chance
+    );
+    match probe.advice() {
+        FlipAdvice::Avoid => format!(
+            "flips: off: {measured}, so a flip draws another class, as with digits or text; --hflip forces them"
+        ),
+        FlipAdvice::Keep => format!("flips: on: {measured}, so mirroring keeps the class; --no-hflip turns them off"),
+        FlipAdvice::Unsure => format!(
+            "flips: on (the preset's): {measured}, too close to chance to tell whether mirroring keeps the class \
+             (too few images, or classes alike in thumbnails); --no-hflip turns them off"
+        ),
+    }
 }
 
 /// Sets the returned flag on the first Ctrl-C or on SIGUSR1 (the run then checkpoints and

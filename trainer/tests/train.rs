@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use autoprog::checkpoint::{Checkpoint, NamedTensor};
 use autoprog::runlog::{parse_log, Event, RunStatus, Summary};
+use autoprog::train::TrainConfig;
 
 use common::*;
 
@@ -429,4 +430,56 @@ fn corrupt_images_are_skipped_logged_and_never_replaced() {
     let mean = losses.iter().sum::<f64>() / losses.len() as f64;
     let eval_loss = eval["val_loss"].as_f64().unwrap();
     assert!((mean - eval_loss).abs() <= 1e-5 * eval_loss.abs().max(1e-3), "predict {mean} vs eval {eval_loss}");
+}
+
+/// A folder dataset whose two classes are mirror images of each other (a light bar on the
+/// left or on the right of 20 px images): 40 training and 8 validation images per class.
+fn sided_folders(data: &Path) {
+    for (split, count) in [("train", 40), ("val", 8)] {
+        for (c, class) in ["left", "right"].iter().enumerate() {
+            let folder = data.join(split).join(class);
+            std::fs::create_dir_all(&folder).unwrap();
+            for i in 0..count {
+                let image = image::RgbImage::from_fn(20, 20, |x, y| {
+                    let bar = if c == 0 { x < 6 } else { x >= 14 };
+                    let noise = ((i * 37 + y * 11 + x * 5) % 30) as u8;
+                    image::Rgb([if bar { 210 + noise } else { 20 + noise }; 3])
+                });
+                image.save(folder.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn flips_follow_the_data_unless_chosen() {
+    let dir = scratch("flips");
+    let model = micro_model(&dir);
+    let data = dir.join("data");
+    sided_folders(&data);
+    let hflip_of = |run: &Path| -> bool {
+        let config = TrainConfig::load(&run.join("config.toml")).unwrap();
+        config.augment.hflip
+    };
+    let train = |name: &str, extra: &[&str]| -> (PathBuf, String) {
+        let run = dir.join(name);
+        let (data, out) = (data.display().to_string(), run.display().to_string());
+        let mut args = vec!["train", "--data", &data, "--model", &model, "--batch", "16", "--epochs", "1"];
+        args.extend(["--schedule", "none", "--quiet", "--out", &out]);
+        args.extend_from_slice(extra);
+        let result = autoprog(&args);
+        let t = text(&result);
+        assert!(result.status.success(), "{t}");
+        (run, t)
+    };
+    // Mirrored images are the other class: the probe sees it and says so.
+    let (run, t) = train("probed", &[]);
+    assert!(t.contains("flips: off") && t.contains("--hflip"), "{t}");
+    assert!(!hflip_of(&run));
+    // Chosen on the command line, here over a config file without flips: no probe, the
+    // choice stands.
+    let config = run.join("config.toml").display().to_string();
+    let (run, t) = train("forced", &["--config", &config, "--hflip"]);
+    assert!(!t.contains("flips:"), "{t}");
+    assert!(hflip_of(&run));
 }
