@@ -8,7 +8,9 @@ once with WebGPU (SwiftShader) and once with WebGPU off (the CPU twin in wasm):
   - every `search-winner` equals the log's search winners, in order,
   - `top1` and `logits` equal the native prediction (same top-1, logits within rel 1e-3,
     abs 1e-4: f32 kernels in a different order on another GPU, or the f64 twin),
-  - `backend` is `webgpu`, then `cpu`, and `error` stays empty;
+  - `backend` is `webgpu`, then `cpu`, and `error` stays empty,
+  - a built-in sample classified next (on WebGPU through the forward pass the first
+    prediction recorded, replayed) has the same logits in both modes;
 and, with WebGPU off, that a training link says that training needs WebGPU, that a malformed
 log, a run that is not served, a file that is not a model, a model of an unknown architecture,
 crafted model files (a scalar head, an empty position embedding, zero-element tensors of 2^31
@@ -222,6 +224,7 @@ def main():
         deep_link = f"{base}?run=tiny-auto&model=runs/tiny-auto/model.safetensors&image=runs/tiny-auto/image.png"
         modes = [("webgpu", ["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-webgpu-adapter=swiftshader"]),
                  ("cpu", ["--disable-features=WebGPU", "--disable-gpu"])]
+        sample_logits = {}
         for backend, args in modes:
             browser = WebDriver(driver_url, args, tempfile.mkdtemp(dir=work))
             browser.open(deep_link)
@@ -248,10 +251,22 @@ def main():
                   f"{checks['top1'][0]}, logits max rel diff {worst:.2e}")
             browser.screenshot(f"viewer-{backend}-1280x800.png", 1280, 800)
             browser.screenshot(f"viewer-{backend}-1280-tall.png", 1280, 4200)
+            # A built-in sample next: on WebGPU its forward pass is the one the first
+            # prediction recorded, replayed on the new image; it must agree with the CPU twin.
+            shown = browser.text("logits")
+            browser.js("document.querySelector('#samples button').click();")
+            browser.wait("a built-in sample's prediction",
+                         f"!['', {json.dumps(shown)}].includes(document.querySelector(\"[data-testid='logits']\")"
+                         ".textContent)")
+            sample_logits[backend] = json.loads(browser.text("logits"))
             if backend == "cpu":
                 browser.screenshot("viewer-phone-390x844.png", 390, 844)
                 robustness(browser, base, str(len(summary["stages"])), winners, hostile)
             browser.close()
+        if not close_enough(sample_logits["webgpu"], sample_logits["cpu"]):
+            fail(f"a built-in sample's logits on WebGPU (a replayed forward pass) {sample_logits['webgpu']} differ "
+                 f"from the CPU twin's {sample_logits['cpu']} beyond rel {REL} / abs {ABS}")
+        print("a built-in sample: WebGPU's replayed forward pass agrees with the CPU twin")
         print(f"viewer end-to-end test passed; screenshots in {SHOTS}")
     finally:
         stop_children(children)

@@ -11,12 +11,15 @@ pub mod run;
 mod search_panels;
 pub mod train;
 
+use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use autoprog::data::{preprocess, Procedural, RgbImage, Split, CLASSES};
+use autoprog::gpu::Plan;
 use autoprog::model::cpu::CpuVit;
 use autoprog::model::inference::{class_token_attention, top_classes, InferenceModel, LoadOptions, TopClass};
-use autoprog::model::{GpuVit, ParamLayout};
+use autoprog::model::{Activations, GpuVit, ParamLayout};
 use autoprog::{ContextOptions, GpuContext};
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
@@ -56,8 +59,32 @@ pub fn sample_size() -> u32 {
 
 /// Where the forward pass runs.
 enum Engine {
-    Gpu { ctx: Box<GpuContext>, vit: Box<GpuVit> },
-    Cpu { layout: ParamLayout, params: Vec<f64> },
+    Gpu {
+        ctx: Box<GpuContext>,
+        vit: Box<GpuVit>,
+        /// The one-image forward pass, recorded at the first prediction and replayed by the
+        /// next ones; out of the cell while a prediction uses it.
+        forward: RefCell<Option<Box<Forward>>>,
+    },
+    Cpu {
+        layout: ParamLayout,
+        params: Vec<f64>,
+    },
+}
+
+/// Activations for one image and the forward pass over them, recorded once.
+struct Forward {
+    acts: Activations,
+    plan: Arc<Plan>,
+}
+
+impl Forward {
+    fn record(ctx: &GpuContext, vit: &GpuVit, resolution: usize) -> autoprog::Result<Forward> {
+        let acts = vit.plan(ctx, 1, resolution)?;
+        let mut capture = ctx.capture("predict");
+        vit.forward(&mut capture, &vit.params, &acts, false)?;
+        Ok(Forward { plan: capture.into_plan()?, acts })
+    }
 }
 
 struct Loaded {
@@ -122,7 +149,7 @@ impl Model {
     pub fn info(&self) -> String {
         let l = &*self.inner;
         let (backend, adapter, precision) = match &l.engine {
-            Engine::Gpu { ctx, vit } => ("webgpu", ctx.summary.display_name(), vit.activations().wgsl()),
+            Engine::Gpu { ctx, vit, .. } => ("webgpu", ctx.summary.display_name(), vit.activations().wgsl()),
             Engine::Cpu { .. } => ("cpu", "the CPU twin in wasm (f64)".to_string(), "f64"),
         };
         let c = &l.model.config;
@@ -153,17 +180,24 @@ impl Model {
             // The same preprocessing as training's evaluation and `autoprog predict`.
             let input = preprocess(&image, r, m.mean, m.std);
             let (logits, qkv) = match &inner.engine {
-                Engine::Gpu { ctx, vit } => {
-                    let acts = vit.plan(ctx, 1, r).map_err(js_error)?;
-                    ctx.write(&acts.images, &input).map_err(js_error)?;
+                Engine::Gpu { ctx, vit, forward } => {
+                    // A prediction that starts while another one awaits its results finds the
+                    // cell empty and records its own pass over its own activations.
+                    let cached = forward.borrow_mut().take();
+                    let pass = match cached {
+                        Some(pass) => pass,
+                        None => Box::new(Forward::record(ctx, vit, r).map_err(js_error)?),
+                    };
+                    ctx.write(&pass.acts.images, &input).map_err(js_error)?;
                     let mut rec = ctx.recorder("predict");
-                    vit.forward(&mut rec, &vit.params, &acts, false).map_err(js_error)?;
+                    rec.replay(&pass.plan).map_err(js_error)?;
                     ctx.submit(rec).map_err(js_error)?;
-                    let logits = ctx.read(&acts.logits).await.map_err(js_error)?;
-                    let qkv = match acts.last_block_qkv() {
+                    let logits = ctx.read(&pass.acts.logits).await.map_err(js_error)?;
+                    let qkv = match pass.acts.last_block_qkv() {
                         Some(t) => ctx.read(t).await.map_err(js_error)?.into_iter().map(f64::from).collect(),
                         None => Vec::new(),
                     };
+                    *forward.borrow_mut() = Some(pass);
                     (logits, qkv)
                 }
                 Engine::Cpu { layout, params } => {
@@ -198,7 +232,7 @@ async fn gpu_engine(model: &InferenceModel) -> Result<Engine, String> {
     // f16 activations where the browser's adapter has `shader-f16`, as `--precision auto`.
     let (activations, _) = autoprog::train::Precision::Auto.resolve(&ctx).map_err(|e| e.to_string())?;
     vit.set_activations(&ctx, activations).map_err(|e| e.to_string())?;
-    Ok(Engine::Gpu { ctx: Box::new(ctx), vit: Box::new(vit) })
+    Ok(Engine::Gpu { ctx: Box::new(ctx), vit: Box::new(vit), forward: RefCell::new(None) })
 }
 
 fn cpu_engine(model: &InferenceModel) -> Result<Engine, JsValue> {
