@@ -67,10 +67,13 @@ pub fn probe_mirroring(source: &dyn Source, seed: u64) -> MirrorProbe {
     let sample: Vec<usize> = epoch_order(source.len(), seed, 0).into_iter().take(PROBE_IMAGES).collect();
     let thumbnails: Vec<(Vec<f32>, usize)> = sample
         .iter()
-        .filter(|&&i| (source.label(i) as usize) < classes)
         .filter_map(|&i| {
+            let label = source.label(i) as usize;
+            if label >= classes {
+                return None;
+            }
             let image = source.load(i).ok()?;
-            Some((standardised(preprocess(&image, THUMBNAIL, [0.0; 3], [1.0; 3])), source.label(i) as usize))
+            Some((standardised(preprocess(&image, THUMBNAIL, [0.0; 3], [1.0; 3])), label))
         })
         .collect();
     let (fit, scored): (Vec<_>, Vec<_>) = thumbnails.iter().enumerate().partition(|(i, _)| i % 2 == 0);
