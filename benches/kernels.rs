@@ -28,7 +28,7 @@ fn matmul_benches(c: &mut Criterion) {
     let out = ctx.empty(&[n, n], "c").unwrap();
     let mut group = c.benchmark_group("matmul_256");
     group.throughput(Throughput::Elements(2 * (n * n * n) as u64));
-    for config in matmul::candidates(&ctx) {
+    for config in matmul::candidates(&ctx, autoprog::gpu::Element::F32) {
         for layout in Layout::ALL {
             group.bench_function(format!("{}/{}", layout.name(), config.label()), |bencher| {
                 bencher.iter_custom(|iters| {

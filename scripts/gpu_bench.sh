@@ -6,6 +6,8 @@
 #
 #   scripts/gpu_bench.sh [OUT_DIR]        (default gpu-bench/)
 #
+# With KERNEL_TESTS set to the kernel test binary (`cargo test --release -p autoprog --test
+# kernels --no-run` prints its path), it first runs the cooperative-matrix matmul test.
 # Needs an `autoprog` binary (AUTOPROG, default target/release/autoprog, built with
 # `cargo build --release -p autoprog-trainer`), python3 with torch and timm, and a Vulkan
 # loader. Without one on the system (`ldconfig -p` lists no libvulkan.so.1), it unpacks the
@@ -37,6 +39,12 @@ export WGPU_BACKEND=${WGPU_BACKEND:-vulkan}
 
 run() { echo "==> $*" >&2; "$@"; }
 run "$autoprog" info --json > "$out/info.json"
+# The cooperative-matrix (tensor-core) matmul against its CPU twin, where a test binary was
+# built and carried (KERNEL_TESTS, e.g. target/release/deps/kernels-*); it fails, not
+# skips, on a device without cooperative matrices.
+if [ -n "${KERNEL_TESTS:-}" ]; then
+    AUTOPROG_REQUIRE_COOPMAT=1 run "$KERNEL_TESTS" --test-threads 1 cooperative 2>&1 | tee "$out/cooperative_test.txt" || true
+fi
 run "$autoprog" bench --json --train --train-batch 64 > "$out/ours_train_64.json"
 run "$autoprog" bench --json --train --train-batch 512 > "$out/ours_train_512.json"
 run "$autoprog" bench --json --size 4096 > "$out/ours_kernels.json"

@@ -1,7 +1,8 @@
-"""PyTorch reference for `autoprog bench`: f32 matmul throughput on the CUDA device at hand.
+"""PyTorch reference for `autoprog bench`: matmul throughput on the CUDA device at hand.
 
 Times C = op(A)·op(B) in the NN, NT and TN layouts at the given square sizes with TF32 off
-(true f32, what our WGSL kernels compute) and, for context, with TF32 on. Each case: three
+(true f32, what our WGSL kernels compute), for context with TF32 on, and in f16 (tensor
+cores, f32 accumulation; named `matmul_nn_f16` etc., beside our cooperative-matrix variant). Each case: three
 warm-up products, then the median of `--reps` products timed with CUDA events. Prints one
 JSON array shaped like `autoprog bench --json`'s matmul entries.
 
@@ -62,6 +63,20 @@ def main():
                     "variant": f"torch {torch.__version__} cuBLAS " + ("tf32" if tf32 else "f32"),
                     "device": torch.cuda.get_device_name(),
                 })
+    for n in sizes:
+        generator = torch.Generator(device="cuda").manual_seed(0)
+        a = (torch.rand(n, n, device="cuda", generator=generator) - 0.5).half()
+        b = (torch.rand(n, n, device="cuda", generator=generator) - 0.5).half()
+        for layout in ("nn", "nt", "tn"):
+            ms, best = time_product(a, b, layout, args.reps)
+            results.append({
+                "name": f"matmul_{layout}_f16",
+                "m": n, "n": n, "k": n,
+                "ms": ms, "min_ms": best,
+                "gflops": 2 * n**3 / (ms * 1e6),
+                "variant": f"torch {torch.__version__} cuBLAS f16",
+                "device": torch.cuda.get_device_name(),
+            })
     print(json.dumps(results, indent=1))
 
 

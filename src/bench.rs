@@ -165,19 +165,21 @@ pub async fn bench_attention(
     Ok([result("attention_forward", &mut fwd, fwd_flops), result("attention_backward", &mut bwd, 2.5 * fwd_flops)])
 }
 
-/// Times one matmul problem with `config`.
+/// Times one matmul problem with `config`, operands stored as `operand` (f16 cases are
+/// named `matmul_nn_f16` etc.; C is f32 in both).
 pub async fn bench_matmul(
     ctx: &GpuContext,
     layout: Layout,
     config: matmul::Config,
     dims: Dims,
     reps: usize,
+    operand: Element,
 ) -> Result<BenchResult> {
-    let mut samples = matmul::time_config(ctx, layout, config, dims, reps).await?;
+    let mut samples = matmul::time_config(ctx, layout, config, dims, reps, operand).await?;
     let ms = median(&mut samples);
     let flops = 2.0 * (dims.batch * dims.m * dims.n * dims.k) as f64;
     Ok(BenchResult {
-        name: layout.name().to_string(),
+        name: if operand == Element::F16 { format!("{}_f16", layout.name()) } else { layout.name().to_string() },
         m: Some(dims.m),
         n: Some(dims.n),
         k: Some(dims.k),
@@ -448,23 +450,28 @@ pub async fn run(
         return Ok(results);
     }
     let mut cases = Vec::new();
-    for &s in &opts.square {
-        for layout in Layout::ALL {
-            let dims = Dims { batch: 1, m: s, n: s, k: s };
-            if opts.all_variants {
-                cases.extend(matmul::candidates(ctx).into_iter().map(|c| (layout, c, dims)));
-            } else {
-                cases.push((layout, matmul::config_for(ctx, layout), dims));
+    // Square problems in every operand type the training steps use (f16: the tensor-core
+    // variant where the device has it), the ViT's shapes in f32.
+    for operand in precisions(ctx) {
+        for &s in &opts.square {
+            for layout in Layout::ALL {
+                let dims = Dims { batch: 1, m: s, n: s, k: s };
+                if opts.all_variants {
+                    cases.extend(matmul::candidates(ctx, operand).into_iter().map(|c| (layout, c, dims, operand)));
+                } else {
+                    cases.push((layout, matmul::config_for(ctx, layout, operand), dims, operand));
+                }
             }
         }
     }
     for (k, n) in [(192, 576), (192, 768), (384, 1152), (384, 1536)] {
         for layout in Layout::ALL {
-            cases.push((layout, matmul::config_for(ctx, layout), Dims { batch: 1, m: opts.vit_rows, n, k }));
+            let dims = Dims { batch: 1, m: opts.vit_rows, n, k };
+            cases.push((layout, matmul::config_for(ctx, layout, Element::F32), dims, Element::F32));
         }
     }
-    for (layout, config, dims) in cases {
-        let r = bench_matmul(ctx, layout, config, dims, opts.reps).await?;
+    for (layout, config, dims, operand) in cases {
+        let r = bench_matmul(ctx, layout, config, dims, opts.reps, operand).await?;
         progress(&r);
         results.push(r);
     }

@@ -129,6 +129,32 @@ const WANTED_FEATURES: wgpu::Features = wgpu::Features::TIMESTAMP_QUERY
     .union(wgpu::Features::SHADER_F16)
     .union(wgpu::Features::PIPELINE_CACHE);
 
+/// The cooperative-matrix shape the matmul's tensor-core variant is written for: 16x16x16
+/// tiles, f16 inputs, f32 accumulators (the only square shape with f16 inputs that naga
+/// can express and that NVIDIA and AMD Vulkan drivers report).
+fn has_coop_f16_16(adapter: &wgpu::Adapter) -> bool {
+    adapter.cooperative_matrix_properties().iter().any(|p| {
+        (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
+            && p.ab_type == wgpu::CooperativeScalarType::F16
+            && p.cr_type == wgpu::CooperativeScalarType::F32
+    })
+}
+
+/// Whether to open the device with cooperative matrices: the adapter has the shape above,
+/// f16 shaders and subgroups of one fixed size (the kernel counts its subgroups from it),
+/// and `AUTOPROG_COOPMAT` is not `0` (the feature is experimental in wgpu: a way out).
+fn wants_cooperative_matrix(adapter: &wgpu::Adapter) -> bool {
+    let info = adapter.get_info();
+    let needed =
+        wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16;
+    let opted_out = std::env::var("AUTOPROG_COOPMAT").is_ok_and(|v| v == "0");
+    !opted_out
+        && adapter.features().contains(needed)
+        && has_coop_f16_16(adapter)
+        && info.subgroup_min_size == info.subgroup_max_size
+        && info.subgroup_min_size > 0
+}
+
 /// Instance, adapter, device and queue, plus the caches shared by every kernel.
 pub struct GpuContext {
     pub instance: wgpu::Instance,
@@ -251,7 +277,20 @@ impl GpuContext {
 
     /// Opens the device on a given adapter.
     pub async fn from_adapter(instance: wgpu::Instance, adapter: wgpu::Adapter) -> Result<Self> {
-        let features = adapter.features() & WANTED_FEATURES;
+        let cooperative = wants_cooperative_matrix(&adapter);
+        let mut features = adapter.features() & WANTED_FEATURES;
+        features.set(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX, cooperative);
+        // wgpu asks for a token to enable an experimental feature.
+        #[allow(unsafe_code, reason = "wgpu's token for an experimental feature is an unsafe fn")]
+        // SAFETY: only cooperative matrices are experimental here, and only the matmul's
+        // cooperative variant uses them: with the shape the adapter reports (16x16x16,
+        // f16 -> f32), in uniform control flow, on whole subgroups. `AUTOPROG_COOPMAT=0`
+        // leaves the feature off.
+        let experimental_features = if cooperative {
+            unsafe { wgpu::ExperimentalFeatures::enabled() }
+        } else {
+            wgpu::ExperimentalFeatures::disabled()
+        };
         let summary = AdapterSummary {
             enabled_features: features.iter_names().map(|(name, _)| name.to_lowercase()).collect(),
             ..AdapterSummary::from_adapter(&adapter)
@@ -261,6 +300,7 @@ impl GpuContext {
                 label: Some("autoprog"),
                 required_features: features,
                 required_limits: adapter.limits(),
+                experimental_features,
                 ..Default::default()
             })
             .await
@@ -307,6 +347,12 @@ impl GpuContext {
     /// Whether the device runs kernels that store f16 (`SHADER_F16`).
     pub fn has_f16(&self) -> bool {
         self.has(wgpu::Features::SHADER_F16)
+    }
+
+    /// The subgroup size the cooperative-matrix matmul is generated for, where the device
+    /// was opened with cooperative matrices (16x16x16 f16 -> f32 tiles); `None` elsewhere.
+    pub fn cooperative_matrix_subgroup(&self) -> Option<u32> {
+        self.has(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX).then_some(self.summary.subgroup_min_size)
     }
 
     /// Fails with a clear message if `bytes` cannot be bound as one storage buffer.

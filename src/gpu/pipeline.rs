@@ -50,6 +50,9 @@ pub struct Generated<'a> {
     /// Identifies the generated code among the shader's variants.
     pub name: &'a str,
     pub source: &'a dyn Fn() -> String,
+    /// WGSL extensions the generated code needs beyond f16 (e.g.
+    /// `wgpu_cooperative_matrix`), written as `enable` directives at the top.
+    pub enables: &'a [&'a str],
 }
 
 impl std::fmt::Debug for Generated<'_> {
@@ -165,7 +168,10 @@ impl PipelineCache {
         if half && !device.features().contains(wgpu::Features::SHADER_F16) {
             return Err(Error::missing_f16(format!("{key} (f16 storage)")));
         }
-        let enable = if half { "enable f16;\n" } else { "" };
+        let mut enable = if half { "enable f16;\n" } else { "" }.to_string();
+        for extension in spec.generated.map(|g| g.enables).unwrap_or_default() {
+            enable += &format!("enable {extension};\n");
+        }
         let source = format!(
             "{enable}{}{}",
             specialise(spec.shader.source, spec.consts),

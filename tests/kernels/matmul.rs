@@ -61,6 +61,17 @@ impl Case {
     }
 }
 
+/// How a checked matmul is run.
+#[derive(Clone, Copy, Debug)]
+enum Route {
+    /// `matmul_with` the config.
+    Direct,
+    /// Split-K with this many slices (TN, plain or accumulating epilogue, 2-D operands).
+    SplitK(usize),
+    /// A cooperative config with its tiles written out as loops (no tensor cores needed).
+    EmulatedTiles,
+}
+
 fn check(case: &Case, config: Config, seed: u64) {
     check_split(case, config, None, seed);
 }
@@ -68,12 +79,12 @@ fn check(case: &Case, config: Config, seed: u64) {
 /// [`check`], through split-K with this many slices when `split` is given (TN, plain or
 /// accumulating epilogue, 2-D operands).
 fn check_split(case: &Case, config: Config, split: Option<usize>, seed: u64) {
-    check_typed(case, config, split, [Element::F32; 2], seed);
+    check_typed(case, config, split.map_or(Route::Direct, Route::SplitK), [Element::F32; 2], seed);
 }
 
 /// [`check_split`] with A, B and the bias stored as `operand` and C, the residual and the
 /// pre-activation as `output`; the CPU twin sees the values as stored.
-fn check_typed(case: &Case, config: Config, split: Option<usize>, [operand, output]: [Element; 2], seed: u64) {
+fn check_typed(case: &Case, config: Config, route: Route, [operand, output]: [Element; 2], seed: u64) {
     let Case { layout, batch, m, n, k, .. } = *case;
     let mut r = rng(seed);
     let a = stored(operand, &random(&mut r, batch * m * k, 1.0));
@@ -114,12 +125,13 @@ fn check_typed(case: &Case, config: Config, split: Option<usize>, [operand, outp
         row_scale: case.row_scale.then_some((&scales_t, rows_per_scale)),
         accumulate: case.accumulate,
     };
-    run(|rec| match split {
-        Some(splits) => {
+    run(|rec| match route {
+        Route::SplitK(splits) => {
             let (a2, b2, c2) = (at.reshape(&[k, m])?, bt.reshape(&[k, n])?, c.reshape(&[m, n])?);
             matmul::matmul_split_k(rec, config, &a2, &b2, &c2, case.accumulate, splits)
         }
-        None => matmul::matmul_with(rec, layout, config, &at, &bt, &c, &epi),
+        Route::Direct => matmul::matmul_with(rec, layout, config, &at, &bt, &c, &epi),
+        Route::EmulatedTiles => matmul::matmul_cooperative_emulated(rec, layout, config, &at, &bt, &c, &epi),
     });
     let (want, want_pre) = cpu::matmul::matmul(
         layout,
@@ -152,7 +164,7 @@ fn check_typed(case: &Case, config: Config, split: Option<usize>, [operand, outp
     let abs = (5.0 * sequential_sigma).max(Tolerance::FORWARD.abs);
     let tol = Tolerance { rel: Tolerance::FORWARD.rel, abs }.after_rounding_to(output);
     let what =
-        format!("{} {} b{batch} m{m} n{n} k{k} split {split:?} {operand}->{output}", layout.name(), config.label());
+        format!("{} {} b{batch} m{m} n{n} k{k} route {route:?} {operand}->{output}", layout.name(), config.label());
     tol.assert(&what, &read(&c), &want);
     if case.gelu {
         tol.assert(&format!("{what} pre"), &read(&pre), &want_pre);
@@ -200,7 +212,7 @@ proptest! {
         let (gelu, gelu_grad) = (activation == 1, activation == 2);
         require_f16();
         let case = Case { layout, batch, m, n, k, b_shared, bias, gelu, gelu_grad, residual, row_scale, accumulate };
-        check_typed(&case, config, None, types, seed);
+        check_typed(&case, config, Route::Direct, types, seed);
     }
 }
 
@@ -225,7 +237,7 @@ fn matmul_f16_every_variant_and_layout_at_a_vit_shape() {
                 row_scale: true,
                 accumulate: false,
             };
-            check_typed(&case, config, None, [Element::F16; 2], 12);
+            check_typed(&case, config, Route::Direct, [Element::F16; 2], 12);
         }
     }
 }
@@ -236,7 +248,7 @@ fn matmul_f16_split_k_into_f32_matches_cpu() {
     require_f16();
     for (m, n, k, splits) in [(70, 33, 1000, 3), (64, 192, 768, 3)] {
         let case = Case::weight_gradient(m, n, k, true);
-        check_typed(&case, Config::register(8, 4, 8), Some(splits), [Element::F16, Element::F32], 18);
+        check_typed(&case, Config::register(8, 4, 8), Route::SplitK(splits), [Element::F16, Element::F32], 18);
     }
 }
 
@@ -250,6 +262,98 @@ fn matmul_f16_refuses_mixed_operands() {
     let mut rec = c.recorder("mixed");
     let err = matmul::matmul(&mut rec, Layout::NN, &a, &b, &out, &Epilogue::default()).unwrap_err().to_string();
     assert!(err.contains("binding 1 takes f16") && err.contains("Tensor[4, 6]"), "{err}");
+}
+
+/// Cooperative configs of the tests: the smallest block, a deep one with a short K slice,
+/// and a wide one.
+const COOPERATIVE: [Config; 3] =
+    [Config::cooperative(2, 2, 2, 2, 32), Config::cooperative(4, 4, 2, 2, 16), Config::cooperative(2, 2, 4, 2, 32)];
+
+/// A cooperative config in `layout` against the CPU twin, routed as `route`, at a ViT shape
+/// with the whole epilogue and an odd shape (partial tiles in M, N and K) accumulating.
+fn check_cooperative(route: Route, config: Config, layout: Layout, outputs: &[Element]) {
+    for (batch, m, n, k, fused) in [(2, 65, 192, 64, true), (1, 70, 33, 50, false)] {
+        let case = Case {
+            layout,
+            batch,
+            m,
+            n,
+            k,
+            b_shared: fused,
+            bias: fused,
+            gelu: fused,
+            gelu_grad: false,
+            residual: fused,
+            row_scale: fused,
+            accumulate: !fused,
+        };
+        for &output in outputs {
+            check_typed(&case, config, route, [Element::F16, output], (m * n * k) as u64);
+        }
+    }
+}
+
+/// The tensor-core variant against the CPU twin wherever the device has cooperative
+/// matrices (16x16x16, f16 -> f32). Where it has none (lavapipe, GL, browsers), that the
+/// variant is neither offered to the tuner nor run when asked for: a clear error instead.
+/// `AUTOPROG_REQUIRE_COOPMAT=1` (set on the GPU machine) makes a device without them fail.
+#[test]
+fn matmul_cooperative_matches_cpu_where_the_adapter_has_it() {
+    let c = ctx();
+    let required = std::env::var("AUTOPROG_REQUIRE_COOPMAT").is_ok_and(|v| v == "1");
+    if c.cooperative_matrix_subgroup().is_some() {
+        for config in COOPERATIVE {
+            for layout in Layout::ALL {
+                check_cooperative(Route::Direct, config, layout, &[Element::F16, Element::F32]);
+            }
+        }
+        // Split-K weight gradients run it too (f16 activations into an f32 gradient).
+        let case = Case::weight_gradient(70, 33, 1000, true);
+        check_typed(&case, COOPERATIVE[0], Route::SplitK(3), [Element::F16, Element::F32], 5);
+        return;
+    }
+    assert!(
+        !required,
+        "AUTOPROG_REQUIRE_COOPMAT=1, but {} has no 16x16x16 f16 -> f32 cooperative matrices (it reports {:?})",
+        c.summary.display_name(),
+        c.summary.cooperative_matrix
+    );
+    for operand in [Element::F32, Element::F16] {
+        let offered = matmul::candidates(c, operand);
+        assert!(offered.iter().all(|k| k.variant != matmul::Variant::Cooperative), "{operand:?}: {offered:?}");
+    }
+    let operand = if c.has_f16() { Element::F16 } else { Element::F32 };
+    let a = c.upload_as(&[0.5; 12], &[3, 4], operand, "a").unwrap();
+    let b = c.upload_as(&[0.5; 24], &[4, 6], operand, "b").unwrap();
+    let out = c.zeros(&[3, 6], "c").unwrap();
+    let mut rec = c.recorder("cooperative");
+    let err = matmul::matmul_with(&mut rec, Layout::NN, COOPERATIVE[0], &a, &b, &out, &Epilogue::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cooperative") && err.contains("autoprog info"), "{err}");
+}
+
+/// Everything around the tensor cores (staging with zero padding, where each subgroup's
+/// tiles sit, the epilogue through the scratch tile, the barriers) on any adapter with
+/// subgroups of one size: the cooperative kernel with its tile operations as loops.
+#[test]
+fn matmul_f16_cooperative_with_emulated_tiles_matches_cpu() {
+    require_f16();
+    let c = ctx();
+    assert!(
+        c.has(wgpu::Features::SUBGROUP) && c.summary.subgroup_min_size == c.summary.subgroup_max_size,
+        "the emulated tiles need subgroups of one size; {} has {}..{}",
+        c.summary.display_name(),
+        c.summary.subgroup_min_size,
+        c.summary.subgroup_max_size
+    );
+    // Each layout once, and the other two tile shapes once: lavapipe compiles and runs the
+    // written-out tiles slowly (the full product took 10 minutes on 2 cores).
+    for layout in Layout::ALL {
+        check_cooperative(Route::EmulatedTiles, COOPERATIVE[0], layout, &[Element::F16]);
+    }
+    check_cooperative(Route::EmulatedTiles, COOPERATIVE[1], Layout::NT, &[Element::F32]);
+    check_cooperative(Route::EmulatedTiles, COOPERATIVE[2], Layout::TN, &[Element::F16]);
 }
 
 #[test]
@@ -324,11 +428,11 @@ fn autotune_picks_a_candidate_and_caches_it() {
     let path = dir.join("matmul.json");
     let c = ctx();
     let tuning = pollster::block_on(matmul::autotune_with_cache(c, Some(path.clone()))).unwrap();
-    let candidates = matmul::candidates(c);
+    let candidates = matmul::candidates(c, Element::F32);
     for layout in Layout::ALL {
         let chosen = tuning.configs[layout.name()];
         assert!(candidates.contains(&chosen), "{chosen:?}");
-        assert_eq!(matmul::config_for(c, layout), chosen);
+        assert_eq!(matmul::config_for(c, layout, Element::F32), chosen);
     }
     assert!(path.exists(), "{} not written", path.display());
     // A second tune from a cold context state loads the same choice from disk.

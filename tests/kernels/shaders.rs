@@ -43,6 +43,36 @@ fn generated_matmul_kernels_validate() {
 }
 
 #[test]
+fn cooperative_matmul_kernels_validate_and_translate_to_spirv() {
+    // No adapter on a development machine or in CI has cooperative matrices, so these
+    // kernels are checked here as far as a compiler can: naga validates them with the
+    // capabilities the device would be opened with, and its SPIR-V writer (what wgpu's
+    // Vulkan backend runs) must emit them with the CooperativeMatrixKHR capability.
+    use naga::valid::Capabilities;
+    let capabilities = Capabilities::SHADER_FLOAT16 | Capabilities::COOPERATIVE_MATRIX | Capabilities::SUBGROUP;
+    let sources = autoprog::kernels::matmul::cooperative_sources();
+    assert_eq!(sources.len(), 12, "two tile shapes x three layouts x two output types");
+    for (name, source) in sources {
+        let module =
+            naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&source)));
+        let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities)
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&source)));
+        let options = naga::back::spv::Options { lang_version: (1, 4), ..Default::default() };
+        let words = naga::back::spv::write_vec(&module, &info, &options, None)
+            .unwrap_or_else(|e| panic!("{name}: SPIR-V: {e}"));
+        // OpCapability (opcode 17, two words) CooperativeMatrixKHR (6022).
+        let capability = words.windows(2).any(|w| w == [(2 << 16) | 17, 6022]);
+        assert!(capability, "{name}: the SPIR-V does not declare CooperativeMatrixKHR");
+        // Without cooperative matrices the same source must be refused, or the capability
+        // check above would prove nothing.
+        let without = capabilities - Capabilities::COOPERATIVE_MATRIX;
+        let refused = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), without).validate(&module);
+        assert!(refused.is_err(), "{name}: validates without the cooperative-matrix capability");
+    }
+}
+
+#[test]
 fn every_shader_validates_with_f16_storage() {
     // Only the f16 extension itself: no other capability may creep in with it.
     let f16 = naga::valid::Capabilities::SHADER_FLOAT16;

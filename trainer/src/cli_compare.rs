@@ -12,7 +12,7 @@ use clap::Args;
 
 use autoprog::train::{options, Schedule, TrainConfig};
 
-use crate::cli_train::{default_run_dir, prepare, stop_on_ctrl_c, TrainArgs};
+use crate::cli_train::{default_run_dir, prepare, stop_on_ctrl_c, tune_matmul, TrainArgs};
 use crate::train::{self, Interrupted, RunOptions};
 
 #[derive(Args)]
@@ -33,6 +33,7 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.train.resume.is_none(), "compare starts new runs; --resume does not apply");
     anyhow::ensure!(args.seeds >= 1, "--seeds must be at least 1");
     let ctx = GpuContext::new_blocking(&args.train.gpu.options())?;
+    tune_matmul(&ctx, true)?;
     let (base, dataset) = prepare(&args.train, &ctx, true)?;
     let out: PathBuf = args.train.out.clone().unwrap_or_else(|| default_run_dir("compare"));
     let stop = stop_on_ctrl_c()?;

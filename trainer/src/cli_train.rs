@@ -374,6 +374,22 @@ pub(crate) fn stop_on_ctrl_c() -> anyhow::Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
+/// Chooses the matmul variants by timing them on a GPU (cached on disk after the first
+/// run; where the device has cooperative matrices, this is what lets f16 training use
+/// them, once their results check out). CPU adapters keep their fixed default: tuning
+/// there takes seconds per run and could choose differently from one run to the next,
+/// and runs that must match to the bit (tests, resumes) would then not.
+pub(crate) fn tune_matmul(ctx: &GpuContext, reports: bool) -> anyhow::Result<()> {
+    if ctx.summary.is_cpu() {
+        return Ok(());
+    }
+    if reports {
+        eprintln!("tuning matmul variants for this adapter (cached after the first run)...");
+    }
+    pollster::block_on(autoprog::kernels::matmul::autotune(ctx))?;
+    Ok(())
+}
+
 /// `runs/<date>-<time>-<what>`.
 pub(crate) fn default_run_dir(what: &str) -> PathBuf {
     PathBuf::from("runs").join(format!("{}-{what}", timestamp()))
@@ -393,6 +409,7 @@ fn run_inner(args: &TrainArgs, mut peers: Option<&mut Peers>) -> anyhow::Result<
     }
     let peers = peers.map(|p| &*p as &dyn Collective);
     let reports = rank == 0;
+    tune_matmul(&ctx, reports)?;
     let (config, dataset) = prepare(args, &ctx, reports)?;
     let out = match (&args.resume, &args.out) {
         (Some(dir), _) => dir.clone(),

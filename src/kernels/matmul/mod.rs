@@ -4,12 +4,14 @@
 //! on CPU adapters such as lavapipe), `tiled` (shared-memory tiles written as plain
 //! loops, any tile shape) and `blocked` (shared-memory tiles generated fully unrolled,
 //! with vec4 reads from workgroup memory and the next k-tile prefetched into registers
-//! while the current one is multiplied: the one meant for real GPUs).
+//! while the current one is multiplied: the one meant for real GPUs), plus `cooperative`
+//! (tensor cores through cooperative matrices, f16 operands, where the adapter has them).
 //! Which variant and which tile sizes a layout uses is decided per adapter by
 //! [`autotune`], which times candidates at first use and caches the choice on disk
 //! (native) or in memory (web). Until tuned, a per-adapter-type default is used.
 
 mod codegen;
+mod cooperative;
 mod split_k;
 mod tune;
 
@@ -22,13 +24,16 @@ use crate::{Error, Result};
 
 pub use codegen::generated_sources;
 use codegen::{blocked_source, choose_reads, fit_scalar_reads, register_source};
+use cooperative::cooperative_source;
+pub use cooperative::cooperative_sources;
+pub use cooperative::Tiles;
 pub use split_k::matmul_split_k;
 use split_k::split_k_count;
 #[cfg(native)]
 pub use tune::cache_path;
 pub use tune::{
-    autotune, autotune_with_cache, candidates, config_for, default_config, reset_tuning, time_config, MatmulState,
-    Tuning,
+    agrees, autotune, autotune_with_cache, candidates, config_for, default_config, reset_tuning, time_config,
+    MatmulState, Tuning,
 };
 
 pub const SHADER: Shader = Shader {
@@ -86,6 +91,9 @@ pub enum Variant {
     Register,
     Tiled,
     Blocked,
+    /// 16x16x16 cooperative-matrix tiles: `tm` x `tn` tiles per subgroup, `wx` x `wy`
+    /// subgroups per workgroup, K staged `bk` deep (a multiple of 16).
+    Cooperative,
 }
 
 impl Config {
@@ -101,9 +109,15 @@ impl Config {
     pub const fn blocked(tm: u32, tn: u32, wx: u32, wy: u32, bk: u32) -> Self {
         Config { variant: Variant::Blocked, tm, tn, wx, wy, bk }
     }
+    /// Cooperative matrices: `tm` x `tn` tiles of 16 x 16 per subgroup, `wx` x `wy`
+    /// subgroups, K slices `bk` deep (f16 operands only).
+    pub const fn cooperative(tm: u32, tn: u32, wx: u32, wy: u32, bk: u32) -> Self {
+        Config { variant: Variant::Cooperative, tm, tn, wx, wy, bk }
+    }
     /// Rows x columns of C covered by one workgroup.
     pub fn block(&self) -> (u32, u32) {
-        (self.wy * self.tm, self.wx * self.tn)
+        let tile = if self.variant == Variant::Cooperative { cooperative::TILE } else { 1 };
+        (self.wy * self.tm * tile, self.wx * self.tn * tile)
     }
     /// A short name such as `register_8x4_8` or `tiled_4x4_16x16_k16`.
     pub fn label(&self) -> String {
@@ -111,14 +125,19 @@ impl Config {
             Variant::Register => format!("register_{}x{}_{}", self.tm, self.tn, self.wx),
             Variant::Tiled => format!("tiled_{}x{}_{}x{}_k{}", self.tm, self.tn, self.wx, self.wy, self.bk),
             Variant::Blocked => format!("blocked_{}x{}_{}x{}_k{}", self.tm, self.tn, self.wx, self.wy, self.bk),
+            Variant::Cooperative => format!("coop_{}x{}_{}x{}_k{}", self.tm, self.tn, self.wx, self.wy, self.bk),
         }
     }
-    fn fits(&self, limits: &wgpu::Limits) -> bool {
-        let invocations = self.wx * self.wy;
+    /// Whether the device can run this config; `subgroup` is the subgroup size a
+    /// cooperative config is generated for (invocations per subgroup).
+    fn fits(&self, limits: &wgpu::Limits, subgroup: u32) -> bool {
+        let lanes = if self.variant == Variant::Cooperative { subgroup } else { 1 };
+        let invocations = self.wx * self.wy * lanes;
         let (bm, bn) = self.block();
         let shared = match self.variant {
             Variant::Register => 0,
             Variant::Tiled | Variant::Blocked => (bm + bn) * self.bk * 4,
+            Variant::Cooperative => cooperative::shared_bytes(*self),
         };
         let shape_ok = match self.variant {
             Variant::Blocked => {
@@ -127,11 +146,13 @@ impl Config {
                     && (bm * self.bk / 4).is_multiple_of(invocations)
                     && (bn * self.bk / 4).is_multiple_of(invocations)
             }
+            Variant::Cooperative => subgroup > 0 && self.bk.is_multiple_of(cooperative::TILE),
             _ => true,
         };
+        let width = if self.variant == Variant::Cooperative { invocations } else { self.wx };
         shape_ok
             && invocations <= limits.max_compute_invocations_per_workgroup
-            && self.wx <= limits.max_compute_workgroup_size_x
+            && width <= limits.max_compute_workgroup_size_x
             && self.wy <= limits.max_compute_workgroup_size_y
             && shared <= limits.max_compute_workgroup_storage_size
     }
@@ -232,7 +253,7 @@ pub fn matmul(
     c: &Tensor,
     epi: &Epilogue<'_>,
 ) -> Result<()> {
-    let config = config_for(rec.ctx(), layout);
+    let config = config_for(rec.ctx(), layout, a.element());
     matmul_with(rec, layout, config, a, b, c, epi)
 }
 
@@ -245,6 +266,38 @@ pub fn matmul_with(
     b: &Tensor,
     c: &Tensor,
     epi: &Epilogue<'_>,
+) -> Result<()> {
+    matmul_tiles(rec, layout, config, a, b, c, epi, Tiles::Hardware)
+}
+
+/// [`matmul_with`] a cooperative `config` whose tile operations are written out as plain
+/// loops ([`Tiles::Emulated`]): the tests run it on adapters without cooperative matrices
+/// (it needs subgroups of one fixed size) to check everything around the tensor cores.
+pub fn matmul_cooperative_emulated(
+    rec: &mut Recorder<'_>,
+    layout: Layout,
+    config: Config,
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    epi: &Epilogue<'_>,
+) -> Result<()> {
+    if config.variant != Variant::Cooperative {
+        return Err(Error::invalid(layout.name(), format!("{} is not a cooperative config", config.label())));
+    }
+    matmul_tiles(rec, layout, config, a, b, c, epi, Tiles::Emulated)
+}
+
+#[allow(clippy::too_many_arguments, reason = "matmul_with's arguments and how cooperative tiles run")]
+fn matmul_tiles(
+    rec: &mut Recorder<'_>,
+    layout: Layout,
+    config: Config,
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    epi: &Epilogue<'_>,
+    tiles: Tiles,
 ) -> Result<()> {
     let op = layout.name();
     let d = dims(layout, a, b, c)?;
@@ -278,7 +331,8 @@ pub fn matmul_with(
         return Ok(());
     }
     if c.element() == Element::F32 {
-        if let Some(splits) = split_k_count(rec.ctx(), layout, config, &d, a, b, epi) {
+        let split = split_k_count(rec.ctx(), layout, config, &d, a, b, epi).filter(|_| tiles == Tiles::Hardware);
+        if let Some(splits) = split {
             return matmul_split_k(rec, config, a, b, c, epi.accumulate, splits);
         }
     }
@@ -308,17 +362,25 @@ pub fn matmul_with(
     let elements = [operand, operand, operand, output, Element::F32, output, output];
     let config = fit_scalar_reads(layout, config, &d);
     let reads = choose_reads(layout, config, &d);
+    let subgroup = match config.variant {
+        Variant::Cooperative => cooperative_subgroup(rec.ctx(), op, operand, tiles)?,
+        _ => 0,
+    };
     let register = || register_source(config, reads);
     let blocked = || blocked_source(config, a_trans, b_trans);
+    let coop = || cooperative_source(config, a_trans, b_trans, subgroup, tiles);
     let name = match config.variant {
         Variant::Register => format!("{}_{reads:?}", config.label()),
         Variant::Tiled => String::new(),
         Variant::Blocked => format!("{}_{}", config.label(), layout.name()),
+        Variant::Cooperative => format!("{}_{}_{tiles:?}", config.label(), layout.name()),
     };
+    let enables: &[&str] = if tiles == Tiles::Hardware { &["wgpu_cooperative_matrix"] } else { &[] };
     let (entry, generated) = match config.variant {
-        Variant::Register => ("matmul_register", Some(Generated { name: &name, source: &register })),
+        Variant::Register => ("matmul_register", Some(Generated { name: &name, source: &register, enables: &[] })),
         Variant::Tiled => ("matmul_tiled", None),
-        Variant::Blocked => ("matmul_blocked", Some(Generated { name: &name, source: &blocked })),
+        Variant::Blocked => ("matmul_blocked", Some(Generated { name: &name, source: &blocked, enables: &[] })),
+        Variant::Cooperative => ("matmul_cooperative", Some(Generated { name: &name, source: &coop, enables })),
     };
     use Access::*;
     let spec = KernelSpec {
@@ -355,7 +417,7 @@ pub fn matmul_with(
     };
     let (bm, bn) = match config.variant {
         Variant::Register => (config.tm, config.wx * config.tn),
-        Variant::Tiled | Variant::Blocked => config.block(),
+        Variant::Tiled | Variant::Blocked | Variant::Cooperative => config.block(),
     };
     let groups = [(d.n as u32).div_ceil(bn), (d.m as u32).div_ceil(bm), d.batch as u32];
     let chunk = k_chunk(rec.ctx(), config, d.k);
@@ -390,6 +452,35 @@ pub fn matmul_with(
     Ok(())
 }
 
+/// The subgroup size to generate a cooperative config for, or why it cannot run here:
+/// the device lacks cooperative matrices (emulated tiles: subgroups of one size), or the
+/// operands are not f16.
+fn cooperative_subgroup(ctx: &GpuContext, op: &'static str, operand: Element, tiles: Tiles) -> Result<u32> {
+    let fixed = ctx.summary.subgroup_min_size == ctx.summary.subgroup_max_size;
+    let emulable = ctx.has(wgpu::Features::SUBGROUP) && fixed && ctx.summary.subgroup_min_size > 0;
+    let subgroup = match tiles {
+        Tiles::Hardware => ctx.cooperative_matrix_subgroup(),
+        Tiles::Emulated => emulable.then_some(ctx.summary.subgroup_min_size),
+    };
+    let Some(subgroup) = subgroup else {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "the cooperative-matrix variant needs 16x16x16 f16 -> f32 cooperative matrices, which {} does not \
+                 offer (autoprog info lists them); use another variant",
+                ctx.summary.display_name()
+            ),
+        ));
+    };
+    if operand != Element::F16 {
+        return Err(Error::invalid(
+            op,
+            format!("the cooperative-matrix variant takes f16 operands, not {}; use another variant", operand.wgsl()),
+        ));
+    }
+    Ok(subgroup)
+}
+
 /// `consts` with ACCUMULATE switched on.
 pub(super) fn consts_accumulating(consts: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
     consts.iter().map(|(k, v)| (*k, if *k == "ACCUMULATE" { "true".to_string() } else { v.clone() })).collect()
@@ -405,8 +496,9 @@ fn k_chunk(ctx: &GpuContext, config: Config, k: usize) -> usize {
     let per_k = match config.variant {
         // The k loop, a quarter of it with vec4 reads: count it fully to stay simple.
         Variant::Register => 1.0,
-        // One unrolled iteration per k-tile.
-        Variant::Blocked => 1.0 / config.bk as f64,
+        // One unrolled iteration per k-tile (never used: no CPU adapter has cooperative
+        // matrices).
+        Variant::Blocked | Variant::Cooperative => 1.0 / config.bk as f64,
         // Per k-tile: the two staging loops, then BK steps of the TM x TN loops.
         Variant::Tiled => {
             let threads = (config.wx * config.wy) as f64;

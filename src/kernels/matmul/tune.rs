@@ -1,6 +1,8 @@
 //! Which variant and tile sizes each layout uses on this adapter: candidates per adapter
-//! type, timed at first use ([`autotune`]), the choice cached on disk (native) or in
-//! memory (web) and kept per context.
+//! type, timed at first use ([`autotune`]) and checked against the default variant's
+//! result, the choice cached on disk (native) or in memory (web) and kept per context.
+//! f16 operands get a table of their own where the device has cooperative matrices (the
+//! tensor-core variant takes only f16); elsewhere they use the f32 choices.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -9,13 +11,16 @@ use serde::{Deserialize, Serialize};
 
 use super::{matmul_with, Config, Dims, Epilogue, Layout};
 use crate::gpu::timing::time_samples;
-use crate::gpu::GpuContext;
+use crate::gpu::{Element, GpuContext, Tensor};
 use crate::Result;
 
-/// Candidates timed by [`autotune`]: register tiles for CPU adapters, shared-memory
-/// tiles (and one register tile, which came close on an H100) otherwise.
-pub fn candidates(ctx: &GpuContext) -> Vec<Config> {
+/// Candidates timed by [`autotune`] for operands stored as `operand`: register tiles for
+/// CPU adapters, shared-memory tiles (and one register tile, which came close on an H100)
+/// otherwise, then, for f16 operands on a device with cooperative matrices, the
+/// tensor-core variant. The first candidate is the untuned default.
+pub fn candidates(ctx: &GpuContext, operand: Element) -> Vec<Config> {
     let limits = ctx.limits();
+    let subgroup = ctx.cooperative_matrix_subgroup().unwrap_or(0);
     let all: Vec<Config> = if ctx.summary.is_cpu() {
         vec![
             // Large tiles win on lavapipe: every load there is a per-lane loop, so
@@ -42,18 +47,46 @@ pub fn candidates(ctx: &GpuContext) -> Vec<Config> {
             Config::register(4, 4, 64),
         ]
     };
-    all.into_iter().filter(|c| c.fits(&limits)).collect()
+    let cooperative: &[Config] = if operand == Element::F16 && subgroup > 0 {
+        &[
+            Config::cooperative(2, 2, 2, 2, 32),
+            Config::cooperative(4, 2, 2, 2, 32),
+            Config::cooperative(2, 4, 2, 2, 32),
+            Config::cooperative(4, 4, 2, 2, 32),
+            Config::cooperative(4, 4, 2, 2, 16),
+            Config::cooperative(2, 2, 4, 2, 32),
+        ]
+    } else {
+        &[]
+    };
+    all.into_iter().chain(cooperative.iter().copied()).filter(|c| c.fits(&limits, subgroup)).collect()
 }
 
-/// The untuned choice: the first candidate for this adapter type.
+/// The untuned choice: the first candidate for this adapter type (never the tensor-core
+/// variant, which runs only once tuning has checked its results on this device).
 pub fn default_config(ctx: &GpuContext) -> Config {
-    candidates(ctx)[0]
+    candidates(ctx, Element::F32)[0]
 }
 
-/// The config `matmul` uses for `layout` on this context.
-pub fn config_for(ctx: &GpuContext, layout: Layout) -> Config {
+/// Whether f16 operands are tuned on their own (see the module doc).
+fn tunes_f16(ctx: &GpuContext) -> bool {
+    ctx.cooperative_matrix_subgroup().is_some()
+}
+
+/// The tuning table's key for `layout` with operands stored as `operand`.
+fn tuning_key(ctx: &GpuContext, layout: Layout, operand: Element) -> String {
+    if operand == Element::F16 && tunes_f16(ctx) {
+        format!("{}_f16", layout.name())
+    } else {
+        layout.name().to_string()
+    }
+}
+
+/// The config `matmul` uses for `layout` with operands stored as `operand` on this context.
+pub fn config_for(ctx: &GpuContext, layout: Layout, operand: Element) -> Config {
     let state = ctx.state::<MatmulState>();
-    let tuned = state.tuned.lock().expect("tuning lock").as_ref().and_then(|t| t.configs.get(layout.name()).copied());
+    let key = tuning_key(ctx, layout, operand);
+    let tuned = state.tuned.lock().expect("tuning lock").as_ref().and_then(|t| t.configs.get(&key).copied());
     tuned.unwrap_or_else(|| default_config(ctx))
 }
 
@@ -89,22 +122,60 @@ fn tuning_size(ctx: &GpuContext) -> usize {
     }
 }
 
-/// Times one config on a `dims` problem: `reps` samples in milliseconds (see
-/// [`time_samples`]).
+/// Operands and output of a timed problem: A and B stored as `operand`, C in f32.
+struct Problem {
+    a: Tensor,
+    b: Tensor,
+    c: Tensor,
+}
+
+impl Problem {
+    fn new(ctx: &GpuContext, layout: Layout, dims: Dims, operand: Element) -> Result<Self> {
+        let (ar, ac) = if layout == Layout::TN { (dims.k, dims.m) } else { (dims.m, dims.k) };
+        let (br, bc) = if layout == Layout::NT { (dims.n, dims.k) } else { (dims.k, dims.n) };
+        // Values in [-1, 1) from a multiplicative hash: a variant that mixes up indices
+        // gets a different result (a short periodic fill could hide it).
+        let fill = |len: usize, salt: u64| {
+            (0..len as u64)
+                .map(|i| {
+                    ((i.wrapping_add(salt).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) % 2048) as f32 / 1024.0 - 1.0
+                })
+                .collect::<Vec<_>>()
+        };
+        Ok(Problem {
+            a: ctx.upload_as(&fill(ar * ac, 1), &[ar, ac], operand, "bench.a")?,
+            b: ctx.upload_as(&fill(br * bc, 2), &[br, bc], operand, "bench.b")?,
+            c: ctx.empty(&[dims.m, dims.n], "bench.c")?,
+        })
+    }
+
+    async fn time(&self, ctx: &GpuContext, layout: Layout, config: Config, reps: usize) -> Result<Vec<f64>> {
+        time_samples(ctx, reps, |rec| matmul_with(rec, layout, config, &self.a, &self.b, &self.c, &Epilogue::default()))
+            .await
+    }
+}
+
+/// Times one config on a `dims` problem with operands stored as `operand`: `reps`
+/// samples in milliseconds (see [`time_samples`]).
 pub async fn time_config(
     ctx: &GpuContext,
     layout: Layout,
     config: Config,
     dims: Dims,
     reps: usize,
+    operand: Element,
 ) -> Result<Vec<f64>> {
-    let (ar, ac) = if layout == Layout::TN { (dims.k, dims.m) } else { (dims.m, dims.k) };
-    let (br, bc) = if layout == Layout::NT { (dims.n, dims.k) } else { (dims.k, dims.n) };
-    let fill = |len: usize| (0..len).map(|i| ((i * 7919) % 13) as f32 * 0.01 - 0.06).collect::<Vec<_>>();
-    let a = ctx.upload(&fill(ar * ac), &[ar, ac], "bench.a")?;
-    let b = ctx.upload(&fill(br * bc), &[br, bc], "bench.b")?;
-    let c = ctx.empty(&[dims.m, dims.n], "bench.c")?;
-    time_samples(ctx, reps, |rec| matmul_with(rec, layout, config, &a, &b, &c, &Epilogue::default())).await
+    Problem::new(ctx, layout, dims, operand)?.time(ctx, layout, config, reps).await
+}
+
+/// Whether a candidate's result agrees with the reference variant's on the same problem:
+/// every element within 1e-3 of the largest reference magnitude. Both accumulate in f32
+/// from the same stored operands and differ only in summation order (relative error near
+/// 1e-6 over K = 2048); a variant that computes the wrong thing is off by the magnitude
+/// of the values themselves.
+pub fn agrees(reference: &[f32], candidate: &[f32]) -> bool {
+    let scale = reference.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
+    reference.len() == candidate.len() && reference.iter().zip(candidate).all(|(r, c)| (r - c).abs() <= 1e-3 * scale)
 }
 
 /// Picks the fastest candidate for every layout by timing them on this adapter, unless
@@ -130,32 +201,58 @@ pub async fn autotune_with_cache(ctx: &GpuContext, cache: Option<std::path::Path
     let n = tuning_size(ctx);
     let dims = Dims { batch: 1, m: n, n, k: n };
     let mut tuning = Tuning { adapter: ctx.summary.name.clone(), configs: HashMap::new() };
-    for layout in Layout::ALL {
-        let mut best: Option<(f64, Config)> = None;
-        for config in candidates(ctx) {
-            // One run first: a candidate already twice as slow as the best cannot win, and
-            // a poor variant can take seconds per run on a small GPU.
-            let first = time_config(ctx, layout, config, dims, 1).await?[0];
-            if best.is_some_and(|(b, _)| first > 2.0 * b) {
-                log::debug!("{} {}: {:.3} ms (dropped after one run)", layout.name(), config.label(), first);
-                continue;
-            }
-            // The fastest of several runs: interference from other work on the
-            // machine only ever slows a run down, so the minimum is the steadiest.
-            let samples = time_config(ctx, layout, config, dims, 4).await?;
-            let ms = samples.iter().copied().fold(first, f64::min);
-            log::debug!("{} {}: {:.3} ms", layout.name(), config.label(), ms);
-            if best.is_none_or(|(b, _)| ms < b) {
-                best = Some((ms, config));
-            }
+    let operands: &[Element] = if tunes_f16(ctx) { &[Element::F32, Element::F16] } else { &[Element::F32] };
+    for &operand in operands {
+        for layout in Layout::ALL {
+            let best = tune_layout(ctx, layout, dims, operand).await?;
+            tuning.configs.insert(tuning_key(ctx, layout, operand), best);
         }
-        tuning.configs.insert(layout.name().to_string(), best.expect("at least one candidate").1);
     }
     if let Some(path) = cache.as_deref() {
         save_cached(path, &tuning);
     }
     *ctx.state::<MatmulState>().tuned.lock().expect("tuning lock") = Some(tuning.clone());
     Ok(tuning)
+}
+
+/// The fastest candidate for one layout and operand type whose result agrees with the
+/// default variant's (a variant that computes wrong on this device is dropped, with a
+/// warning, rather than trusted for its speed).
+async fn tune_layout(ctx: &GpuContext, layout: Layout, dims: Dims, operand: Element) -> Result<Config> {
+    let problem = Problem::new(ctx, layout, dims, operand)?;
+    let mut reference: Option<Vec<f32>> = None;
+    let mut best: Option<(f64, Config)> = None;
+    for config in candidates(ctx, operand) {
+        // One run first: a candidate already twice as slow as the best cannot win, and
+        // a poor variant can take seconds per run on a small GPU.
+        let first = problem.time(ctx, layout, config, 1).await?[0];
+        if best.is_some_and(|(b, _)| first > 2.0 * b) {
+            log::debug!("{} {}: {:.3} ms (dropped after one run)", layout.name(), config.label(), first);
+            continue;
+        }
+        let result = ctx.read(&problem.c).await?;
+        match &reference {
+            None => reference = Some(result),
+            Some(want) if !agrees(want, &result) => {
+                log::warn!(
+                    "matmul variant {} gives wrong results for {} on this adapter; not used",
+                    config.label(),
+                    layout.name()
+                );
+                continue;
+            }
+            Some(_) => {}
+        }
+        // The fastest of several runs: interference from other work on the
+        // machine only ever slows a run down, so the minimum is the steadiest.
+        let samples = problem.time(ctx, layout, config, 4).await?;
+        let ms = samples.iter().copied().fold(first, f64::min);
+        log::debug!("{} {} ({}): {:.3} ms", layout.name(), config.label(), operand.wgsl(), ms);
+        if best.is_none_or(|(b, _)| ms < b) {
+            best = Some((ms, config));
+        }
+    }
+    Ok(best.expect("the default candidate is its own reference").1)
 }
 
 /// Forgets the in-memory choice (the disk cache stays), so the next `autotune` reloads.
@@ -166,9 +263,13 @@ pub fn reset_tuning(ctx: &GpuContext) {
 fn load_cached(ctx: &GpuContext, path: &std::path::Path) -> Option<Tuning> {
     let text = std::fs::read_to_string(path).ok()?;
     let tuning: Tuning = serde_json::from_str(&text).ok()?;
-    let valid = candidates(ctx);
-    // A cache written by another build may name configs this build no longer offers.
-    let ok = Layout::ALL.iter().all(|l| tuning.configs.get(l.name()).is_some_and(|c| valid.contains(c)));
+    let operands: &[Element] = if tunes_f16(ctx) { &[Element::F32, Element::F16] } else { &[Element::F32] };
+    // A cache written by another build may name configs this build no longer offers, or
+    // lack the f16 table.
+    let ok = operands.iter().all(|&operand| {
+        let valid = candidates(ctx, operand);
+        Layout::ALL.iter().all(|&l| tuning.configs.get(&tuning_key(ctx, l, operand)).is_some_and(|c| valid.contains(c)))
+    });
     ok.then_some(tuning)
 }
 
@@ -181,4 +282,23 @@ fn save_cached(path: &std::path::Path, tuning: &Tuning) {
     }
     #[cfg(web)]
     let _ = (path, json);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::agrees;
+
+    #[test]
+    fn a_result_agrees_within_summation_noise_and_not_beyond() {
+        let reference: Vec<f32> = (0..64).map(|i| (i as f32 * 0.37).sin() * 40.0).collect();
+        let reordered: Vec<f32> = reference.iter().map(|v| v * (1.0 + 1e-6)).collect();
+        assert!(agrees(&reference, &reference) && agrees(&reference, &reordered));
+        // A transposed 8 x 8 result, one wrong element, a short result: all refused.
+        let transposed: Vec<f32> = (0..64).map(|i| reference[(i % 8) * 8 + i / 8]).collect();
+        let mut one_off = reference.clone();
+        one_off[17] += 0.5;
+        assert!(!agrees(&reference, &transposed));
+        assert!(!agrees(&reference, &one_off));
+        assert!(!agrees(&reference, &reference[..63]));
+    }
 }
