@@ -149,6 +149,7 @@ fn wants_cooperative_matrix(adapter: &wgpu::Adapter) -> bool {
         wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16;
     let opted_out = std::env::var("AUTOPROG_COOPMAT").is_ok_and(|v| v == "0");
     !opted_out
+        && info.device_type != wgpu::DeviceType::Cpu
         && adapter.features().contains(needed)
         && has_coop_f16_16(adapter)
         && info.subgroup_min_size == info.subgroup_max_size
@@ -291,20 +292,28 @@ impl GpuContext {
         } else {
             wgpu::ExperimentalFeatures::disabled()
         };
+        let descriptor = |required_features, experimental_features| wgpu::DeviceDescriptor {
+            label: Some("autoprog"),
+            required_features,
+            required_limits: adapter.limits(),
+            experimental_features,
+            ..Default::default()
+        };
+        let opened = match adapter.request_device(&descriptor(features, experimental_features)).await {
+            // An experimental feature should not cost the user the device.
+            Err(e) if cooperative => {
+                log::warn!("opening the device with cooperative matrices failed ({e}); opening it without them");
+                features.remove(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
+                adapter.request_device(&descriptor(features, wgpu::ExperimentalFeatures::disabled())).await
+            }
+            other => other,
+        };
         let summary = AdapterSummary {
             enabled_features: features.iter_names().map(|(name, _)| name.to_lowercase()).collect(),
             ..AdapterSummary::from_adapter(&adapter)
         };
-        let (device, queue) = adapter
-            .request_device(&wgpu::DeviceDescriptor {
-                label: Some("autoprog"),
-                required_features: features,
-                required_limits: adapter.limits(),
-                experimental_features,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| Error::RequestDevice { adapter: summary.name.clone(), reason: e.to_string() })?;
+        let (device, queue) =
+            opened.map_err(|e| Error::RequestDevice { adapter: summary.name.clone(), reason: e.to_string() })?;
         // Validation errors are collected rather than panicking, and surface as
         // `Error::Gpu` from the next submit, readback or kernel build.
         let errors: Arc<Mutex<Vec<String>>> = Arc::default();

@@ -58,7 +58,8 @@ fn cooperative_matmul_kernels_validate_and_translate_to_spirv() {
         let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities)
             .validate(&module)
             .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&source)));
-        let options = naga::back::spv::Options { lang_version: (1, 4), ..Default::default() };
+        // SPIR-V 1.6: what wgpu writes for Vulkan 1.3 devices.
+        let options = naga::back::spv::Options { lang_version: (1, 6), ..Default::default() };
         let words = naga::back::spv::write_vec(&module, &info, &options, None)
             .unwrap_or_else(|e| panic!("{name}: SPIR-V: {e}"));
         // OpCapability (opcode 17, two words) CooperativeMatrixKHR (6022).

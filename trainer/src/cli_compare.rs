@@ -33,8 +33,8 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.train.resume.is_none(), "compare starts new runs; --resume does not apply");
     anyhow::ensure!(args.seeds >= 1, "--seeds must be at least 1");
     let ctx = GpuContext::new_blocking(&args.train.gpu.options())?;
-    tune_matmul(&ctx, true)?;
     let (base, dataset) = prepare(&args.train, &ctx, true)?;
+    tune_matmul(&ctx, true)?;
     let out: PathBuf = args.train.out.clone().unwrap_or_else(|| default_run_dir("compare"));
     let stop = stop_on_ctrl_c()?;
     let mut runs = Vec::new();

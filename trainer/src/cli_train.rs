@@ -409,8 +409,8 @@ fn run_inner(args: &TrainArgs, mut peers: Option<&mut Peers>) -> anyhow::Result<
     }
     let peers = peers.map(|p| &*p as &dyn Collective);
     let reports = rank == 0;
-    tune_matmul(&ctx, reports)?;
     let (config, dataset) = prepare(args, &ctx, reports)?;
+    tune_matmul(&ctx, reports)?;
     let out = match (&args.resume, &args.out) {
         (Some(dir), _) => dir.clone(),
         (None, Some(out)) => out.clone(),

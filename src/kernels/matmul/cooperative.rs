@@ -54,12 +54,16 @@ pub enum Tiles {
     /// Cooperative matrices: the tensor cores.
     Hardware,
     /// The same kernel with each cooperative operation written out as plain loops, each
-    /// lane holding its share of every accumulator tile: runs on any adapter with
-    /// subgroups, so that the staging, the tile placement and the epilogue are checked
-    /// on machines without cooperative matrices. Assumes what the hardware path relies on:
-    /// `coopLoadT`/`coopStoreT` address element (r, c) at `r * stride + c`.
+    /// lane of a virtual subgroup ([`EMULATED_SUBGROUP`] consecutive invocations) holding
+    /// its share of every accumulator tile: runs on any adapter with f16, so that the
+    /// staging, the tile placement and the epilogue are checked on machines without
+    /// cooperative matrices. Assumes what the hardware path relies on: `coopLoadT` and
+    /// `coopStoreT` address element (r, c) at `r * stride + c`.
     Emulated,
 }
+
+/// The virtual subgroup size of [`Tiles::Emulated`] (NVIDIA's warp).
+pub(super) const EMULATED_SUBGROUP: u32 = 32;
 
 /// Generates the `matmul_cooperative` entry point for subgroups of `subgroup` invocations.
 /// Operands must be f16 (`Operand = f16`).
@@ -75,11 +79,18 @@ pub(super) fn cooperative_source(config: Config, a_trans: bool, b_trans: bool, s
     let _ = writeln!(w, "var<workgroup> coop_b: array<f16, {}>;", bk * bn);
     let _ = writeln!(w, "var<workgroup> coop_c: array<f32, {}>;", wx * wy * TILE * TILE);
     let _ = writeln!(w, "@compute @workgroup_size({threads})");
-    let _ = writeln!(
-        w,
-        "fn matmul_cooperative(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32, \
-         @builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32) {{"
-    );
+    let entry = "fn matmul_cooperative(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32";
+    match tiles {
+        Tiles::Hardware => {
+            let subgroups = "@builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32";
+            let _ = writeln!(w, "{entry}, {subgroups}) {{");
+        }
+        Tiles::Emulated => {
+            let _ = writeln!(w, "{entry}) {{");
+            let _ = writeln!(w, "    let sg = li / {subgroup}u;");
+            let _ = writeln!(w, "    let lane = li % {subgroup}u;");
+        }
+    }
     let _ = writeln!(w, "    let batch = wg.z;");
     let _ = writeln!(w, "    let a_base = batch * p.batch_a + p.a_offset;");
     let _ = writeln!(w, "    let b_base = batch * p.batch_b + p.b_offset;");

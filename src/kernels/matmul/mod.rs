@@ -24,9 +24,9 @@ use crate::{Error, Result};
 
 pub use codegen::generated_sources;
 use codegen::{blocked_source, choose_reads, fit_scalar_reads, register_source};
-use cooperative::cooperative_source;
 pub use cooperative::cooperative_sources;
 pub use cooperative::Tiles;
+use cooperative::{cooperative_source, EMULATED_SUBGROUP, TILE};
 pub use split_k::matmul_split_k;
 use split_k::split_k_count;
 #[cfg(native)]
@@ -116,7 +116,7 @@ impl Config {
     }
     /// Rows x columns of C covered by one workgroup.
     pub fn block(&self) -> (u32, u32) {
-        let tile = if self.variant == Variant::Cooperative { cooperative::TILE } else { 1 };
+        let tile = if self.variant == Variant::Cooperative { TILE } else { 1 };
         (self.wy * self.tm * tile, self.wx * self.tn * tile)
     }
     /// A short name such as `register_8x4_8` or `tiled_4x4_16x16_k16`.
@@ -146,7 +146,7 @@ impl Config {
                     && (bm * self.bk / 4).is_multiple_of(invocations)
                     && (bn * self.bk / 4).is_multiple_of(invocations)
             }
-            Variant::Cooperative => subgroup > 0 && self.bk.is_multiple_of(cooperative::TILE),
+            Variant::Cooperative => subgroup > 0 && self.bk >= TILE && self.bk.is_multiple_of(TILE),
             _ => true,
         };
         let width = if self.variant == Variant::Cooperative { invocations } else { self.wx };
@@ -285,8 +285,19 @@ pub fn matmul_cooperative_emulated(
     if config.variant != Variant::Cooperative {
         return Err(Error::invalid(layout.name(), format!("{} is not a cooperative config", config.label())));
     }
+    // CPU adapters end a loop after 65535 iterations, and the written-out tiles loop
+    // about TM·TN·16 times per K element: enough for test shapes, not for long K.
+    if dims(layout, a, b, c)?.k > EMULATED_MAX_K {
+        return Err(Error::invalid(
+            layout.name(),
+            format!("emulated cooperative tiles take K up to {EMULATED_MAX_K} (they are for tests)"),
+        ));
+    }
     matmul_tiles(rec, layout, config, a, b, c, epi, Tiles::Emulated)
 }
+
+/// The longest K [`matmul_cooperative_emulated`] takes.
+const EMULATED_MAX_K: usize = 256;
 
 #[allow(clippy::too_many_arguments, reason = "matmul_with's arguments and how cooperative tiles run")]
 fn matmul_tiles(
@@ -363,7 +374,7 @@ fn matmul_tiles(
     let config = fit_scalar_reads(layout, config, &d);
     let reads = choose_reads(layout, config, &d);
     let subgroup = match config.variant {
-        Variant::Cooperative => cooperative_subgroup(rec.ctx(), op, operand, tiles)?,
+        Variant::Cooperative => cooperative_subgroup(rec.ctx(), op, config, operand, tiles)?,
         _ => 0,
     };
     let register = || register_source(config, reads);
@@ -453,14 +464,18 @@ fn matmul_tiles(
 }
 
 /// The subgroup size to generate a cooperative config for, or why it cannot run here:
-/// the device lacks cooperative matrices (emulated tiles: subgroups of one size), or the
-/// operands are not f16.
-fn cooperative_subgroup(ctx: &GpuContext, op: &'static str, operand: Element, tiles: Tiles) -> Result<u32> {
-    let fixed = ctx.summary.subgroup_min_size == ctx.summary.subgroup_max_size;
-    let emulable = ctx.has(wgpu::Features::SUBGROUP) && fixed && ctx.summary.subgroup_min_size > 0;
+/// the device lacks cooperative matrices (not needed for emulated tiles), the operands are
+/// not f16, or the tile shape is empty.
+fn cooperative_subgroup(
+    ctx: &GpuContext,
+    op: &'static str,
+    config: Config,
+    operand: Element,
+    tiles: Tiles,
+) -> Result<u32> {
     let subgroup = match tiles {
         Tiles::Hardware => ctx.cooperative_matrix_subgroup(),
-        Tiles::Emulated => emulable.then_some(ctx.summary.subgroup_min_size),
+        Tiles::Emulated => Some(EMULATED_SUBGROUP),
     };
     let Some(subgroup) = subgroup else {
         return Err(Error::invalid(
@@ -476,6 +491,12 @@ fn cooperative_subgroup(ctx: &GpuContext, op: &'static str, operand: Element, ti
         return Err(Error::invalid(
             op,
             format!("the cooperative-matrix variant takes f16 operands, not {}; use another variant", operand.wgsl()),
+        ));
+    }
+    if config.tm * config.tn * config.wx * config.wy == 0 || config.bk == 0 || !config.bk.is_multiple_of(TILE) {
+        return Err(Error::invalid(
+            op,
+            format!("{}: tiles, subgroups and a K slice that is a multiple of {TILE} are needed", config.label()),
         ));
     }
     Ok(subgroup)
@@ -496,8 +517,8 @@ fn k_chunk(ctx: &GpuContext, config: Config, k: usize) -> usize {
     let per_k = match config.variant {
         // The k loop, a quarter of it with vec4 reads: count it fully to stay simple.
         Variant::Register => 1.0,
-        // One unrolled iteration per k-tile (never used: no CPU adapter has cooperative
-        // matrices).
+        // One unrolled iteration per k-tile. (No CPU adapter has cooperative matrices; their
+        // emulated tiles, which tests run on CPU adapters, are held to a short K instead.)
         Variant::Blocked | Variant::Cooperative => 1.0 / config.bk as f64,
         // Per k-tile: the two staging loops, then BK steps of the TM x TN loops.
         Variant::Tiled => {

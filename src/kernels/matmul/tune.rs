@@ -122,8 +122,13 @@ fn tuning_size(ctx: &GpuContext) -> usize {
     }
 }
 
-/// Operands and output of a timed problem: A and B stored as `operand`, C in f32.
+/// Operands and output of a timed problem: A and B stored as `operand` (their values kept
+/// on the host for checks), C in f32.
 struct Problem {
+    layout: Layout,
+    dims: Dims,
+    host_a: Vec<f32>,
+    host_b: Vec<f32>,
     a: Tensor,
     b: Tensor,
     c: Tensor,
@@ -133,8 +138,9 @@ impl Problem {
     fn new(ctx: &GpuContext, layout: Layout, dims: Dims, operand: Element) -> Result<Self> {
         let (ar, ac) = if layout == Layout::TN { (dims.k, dims.m) } else { (dims.m, dims.k) };
         let (br, bc) = if layout == Layout::NT { (dims.n, dims.k) } else { (dims.k, dims.n) };
-        // Values in [-1, 1) from a multiplicative hash: a variant that mixes up indices
-        // gets a different result (a short periodic fill could hide it).
+        // Multiples of 1/1024 in [-1, 1) from a multiplicative hash: exact in f16 as in f32,
+        // and a variant that mixes up indices gets a different result (a short periodic
+        // fill could hide it).
         let fill = |len: usize, salt: u64| {
             (0..len as u64)
                 .map(|i| {
@@ -142,16 +148,47 @@ impl Problem {
                 })
                 .collect::<Vec<_>>()
         };
+        let (host_a, host_b) = (fill(ar * ac, 1), fill(br * bc, 2));
         Ok(Problem {
-            a: ctx.upload_as(&fill(ar * ac, 1), &[ar, ac], operand, "bench.a")?,
-            b: ctx.upload_as(&fill(br * bc, 2), &[br, bc], operand, "bench.b")?,
+            layout,
+            dims,
+            a: ctx.upload_as(&host_a, &[ar, ac], operand, "bench.a")?,
+            b: ctx.upload_as(&host_b, &[br, bc], operand, "bench.b")?,
             c: ctx.empty(&[dims.m, dims.n], "bench.c")?,
+            host_a,
+            host_b,
         })
     }
 
-    async fn time(&self, ctx: &GpuContext, layout: Layout, config: Config, reps: usize) -> Result<Vec<f64>> {
-        time_samples(ctx, reps, |rec| matmul_with(rec, layout, config, &self.a, &self.b, &self.c, &Epilogue::default()))
-            .await
+    async fn time(&self, ctx: &GpuContext, config: Config, reps: usize) -> Result<Vec<f64>> {
+        let (layout, a, b, c) = (self.layout, &self.a, &self.b, &self.c);
+        time_samples(ctx, reps, |rec| matmul_with(rec, layout, config, a, b, c, &Epilogue::default())).await
+    }
+
+    /// C as `config` computes it, from a C filled with NaN first (so that a variant which
+    /// leaves elements unwritten cannot pass on an earlier variant's values).
+    async fn result(&self, ctx: &GpuContext, config: Config) -> Result<Vec<f32>> {
+        ctx.write(&self.c, &vec![f32::NAN; self.dims.m * self.dims.n])?;
+        self.time(ctx, config, 0).await?;
+        ctx.read(&self.c).await
+    }
+
+    /// C[i, j] computed on the host in f64.
+    fn host_element(&self, i: usize, j: usize) -> f32 {
+        let Dims { m, n, k, .. } = self.dims;
+        let a = |kk: usize| if self.layout == Layout::TN { self.host_a[kk * m + i] } else { self.host_a[i * k + kk] };
+        let b = |kk: usize| if self.layout == Layout::NT { self.host_b[j * k + kk] } else { self.host_b[kk * n + j] };
+        (0..k).map(|kk| a(kk) as f64 * b(kk) as f64).sum::<f64>() as f32
+    }
+
+    /// Whether `result` agrees with the host at `count` elements spread over C (every
+    /// element if C has no more).
+    fn agrees_with_host(&self, result: &[f32], count: usize) -> bool {
+        let (m, n) = (self.dims.m, self.dims.n);
+        let picks: Vec<usize> = (0..count.min(m * n)).map(|p| p * (m * n) / count.min(m * n)).collect();
+        let want: Vec<f32> = picks.iter().map(|&e| self.host_element(e / n, e % n)).collect();
+        let got: Vec<f32> = picks.iter().map(|&e| result.get(e).copied().unwrap_or(f32::NAN)).collect();
+        agrees(&want, &got)
     }
 }
 
@@ -165,7 +202,7 @@ pub async fn time_config(
     reps: usize,
     operand: Element,
 ) -> Result<Vec<f64>> {
-    Problem::new(ctx, layout, dims, operand)?.time(ctx, layout, config, reps).await
+    Problem::new(ctx, layout, dims, operand)?.time(ctx, config, reps).await
 }
 
 /// Whether a candidate's result agrees with the reference variant's on the same problem:
@@ -215,44 +252,71 @@ pub async fn autotune_with_cache(ctx: &GpuContext, cache: Option<std::path::Path
     Ok(tuning)
 }
 
-/// The fastest candidate for one layout and operand type whose result agrees with the
-/// default variant's (a variant that computes wrong on this device is dropped, with a
-/// warning, rather than trusted for its speed).
+/// The fastest candidate for one layout and operand type whose results are right on this
+/// device: the default variant's (the reference) must match the host at sampled elements,
+/// every other candidate must match the reference on the tuning problem, and each must
+/// match the host on a small odd shape (partial tiles, a K tail). A candidate that fails
+/// or computes wrong is dropped with a warning rather than trusted for its speed; only the
+/// reference's failure is an error.
 async fn tune_layout(ctx: &GpuContext, layout: Layout, dims: Dims, operand: Element) -> Result<Config> {
     let problem = Problem::new(ctx, layout, dims, operand)?;
+    let odd = Problem::new(ctx, layout, Dims { batch: 1, m: 70, n: 33, k: 50 }, operand)?;
     let mut reference: Option<Vec<f32>> = None;
     let mut best: Option<(f64, Config)> = None;
     for config in candidates(ctx, operand) {
-        // One run first: a candidate already twice as slow as the best cannot win, and
-        // a poor variant can take seconds per run on a small GPU.
-        let first = problem.time(ctx, layout, config, 1).await?[0];
-        if best.is_some_and(|(b, _)| first > 2.0 * b) {
-            log::debug!("{} {}: {:.3} ms (dropped after one run)", layout.name(), config.label(), first);
-            continue;
-        }
-        let result = ctx.read(&problem.c).await?;
-        match &reference {
-            None => reference = Some(result),
-            Some(want) if !agrees(want, &result) => {
-                log::warn!(
-                    "matmul variant {} gives wrong results for {} on this adapter; not used",
-                    config.label(),
-                    layout.name()
-                );
+        let checked = async {
+            let result = problem.result(ctx, config).await?;
+            let right = match &reference {
+                None => problem.agrees_with_host(&result, 64),
+                Some(want) => agrees(want, &result),
+            };
+            let odd_right = odd.agrees_with_host(&odd.result(ctx, config).await?, usize::MAX);
+            // One run first: a candidate already twice as slow as the best cannot win, and
+            // a poor variant can take seconds per run on a small GPU.
+            let first = problem.time(ctx, config, 1).await?[0];
+            Ok::<_, crate::Error>((result, right && odd_right, first))
+        };
+        let what = format!("matmul variant {} for {} ({})", config.label(), layout.name(), operand.wgsl());
+        let (result, right, first) = match (checked.await, &reference) {
+            (Ok(checked), _) => checked,
+            (Err(e), None) => return Err(e),
+            (Err(e), Some(_)) => {
+                log::warn!("{what} failed on this adapter; not used: {e}");
                 continue;
             }
-            Some(_) => {}
+        };
+        if !right && reference.is_none() {
+            return Err(crate::Error::invalid(
+                "matmul tuning",
+                format!("the default {what} computes wrong results on this adapter"),
+            ));
+        }
+        if !right {
+            log::warn!("{what} gives wrong results on this adapter; not used");
+            continue;
+        }
+        reference.get_or_insert(result);
+        if best.is_some_and(|(b, _)| first > 2.0 * b) {
+            log::debug!("{what}: {first:.3} ms (dropped after one run)");
+            continue;
         }
         // The fastest of several runs: interference from other work on the
         // machine only ever slows a run down, so the minimum is the steadiest.
-        let samples = problem.time(ctx, layout, config, 4).await?;
-        let ms = samples.iter().copied().fold(first, f64::min);
-        log::debug!("{} {} ({}): {:.3} ms", layout.name(), config.label(), operand.wgsl(), ms);
+        let ms = match problem.time(ctx, config, 4).await {
+            Ok(samples) => samples.iter().copied().fold(first, f64::min),
+            Err(e) => {
+                log::warn!("{what} failed on this adapter; not used: {e}");
+                continue;
+            }
+        };
+        log::debug!("{what}: {ms:.3} ms");
         if best.is_none_or(|(b, _)| ms < b) {
             best = Some((ms, config));
         }
     }
-    Ok(best.expect("the default candidate is its own reference").1)
+    best.map(|(_, config)| config).ok_or_else(|| {
+        crate::Error::invalid("matmul tuning", format!("no {} variant could be timed on this adapter", layout.name()))
+    })
 }
 
 /// Forgets the in-memory choice (the disk cache stays), so the next `autotune` reloads.
