@@ -47,36 +47,25 @@ def main():
     if not torch.cuda.is_available():
         raise SystemExit("torch_matmul.py needs a CUDA device; none is visible to PyTorch")
     results = []
-    for tf32 in (False, True):
+    # (our name's suffix, the variant's name, element type, TF32 allowed)
+    precisions = (("", "f32", torch.float32, False), ("", "tf32", torch.float32, True),
+                  ("_f16", "f16", torch.float16, False))
+    for suffix, variant, dtype, tf32 in precisions:
         torch.backends.cuda.matmul.allow_tf32 = tf32
         for n in sizes:
             generator = torch.Generator(device="cuda").manual_seed(0)
-            a = torch.rand(n, n, device="cuda", generator=generator) - 0.5
-            b = torch.rand(n, n, device="cuda", generator=generator) - 0.5
+            a = (torch.rand(n, n, device="cuda", generator=generator) - 0.5).to(dtype)
+            b = (torch.rand(n, n, device="cuda", generator=generator) - 0.5).to(dtype)
             for layout in ("nn", "nt", "tn"):
                 ms, best = time_product(a, b, layout, args.reps)
                 results.append({
-                    "name": f"matmul_{layout}",
+                    "name": f"matmul_{layout}{suffix}",
                     "m": n, "n": n, "k": n,
                     "ms": ms, "min_ms": best,
                     "gflops": 2 * n**3 / (ms * 1e6),
-                    "variant": f"torch {torch.__version__} cuBLAS " + ("tf32" if tf32 else "f32"),
+                    "variant": f"torch {torch.__version__} cuBLAS {variant}",
                     "device": torch.cuda.get_device_name(),
                 })
-    for n in sizes:
-        generator = torch.Generator(device="cuda").manual_seed(0)
-        a = (torch.rand(n, n, device="cuda", generator=generator) - 0.5).half()
-        b = (torch.rand(n, n, device="cuda", generator=generator) - 0.5).half()
-        for layout in ("nn", "nt", "tn"):
-            ms, best = time_product(a, b, layout, args.reps)
-            results.append({
-                "name": f"matmul_{layout}_f16",
-                "m": n, "n": n, "k": n,
-                "ms": ms, "min_ms": best,
-                "gflops": 2 * n**3 / (ms * 1e6),
-                "variant": f"torch {torch.__version__} cuBLAS f16",
-                "device": torch.cuda.get_device_name(),
-            })
     print(json.dumps(results, indent=1))
 
 

@@ -272,7 +272,7 @@ pub fn matmul_with(
 
 /// [`matmul_with`] a cooperative `config` whose tile operations are written out as plain
 /// loops ([`Tiles::Emulated`]): the tests run it on adapters without cooperative matrices
-/// (it needs subgroups of one fixed size) to check everything around the tensor cores.
+/// to check everything around the tensor cores.
 pub fn matmul_cooperative_emulated(
     rec: &mut Recorder<'_>,
     layout: Layout,
