@@ -73,6 +73,15 @@ fn tunes_f16(ctx: &GpuContext) -> bool {
     ctx.cooperative_matrix_subgroup().is_some()
 }
 
+/// The operand types with tuning tables of their own on this device.
+fn tuned_operands(ctx: &GpuContext) -> &'static [Element] {
+    if tunes_f16(ctx) {
+        &[Element::F32, Element::F16]
+    } else {
+        &[Element::F32]
+    }
+}
+
 /// The tuning table's key for `layout` with operands stored as `operand`.
 fn tuning_key(ctx: &GpuContext, layout: Layout, operand: Element) -> String {
     if operand == Element::F16 && tunes_f16(ctx) {
@@ -238,7 +247,7 @@ pub async fn autotune_with_cache(ctx: &GpuContext, cache: Option<std::path::Path
     let n = tuning_size(ctx);
     let dims = Dims { batch: 1, m: n, n, k: n };
     let mut tuning = Tuning { adapter: ctx.summary.name.clone(), configs: HashMap::new() };
-    let operands: &[Element] = if tunes_f16(ctx) { &[Element::F32, Element::F16] } else { &[Element::F32] };
+    let operands = tuned_operands(ctx);
     for &operand in operands {
         for layout in Layout::ALL {
             let best = tune_layout(ctx, layout, dims, operand).await?;
@@ -327,7 +336,7 @@ pub fn reset_tuning(ctx: &GpuContext) {
 fn load_cached(ctx: &GpuContext, path: &std::path::Path) -> Option<Tuning> {
     let text = std::fs::read_to_string(path).ok()?;
     let tuning: Tuning = serde_json::from_str(&text).ok()?;
-    let operands: &[Element] = if tunes_f16(ctx) { &[Element::F32, Element::F16] } else { &[Element::F32] };
+    let operands = tuned_operands(ctx);
     // A cache written by another build may name configs this build no longer offers, or
     // lack the f16 table.
     let ok = operands.iter().all(|&operand| {
