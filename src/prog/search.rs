@@ -44,8 +44,55 @@ pub enum DepthGrowth {
     Always,
 }
 
+/// Which candidates a search offers, and how it chooses among them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum SearchSpace {
+    /// Around the `prog` schedule ([`candidates_around`]): its network for the stage (the
+    /// anchor) and one level below and above it in resolution and depth; the anchor wins
+    /// unless another candidate scores better beyond the noise ([`select`] with an anchor).
+    #[default]
+    Anchored,
+    /// As the official code ([`candidates`], shaped by `max_res_lag` and [`DepthGrowth`]):
+    /// the cheapest candidate within the noise of the smallest score wins.
+    Official,
+}
+
+/// The candidates of a [`SearchSpace::Anchored`] search at the start of stage `stage` (not
+/// the last), and the anchor among them: the `prog` schedule's network for the stage, or
+/// the current resolution or depth where that is already larger. Around it, the next
+/// lower and next higher level of the schedule's resolutions and depths, never below the
+/// current network (a model does not shrink) nor deeper than twice the current depth
+/// (MoGrow at most doubles it). The grid is centred on the anchor wherever the current
+/// network allows, so the supernet's random sub-networks cost about what the anchor's
+/// steps cost, and a cheaper network than `prog`'s is on offer: the search can make a run
+/// faster than `prog`, not only slower (docs/decisions.md, "Searches around the schedule").
+pub fn candidates_around(stages: &[Stage], stage: usize, current: Candidate) -> Result<(Vec<Candidate>, Candidate)> {
+    if stage + 1 >= stages.len() {
+        return Err(Error::invalid(
+            "search",
+            format!("stage {stage} of {} is the last; the last stage always trains the full model", stages.len()),
+        ));
+    }
+    let anchor = Candidate {
+        resolution: stages[stage].resolution.max(current.resolution),
+        depth: stages[stage].depth.max(current.depth),
+    };
+    // The level below, at and above `centre` among `all`, none below `floor` or above `ceiling`.
+    let around = |all: Vec<usize>, centre: usize, floor: usize, ceiling: usize| -> Vec<usize> {
+        let below = all.iter().copied().filter(|&v| v < centre && v >= floor).max();
+        let above = all.iter().copied().filter(|&v| v > centre && v <= ceiling).min();
+        below.into_iter().chain([centre]).chain(above).collect()
+    };
+    let rs = around(levels(stages.iter().map(|s| s.resolution)), anchor.resolution, current.resolution, usize::MAX);
+    let ls = around(levels(stages.iter().map(|s| s.depth)), anchor.depth, current.depth, 2 * current.depth);
+    let offered = rs.iter().flat_map(|&resolution| ls.iter().map(move |&depth| Candidate { resolution, depth }));
+    Ok((offered.collect(), anchor))
+}
+
 /// The candidates of the search at the start of stage `stage` (not the last) as the
-/// official code forms them. Stage 0: the first, middle and last resolutions × the first,
+/// official code forms them ([`SearchSpace::Official`]). Stage 0: the first, middle and last resolutions × the first,
 /// middle and last depths of the schedule (9 candidates). Later stages: the current and
 /// the next resolution × up to three depth levels above the current one (growth by at
 /// least one level), at most twice the current depth.
@@ -105,15 +152,21 @@ pub fn candidates(
 }
 
 /// The candidate a search would choose before it measures anything, if there is one: the
-/// only candidate, or the cheaper of two (by `cost`, e.g. FLOPs per step). With two
-/// candidates the power law passes through both points, so both score exactly `a`; they
-/// tie and [`select`] takes the cheaper, whatever the losses. The official rule's argmin
+/// only candidate, or of two, the `anchor` where there is one, else the cheaper (by
+/// `cost`, e.g. FLOPs per step). With two candidates the power law passes through both
+/// points, so both score exactly `a`: neither beats the anchor, and without one they tie
+/// and [`select`] takes the cheaper, whatever the losses. The official rule's argmin
 /// between the two equal scores is decided by rounding. Either way the supernet training
 /// would buy no decision, so the stage trains the foregone winner from its start.
-pub fn foregone(candidates: &[Candidate], cost: impl Fn(Candidate) -> f64) -> Option<Candidate> {
-    match candidates {
-        [only] => Some(*only),
-        [a, b] => Some(if cost(*b) < cost(*a) { *b } else { *a }),
+pub fn foregone(
+    candidates: &[Candidate],
+    anchor: Option<Candidate>,
+    cost: impl Fn(Candidate) -> f64,
+) -> Option<Candidate> {
+    match (candidates, anchor) {
+        ([only], _) => Some(*only),
+        ([_, _], Some(anchor)) => Some(anchor),
+        ([a, b], None) => Some(if cost(*b) < cost(*a) { *b } else { *a }),
         _ => None,
     }
 }
@@ -161,13 +214,15 @@ pub struct Selection {
     pub scores: Vec<f64>,
     /// Index of the smallest score (the official winner).
     pub lowest_score: usize,
-    /// Index of the chosen candidate: the cheapest whose score is not significantly above
-    /// the smallest one (see [`select`]).
+    /// Index of the chosen candidate (see [`select`]).
     pub winner: usize,
+    /// Index of the anchor, where the search had one.
+    #[serde(default)]
+    pub anchor: Option<usize>,
 }
 
-/// How many standard errors of the paired difference a candidate's score may lie above the
-/// smallest before it counts as worse: about a one-sided 95 % test for the 4–5 evaluation
+/// How many standard errors of the paired difference a candidate's score may lie above
+/// another's before it counts as worse: about a one-sided 95 % test for the 4–5 evaluation
 /// points of a search.
 pub const TIE_STANDARD_ERRORS: f64 = 2.0;
 
@@ -177,36 +232,59 @@ pub const TIE_STANDARD_ERRORS: f64 = 2.0;
 /// The official rule takes the smallest L̄·T^w. Early in training, or when a stage's
 /// candidates differ little, the losses lie within their noise and the fitted trend is
 /// flat or rising (w = 0): the rule then picks a costlier candidate on a loss that is lower
-/// by chance (docs/decisions.md, "Ties in the search's choice"). So a candidate ties with the smallest score when
-/// their per-point scores differ, on average, by at most [`TIE_STANDARD_ERRORS`] standard
-/// errors of that paired difference, and the cheapest of the tied candidates wins. With a
-/// single evaluation point there is no noise estimate, and the smallest score wins.
-pub fn select(times: &[f64], losses: &[Vec<f64>]) -> Result<Selection> {
+/// by chance (docs/decisions.md, "Ties in the search's choice"). So a candidate's score
+/// counts as above another's only where their per-point scores differ, on average, by
+/// more than [`TIE_STANDARD_ERRORS`] standard errors of that paired difference (with a
+/// single evaluation point there is no noise estimate, and only the smallest score counts
+/// as not above).
+///
+/// Without an `anchor` the cheapest candidate whose score is not above the smallest wins.
+/// With one, the anchor wins unless some candidates score below it beyond the noise; then
+/// the same rule picks among those. A search around the `prog` schedule thus departs from
+/// the schedule's network only on evidence, in either direction.
+pub fn select(times: &[f64], losses: &[Vec<f64>], anchor: Option<usize>) -> Result<Selection> {
     if let Some(empty) = losses.iter().position(Vec::is_empty) {
         return Err(Error::invalid("search", format!("candidate {empty} has no evaluation point")));
+    }
+    if let Some(a) = anchor.filter(|&a| a >= times.len()) {
+        return Err(Error::invalid("search", format!("anchor {a} of {} candidates", times.len())));
     }
     let means: Vec<f64> = losses.iter().map(|l| l.iter().sum::<f64>() / l.len() as f64).collect();
     let fit = fit_power_law(times, &means)?;
     let w = (-fit.b).max(0.0);
     let scores: Vec<f64> = means.iter().zip(times).map(|(l, t)| l * t.powf(w)).collect();
-    let lowest_score = scores.iter().enumerate().fold(0, |best, (i, s)| if *s < scores[best] { i } else { best });
+    let lowest =
+        |pool: &[usize]| pool.iter().copied().reduce(|best, i| if scores[i] < scores[best] { i } else { best });
+    let all: Vec<usize> = (0..times.len()).collect();
+    let lowest_score = lowest(&all).expect("at least one candidate");
     let per_point = |i: usize| -> Vec<f64> { losses[i].iter().map(|l| l * times[i].powf(w)).collect() };
-    let best = per_point(lowest_score);
-    let ties = |i: usize| -> bool {
-        let d: Vec<f64> = per_point(i).iter().zip(&best).map(|(a, b)| a - b).collect();
-        if d.len() < 2 || d.len() != best.len() {
-            return i == lowest_score;
+    // Whether candidate i's score lies above j's beyond the noise (None: no noise estimate).
+    let above = |i: usize, j: usize| -> Option<bool> {
+        let d: Vec<f64> = per_point(i).iter().zip(per_point(j)).map(|(a, b)| a - b).collect();
+        if d.len() < 2 || losses[i].len() != losses[j].len() {
+            return None;
         }
         let n = d.len() as f64;
         let mean = d.iter().sum::<f64>() / n;
         let sd = (d.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
-        mean <= TIE_STANDARD_ERRORS * sd / n.sqrt()
+        Some(mean > TIE_STANDARD_ERRORS * sd / n.sqrt())
     };
-    let winner = (0..times.len())
-        .filter(|&i| ties(i))
-        .min_by(|&a, &b| times[a].total_cmp(&times[b]).then(scores[a].total_cmp(&scores[b])))
-        .unwrap_or(lowest_score);
-    Ok(Selection { fit, w, scores, lowest_score, winner })
+    // The cheapest of `pool` whose score is not above the pool's smallest.
+    let cheapest_tied = |pool: &[usize]| -> Option<usize> {
+        let best = lowest(pool)?;
+        pool.iter()
+            .copied()
+            .filter(|&i| above(i, best).map_or(i == best, |above| !above))
+            .min_by(|&a, &b| times[a].total_cmp(&times[b]).then(scores[a].total_cmp(&scores[b])))
+    };
+    let winner = match anchor {
+        None => cheapest_tied(&all).unwrap_or(lowest_score),
+        Some(anchor) => {
+            let better: Vec<usize> = all.iter().copied().filter(|&i| above(anchor, i) == Some(true)).collect();
+            cheapest_tied(&better).unwrap_or(anchor)
+        }
+    };
+    Ok(Selection { fit, w, scores, lowest_score, winner, anchor })
 }
 
 #[cfg(test)]
@@ -320,14 +398,15 @@ mod tests {
     fn two_candidates_are_decided_before_any_search() {
         let (r20, r24) = (Candidate { resolution: 20, depth: 6 }, Candidate { resolution: 24, depth: 6 });
         let tokens = |c: Candidate| (c.resolution * c.resolution) as f64;
-        assert_eq!(foregone(&[r24, r20], tokens), Some(r20));
-        assert_eq!(foregone(&[r24], tokens), Some(r24));
-        assert_eq!(foregone(&[r20, r24, Candidate { resolution: 20, depth: 5 }], tokens), None);
+        assert_eq!(foregone(&[r24, r20], None, tokens), Some(r20));
+        assert_eq!(foregone(&[r20, r24], Some(r24), tokens), Some(r24), "the anchor, when there is one");
+        assert_eq!(foregone(&[r24], None, tokens), Some(r24));
+        assert_eq!(foregone(&[r20, r24, Candidate { resolution: 20, depth: 5 }], Some(r20), tokens), None);
         // What the search would have found: the cheaper wins whatever the losses. Where the
         // costlier has the lower loss, the fitted power law passes through both points and
         // both score exactly a; where it has the higher loss, w = 0 and the lower loss wins.
         for losses in [[0.452, 0.405], [1.0, 0.5], [0.40, 0.45]] {
-            let s = select(&[173.0, 255.0], &[vec![losses[0]; 3], vec![losses[1]; 3]]).unwrap();
+            let s = select(&[173.0, 255.0], &[vec![losses[0]; 3], vec![losses[1]; 3]], None).unwrap();
             if losses[1] < losses[0] {
                 assert!((s.scores[0] - s.scores[1]).abs() < 1e-9 * s.scores[0], "{s:?}");
             }
@@ -359,13 +438,75 @@ mod tests {
         let times = [1.0, 4.0, 9.0, 16.0];
         let mut levels: Vec<f64> = times.iter().map(|t: &f64| 2.0 / t.sqrt()).collect();
         levels[2] *= 0.9;
-        let s = select(&times, &series(&levels, &[0.0; 4])).unwrap();
+        let s = select(&times, &series(&levels, &[0.0; 4]), None).unwrap();
         assert_eq!((s.lowest_score, s.winner), (2, 2));
         assert!(s.w > 0.4 && s.w < 0.6, "{s:?}");
         // Loss rising with time (b > 0): w = 0 and the lowest loss wins.
-        let s = select(&[1.0, 2.0, 3.0], &series(&[0.9, 1.5, 1.6], &[0.0; 4])).unwrap();
+        let s = select(&[1.0, 2.0, 3.0], &series(&[0.9, 1.5, 1.6], &[0.0; 4]), None).unwrap();
         assert!(s.fit.b > 0.0);
         assert_eq!((s.w, s.winner), (0.0, 0));
+    }
+
+    #[test]
+    fn a_search_around_the_schedule_offers_a_level_either_side_of_it() {
+        let stages = nano_stages(); // r 16, 20, 28, 32; depth 3, 4, 5, 6
+        let around = |stage, resolution, depth| {
+            let (offered, anchor) = candidates_around(&stages, stage, Candidate { resolution, depth }).unwrap();
+            (offered.iter().map(Candidate::name).collect::<Vec<_>>(), anchor.name())
+        };
+        // Stage 0 starts at the schedule's smallest network: nothing lies below it.
+        let (offered, anchor) = around(0, 16, 3);
+        assert_eq!(
+            (offered, anchor),
+            (["r16_l3", "r16_l4", "r20_l3", "r20_l4"].map(String::from).to_vec(), "r16_l3".into())
+        );
+        // Stage 1 from stage 0's network: the current levels below the anchor, and above it.
+        let (offered, anchor) = around(1, 16, 3);
+        assert_eq!(anchor, "r20_l4");
+        assert_eq!(offered, ["r16_l3", "r16_l4", "r16_l5", "r20_l3", "r20_l4", "r20_l5", "r28_l3", "r28_l4", "r28_l5"]);
+        // Ahead of the schedule, the current network is the anchor and nothing lies below.
+        let (offered, anchor) = around(1, 28, 5);
+        assert_eq!(
+            (offered, anchor),
+            (["r28_l5", "r28_l6", "r32_l5", "r32_l6"].map(String::from).to_vec(), "r28_l5".into())
+        );
+        // Behind it (still 16 px and 3 blocks at stage 2): the level below is the anchor's,
+        // so the resolution trails the schedule by one stage at most.
+        let (offered, anchor) = around(2, 16, 3);
+        assert_eq!(anchor, "r28_l5");
+        assert_eq!(levels(offered.iter().map(|n| n[1..3].parse::<usize>().unwrap())), [20, 28, 32]);
+        // MoGrow at most doubles the depth: from 2 blocks, 5 is out of reach.
+        let shallow: Vec<Stage> = stages.iter().map(|s| Stage { depth: s.depth - 1, ..*s }).collect();
+        let (offered, anchor) = candidates_around(&shallow, 1, Candidate { resolution: 16, depth: 2 }).unwrap();
+        assert_eq!(anchor, Candidate { resolution: 20, depth: 3 });
+        assert_eq!(levels(offered.iter().map(|c| c.depth)), [2, 3, 4]);
+        let (offered, _) = candidates_around(&shallow, 2, Candidate { resolution: 16, depth: 2 }).unwrap();
+        assert_eq!(levels(offered.iter().map(|c| c.depth)), [3, 4], "5 is more than twice 2");
+        assert!(candidates_around(&stages, 3, Candidate { resolution: 32, depth: 6 }).is_err());
+    }
+
+    #[test]
+    fn an_anchored_search_departs_from_the_anchor_only_beyond_the_noise() {
+        let times = [1.0, 2.0, 3.0];
+        // All alike: without an anchor the cheapest wins; with one, the anchor.
+        let alike = series(&[1.0, 1.0, 1.0], &[0.0, 0.01, -0.01, 0.0]);
+        assert_eq!(select(&times, &alike, None).unwrap().winner, 0);
+        assert_eq!(select(&times, &alike, Some(1)).unwrap().winner, 1);
+        // A cheaper candidate 10 % below the anchor at every point wins; so does a costlier one.
+        assert_eq!(select(&times, &series(&[0.9, 1.0, 1.0], &[0.0; 4]), Some(1)).unwrap().winner, 0);
+        assert_eq!(select(&times, &series(&[1.0, 1.0, 0.8], &[0.0; 4]), Some(1)).unwrap().winner, 2);
+        // Both below it: the rule picks among those two (the costlier is well below the cheaper).
+        let s = select(&times, &series(&[0.9, 1.0, 0.6], &[0.0; 4]), Some(1)).unwrap();
+        assert_eq!((s.winner, s.lowest_score, s.anchor), (2, 2, Some(1)), "{s:?}");
+        // Lower by 1 % on average but flipping sign between points: noise, the anchor stays.
+        let mut flips = series(&[1.0, 1.0, 1.0], &[0.0; 4]);
+        flips[0] = flips[1].iter().zip([-0.05, 0.03, -0.05, 0.03]).map(|(l, j)| l + j).collect();
+        assert_eq!(select(&times, &flips, Some(1)).unwrap().winner, 1);
+        // One evaluation point: no noise estimate, nothing departs.
+        let single = vec![vec![0.5], vec![1.0], vec![0.9]];
+        assert_eq!(select(&times, &single, Some(1)).unwrap().winner, 1);
+        assert_eq!(select(&times, &single, None).unwrap().winner, 0);
+        assert!(select(&times, &single, Some(3)).is_err());
     }
 
     #[test]
@@ -383,16 +524,16 @@ mod tests {
             vec![0.539, 0.501, 0.463, 0.438, 0.413],
         ];
         let times = [244.0, 289.0, 355.0, 445.0, 391.0, 609.0];
-        let s = select(&times, &losses).unwrap();
+        let s = select(&times, &losses, None).unwrap();
         assert_eq!((s.w, s.lowest_score, s.winner), (0.0, 3, 0), "{s:?}");
         // r32_l4 lower by 2.5 % at every point: a real difference, and it wins.
         losses[3] = losses[0].iter().map(|l| l - 0.01).collect();
-        let s = select(&times, &losses).unwrap();
+        let s = select(&times, &losses, None).unwrap();
         assert_eq!((s.lowest_score, s.winner), (3, 3), "{s:?}");
         // One evaluation point each: no noise estimate, the smallest score wins.
         let single: Vec<Vec<f64>> = losses.iter().map(|l| vec![l[4]]).collect();
-        let s = select(&times, &single).unwrap();
+        let s = select(&times, &single, None).unwrap();
         assert_eq!(s.winner, s.lowest_score);
-        assert!(select(&times[..2], &[vec![0.41], vec![]]).is_err());
+        assert!(select(&times[..2], &[vec![0.41], vec![]], None).is_err());
     }
 }

@@ -184,9 +184,15 @@ pub struct SearchEvent {
     /// Exponent of the score, `max(-fit.b, 0)`.
     #[serde(deserialize_with = "f64_or_nan")]
     pub w: f64,
-    /// Name of the chosen candidate: the cheapest whose score is not significantly above the
-    /// smallest (`prog::search::select`).
+    /// Name of the chosen candidate (`prog::search::select`): the anchor, unless candidates
+    /// score below it beyond the noise; without an anchor, the cheapest whose score is not
+    /// significantly above the smallest.
     pub winner: String,
+    /// Name of the anchor: the `prog` schedule's network for the stage, which a search
+    /// around the schedule keeps unless the evidence says otherwise. Absent in older logs
+    /// and in the official search space.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor: Option<String>,
     /// Name of the candidate with the smallest score (the official rule's winner). Absent
     /// in older logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -74,6 +74,7 @@ fn every_event() -> Vec<Event> {
             w: 0.15,
             winner: "r24_l5".into(),
             lowest_score: Some("r24_l5".into()),
+            anchor: Some("r24_l5".into()),
             scored_with: Some("ema_0.9998".into()),
             evaluation_seconds: Some(12.5),
             timing_seconds: Some(3.25),

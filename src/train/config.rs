@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::options::{DepthGrowth, GrowFrom, OptState, Precision, Schedule, SearchCost};
+use super::options::{DepthGrowth, GrowFrom, OptState, Precision, Schedule, SearchCost, SearchSpace};
 use crate::data::AugmentConfig;
 use crate::model::VitConfig;
 use crate::prog::schedule::{ScheduleConfig, Stage};
@@ -107,12 +107,18 @@ pub struct Recipe {
     /// paper) or `flops` (its step's FLOPs: the same choice on every run, for reproducibility).
     #[serde(default)]
     pub search_cost: SearchCost,
-    /// `auto`: how many stages a search's resolution may trail the `prog` schedule's (the
-    /// official code: unbounded). Every stage the resolution lags must be made up by the
+    /// `auto`: which candidates a search offers and how it chooses: `anchored` (around the
+    /// `prog` schedule's network, which wins unless another candidate scores better beyond
+    /// the noise) or `official` (the official code's candidates, shaped by `max_res_lag`
+    /// and `depth_growth`, which apply to it only).
+    #[serde(default)]
+    pub search_space: SearchSpace,
+    /// `auto`, official search space: how many stages a search's resolution may trail the
+    /// `prog` schedule's (the official code: unbounded). Every stage the resolution lags must be made up by the
     /// jump to the full resolution that the last stage forces.
     #[serde(default = "default_max_res_lag")]
     pub max_res_lag: usize,
-    /// `auto`: whether a later stage's search may keep the depth: `schedule` (its depths
+    /// `auto`, official search space: whether a later stage's search may keep the depth: `schedule` (its depths
     /// start at the `prog` schedule's depth for the stage, or the current one if deeper, so
     /// the search decides whether to grow, as the paper) or `always` (one level deeper at
     /// every search, as the official code).
@@ -336,6 +342,7 @@ impl Default for Recipe {
             grow_from: GrowFrom::default(),
             search_epochs: default_search_epochs(),
             search_cost: SearchCost::default(),
+            search_space: SearchSpace::default(),
             max_res_lag: default_max_res_lag(),
             depth_growth: DepthGrowth::default(),
             precision: Precision::default(),

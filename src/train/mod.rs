@@ -42,7 +42,7 @@ pub use data::SourceData;
 pub use eval::{evaluate, Evaluation};
 pub use host::{BatchRequest, Batches, Clock, HostFuture, Pace, Part, RunSink, StepProgress, TrainData};
 pub use memory::MemoryRecord;
-pub use options::{DepthGrowth, GrowFrom, OptState, Precision, Schedule, SearchCost};
+pub use options::{DepthGrowth, GrowFrom, OptState, Precision, Schedule, SearchCost, SearchSpace};
 pub use progress::Progress;
 pub use run::{holdout_images, run};
 pub use trainer::{Diverged, Host, Start, Stopped};

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::prog::search::DepthGrowth;
+pub use crate::prog::search::{DepthGrowth, SearchSpace};
 
 /// How the model grows over a run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -119,6 +119,8 @@ mod tests {
         assert_eq!(name(&OptState::Copy), "copy");
         assert_eq!(name(&SearchCost::Flops), "flops");
         assert_eq!(name(&DepthGrowth::Schedule), "schedule");
+        assert_eq!(name(&SearchSpace::Anchored), "anchored");
+        assert_eq!(parse::<SearchSpace>("official"), Some(SearchSpace::Official));
         assert_eq!(name(&Precision::F16), "f16");
         assert_eq!(parse::<Precision>("auto"), Some(Precision::Auto));
         assert_eq!(parse::<Schedule>("prog"), Some(Schedule::Prog));

@@ -7,12 +7,12 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::config::TrainConfig;
-use super::options::Schedule;
+use super::options::{Schedule, SearchSpace};
 use super::progress::Progress;
 use super::supernet::{evaluation_window, SearchState};
 use crate::data::Shard;
 use crate::prog::schedule::{stage_at, Stage};
-use crate::prog::search::{candidates, foregone, Candidate};
+use crate::prog::search::{candidates, candidates_around, foregone, Candidate};
 use crate::runlog::StageSummary;
 
 /// The step counts of a run, fixed once the data is known.
@@ -68,10 +68,20 @@ pub fn opening(
         return Ok(None);
     }
     let current = Candidate { resolution: progress.resolution, depth: progress.depth };
-    let offered = candidates(stages, index, current, r.max_res_lag, r.depth_growth)?;
+    let (offered, anchor) = match r.search_space {
+        SearchSpace::Anchored => {
+            let (offered, anchor) = candidates_around(stages, index, current)?;
+            (offered, Some(anchor))
+        }
+        SearchSpace::Official => (candidates(stages, index, current, r.max_res_lag, r.depth_growth)?, None),
+    };
     let flops = |c: Candidate| config.model.train_flops_per_image(c.resolution, c.depth);
-    if let Some(chosen) = foregone(&offered, flops) {
-        let why = if offered.len() == 1 { "the only candidate" } else { "the cheaper of two" };
+    if let Some(chosen) = foregone(&offered, anchor, flops) {
+        let why = match (offered.len(), anchor) {
+            (1, _) => "the only candidate",
+            (_, Some(_)) => "the schedule's, which one other candidate cannot beat",
+            _ => "the cheaper of two",
+        };
         return Ok(Some(Opening::Foregone { chosen, why }));
     }
     let stage = stages[index];
@@ -88,6 +98,7 @@ pub fn opening(
         to_depth,
         losses: vec![Vec::new(); offered.len()],
         candidates: offered,
+        anchor,
         step_ms: Vec::new(),
         evaluation_seconds: 0.0,
         timing_seconds: 0.0,

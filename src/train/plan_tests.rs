@@ -27,20 +27,32 @@ fn search_of(progress: &Progress, config: &TrainConfig, stages: &[Stage], steps:
 }
 
 #[test]
-fn the_first_stage_opens_a_search_over_the_schedules_corners() {
+fn the_first_stage_opens_a_search_around_the_schedules_first_network() {
     let (config, stages, steps) = quick(Schedule::Auto);
     let progress = fresh(&stages);
     let search = search_of(&progress, &config, &stages, steps);
-    // Three resolutions by three depths; a quarter-epoch search of 25 steps from step 0.
-    assert_eq!(search.candidates.len(), 9);
-    assert_eq!((search.start_step, search.steps, search.to_depth), (0, 25, 6));
+    // 16 px and 4 blocks, and one level above each; a quarter-epoch search of 25 steps
+    // from step 0.
+    let names: Vec<String> = search.candidates.iter().map(Candidate::name).collect();
+    assert_eq!(names, ["r16_l4", "r16_l5", "r20_l4", "r20_l5"]);
+    assert_eq!(search.anchor, Some(Candidate { resolution: 16, depth: 4 }));
+    assert_eq!((search.start_step, search.steps, search.to_depth), (0, 25, 5));
     // The epoch trains the supernet: every candidate resolution, the deepest depth, the
     // last stage's regularisation.
     let mut searching = progress.clone();
     open(&mut searching, &stages, Opening::Search(search.clone()));
     let t = trains(Schedule::Auto, &stages, &searching);
-    assert_eq!((t.resolutions, t.depth), (search.resolutions(), 6));
+    assert_eq!((t.resolutions, t.depth), (search.resolutions(), 5));
     assert_eq!(t.regularisation, stages[3]);
+}
+
+#[test]
+fn the_official_search_space_opens_over_the_schedules_corners() {
+    let (mut config, stages, steps) = quick(Schedule::Auto);
+    config.recipe.search_space = SearchSpace::Official;
+    let search = search_of(&fresh(&stages), &config, &stages, steps);
+    // Three resolutions by three depths, no anchor.
+    assert_eq!((search.candidates.len(), search.anchor, search.to_depth), (9, None, 6));
 }
 
 #[test]
@@ -111,10 +123,20 @@ fn the_chosen_sub_network_trains_until_the_last_stage_which_trains_the_full_mode
 }
 
 #[test]
-fn two_candidates_are_a_foregone_choice_of_the_cheaper() {
-    let (config, stages, steps) = quick(Schedule::Auto);
-    // At stage 2 from the full depth, only the current and the next resolution remain.
+fn two_candidates_are_a_foregone_choice_of_the_anchor_or_the_cheaper() {
+    let (mut config, stages, steps) = quick(Schedule::Auto);
+    // At stage 2 from the full depth, only the current and the next resolution remain. In
+    // the official space the cheaper of the two trains; around the schedule, its network
+    // (here the cheaper too, since the model is already past the schedule's depth).
     let progress = Progress { epoch: 2, step: 200, resolution: 20, depth: 6, ..Progress::default() };
+    let Some(Opening::Foregone { chosen, why }) = opening(&config, &stages, steps, &progress).unwrap() else {
+        panic!("expected a foregone choice");
+    };
+    assert_eq!(
+        (chosen, why),
+        (Candidate { resolution: 20, depth: 6 }, "the schedule's, which one other candidate cannot beat")
+    );
+    config.recipe.search_space = SearchSpace::Official;
     match opening(&config, &stages, steps, &progress).unwrap() {
         Some(Opening::Foregone { chosen, why }) => {
             assert_eq!((chosen, why), (Candidate { resolution: 20, depth: 6 }, "the cheaper of two"));

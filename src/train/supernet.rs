@@ -39,6 +39,10 @@ pub struct SearchState {
     pub from_depth: usize,
     pub to_depth: usize,
     pub candidates: Vec<Candidate>,
+    /// The candidate that wins unless another scores better beyond the noise (a search
+    /// around the schedule); none in the official search space and in older checkpoints.
+    #[serde(default)]
+    pub anchor: Option<Candidate>,
     /// Per candidate, its mean held-back loss at each evaluation point so far.
     pub losses: Vec<Vec<f64>>,
     /// Per candidate, its step time in milliseconds (measured at the first evaluation).
@@ -387,7 +391,8 @@ pub fn choose(
     epoch: usize,
     step: u64,
 ) -> anyhow::Result<(Candidate, SearchEvent)> {
-    let Selection { winner, scores, fit, w, lowest_score } = select(&search.step_ms, &search.losses)?;
+    let anchor = search.anchor.and_then(|a| search.candidates.iter().position(|c| *c == a));
+    let Selection { winner, scores, fit, w, lowest_score, .. } = select(&search.step_ms, &search.losses, anchor)?;
     let chosen = search.candidates[winner];
     let candidates = search
         .candidates
@@ -410,6 +415,7 @@ pub fn choose(
         w,
         winner: chosen.name(),
         lowest_score: Some(search.candidates[lowest_score].name()),
+        anchor: search.anchor.map(|a| a.name()),
         scored_with: Some(scored_with),
         evaluation_seconds: Some(search.evaluation_seconds),
         timing_seconds: Some(search.timing_seconds),
@@ -431,6 +437,7 @@ mod tests {
             from_depth: 3,
             to_depth: 6,
             candidates: vec![Candidate { resolution: 16, depth: 3 }, Candidate { resolution: 16, depth: 6 }],
+            anchor: None,
             losses: vec![Vec::new(); 2],
             step_ms: Vec::new(),
             evaluation_seconds: 0.0,

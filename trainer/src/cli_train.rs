@@ -17,7 +17,8 @@ use crate::ranks::{self, Peers};
 use crate::train::{self, Interrupted, RunOptions};
 use crate::GpuArgs;
 use autoprog::train::{
-    Collective, DataConfig, DepthGrowth, GrowFrom, OptState, Precision, Recipe, Schedule, SearchCost, TrainConfig,
+    Collective, DataConfig, DepthGrowth, GrowFrom, OptState, Precision, Recipe, Schedule, SearchCost, SearchSpace,
+    TrainConfig,
 };
 
 #[derive(Args)]
@@ -78,11 +79,17 @@ pub struct TrainArgs {
     /// flops (its step's FLOPs: every run then makes the same choice).
     #[arg(long, value_enum)]
     search_cost: Option<SearchCost>,
-    /// auto: how many stages the resolution may trail the prog schedule's (default 0: the
-    /// search may grow it sooner, never later; a large value is the official, unbounded rule).
+    /// auto: anchored (the default: candidates one level either side of the prog schedule's
+    /// network, which wins unless another scores better beyond the noise) or official (the
+    /// official code's candidates; --max-res-lag and --depth-growth shape them).
+    #[arg(long, value_enum)]
+    search_space: Option<SearchSpace>,
+    /// auto, official search space: how many stages the resolution may trail the prog
+    /// schedule's (default 0: the search may grow it sooner, never later; a large value is
+    /// the official, unbounded rule).
     #[arg(long)]
     max_res_lag: Option<usize>,
-    /// auto: schedule (the default: a later search may keep the depth where the prog schedule
+    /// auto, official search space: schedule (the default: a later search may keep the depth where the prog schedule
     /// keeps it, so it decides whether to grow) or always (one level deeper at every search,
     /// the official rule).
     #[arg(long, value_enum)]
@@ -220,6 +227,7 @@ impl TrainArgs {
         set(&mut r.stages, self.stages);
         set(&mut r.search_epochs, self.search_epochs);
         set(&mut r.search_cost, self.search_cost);
+        set(&mut r.search_space, self.search_space);
         set(&mut r.max_res_lag, self.max_res_lag);
         set(&mut r.depth_growth, self.depth_growth);
         set(&mut r.precision, self.precision);

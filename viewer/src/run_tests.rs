@@ -79,6 +79,17 @@ fn a_tie_within_the_noise_is_explained() {
 }
 
 #[test]
+fn an_anchored_choice_is_explained() {
+    let kept = log().replace(r#""winner":"r8_l4""#, r#""winner":"r8_l4","anchor":"r8_l4""#);
+    let report = Run::parse(&kept, Some(SUMMARY), None).unwrap().report();
+    assert!(report.searches.contains("anchored on the prog schedule's r8_l4"), "{}", report.searches);
+    assert!(report.searches.contains("so it is kept"), "{}", report.searches);
+    let departed = log().replace(r#""winner":"r8_l4""#, r#""winner":"r8_l4","anchor":"r8_l2""#);
+    let report = Run::parse(&departed, Some(SUMMARY), None).unwrap().report();
+    assert!(report.searches.contains("r8_l4 scores below it beyond the evaluation noise"), "{}", report.searches);
+}
+
+#[test]
 fn a_run_reads_into_stages_searches_and_panels() {
     let run = Run::parse(&log(), Some(SUMMARY), None).unwrap();
     assert_eq!((run.steps.len(), run.epochs.len(), run.stages.len()), (40, 4, 2));

@@ -97,16 +97,30 @@ impl Run {
                 Some(ema) => format!(" Losses measured with {}.", escape(ema)),
                 None => String::new(),
             };
-            let rule = match s.lowest_score.as_deref() {
-                Some(lowest) if lowest != s.winner => format!(
+            let rule = match (s.anchor.as_deref(), s.lowest_score.as_deref()) {
+                (Some(anchor), _) if anchor == s.winner => format!(
+                    "the search is anchored on the prog schedule's {}, which no candidate scores below beyond the \
+                        evaluation noise (two standard errors of their paired difference), so it is kept.",
+                    escape(anchor)
+                ),
+                (Some(anchor), _) => format!(
+                    "the search is anchored on the prog schedule's {}; {} scores below it beyond the evaluation \
+                        noise (two standard errors of their paired difference), the cheapest such candidate within \
+                        the noise of the lowest, so it wins.",
+                    escape(anchor),
+                    escape(&s.winner)
+                ),
+                (None, Some(lowest)) if lowest != s.winner => format!(
                     "the lowest, {}, ties with the cheaper {} within the evaluation noise (two standard errors of \
                         their paired difference), so {} wins.",
                     escape(lowest),
                     escape(&s.winner),
                     escape(&s.winner)
                 ),
-                Some(_) => "the lowest wins; no cheaper candidate ties with it within the evaluation noise.".into(),
-                None => "the lowest wins.".into(),
+                (None, Some(_)) => {
+                    "the lowest wins; no cheaper candidate ties with it within the evaluation noise.".into()
+                }
+                (None, None) => "the lowest wins.".into(),
             };
             let overhead = match (s.evaluation_seconds, s.timing_seconds) {
                 (Some(eval), Some(timing)) => format!(
