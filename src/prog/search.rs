@@ -92,8 +92,8 @@ pub fn candidates_around(stages: &[Stage], stage: usize, current: Candidate) -> 
 }
 
 /// The candidates of the search at the start of stage `stage` (not the last) as the
-/// official code forms them ([`SearchSpace::Official`]). Stage 0: the first, middle and last resolutions × the first,
-/// middle and last depths of the schedule (9 candidates). Later stages: the current and
+/// official code forms them ([`SearchSpace::Official`]). Stage 0: the first, middle and
+/// last resolutions × the first, middle and last depths of the schedule (9 candidates). Later stages: the current and
 /// the next resolution × up to three depth levels above the current one (growth by at
 /// least one level), at most twice the current depth.
 ///
@@ -216,9 +216,6 @@ pub struct Selection {
     pub lowest_score: usize,
     /// Index of the chosen candidate (see [`select`]).
     pub winner: usize,
-    /// Index of the anchor, where the search had one.
-    #[serde(default)]
-    pub anchor: Option<usize>,
 }
 
 /// How many standard errors of the paired difference a candidate's score may lie above
@@ -284,7 +281,7 @@ pub fn select(times: &[f64], losses: &[Vec<f64>], anchor: Option<usize>) -> Resu
             cheapest_tied(&better).unwrap_or(anchor)
         }
     };
-    Ok(Selection { fit, w, scores, lowest_score, winner, anchor })
+    Ok(Selection { fit, w, scores, lowest_score, winner })
 }
 
 #[cfg(test)]
@@ -497,7 +494,7 @@ mod tests {
         assert_eq!(select(&times, &series(&[1.0, 1.0, 0.8], &[0.0; 4]), Some(1)).unwrap().winner, 2);
         // Both below it: the rule picks among those two (the costlier is well below the cheaper).
         let s = select(&times, &series(&[0.9, 1.0, 0.6], &[0.0; 4]), Some(1)).unwrap();
-        assert_eq!((s.winner, s.lowest_score, s.anchor), (2, 2, Some(1)), "{s:?}");
+        assert_eq!((s.winner, s.lowest_score), (2, 2), "{s:?}");
         // Lower by 1 % on average but flipping sign between points: noise, the anchor stays.
         let mut flips = series(&[1.0, 1.0, 1.0], &[0.0; 4]);
         flips[0] = flips[1].iter().zip([-0.05, 0.03, -0.05, 0.03]).map(|(l, j)| l + j).collect();

@@ -114,14 +114,14 @@ pub struct Recipe {
     #[serde(default)]
     pub search_space: SearchSpace,
     /// `auto`, official search space: how many stages a search's resolution may trail the
-    /// `prog` schedule's (the official code: unbounded). Every stage the resolution lags must be made up by the
-    /// jump to the full resolution that the last stage forces.
+    /// `prog` schedule's (the official code: unbounded). Every stage the resolution lags must
+    /// be made up by the jump to the full resolution that the last stage forces.
     #[serde(default = "default_max_res_lag")]
     pub max_res_lag: usize,
-    /// `auto`, official search space: whether a later stage's search may keep the depth: `schedule` (its depths
-    /// start at the `prog` schedule's depth for the stage, or the current one if deeper, so
-    /// the search decides whether to grow, as the paper) or `always` (one level deeper at
-    /// every search, as the official code).
+    /// `auto`, official search space: whether a later stage's search may keep the depth:
+    /// `schedule` (its depths start at the `prog` schedule's depth for the stage, or the
+    /// current one if deeper, so the search decides whether to grow, as the paper) or
+    /// `always` (one level deeper at every search, as the official code).
     #[serde(default)]
     pub depth_growth: DepthGrowth,
     /// What activations are stored in: `auto` (f16 where the adapter has f16 shaders),

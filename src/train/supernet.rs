@@ -392,7 +392,7 @@ pub fn choose(
     step: u64,
 ) -> anyhow::Result<(Candidate, SearchEvent)> {
     let anchor = search.anchor.and_then(|a| search.candidates.iter().position(|c| *c == a));
-    let Selection { winner, scores, fit, w, lowest_score, .. } = select(&search.step_ms, &search.losses, anchor)?;
+    let Selection { winner, scores, fit, w, lowest_score } = select(&search.step_ms, &search.losses, anchor)?;
     let chosen = search.candidates[winner];
     let candidates = search
         .candidates
