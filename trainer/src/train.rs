@@ -89,8 +89,8 @@ impl TrainData for LoaderData {
     fn batches(&self, request: &BatchRequest) -> anyhow::Result<Batches> {
         // The held-back images are decoded once per search, on this thread.
         let workers = if request.part == Part::Holdout { 0 } else { self.workers };
-        let loader = Loader::start(self.parts.pass(request)?, workers, 2 * workers.max(1));
-        Ok(Box::new(loader.skip(request.skip).map(|b| b.map_err(anyhow::Error::from))))
+        let loader = Loader::starting_at(self.parts.pass(request)?, request.skip, workers, 2 * workers.max(1));
+        Ok(Box::new(loader.map(|b| b.map_err(anyhow::Error::from))))
     }
 
     fn take_failures(&self) -> Vec<LoadError> {

@@ -83,13 +83,21 @@ impl Loader {
     /// Builds the batches of `pass` on `workers` threads (none: on the calling thread when
     /// asked for), at most `prefetch` of them ahead of the consumer.
     pub fn start(pass: Pass, workers: usize, prefetch: usize) -> Loader {
+        Loader::starting_at(pass, 0, workers, prefetch)
+    }
+
+    /// As [`Loader::start`], from batch `first` on: the batches before it are never built
+    /// (a run resumed, or re-planned after a search, inside an epoch). Every batch is seeded
+    /// by its position, so batch `first` is the same as in a pass from the start.
+    pub fn starting_at(pass: Pass, first: usize, workers: usize, prefetch: usize) -> Loader {
         let capacity = prefetch.max(1);
+        let first = first.min(pass.batches());
         let plan = Arc::new(pass);
         let mode = if workers == 0 {
             Mode::Inline
         } else {
             let shared = Arc::new(Shared {
-                progress: Mutex::new(Progress { next_to_build: 0, consumed: 0, stop: false }),
+                progress: Mutex::new(Progress { next_to_build: first, consumed: first, stop: false }),
                 wake: Condvar::new(),
             });
             let (sender, results) = channel();
@@ -104,7 +112,7 @@ impl Loader {
                 .collect();
             Mode::Threads { shared, results, early: BTreeMap::new(), handles }
         };
-        Loader { plan, mode, next: 0, finished: false }
+        Loader { plan, mode, next: first, finished: false }
     }
 
     /// Number of batches in the epoch.

@@ -244,3 +244,27 @@ fn data_loader_rejects_bad_settings() {
     let bad_aug = PassConfig { aug: AugmentConfig { resolution: 0, ..AugmentConfig::none(8) }, ..none };
     assert!(make(vec![0], bad_aug).expect("rejected").contains("resolution must be at least 1"));
 }
+
+#[test]
+fn data_loader_starting_inside_an_epoch_builds_no_earlier_batch() {
+    let config = PassConfig { batch: 4, aug: AugmentConfig::none(4), ..PassConfig::default() };
+    let whole: Vec<Batch> = {
+        let source: Arc<dyn Source> = Arc::new(Flaky::new(usize::MAX, Duration::ZERO));
+        collect(&source, (0..100).collect(), config.clone(), 0)
+    };
+    for workers in [0, 2] {
+        let flaky = Arc::new(Flaky::new(usize::MAX, Duration::ZERO));
+        let source: Arc<dyn Source> = flaky.clone();
+        let pass = Pass::new(source, (0..100).collect(), config.clone()).expect("valid pass");
+        let rest: Vec<Batch> = Loader::starting_at(pass, 20, workers, 2).map(|b| b.expect("batch builds")).collect();
+        assert_eq!(rest.len(), 5, "{workers} workers");
+        for (got, expected) in rest.iter().zip(&whole[20..]) {
+            assert_eq!((&got.images, &got.labels), (&expected.images, &expected.labels), "{workers} workers");
+        }
+        // The 80 samples of batches 0..20 were never loaded: only the last 5 batches' 20.
+        assert_eq!(flaky.loads.load(Ordering::SeqCst), 20, "{workers} workers");
+    }
+    let flaky: Arc<dyn Source> = Arc::new(Flaky::new(usize::MAX, Duration::ZERO));
+    let pass = Pass::new(flaky, (0..100).collect(), config).expect("valid pass");
+    assert!(Loader::starting_at(pass, 30, 2, 2).next().is_none(), "a start past the end yields nothing");
+}
