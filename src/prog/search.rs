@@ -50,8 +50,9 @@ pub enum DepthGrowth {
 #[serde(rename_all = "lowercase")]
 pub enum SearchSpace {
     /// Around the `prog` schedule ([`candidates_around`]): its network for the stage (the
-    /// anchor) and one level below and above it in resolution and depth; the anchor wins
-    /// unless another candidate scores better beyond the noise ([`select`] with an anchor).
+    /// anchor), one level above it in resolution and one below and above in depth; the
+    /// anchor wins unless another candidate scores better beyond the noise ([`select`] with
+    /// an anchor).
     #[default]
     Anchored,
     /// As the official code ([`candidates`], shaped by `max_res_lag` and [`DepthGrowth`]):
@@ -62,12 +63,15 @@ pub enum SearchSpace {
 /// The candidates of a [`SearchSpace::Anchored`] search at the start of stage `stage` (not
 /// the last), and the anchor among them: the `prog` schedule's network for the stage, or
 /// the current resolution or depth where that is already larger. Around it, the next
-/// lower and next higher level of the schedule's resolutions and depths, never below the
-/// current network (a model does not shrink) nor deeper than twice the current depth
-/// (MoGrow at most doubles it). The grid is centred on the anchor wherever the current
-/// network allows, so the supernet's random sub-networks cost about what the anchor's
-/// steps cost, and a cheaper network than `prog`'s is on offer: the search can make a run
-/// faster than `prog`, not only slower (docs/decisions.md, "Searches around the schedule").
+/// higher level of the schedule's resolutions, and the next lower and higher level of its
+/// depths, never below the current depth (a model does not shrink) nor deeper than twice
+/// it (MoGrow at most doubles it). No resolution below the anchor's: a search compares the
+/// resolution the model trained at for a whole stage with ones it met only in the search,
+/// so a lower one wins on familiarity, and the last stage's forced jump to the full
+/// resolution then costs accuracy (docs/decisions.md, "Searches around the schedule").
+/// The depths are centred on the anchor wherever the current depth allows, so a cheaper
+/// network than `prog`'s is on offer: the search can make a run faster than `prog`, not
+/// only slower.
 pub fn candidates_around(stages: &[Stage], stage: usize, current: Candidate) -> Result<(Vec<Candidate>, Candidate)> {
     if stage + 1 >= stages.len() {
         return Err(Error::invalid(
@@ -85,7 +89,7 @@ pub fn candidates_around(stages: &[Stage], stage: usize, current: Candidate) -> 
         let above = all.iter().copied().filter(|&v| v > centre && v <= ceiling).min();
         below.into_iter().chain([centre]).chain(above).collect()
     };
-    let rs = around(levels(stages.iter().map(|s| s.resolution)), anchor.resolution, current.resolution, usize::MAX);
+    let rs = around(levels(stages.iter().map(|s| s.resolution)), anchor.resolution, anchor.resolution, usize::MAX);
     let ls = around(levels(stages.iter().map(|s| s.depth)), anchor.depth, current.depth, 2 * current.depth);
     let offered = rs.iter().flat_map(|&resolution| ls.iter().map(move |&depth| Candidate { resolution, depth }));
     Ok((offered.collect(), anchor))
@@ -445,7 +449,7 @@ mod tests {
     }
 
     #[test]
-    fn a_search_around_the_schedule_offers_a_level_either_side_of_it() {
+    fn a_search_around_the_schedule_offers_a_level_either_side_of_its_depth_and_above_its_resolution() {
         let stages = nano_stages(); // r 16, 20, 28, 32; depth 3, 4, 5, 6
         let around = |stage, resolution, depth| {
             let (offered, anchor) = candidates_around(&stages, stage, Candidate { resolution, depth }).unwrap();
@@ -457,21 +461,24 @@ mod tests {
             (offered, anchor),
             (["r16_l3", "r16_l4", "r20_l3", "r20_l4"].map(String::from).to_vec(), "r16_l3".into())
         );
-        // Stage 1 from stage 0's network: the current levels below the anchor, and above it.
+        // Stage 1 from stage 0's network: the current depth below the anchor's, and the
+        // levels above it; the current 16 px is not offered (a resolution never trails the
+        // schedule's).
         let (offered, anchor) = around(1, 16, 3);
         assert_eq!(anchor, "r20_l4");
-        assert_eq!(offered, ["r16_l3", "r16_l4", "r16_l5", "r20_l3", "r20_l4", "r20_l5", "r28_l3", "r28_l4", "r28_l5"]);
+        assert_eq!(offered, ["r20_l3", "r20_l4", "r20_l5", "r28_l3", "r28_l4", "r28_l5"]);
         // Ahead of the schedule, the current network is the anchor and nothing lies below.
         let (offered, anchor) = around(1, 28, 5);
         assert_eq!(
             (offered, anchor),
             (["r28_l5", "r28_l6", "r32_l5", "r32_l6"].map(String::from).to_vec(), "r28_l5".into())
         );
-        // Behind it (still 16 px and 3 blocks at stage 2): the level below is the anchor's,
-        // so the resolution trails the schedule by one stage at most.
+        // Behind it (still 16 px and 3 blocks at stage 2, as a resumed older run can be):
+        // the schedule's resolution and the next, the depths one either side of its.
         let (offered, anchor) = around(2, 16, 3);
         assert_eq!(anchor, "r28_l5");
-        assert_eq!(levels(offered.iter().map(|n| n[1..3].parse::<usize>().unwrap())), [20, 28, 32]);
+        assert_eq!(levels(offered.iter().map(|n| n[1..3].parse::<usize>().unwrap())), [28, 32]);
+        assert_eq!(levels(offered.iter().map(|n| n[5..].parse::<usize>().unwrap())), [4, 5, 6]);
         // MoGrow at most doubles the depth: from 2 blocks, 5 is out of reach.
         let shallow: Vec<Stage> = stages.iter().map(|s| Stage { depth: s.depth - 1, ..*s }).collect();
         let (offered, anchor) = candidates_around(&shallow, 1, Candidate { resolution: 16, depth: 2 }).unwrap();

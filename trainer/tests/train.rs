@@ -476,10 +476,14 @@ fn flips_follow_the_data_unless_chosen() {
     let (run, t) = train("probed", &[]);
     assert!(t.contains("flips: off") && t.contains("--hflip"), "{t}");
     assert!(!hflip_of(&run));
+    // The 20 px images meet the model file's 16 px: the run says so, and what keeps them.
+    assert!(t.contains("resolution: 16 px (the model file's): the training images, 20×20 px, are scaled down"), "{t}");
+    assert!(t.contains("--image-size 20 keeps more of their detail"), "{t}");
     // Chosen on the command line, here over a config file without flips: no probe, the
     // choice stands.
     let config = run.join("config.toml").display().to_string();
     let (run, t) = train("forced", &["--config", &config, "--hflip"]);
     assert!(!t.contains("flips:"), "{t}");
     assert!(hflip_of(&run));
+    assert!(t.contains("resolution: 16 px (the model file's)"), "{t}");
 }
