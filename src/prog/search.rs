@@ -89,6 +89,7 @@ pub fn candidates_around(stages: &[Stage], stage: usize, current: Candidate) -> 
         let above = all.iter().copied().filter(|&v| v > centre && v <= ceiling).min();
         below.into_iter().chain([centre]).chain(above).collect()
     };
+    // The resolutions' floor is the anchor's own: no level below it is offered.
     let rs = around(levels(stages.iter().map(|s| s.resolution)), anchor.resolution, anchor.resolution, usize::MAX);
     let ls = around(levels(stages.iter().map(|s| s.depth)), anchor.depth, current.depth, 2 * current.depth);
     let offered = rs.iter().flat_map(|&resolution| ls.iter().map(move |&depth| Candidate { resolution, depth }));
