@@ -73,6 +73,8 @@ def main():
     p.add_argument("--no-hflip", action="store_true")
     p.add_argument("--crop-scale", type=float, default=1.0,
                    help="random-resized crops of this fraction of the area and more (1: no crops)")
+    p.add_argument("--crop-to-final", action="store_true",
+                   help="in stages below the last resolution, crops down to (resolution / last)^2 of the area")
     p.add_argument("--drop-path", type=float, default=0.0)
     p.add_argument("--ema", type=float, default=0.0, help="also evaluate an EMA of the weights with this decay")
     p.add_argument("--decay-matrices-only", action="store_true",
@@ -142,8 +144,9 @@ def main():
         for i in range(per_epoch):
             idx = order[i * batch:(i + 1) * batch]
             xb, yb = x[idx], y_train[idx]
-            if a.crop_scale < 1:
-                xb = random_resized_crop(xb, a.crop_scale)
+            crop_scale = min(a.crop_scale, (res / stages[-1][1]) ** 2) if a.crop_to_final else a.crop_scale
+            if crop_scale < 1:
+                xb = random_resized_crop(xb, crop_scale)
             if not a.no_hflip:
                 flip = torch.rand(batch) < 0.5
                 xb = torch.where(flip.view(-1, 1, 1, 1), xb.flip(3), xb)

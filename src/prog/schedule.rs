@@ -106,6 +106,16 @@ impl ScheduleConfig {
     }
 }
 
+/// The smallest random crop, as a fraction of the image's area, for a stage that trains at
+/// `resolution` a model whose full resolution is `full`: the configured `min_scale`, or
+/// `(resolution / full)²` if smaller. A crop of that area, resized to the stage's resolution,
+/// shows an object as large in pixels per patch as the full resolution will, so growing the
+/// resolution no longer shows the model sizes it has never seen.
+pub fn stage_crop_scale(min_scale: f32, resolution: usize, full: usize) -> f32 {
+    let zoom_to_full = (resolution as f32 / full.max(1) as f32).powi(2);
+    min_scale.min(zoom_to_full)
+}
+
 /// The stage that epoch `epoch` belongs to.
 pub fn stage_at(stages: &[Stage], epoch: usize) -> usize {
     stages.iter().rposition(|s| s.start_epoch <= epoch).unwrap_or(0)
@@ -165,6 +175,17 @@ mod tests {
         assert_eq!(held[0].drop_path, 0.0);
         assert_eq!(held[1].drop_path, 0.0);
         assert!((held[2].drop_path - 0.05).abs() < 1e-12);
+    }
+
+    #[test]
+    fn stage_crops_zoom_as_far_as_the_full_resolution() {
+        // 16 of 24 px: a crop of 4/9 of the area, resized to 16 px, has the full 24 px scale.
+        // (Within f32 rounding of the squared ratio.)
+        assert!((stage_crop_scale(1.0, 16, 24) - 4.0 / 9.0).abs() < 1e-6);
+        assert!((stage_crop_scale(1.0, 20, 24) - 25.0 / 36.0).abs() < 1e-6);
+        // The full resolution adds no crops; crops configured stronger are kept.
+        assert_eq!(stage_crop_scale(1.0, 24, 24), 1.0);
+        assert_eq!(stage_crop_scale(0.35, 16, 24), 0.35);
     }
 
     #[test]

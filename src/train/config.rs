@@ -129,6 +129,12 @@ pub struct Recipe {
     /// dynamic loss scaling).
     #[serde(default)]
     pub precision: Precision,
+    /// Stages below the full resolution crop at random down to (their resolution / the full
+    /// one)² of the image's area, so that objects grown to the full resolution's size are no
+    /// longer new to the model (docs/decisions.md, "Stage crops"). Missing from the configs
+    /// of older runs, which resume without them.
+    #[serde(default)]
+    pub stage_crops: bool,
 }
 
 fn default_max_res_lag() -> usize {
@@ -346,6 +352,7 @@ impl Default for Recipe {
             max_res_lag: default_max_res_lag(),
             depth_growth: DepthGrowth::default(),
             precision: Precision::default(),
+            stage_crops: true,
         }
     }
 }
@@ -455,5 +462,18 @@ mod tests {
         let unknown = written.replace("depth_growth = \"schedule\"", "depth_growth = \"sometimes\"");
         let err = TrainConfig::from_toml(&unknown).unwrap_err().to_string();
         assert!(err.contains("depth_growth") && err.contains("sometimes") && err.contains("always"), "{err}");
+    }
+
+    #[test]
+    fn new_runs_get_stage_crops_and_older_configs_resume_without() {
+        for name in PRESETS {
+            let config = TrainConfig::preset(name).unwrap();
+            assert!(config.recipe.stage_crops, "{name}");
+            let written = config.to_toml();
+            assert!(written.contains("stage_crops = true\n"), "{written}");
+            // A run written before the field existed trained without them, and resumes so.
+            let older: TrainConfig = toml::from_str(&written.replace("stage_crops = true\n", "")).unwrap();
+            assert!(!older.recipe.stage_crops, "{name}");
+        }
     }
 }

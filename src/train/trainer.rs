@@ -18,7 +18,7 @@ use crate::data::{AugmentConfig, Shard};
 use crate::gpu::ReadbackRing;
 use crate::model::Activations;
 use crate::prog::grow::Growth;
-use crate::prog::schedule::Stage;
+use crate::prog::schedule::{stage_crop_scale, Stage};
 use crate::runlog::Summary;
 use crate::GpuContext;
 
@@ -178,8 +178,16 @@ impl Trainer<'_> {
 
     pub(super) fn epoch(&mut self, index: usize, trains: Trains, holdout: Vec<HeldBatch>) -> Epoch {
         let reg = trains.regularisation;
+        let resolution = trains.largest_resolution();
+        let base = &self.config.augment;
+        let min_scale = if self.config.recipe.stage_crops {
+            stage_crop_scale(base.min_scale, resolution, self.config.model.image_size)
+        } else {
+            base.min_scale
+        };
         let aug = AugmentConfig {
-            resolution: trains.largest_resolution(),
+            resolution,
+            min_scale,
             randaug_magnitude: reg.randaug_magnitude,
             erase_prob: reg.erase_prob as f32,
             mix_prob: reg.mix_prob as f32,

@@ -119,6 +119,11 @@ pub struct TrainArgs {
     /// quick preset).
     #[arg(long, value_enum)]
     grow_from: Option<GrowFrom>,
+    /// Growing schedules: below the full resolution, random crops down to (stage resolution /
+    /// full)² of the image's area, so the model has seen objects at the size the full
+    /// resolution shows them (default true; false: every stage crops as the config's min_scale says).
+    #[arg(long, value_name = "BOOL")]
+    stage_crops: Option<bool>,
     /// No random horizontal flips (for digits, text and other data that mirroring changes).
     /// By default a new run probes the training images and leaves flips out where mirrored
     /// images are classified clearly worse than the originals.
@@ -236,6 +241,7 @@ impl TrainArgs {
         set(&mut r.depth_scale, self.depth_scale);
         set(&mut r.grow_opt_state, self.grow_opt_state);
         set(&mut r.grow_from, self.grow_from);
+        set(&mut r.stage_crops, self.stage_crops);
     }
 
     fn apply_data(&self, d: &mut DataConfig) {
