@@ -406,9 +406,10 @@ fn resolution_line(model: &VitConfig, native: Option<NativeSize>, source: &str, 
     let Some(n) = native else {
         return format!("resolution: {r} px ({source}); the size of the training images could not be read");
     };
-    let size = match n.varied {
-        false => format!("{}×{} px", n.width, n.height),
-        true => format!("of several sizes (median {}×{} px)", n.width, n.height),
+    let size = if n.varied {
+        format!("of several sizes (median {}×{} px)", n.width, n.height)
+    } else {
+        format!("{}×{} px", n.width, n.height)
     };
     let side = n.width.min(n.height);
     let own = side - side % model.patch_size;
@@ -421,10 +422,12 @@ fn resolution_line(model: &VitConfig, native: Option<NativeSize>, source: &str, 
              keeps more of their detail for {cost:.1}× the compute per image"
         )
     } else {
-        let how = match () {
-            _ if side > r => "scaled down",
-            _ if n.width.max(n.height) < r => "scaled up",
-            _ => "resized",
+        let how = if side > r {
+            "scaled down"
+        } else if n.width.max(n.height) < r {
+            "scaled up"
+        } else {
+            "resized"
         };
         format!("resolution: {r} px ({source}): the training images, {size}, are {how} to it")
     }
