@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::json::{f64_or_nan, vec_f64_or_nan};
 use crate::prog::search::Candidate;
 pub use crate::prog::search::PowerLaw;
-use crate::train::options::SearchCost;
+use crate::train::options::{SearchCost, SearchSpace};
 
 /// One line of `log.jsonl`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -184,9 +184,7 @@ pub struct SearchEvent {
     /// Exponent of the score, `max(-fit.b, 0)`.
     #[serde(deserialize_with = "f64_or_nan")]
     pub w: f64,
-    /// Name of the chosen candidate (`prog::search::select`): the anchor, unless candidates
-    /// score below it beyond the noise; without an anchor, the cheapest whose score is not
-    /// significantly above the smallest.
+    /// Name of the chosen candidate (`prog::search::select`, by the rule of `search_space`).
     pub winner: String,
     /// Name of the anchor: the `prog` schedule's network for the stage, which a search
     /// around the schedule keeps unless the evidence says otherwise. Absent in older logs
@@ -211,6 +209,10 @@ pub struct SearchEvent {
     /// says, under `recipe.search_cost`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub search_cost: Option<SearchCost>,
+    /// The candidates' space, which decides the rule that chose (`recipe.search_space`).
+    /// Absent in older logs, whose anchored searches kept their anchor without evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search_space: Option<SearchSpace>,
 }
 
 /// One candidate of a search, with what the search measured of it.

@@ -79,6 +79,7 @@ fn every_event() -> Vec<Event> {
             evaluation_seconds: Some(12.5),
             timing_seconds: Some(3.25),
             search_cost: Some(SearchCost::Time),
+            search_space: Some(SearchSpace::Thrifty),
         }),
         Event::Checkpoint(CheckpointEvent {
             epoch: 3,

@@ -109,13 +109,16 @@ pub struct Recipe {
     pub search_cost: SearchCost,
     /// `auto`: which candidates a search offers and how it chooses: `anchored` (around the
     /// `prog` schedule's network, which wins unless another candidate scores better beyond
-    /// the noise) or `official` (the official code's candidates, shaped by `max_res_lag`
-    /// and `depth_growth`, which apply to it only).
+    /// the noise), `thrifty` (the same candidates; the cheapest that scores no worse than
+    /// the schedule's network beyond the noise wins) or `official` (the official code's
+    /// candidates, shaped by `max_res_lag` and `depth_growth`; only the first applies to
+    /// the other two).
     #[serde(default)]
     pub search_space: SearchSpace,
-    /// `auto`, official search space: how many stages a search's resolution may trail the
-    /// `prog` schedule's (the official code: unbounded). Every stage the resolution lags must
-    /// be made up by the jump to the full resolution that the last stage forces.
+    /// `auto`: how many stages a search's resolution may trail the `prog` schedule's (the
+    /// official code: unbounded; the spaces around the schedule offer at most one level
+    /// below their anchor). Every stage the resolution lags must be made up by the jump to
+    /// the full resolution that the last stage forces.
     #[serde(default = "default_max_res_lag")]
     pub max_res_lag: usize,
     /// `auto`, official search space: whether a later stage's search may keep the depth:
@@ -349,7 +352,10 @@ impl Default for Recipe {
             search_epochs: default_search_epochs(),
             search_cost: SearchCost::default(),
             search_space: SearchSpace::default(),
-            max_res_lag: default_max_res_lag(),
+            // One level below the anchor at every search (4 stages): with stage crops the
+            // last stage's jump to the full resolution costs no accuracy (docs/decisions.md,
+            // "Thrifty searches"). Older configs without the field keep 0.
+            max_res_lag: 2,
             depth_growth: DepthGrowth::default(),
             precision: Precision::default(),
             stage_crops: true,

@@ -68,16 +68,17 @@ pub fn opening(
         return Ok(None);
     }
     let current = Candidate { resolution: progress.resolution, depth: progress.depth };
-    let (offered, anchor) = match r.search_space {
-        SearchSpace::Anchored => {
-            let (offered, anchor) = candidates_around(stages, index, current)?;
-            (offered, Some(anchor))
-        }
-        SearchSpace::Official => (candidates(stages, index, current, r.max_res_lag, r.depth_growth)?, None),
+    let (offered, anchor) = if r.search_space.anchored() {
+        let (offered, anchor) = candidates_around(stages, index, current, r.max_res_lag)?;
+        (offered, Some(anchor))
+    } else {
+        (candidates(stages, index, current, r.max_res_lag, r.depth_growth)?, None)
     };
     let flops = |c: Candidate| config.model.train_flops_per_image(c.resolution, c.depth);
-    if let Some(chosen) = foregone(&offered, anchor, flops) {
-        let why = match (offered.len(), anchor) {
+    // Of two candidates the thrifty rule takes the cheaper, as the official one does.
+    let kept_anchor = anchor.filter(|_| r.search_space == SearchSpace::Anchored);
+    if let Some(chosen) = foregone(&offered, kept_anchor, flops) {
+        let why = match (offered.len(), kept_anchor) {
             (1, _) => "the only candidate",
             (_, Some(_)) => "the schedule's, which one other candidate cannot beat",
             _ => "the cheaper of two",

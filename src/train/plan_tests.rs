@@ -126,16 +126,18 @@ fn the_chosen_sub_network_trains_until_the_last_stage_which_trains_the_full_mode
 fn two_candidates_are_a_foregone_choice_of_the_anchor_or_the_cheaper() {
     let (mut config, stages, steps) = quick(Schedule::Auto);
     // At stage 2 from the full depth, only the current and the next resolution remain. In
-    // the official space the cheaper of the two trains; around the schedule, its network
-    // (here the cheaper too, since the model is already past the schedule's depth).
+    // the official and thrifty spaces the cheaper of the two trains; in the anchored one,
+    // the schedule's network (here the cheaper too, since the model is already past the
+    // schedule's depth).
     let progress = Progress { epoch: 2, step: 200, resolution: 20, depth: 6, ..Progress::default() };
-    let Some(Opening::Foregone { chosen, why }) = opening(&config, &stages, steps, &progress).unwrap() else {
-        panic!("expected a foregone choice");
+    let foregone = |config: &TrainConfig| match opening(config, &stages, steps, &progress).unwrap() {
+        Some(Opening::Foregone { chosen, why }) => (chosen, why),
+        other => panic!("expected a foregone choice, got {other:?}"),
     };
-    assert_eq!(
-        (chosen, why),
-        (Candidate { resolution: 20, depth: 6 }, "the schedule's, which one other candidate cannot beat")
-    );
+    let r20_l6 = Candidate { resolution: 20, depth: 6 };
+    assert_eq!(foregone(&config), (r20_l6, "the cheaper of two"), "thrifty, the default");
+    config.recipe.search_space = SearchSpace::Anchored;
+    assert_eq!(foregone(&config), (r20_l6, "the schedule's, which one other candidate cannot beat"));
     config.recipe.search_space = SearchSpace::Official;
     match opening(&config, &stages, steps, &progress).unwrap() {
         Some(Opening::Foregone { chosen, why }) => {

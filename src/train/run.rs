@@ -393,8 +393,8 @@ impl<'a> Trainer<'a> {
         let mut search = self.state.progress.search.take().expect("a search is running");
         self.evaluation_point(&epoch, &mut search).await?;
         let (_, scored_with) = scoring_weights(&self.state.model, &self.state.optimizer, &search);
-        let cost = self.config.recipe.search_cost;
-        let (chosen, event) = choose(&search, cost, scored_with, epoch.index, self.state.progress.step)?;
+        let (cost, space) = (self.config.recipe.search_cost, self.config.recipe.search_space);
+        let (chosen, event) = choose(&search, cost, space, scored_with, epoch.index, self.state.progress.step)?;
         if let Some(peers) = self.peers() {
             check_agreement(peers, "the search's choice", &[chosen.resolution as f64, chosen.depth as f64])?;
         }

@@ -19,7 +19,7 @@ use crate::kernels::resize::resize_bilinear;
 use crate::model::step::Optimizer;
 use crate::model::{Activations, GpuVit, Loss, VitConfig};
 use crate::prog::grow::{grow_depth, Growth};
-use crate::prog::search::{levels, select, Candidate, Selection};
+use crate::prog::search::{levels, select, Candidate, SearchSpace, Selection};
 use crate::runlog::{CandidateScore, SearchEvent};
 use crate::{GpuContext, Tensor};
 
@@ -387,12 +387,14 @@ impl Scoring<'_> {
 pub fn choose(
     search: &SearchState,
     cost: SearchCost,
+    space: SearchSpace,
     scored_with: String,
     epoch: usize,
     step: u64,
 ) -> anyhow::Result<(Candidate, SearchEvent)> {
     let anchor = search.anchor.and_then(|a| search.candidates.iter().position(|c| *c == a));
-    let Selection { winner, scores, fit, w, lowest_score } = select(&search.step_ms, &search.losses, anchor)?;
+    let Selection { winner, scores, fit, w, lowest_score } =
+        select(&search.step_ms, &search.losses, space.rule(anchor))?;
     let chosen = search.candidates[winner];
     let candidates = search
         .candidates
@@ -420,6 +422,7 @@ pub fn choose(
         evaluation_seconds: Some(search.evaluation_seconds),
         timing_seconds: Some(search.timing_seconds),
         search_cost: Some(cost),
+        search_space: Some(space),
     };
     Ok((chosen, event))
 }

@@ -79,15 +79,17 @@ pub struct TrainArgs {
     /// flops (its step's FLOPs: every run then makes the same choice).
     #[arg(long, value_enum)]
     search_cost: Option<SearchCost>,
-    /// auto: anchored (the default: candidates one level either side of the prog schedule's
-    /// depth and one above its resolution, around its network, which wins unless another
-    /// scores better beyond the noise) or official (the
+    /// auto: thrifty (the default: candidates one level either side of the prog schedule's
+    /// network for the stage in depth and in resolution, as far as --max-res-lag allows; the
+    /// cheapest that scores no worse than the schedule's network beyond the noise wins,
+    /// unless some score better beyond it), anchored (the same candidates; the schedule's
+    /// network wins unless another scores better beyond the noise) or official (the
     /// official code's candidates; --max-res-lag and --depth-growth shape them).
     #[arg(long, value_enum)]
     search_space: Option<SearchSpace>,
-    /// auto, official search space: how many stages the resolution may trail the prog
-    /// schedule's (default 0: the search may grow it sooner, never later; a large value is
-    /// the official, unbounded rule).
+    /// auto: how many stages the resolution may trail the prog schedule's (default 2; 0:
+    /// the search may grow it sooner, never later; a large value is the official, unbounded
+    /// rule; the thrifty and anchored spaces offer at most one level below the schedule's).
     #[arg(long)]
     max_res_lag: Option<usize>,
     /// auto, official search space: schedule (the default: a later search may keep the depth where the prog schedule

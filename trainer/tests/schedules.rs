@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use autoprog::prog::search::select;
+use autoprog::prog::search::{select, SearchSpace};
 use autoprog::runlog::{parse_log, Event, Summary};
 
 use common::*;
@@ -160,14 +160,13 @@ fn autoprog_searches_recycles_and_resumes_inside_a_search() {
         assert_eq!(c.losses.len(), 5, "{}: five evaluation points", c.name);
         assert!(c.losses.iter().all(|l| l.is_finite() && *l > 0.0) && c.step_ms > 0.0 && c.score.is_finite());
     }
-    // The winner is what the selection rule makes of the logged losses and times: the
-    // anchor (the prog schedule's 8 px and 1 block), unless candidates score below it beyond
-    // the noise; then the cheapest of those within the noise of the smallest score, which
-    // need not be the smallest score itself (that one is logged as `lowest_score`).
+    // The winner is what the default search space's rule makes of the logged losses and
+    // times around the anchor (the prog schedule's 8 px and 1 block); it need not be the
+    // smallest score itself (that one is logged as `lowest_score`).
     assert_eq!(search.anchor.as_deref(), Some("r8_l1"));
     let times: Vec<f64> = search.candidates.iter().map(|c| c.step_ms).collect();
     let losses: Vec<Vec<f64>> = search.candidates.iter().map(|c| c.losses.clone()).collect();
-    let selection = select(&times, &losses, Some(0)).unwrap();
+    let selection = select(&times, &losses, SearchSpace::default().rule(Some(0))).unwrap();
     assert_eq!(search.winner, search.candidates[selection.winner].name);
     assert_eq!(search.lowest_score.as_deref(), Some(search.candidates[selection.lowest_score].name.as_str()));
     for (c, score) in search.candidates.iter().zip(&selection.scores) {

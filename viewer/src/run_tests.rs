@@ -90,6 +90,22 @@ fn an_anchored_choice_is_explained() {
 }
 
 #[test]
+fn a_thrifty_choice_is_explained() {
+    // r8_l2 (10 ms a step) undercuts the anchor r8_l4 (20 ms).
+    let thrifty = |winner: &str| {
+        let log = log().replace(
+            r#""winner":"r8_l4""#,
+            &format!(r#""winner":"{winner}","anchor":"r8_l4","search_space":"thrifty""#),
+        );
+        Run::parse(&log, Some(SUMMARY), None).unwrap().report().searches
+    };
+    let undercut = thrifty("r8_l2");
+    assert!(undercut.contains("r8_l2 is the cheapest candidate that scores no worse than it"), "{undercut}");
+    let kept = thrifty("r8_l4");
+    assert!(kept.contains("every cheaper candidate scores above it beyond"), "{kept}");
+}
+
+#[test]
 fn a_run_reads_into_stages_searches_and_panels() {
     let run = Run::parse(&log(), Some(SUMMARY), None).unwrap();
     assert_eq!((run.steps.len(), run.epochs.len(), run.stages.len()), (40, 4, 2));

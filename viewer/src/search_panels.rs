@@ -3,7 +3,8 @@
 
 use std::fmt::Write;
 
-use autoprog::train::options::SearchCost;
+use autoprog::runlog::SearchEvent;
+use autoprog::train::options::{SearchCost, SearchSpace};
 
 use crate::chart::{escape, format_number, mean, min_max, Plot, PALETTE};
 use crate::run::Run;
@@ -97,31 +98,7 @@ impl Run {
                 Some(ema) => format!(" Losses measured with {}.", escape(ema)),
                 None => String::new(),
             };
-            let rule = match (s.anchor.as_deref(), s.lowest_score.as_deref()) {
-                (Some(anchor), _) if anchor == s.winner => format!(
-                    "the search is anchored on the prog schedule's {}, which no candidate scores below beyond the \
-                        evaluation noise (two standard errors of their paired difference), so it is kept.",
-                    escape(anchor)
-                ),
-                (Some(anchor), _) => format!(
-                    "the search is anchored on the prog schedule's {}; {} scores below it beyond the evaluation \
-                        noise (two standard errors of their paired difference), the cheapest such candidate within \
-                        the noise of the lowest, so it wins.",
-                    escape(anchor),
-                    escape(&s.winner)
-                ),
-                (None, Some(lowest)) if lowest != s.winner => format!(
-                    "the lowest, {}, ties with the cheaper {} within the evaluation noise (two standard errors of \
-                        their paired difference), so {} wins.",
-                    escape(lowest),
-                    escape(&s.winner),
-                    escape(&s.winner)
-                ),
-                (None, Some(_)) => {
-                    "the lowest wins; no cheaper candidate ties with it within the evaluation noise.".into()
-                }
-                (None, None) => "the lowest wins.".into(),
-            };
+            let rule = rule_explained(s);
             let overhead = match (s.evaluation_seconds, s.timing_seconds) {
                 (Some(eval), Some(timing)) => format!(
                     " Scoring took {eval:.1} s and timing {timing:.1} s of the search; the rest trained the supernet."
@@ -134,5 +111,44 @@ impl Run {
             ));
         }
         out
+    }
+}
+
+/// Why the search's winner won, by the rule of its search space.
+fn rule_explained(s: &SearchEvent) -> String {
+    const NOISE: &str = "the evaluation noise (two standard errors of their paired difference)";
+    let step_ms = |name: &str| s.candidates.iter().find(|c| c.name == name).map(|c| c.step_ms);
+    let thrifty = s.search_space == Some(SearchSpace::Thrifty);
+    match (s.anchor.as_deref(), s.lowest_score.as_deref()) {
+        (Some(anchor), _) if anchor == s.winner && thrifty => format!(
+            "the search weighs cheaper networks against the prog schedule's {}: every cheaper candidate scores \
+                above it beyond {NOISE}, and none below it, so it is kept.",
+            escape(anchor)
+        ),
+        (Some(anchor), _) if anchor == s.winner => format!(
+            "the search is anchored on the prog schedule's {}, which no candidate scores below beyond {NOISE}, so \
+                it is kept.",
+            escape(anchor)
+        ),
+        (Some(anchor), _) if thrifty && step_ms(&s.winner) < step_ms(anchor) => format!(
+            "the search weighs cheaper networks against the prog schedule's {}: {} is the cheapest candidate that \
+                scores no worse than it beyond {NOISE}, so it wins.",
+            escape(anchor),
+            escape(&s.winner)
+        ),
+        (Some(anchor), _) => format!(
+            "the search is anchored on the prog schedule's {}; {} scores below it beyond {NOISE}, the cheapest \
+                such candidate within the noise of the lowest, so it wins.",
+            escape(anchor),
+            escape(&s.winner)
+        ),
+        (None, Some(lowest)) if lowest != s.winner => format!(
+            "the lowest, {}, ties with the cheaper {} within {NOISE}, so {} wins.",
+            escape(lowest),
+            escape(&s.winner),
+            escape(&s.winner)
+        ),
+        (None, Some(_)) => "the lowest wins; no cheaper candidate ties with it within the evaluation noise.".into(),
+        (None, None) => "the lowest wins.".into(),
     }
 }
