@@ -167,8 +167,8 @@ fn a_search_around_the_schedule_offers_a_level_either_side_of_its_depth_and_abov
         (["r16_l3", "r16_l4", "r20_l3", "r20_l4"].map(String::from).to_vec(), "r16_l3".into())
     );
     // Stage 1 from stage 0's network: the current depth below the anchor's, and the
-    // levels above it; the current 16 px is not offered (a resolution never trails the
-    // schedule's).
+    // levels above it; without a lag the current 16 px is not offered (the resolution
+    // never trails the schedule's).
     let (offered, anchor) = around(1, 16, 3);
     assert_eq!(anchor, "r20_l4");
     assert_eq!(offered, ["r20_l3", "r20_l4", "r20_l5", "r28_l3", "r28_l4", "r28_l5"]);
