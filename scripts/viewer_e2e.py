@@ -173,10 +173,11 @@ def main():
     work = tempfile.mkdtemp(prefix="autoprog-e2e-")
     children = []
     try:
-        # A small auto run: 2 stages, a one-epoch search over resolutions and depths; seconds on
-        # lavapipe.
+        # A small auto run: 2 stages, a one-epoch search over resolutions and depths (the
+        # anchored space: the thrifty default would not search at stage 0); seconds on lavapipe.
         run_dir = os.path.join(work, "tiny-auto")
         run("train", "--schedule", "auto", "--stages", "2", "--search-epochs", "1", "--search-cost", "flops",
+            "--search-space", "anchored",
             "--res-scale", "0.5", "--epochs", "3", "--train-images", "320", "--val-images", "64", "--batch", "32",
             "--quiet", "--out", run_dir)
         summary = json.load(open(os.path.join(run_dir, "summary.json")))

@@ -42,8 +42,8 @@ const savedRun = () => storage("readonly", (s) => s.get(DB.key)).catch(() => und
 const saveRun = (run) => storage("readwrite", (s) => s.put(run, DB.key));
 const forgetRun = () => storage("readwrite", (s) => s.delete(DB.key)).catch(() => undefined);
 
-// A run's request from a `?train=MODEL&schedule=…&epochs=…&seed=…` link (images, val_images and
-// search_cost are optional), or null when the link has none.
+// A run's request from a `?train=MODEL&schedule=…&epochs=…&seed=…` link (images, val_images,
+// search_cost and search_space are optional), or null when the link has none.
 export function requestFromLink(params) {
   const model = params.get("train");
   if (!model) return null;
@@ -54,6 +54,7 @@ export function requestFromLink(params) {
     epochs: number("epochs", 4),
     seed: number("seed", 0),
     search_cost: params.get("search_cost") ?? "time",
+    search_space: params.get("search_space") ?? "thrifty",
   };
   if (params.has("images")) request.train_images = number("images");
   if (params.has("val_images")) request.val_images = number("val_images");

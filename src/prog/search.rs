@@ -53,10 +53,12 @@ pub enum SearchSpace {
     /// anchor) and one level below and above it in resolution and in depth; the anchor wins
     /// unless another candidate scores better beyond the noise ([`Rule::KeepAnchor`]).
     Anchored,
-    /// The same candidates as [`SearchSpace::Anchored`], but the cheapest that scores no
-    /// worse than the anchor beyond the noise wins, unless some score better than it beyond
-    /// the noise ([`Rule::UndercutAnchor`]): the schedule's network is the bar to clear, not
-    /// the default, so a search spends compute only where it buys a lower loss.
+    /// The candidates of [`SearchSpace::Anchored`] at or below the anchor in resolution and
+    /// in depth, and the cheapest that scores no worse than the anchor beyond the noise wins,
+    /// unless some score better than it beyond the noise ([`Rule::UndercutAnchor`]): the
+    /// schedule's network is the most a stage spends, and the bar a cheaper one must clear.
+    /// A stage whose anchor is the smallest network on offer (stage 0) opens without a
+    /// search, and the supernet never trains sub-networks larger than the schedule's.
     #[default]
     Thrifty,
     /// As the official code ([`candidates`], shaped by `max_res_lag` and [`DepthGrowth`]):
@@ -65,9 +67,25 @@ pub enum SearchSpace {
 }
 
 impl SearchSpace {
-    /// Whether the candidates are [`candidates_around`] an anchor.
-    pub fn anchored(self) -> bool {
-        matches!(self, SearchSpace::Anchored | SearchSpace::Thrifty)
+    /// The candidates of this space's search at the start of stage `stage` (not the last),
+    /// and the anchor among them where the space has one.
+    pub fn offered(
+        self,
+        stages: &[Stage],
+        stage: usize,
+        current: Candidate,
+        max_res_lag: usize,
+        depth_growth: DepthGrowth,
+    ) -> Result<(Vec<Candidate>, Option<Candidate>)> {
+        match self {
+            SearchSpace::Official => Ok((candidates(stages, stage, current, max_res_lag, depth_growth)?, None)),
+            SearchSpace::Anchored => candidates_around(stages, stage, current, max_res_lag).map(|(c, a)| (c, Some(a))),
+            SearchSpace::Thrifty => {
+                let (mut offered, anchor) = candidates_around(stages, stage, current, max_res_lag)?;
+                offered.retain(|c| c.resolution <= anchor.resolution && c.depth <= anchor.depth);
+                Ok((offered, Some(anchor)))
+            }
+        }
     }
 
     /// How this space's search chooses, given the anchor's index among the candidates.

@@ -224,6 +224,37 @@ fn a_resolution_lag_offers_the_level_below_the_anchor_but_never_below_the_curren
 }
 
 #[test]
+fn a_thrifty_space_offers_nothing_above_the_schedule_and_no_search_where_it_starts() {
+    // The quick preset's schedule: 16, 20, 20, 24 px and 4, 5, 5, 6 blocks.
+    let quick: Vec<Stage> = nano_stages()
+        .iter()
+        .zip([(16, 4), (20, 5), (20, 5), (24, 6)])
+        .map(|(s, (resolution, depth))| Stage { resolution, depth, ..*s })
+        .collect();
+    let offered = |space: SearchSpace, stage, resolution, depth| {
+        let current = Candidate { resolution, depth };
+        let (offered, anchor) = space.offered(&quick, stage, current, 2, DepthGrowth::Schedule).unwrap();
+        (offered.iter().map(Candidate::name).collect::<Vec<_>>(), anchor.map(|a| a.name()))
+    };
+    // Stage 0: the schedule's smallest network is the only thrifty candidate (no search);
+    // the anchored space also offers the levels above it.
+    assert_eq!(offered(SearchSpace::Thrifty, 0, 16, 4), (vec!["r16_l4".into()], Some("r16_l4".into())));
+    assert_eq!(offered(SearchSpace::Anchored, 0, 16, 4).0, ["r16_l4", "r16_l5", "r20_l4", "r20_l5"]);
+    // Stage 1 from 16 px and 4 blocks: the anchor r20_l5 and the levels below it; the
+    // anchored space adds 24 px and 6 blocks.
+    let (thrifty, anchor) = offered(SearchSpace::Thrifty, 1, 16, 4);
+    assert_eq!(thrifty, ["r16_l4", "r16_l5", "r20_l4", "r20_l5"]);
+    assert_eq!(anchor.as_deref(), Some("r20_l5"));
+    assert_eq!(offered(SearchSpace::Anchored, 1, 16, 4).0.len(), 9);
+    // Stage 2 from r20_l4: two candidates, a choice without a search.
+    assert_eq!(offered(SearchSpace::Thrifty, 2, 20, 4).0, ["r20_l4", "r20_l5"]);
+    // Past the schedule's depth, the current network is the anchor and the only candidate.
+    assert_eq!(offered(SearchSpace::Thrifty, 1, 20, 6).0, ["r20_l6"]);
+    // The official space has no anchor.
+    assert_eq!(offered(SearchSpace::Official, 1, 16, 4).1, None);
+}
+
+#[test]
 fn an_anchored_search_departs_from_the_anchor_only_beyond_the_noise() {
     let times = [1.0, 2.0, 3.0];
     // All alike: without an anchor the cheapest wins; with one, the anchor.

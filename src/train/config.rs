@@ -109,8 +109,8 @@ pub struct Recipe {
     pub search_cost: SearchCost,
     /// `auto`: which candidates a search offers and how it chooses: `anchored` (around the
     /// `prog` schedule's network, which wins unless another candidate scores better beyond
-    /// the noise), `thrifty` (the same candidates; the cheapest that scores no worse than
-    /// the schedule's network beyond the noise wins) or `official` (the official code's
+    /// the noise), `thrifty` (those at or below the schedule's network; the cheapest that
+    /// scores no worse than it beyond the noise wins) or `official` (the official code's
     /// candidates, shaped by `max_res_lag` and `depth_growth`; only the first applies to
     /// the other two).
     #[serde(default)]

@@ -12,7 +12,7 @@ use super::progress::Progress;
 use super::supernet::{evaluation_window, SearchState};
 use crate::data::Shard;
 use crate::prog::schedule::{stage_at, Stage};
-use crate::prog::search::{candidates, candidates_around, foregone, Candidate};
+use crate::prog::search::{foregone, Candidate};
 use crate::runlog::StageSummary;
 
 /// The step counts of a run, fixed once the data is known.
@@ -68,12 +68,7 @@ pub fn opening(
         return Ok(None);
     }
     let current = Candidate { resolution: progress.resolution, depth: progress.depth };
-    let (offered, anchor) = if r.search_space.anchored() {
-        let (offered, anchor) = candidates_around(stages, index, current, r.max_res_lag)?;
-        (offered, Some(anchor))
-    } else {
-        (candidates(stages, index, current, r.max_res_lag, r.depth_growth)?, None)
-    };
+    let (offered, anchor) = r.search_space.offered(stages, index, current, r.max_res_lag, r.depth_growth)?;
     let flops = |c: Candidate| config.model.train_flops_per_image(c.resolution, c.depth);
     // Of two candidates the thrifty rule takes the cheaper, as the official one does.
     let kept_anchor = anchor.filter(|_| r.search_space == SearchSpace::Anchored);

@@ -27,9 +27,18 @@ fn search_of(progress: &Progress, config: &TrainConfig, stages: &[Stage], steps:
 }
 
 #[test]
-fn the_first_stage_opens_a_search_around_the_schedules_first_network() {
-    let (config, stages, steps) = quick(Schedule::Auto);
+fn the_first_stage_opens_an_anchored_search_around_the_schedules_first_network() {
+    let (mut config, stages, steps) = quick(Schedule::Auto);
     let progress = fresh(&stages);
+    // The thrifty default offers nothing above the schedule's network, which at stage 0 is
+    // the smallest: the stage trains it without a search.
+    match opening(&config, &stages, steps, &progress).unwrap() {
+        Some(Opening::Foregone { chosen, why }) => {
+            assert_eq!((chosen, why), (Candidate { resolution: 16, depth: 4 }, "the only candidate"))
+        }
+        other => panic!("expected a foregone choice, got {other:?}"),
+    }
+    config.recipe.search_space = SearchSpace::Anchored;
     let search = search_of(&progress, &config, &stages, steps);
     // 16 px and 4 blocks, and one level above each; a quarter-epoch search of 25 steps
     // from step 0.
@@ -69,7 +78,9 @@ fn no_search_opens_outside_auto_or_inside_a_stage() {
 
 #[test]
 fn a_resume_inside_a_search_goes_on_with_the_supernet() {
-    let (config, stages, steps) = quick(Schedule::Auto);
+    let (mut config, stages, steps) = quick(Schedule::Auto);
+    // A search at stage 0: the anchored space has one there, the thrifty default none.
+    config.recipe.search_space = SearchSpace::Anchored;
     let mut progress = fresh(&stages);
     let search = search_of(&progress, &config, &stages, steps);
     open(&mut progress, &stages, Opening::Search(search.clone()));
@@ -87,7 +98,9 @@ fn a_resume_inside_a_search_goes_on_with_the_supernet() {
 
 #[test]
 fn a_search_still_running_at_a_stage_boundary_keeps_the_supernet() {
-    let (config, stages, steps) = quick(Schedule::Auto);
+    let (mut config, stages, steps) = quick(Schedule::Auto);
+    // A search at stage 0: the anchored space has one there, the thrifty default none.
+    config.recipe.search_space = SearchSpace::Anchored;
     let mut progress = fresh(&stages);
     let mut search = search_of(&progress, &config, &stages, steps);
     // A search longer than its epoch: at the next stage's first batch no second search
@@ -126,16 +139,17 @@ fn the_chosen_sub_network_trains_until_the_last_stage_which_trains_the_full_mode
 fn two_candidates_are_a_foregone_choice_of_the_anchor_or_the_cheaper() {
     let (mut config, stages, steps) = quick(Schedule::Auto);
     // At stage 2 from the full depth, only the current and the next resolution remain. In
-    // the official and thrifty spaces the cheaper of the two trains; in the anchored one,
-    // the schedule's network (here the cheaper too, since the model is already past the
-    // schedule's depth).
+    // the official space the cheaper of the two trains; in the anchored one, the
+    // schedule's network (here the cheaper too, since the model is already past the
+    // schedule's depth); the thrifty one offers nothing above that network, so it is the
+    // only candidate.
     let progress = Progress { epoch: 2, step: 200, resolution: 20, depth: 6, ..Progress::default() };
     let foregone = |config: &TrainConfig| match opening(config, &stages, steps, &progress).unwrap() {
         Some(Opening::Foregone { chosen, why }) => (chosen, why),
         other => panic!("expected a foregone choice, got {other:?}"),
     };
     let r20_l6 = Candidate { resolution: 20, depth: 6 };
-    assert_eq!(foregone(&config), (r20_l6, "the cheaper of two"), "thrifty, the default");
+    assert_eq!(foregone(&config), (r20_l6, "the only candidate"), "thrifty, the default");
     config.recipe.search_space = SearchSpace::Anchored;
     assert_eq!(foregone(&config), (r20_l6, "the schedule's, which one other candidate cannot beat"));
     config.recipe.search_space = SearchSpace::Official;

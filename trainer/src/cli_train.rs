@@ -79,12 +79,13 @@ pub struct TrainArgs {
     /// flops (its step's FLOPs: every run then makes the same choice).
     #[arg(long, value_enum)]
     search_cost: Option<SearchCost>,
-    /// auto: thrifty (the default: candidates one level either side of the prog schedule's
-    /// network for the stage in depth and in resolution, as far as --max-res-lag allows; the
-    /// cheapest that scores no worse than the schedule's network beyond the noise wins,
-    /// unless some score better beyond it), anchored (the same candidates; the schedule's
-    /// network wins unless another scores better beyond the noise) or official (the
-    /// official code's candidates; --max-res-lag and --depth-growth shape them).
+    /// auto: thrifty (the default: the prog schedule's network for the stage and one level
+    /// below it in depth and in resolution, as far as --max-res-lag allows, never above it;
+    /// the cheapest that scores no worse than the schedule's network beyond the noise wins,
+    /// unless some score better beyond it; no search where nothing lies below it),
+    /// anchored (one level either side of the schedule's network; it wins unless another
+    /// scores better beyond the noise) or official (the official code's candidates;
+    /// --max-res-lag and --depth-growth shape them).
     #[arg(long, value_enum)]
     search_space: Option<SearchSpace>,
     /// auto: how many stages the resolution may trail the prog schedule's (default 2; 0:

@@ -28,7 +28,8 @@ fn an_in_process_run_without_threads_repeats_the_command_line_run_that_records_s
     args.extend(
         ["--stages", "2", "--res-scale", "0.5", "--depth-scale", "0.5", "--search-epochs", "1"].map(String::from),
     );
-    args.extend(["--search-cost", "flops"].map(String::from));
+    // The anchored space, since the thrifty default has no candidate above stage 0's network.
+    args.extend(["--search-cost", "flops", "--search-space", "anchored"].map(String::from));
     // The command records every step afresh, the library replays its step plans: equal
     // losses and weights also show that replaying a plan changes nothing, across the
     // search's sub-network switches and the growth after it.

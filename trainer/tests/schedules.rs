@@ -137,7 +137,10 @@ fn autoprog_searches_recycles_and_resumes_inside_a_search() {
         set_option(&mut args, "--schedule", "auto");
         // Both resolutions and depths as candidates, and the official two search epochs
         // (the quick preset starts at 2/3 of resolution and depth and searches for a quarter of an epoch).
+        // The anchored space searches at stage 0 (the thrifty default offers nothing above
+        // the schedule's first network there, so it would not search at all).
         let official = ["--stages", "2", "--res-scale", "0.5", "--depth-scale", "0.5", "--search-epochs", "2"];
+        args.extend(["--search-space", "anchored"].map(String::from));
         args.extend(official.map(String::from));
         args
     };
@@ -160,13 +163,13 @@ fn autoprog_searches_recycles_and_resumes_inside_a_search() {
         assert_eq!(c.losses.len(), 5, "{}: five evaluation points", c.name);
         assert!(c.losses.iter().all(|l| l.is_finite() && *l > 0.0) && c.step_ms > 0.0 && c.score.is_finite());
     }
-    // The winner is what the default search space's rule makes of the logged losses and
+    // The winner is what the anchored space's rule makes of the logged losses and
     // times around the anchor (the prog schedule's 8 px and 1 block); it need not be the
     // smallest score itself (that one is logged as `lowest_score`).
     assert_eq!(search.anchor.as_deref(), Some("r8_l1"));
     let times: Vec<f64> = search.candidates.iter().map(|c| c.step_ms).collect();
     let losses: Vec<Vec<f64>> = search.candidates.iter().map(|c| c.losses.clone()).collect();
-    let selection = select(&times, &losses, SearchSpace::default().rule(Some(0))).unwrap();
+    let selection = select(&times, &losses, SearchSpace::Anchored.rule(Some(0))).unwrap();
     assert_eq!(search.winner, search.candidates[selection.winner].name);
     assert_eq!(search.lowest_score.as_deref(), Some(search.candidates[selection.lowest_score].name.as_str()));
     for (c, score) in search.candidates.iter().zip(&selection.scores) {
@@ -252,8 +255,8 @@ fn the_default_schedule_is_auto_with_a_stage_per_epoch_in_short_runs() {
     let stages: Vec<(u32, u32, u32)> = summary.stages.iter().map(|s| (s.start_epoch, s.resolution, s.depth)).collect();
     assert_eq!(stages.len(), 2, "one stage per epoch: {stages:?}");
     assert_eq!(stages[1], (1, 16, 2), "the last stage trains the full model");
-    // The micro model keeps its 2 blocks (2/3 of 2 rounds up to 2), so stage 0 has two
-    // candidates, 12 and 16 px: a search cannot rank two, and the cheaper trains without one.
+    // The micro model keeps its 2 blocks (2/3 of 2 rounds up to 2), and the thrifty default
+    // offers nothing above the schedule's 12 px at stage 0: it trains without a search.
     assert_eq!(stages[0], (0, 12, 2));
     let log = parse_log(&std::fs::read_to_string(out_dir.join("log.jsonl")).unwrap());
     assert_eq!(log.events.iter().filter(|e| matches!(e, Event::Search(_))).count(), 0);

@@ -15,7 +15,8 @@ use autoprog::data::{Procedural, ProceduralSource, Skipped, Source, Split};
 use autoprog::model::VitConfig;
 use autoprog::runlog::{CheckpointKind, Event, Summary};
 use autoprog::train::{
-    Clock, Host, HostFuture, Pace, RunSink, Schedule, SearchCost, SourceData, Start, StepProgress, Stopped, TrainConfig,
+    Clock, Host, HostFuture, Pace, RunSink, Schedule, SearchCost, SearchSpace, SourceData, Start, StepProgress,
+    Stopped, TrainConfig,
 };
 use autoprog::{ContextOptions, GpuContext};
 use serde::{Deserialize, Serialize};
@@ -34,6 +35,8 @@ struct TrainRequest {
     seed: u64,
     #[serde(default)]
     search_cost: SearchCost,
+    #[serde(default)]
+    search_space: SearchSpace,
     /// Built-in data: training and validation images (default: the quick preset's).
     train_images: Option<usize>,
     val_images: Option<usize>,
@@ -52,15 +55,15 @@ struct FolderRequest {
 
 /// The configuration of a browser run: the `quick` preset with the request's model, schedule,
 /// epochs, seed and image counts, as `autoprog train --preset quick --model M --schedule S
-/// --epochs E --seed N [--train-images T --val-images V --search-cost C]` resolves it.
+/// --epochs E --seed N [--train-images T --val-images V --search-cost C --search-space S]` resolves it.
 fn config_for(request: &TrainRequest) -> anyhow::Result<TrainConfig> {
     let mut config = TrainConfig::preset("quick")?;
     config.model = VitConfig::preset(&request.model, config.model.classes)?;
     config.model_name = request.model.clone();
     config.augment.resolution = config.model.image_size;
     let r = &mut config.recipe;
-    (r.schedule, r.epochs, r.seed, r.search_cost) =
-        (request.schedule, request.epochs, request.seed, request.search_cost);
+    (r.schedule, r.epochs, r.seed, r.search_cost, r.search_space) =
+        (request.schedule, request.epochs, request.seed, request.search_cost, request.search_space);
     if let Some(n) = request.train_images {
         config.data.train_images = n;
     }
