@@ -280,6 +280,25 @@ pub struct Selection {
     pub lowest_score: usize,
     /// Index of the chosen candidate (see [`select`]).
     pub winner: usize,
+    /// Which branch of the rule chose it.
+    pub verdict: Verdict,
+}
+
+/// Which branch of [`select`]'s [`Rule`] chose the winner, so that a log can say why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// No anchor: the cheapest candidate whose score is not above the lowest beyond the noise.
+    CheapestTied,
+    /// The anchor stays: no candidate scores below it beyond the noise (and, under
+    /// [`Rule::UndercutAnchor`], no cheaper one scores no worse than it).
+    AnchorKept,
+    /// Some candidates score below the anchor beyond the noise: the cheapest of them whose
+    /// score is not above their lowest beyond the noise.
+    BelowAnchor,
+    /// [`Rule::UndercutAnchor`] with none below the anchor beyond the noise: the cheapest
+    /// candidate whose score is not above the anchor's beyond the noise.
+    NotWorseThanAnchor,
 }
 
 /// How many standard errors of the paired difference a candidate's score may lie above
@@ -344,17 +363,23 @@ pub fn select(times: &[f64], losses: &[Vec<f64>], rule: Rule) -> Result<Selectio
     let cheapest = |pool: &[usize]| pool.iter().copied().min_by(|&a, &b| times[a].total_cmp(&times[b]));
     let better_than =
         |anchor: usize| -> Vec<usize> { all.iter().copied().filter(|&i| above(anchor, i) == Some(true)).collect() };
-    let winner = match rule {
-        Rule::Cheapest => cheapest_tied(&all).unwrap_or(lowest_score),
-        Rule::KeepAnchor(anchor) => cheapest_tied(&better_than(anchor)).unwrap_or(anchor),
-        Rule::UndercutAnchor(anchor) => cheapest_tied(&better_than(anchor)).unwrap_or_else(|| {
-            // Without a noise estimate only the anchor itself counts as not worse.
-            let not_worse: Vec<usize> =
-                all.iter().copied().filter(|&i| above(i, anchor).map_or(i == anchor, |above| !above)).collect();
-            cheapest(&not_worse).unwrap_or(anchor)
-        }),
+    let (winner, verdict) = match rule {
+        Rule::Cheapest => (cheapest_tied(&all).unwrap_or(lowest_score), Verdict::CheapestTied),
+        Rule::KeepAnchor(anchor) | Rule::UndercutAnchor(anchor) => match cheapest_tied(&better_than(anchor)) {
+            Some(below) => (below, Verdict::BelowAnchor),
+            None if matches!(rule, Rule::KeepAnchor(_)) => (anchor, Verdict::AnchorKept),
+            None => {
+                // Without a noise estimate only the anchor itself counts as not worse.
+                let not_worse: Vec<usize> =
+                    all.iter().copied().filter(|&i| above(i, anchor).map_or(i == anchor, |above| !above)).collect();
+                match cheapest(&not_worse).unwrap_or(anchor) {
+                    kept if kept == anchor => (anchor, Verdict::AnchorKept),
+                    cheaper => (cheaper, Verdict::NotWorseThanAnchor),
+                }
+            }
+        },
     };
-    Ok(Selection { fit, w, scores, lowest_score, winner })
+    Ok(Selection { fit, w, scores, lowest_score, winner, verdict })
 }
 
 #[cfg(test)]

@@ -281,21 +281,47 @@ fn an_anchored_search_departs_from_the_anchor_only_beyond_the_noise() {
 #[test]
 fn a_thrifty_search_undercuts_the_anchor_unless_the_evidence_puts_the_cheaper_behind() {
     let times = [1.0, 2.0, 3.0];
-    let undercut = |losses: &[Vec<f64>]| select(&times, losses, Rule::UndercutAnchor(1)).unwrap().winner;
+    let undercut = |losses: &[Vec<f64>]| {
+        let s = select(&times, losses, Rule::UndercutAnchor(1)).unwrap();
+        (s.winner, s.verdict)
+    };
     // All alike: the cheapest.
-    assert_eq!(undercut(&series(&[1.0, 1.0, 1.0], &[0.0, 0.01, -0.01, 0.0])), 0);
+    assert_eq!(undercut(&series(&[1.0, 1.0, 1.0], &[0.0, 0.01, -0.01, 0.0])), (0, Verdict::NotWorseThanAnchor));
     // The cheaper 10 % above the anchor at every point: the anchor (the costlier one is
     // not worse, but dearer than the anchor).
-    assert_eq!(undercut(&series(&[1.1, 1.0, 1.0], &[0.0; 4])), 1);
+    assert_eq!(undercut(&series(&[1.1, 1.0, 1.0], &[0.0; 4])), (1, Verdict::AnchorKept));
     // Flipping sign around the anchor: not behind it beyond the noise, so the cheaper.
     let mut flips = series(&[1.0, 1.0, 1.0], &[0.0; 4]);
     flips[0] = flips[1].iter().zip([0.05, -0.03, 0.05, -0.03]).map(|(l, j)| l + j).collect();
-    assert_eq!(undercut(&flips), 0);
+    assert_eq!(undercut(&flips), (0, Verdict::NotWorseThanAnchor));
     // A costlier candidate below the anchor beyond the noise still wins.
-    assert_eq!(undercut(&series(&[1.0, 1.0, 0.8], &[0.0; 4])), 2);
+    assert_eq!(undercut(&series(&[1.0, 1.0, 0.8], &[0.0; 4])), (2, Verdict::BelowAnchor));
     // One evaluation point: no noise estimate, nothing departs.
-    assert_eq!(undercut(&[vec![0.5], vec![1.0], vec![0.9]]), 1);
+    assert_eq!(undercut(&[vec![0.5], vec![1.0], vec![0.9]]), (1, Verdict::AnchorKept));
     assert!(select(&times, &[vec![0.5], vec![1.0], vec![0.9]], Rule::UndercutAnchor(3)).is_err());
+}
+
+#[test]
+fn a_cheaper_thrifty_winner_below_the_anchor_is_told_from_one_no_worse() {
+    // As at the quick preset's stage 1: r20_l4 (index 2) lies below the anchor (3) beyond
+    // the noise, the lowest such candidate, and wins though r16_l4 (0) is cheaper. The
+    // verdict says which branch chose; the step times alone cannot.
+    let times = [1.0, 1.5, 2.0, 3.0];
+    let anchor = vec![1.2, 1.1, 1.05, 1.0];
+    let cheapest = vec![1.25, 1.05, 1.1, 0.98];
+    let behind = vec![1.3, 1.2, 1.15, 1.1];
+    let losses = [cheapest.clone(), behind.clone(), vec![1.0, 0.92, 0.88, 0.85], anchor.clone()];
+    let s = select(&times, &losses, Rule::UndercutAnchor(3)).unwrap();
+    assert_eq!((s.winner, s.verdict), (2, Verdict::BelowAnchor), "{s:?}");
+    assert_eq!(select(&times, &losses, Rule::KeepAnchor(3)).unwrap().verdict, Verdict::BelowAnchor);
+    assert_eq!(select(&times, &losses, Rule::Cheapest).unwrap().verdict, Verdict::CheapestTied);
+    // With r20_l4 behind the anchor too, nothing lies below it: the thrifty rule takes the
+    // cheapest, no worse than it within the noise; the anchored one keeps the anchor.
+    let none_below = [cheapest, behind, vec![1.35, 1.25, 1.2, 1.15], anchor];
+    let s = select(&times, &none_below, Rule::UndercutAnchor(3)).unwrap();
+    assert_eq!((s.winner, s.verdict), (0, Verdict::NotWorseThanAnchor), "{s:?}");
+    let s = select(&times, &none_below, Rule::KeepAnchor(3)).unwrap();
+    assert_eq!((s.winner, s.verdict), (3, Verdict::AnchorKept), "{s:?}");
 }
 
 #[test]

@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::json::{f64_or_nan, vec_f64_or_nan};
-use crate::prog::search::Candidate;
 pub use crate::prog::search::PowerLaw;
+use crate::prog::search::{Candidate, Verdict};
 use crate::train::options::{SearchCost, SearchSpace};
 
 /// One line of `log.jsonl`.
@@ -213,6 +213,10 @@ pub struct SearchEvent {
     /// Absent in older logs, whose anchored searches kept their anchor without evidence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub search_space: Option<SearchSpace>,
+    /// Which branch of that rule chose the winner. Absent in older logs, where the viewer
+    /// infers it (ambiguously for a cheaper thrifty winner).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
 }
 
 /// One candidate of a search, with what the search measured of it.

@@ -80,6 +80,7 @@ fn every_event() -> Vec<Event> {
             timing_seconds: Some(3.25),
             search_cost: Some(SearchCost::Time),
             search_space: Some(SearchSpace::Thrifty),
+            verdict: Some(Verdict::AnchorKept),
         }),
         Event::Checkpoint(CheckpointEvent {
             epoch: 3,

@@ -393,7 +393,7 @@ pub fn choose(
     step: u64,
 ) -> anyhow::Result<(Candidate, SearchEvent)> {
     let anchor = search.anchor.and_then(|a| search.candidates.iter().position(|c| *c == a));
-    let Selection { winner, scores, fit, w, lowest_score } =
+    let Selection { winner, scores, fit, w, lowest_score, verdict } =
         select(&search.step_ms, &search.losses, space.rule(anchor))?;
     let chosen = search.candidates[winner];
     let candidates = search
@@ -423,6 +423,7 @@ pub fn choose(
         timing_seconds: Some(search.timing_seconds),
         search_cost: Some(cost),
         search_space: Some(space),
+        verdict: Some(verdict),
     };
     Ok((chosen, event))
 }

@@ -171,6 +171,7 @@ fn autoprog_searches_recycles_and_resumes_inside_a_search() {
     let losses: Vec<Vec<f64>> = search.candidates.iter().map(|c| c.losses.clone()).collect();
     let selection = select(&times, &losses, SearchSpace::Anchored.rule(Some(0))).unwrap();
     assert_eq!(search.winner, search.candidates[selection.winner].name);
+    assert_eq!(search.verdict, Some(selection.verdict), "the log says which branch of the rule chose");
     assert_eq!(search.lowest_score.as_deref(), Some(search.candidates[selection.lowest_score].name.as_str()));
     for (c, score) in search.candidates.iter().zip(&selection.scores) {
         assert_eq!(c.score, *score, "{}", c.name);

@@ -103,6 +103,13 @@ fn a_thrifty_choice_is_explained() {
     assert!(undercut.contains("r8_l2 is the cheapest candidate that scores no worse than it"), "{undercut}");
     let kept = thrifty("r8_l4");
     assert!(kept.contains("every cheaper candidate scores above it beyond"), "{kept}");
+    // A log that records the verdict is explained by it, whichever way the step times lie.
+    let below = thrifty(r#"r8_l2","verdict":"below_anchor"#);
+    assert!(below.contains("r8_l2 scores below it beyond the evaluation noise"), "{below}");
+    assert!(!below.contains("scores no worse"), "{below}");
+    let not_worse = thrifty(r#"r8_l2","verdict":"not_worse_than_anchor"#);
+    assert!(not_worse.contains("none scores below it beyond"), "{not_worse}");
+    assert!(not_worse.contains("r8_l2 is the cheapest candidate that scores no worse than it"), "{not_worse}");
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use autoprog::prog::search::Verdict;
 use autoprog::runlog::SearchEvent;
 use autoprog::train::options::{SearchCost, SearchSpace};
 
@@ -114,41 +115,56 @@ impl Run {
     }
 }
 
-/// Why the search's winner won, by the rule of its search space.
+/// Why the search's winner won, by the rule of its search space and the branch of it that
+/// chose (inferred for older logs, which did not record it).
 fn rule_explained(s: &SearchEvent) -> String {
     const NOISE: &str = "the evaluation noise (two standard errors of their paired difference)";
-    let step_ms = |name: &str| s.candidates.iter().find(|c| c.name == name).map(|c| c.step_ms);
     let thrifty = s.search_space == Some(SearchSpace::Thrifty);
-    match (s.anchor.as_deref(), s.lowest_score.as_deref()) {
-        (Some(anchor), _) if anchor == s.winner && thrifty => format!(
-            "the search weighs cheaper networks against the prog schedule's {}: every cheaper candidate scores \
-                above it beyond {NOISE}, and none below it, so it is kept.",
-            escape(anchor)
+    let winner = escape(&s.winner);
+    let weighs = |anchor: &str| match thrifty {
+        true => format!("the search weighs cheaper networks against the prog schedule's {}", escape(anchor)),
+        false => format!("the search is anchored on the prog schedule's {}", escape(anchor)),
+    };
+    match (verdict(s), s.anchor.as_deref(), s.lowest_score.as_deref()) {
+        (Verdict::AnchorKept, Some(anchor), _) if thrifty => format!(
+            "{}: every cheaper candidate scores above it beyond {NOISE}, and none below it, so it is kept.",
+            weighs(anchor)
         ),
-        (Some(anchor), _) if anchor == s.winner => format!(
-            "the search is anchored on the prog schedule's {}, which no candidate scores below beyond {NOISE}, so \
-                it is kept.",
-            escape(anchor)
+        (Verdict::AnchorKept, Some(anchor), _) => {
+            format!("{}, which no candidate scores below beyond {NOISE}, so it is kept.", weighs(anchor))
+        }
+        (Verdict::NotWorseThanAnchor, Some(anchor), _) => format!(
+            "{}: none scores below it beyond {NOISE}, and {winner} is the cheapest candidate that scores no worse \
+                than it beyond the noise, so it wins.",
+            weighs(anchor)
         ),
-        (Some(anchor), _) if thrifty && step_ms(&s.winner) < step_ms(anchor) => format!(
-            "the search weighs cheaper networks against the prog schedule's {}: {} is the cheapest candidate that \
-                scores no worse than it beyond {NOISE}, so it wins.",
-            escape(anchor),
-            escape(&s.winner)
+        (Verdict::BelowAnchor, Some(anchor), _) => format!(
+            "{}: {winner} scores below it beyond {NOISE}, the cheapest such candidate within the noise of the \
+                lowest, so it wins.",
+            weighs(anchor)
         ),
-        (Some(anchor), _) => format!(
-            "the search is anchored on the prog schedule's {}; {} scores below it beyond {NOISE}, the cheapest \
-                such candidate within the noise of the lowest, so it wins.",
-            escape(anchor),
-            escape(&s.winner)
-        ),
-        (None, Some(lowest)) if lowest != s.winner => format!(
-            "the lowest, {}, ties with the cheaper {} within {NOISE}, so {} wins.",
-            escape(lowest),
-            escape(&s.winner),
-            escape(&s.winner)
-        ),
-        (None, Some(_)) => "the lowest wins; no cheaper candidate ties with it within the evaluation noise.".into(),
-        (None, None) => "the lowest wins.".into(),
+        (_, _, Some(lowest)) if lowest != s.winner => {
+            format!("the lowest, {}, ties with the cheaper {winner} within {NOISE}, so {winner} wins.", escape(lowest))
+        }
+        (_, _, Some(_)) => "the lowest wins; no cheaper candidate ties with it within the evaluation noise.".into(),
+        (_, _, None) => "the lowest wins.".into(),
+    }
+}
+
+/// The branch of the rule that chose the winner: logged since the verdict was recorded,
+/// else inferred. An older thrifty log cannot tell a cheaper winner that scored below the
+/// anchor from one that scored no worse; it is taken to be the latter.
+fn verdict(s: &SearchEvent) -> Verdict {
+    let step_ms = |name: &str| s.candidates.iter().find(|c| c.name == name).map(|c| c.step_ms);
+    match (s.verdict, s.anchor.as_deref()) {
+        (Some(verdict), _) => verdict,
+        (None, Some(anchor)) if anchor == s.winner => Verdict::AnchorKept,
+        (None, Some(anchor))
+            if s.search_space == Some(SearchSpace::Thrifty) && step_ms(&s.winner) < step_ms(anchor) =>
+        {
+            Verdict::NotWorseThanAnchor
+        }
+        (None, Some(_)) => Verdict::BelowAnchor,
+        (None, None) => Verdict::CheapestTied,
     }
 }
