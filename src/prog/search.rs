@@ -301,6 +301,22 @@ pub enum Verdict {
     NotWorseThanAnchor,
 }
 
+impl Verdict {
+    /// Why the winner won, in a few words, for a run's progress lines (`anchor`: the name
+    /// of the schedule's network).
+    pub fn reason(self, anchor: Option<&str>) -> String {
+        let anchor = anchor.unwrap_or("anchor");
+        match self {
+            Verdict::CheapestTied => "the cheapest within the noise of the lowest score".into(),
+            Verdict::AnchorKept => format!("the schedule's {anchor}, which no candidate beat beyond the noise"),
+            Verdict::BelowAnchor => format!("scored below the schedule's {anchor} beyond the noise"),
+            Verdict::NotWorseThanAnchor => {
+                format!("the cheapest that scored no worse than the schedule's {anchor} beyond the noise")
+            }
+        }
+    }
+}
+
 /// How many standard errors of the paired difference a candidate's score may lie above
 /// another's before it counts as worse: about a one-sided 95 % test for the 4–5 evaluation
 /// points of a search.

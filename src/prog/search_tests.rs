@@ -313,6 +313,7 @@ fn a_cheaper_thrifty_winner_below_the_anchor_is_told_from_one_no_worse() {
     let losses = [cheapest.clone(), behind.clone(), vec![1.0, 0.92, 0.88, 0.85], anchor.clone()];
     let s = select(&times, &losses, Rule::UndercutAnchor(3)).unwrap();
     assert_eq!((s.winner, s.verdict), (2, Verdict::BelowAnchor), "{s:?}");
+    assert_eq!(s.verdict.reason(Some("r24_l4")), "scored below the schedule's r24_l4 beyond the noise");
     assert_eq!(select(&times, &losses, Rule::KeepAnchor(3)).unwrap().verdict, Verdict::BelowAnchor);
     assert_eq!(select(&times, &losses, Rule::Cheapest).unwrap().verdict, Verdict::CheapestTied);
     // With r20_l4 behind the anchor too, nothing lies below it: the thrifty rule takes the

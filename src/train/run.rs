@@ -402,8 +402,9 @@ impl<'a> Trainer<'a> {
         let recycled = remap_state(self.ctx, &self.state, self.config, &active, &self.state.model.params).await?;
         self.replace_state(recycled);
         self.state.progress.resolution = chosen.resolution;
+        let reason = event.verdict.map(|v| format!("; {}", v.reason(event.anchor.as_deref()))).unwrap_or_default();
         self.host.sink.note(&format!(
-            "stage {}: chose {} ({} candidates)",
+            "stage {}: chose {} ({} candidates{reason})",
             search.stage,
             event.winner,
             search.candidates.len()
