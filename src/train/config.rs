@@ -158,6 +158,10 @@ fn half() -> f64 {
 /// Every schedule, in the order `compare` runs them.
 pub const SCHEDULES: [Schedule; 3] = [Schedule::Full, Schedule::Prog, Schedule::Auto];
 
+/// At most how many times its epochs [`TrainConfig::spread_over`] gives a preset's run on a
+/// small dataset: a folder of a few images would otherwise be validated thousands of times.
+pub const MAX_EPOCH_STRETCH: usize = 20;
+
 /// Run presets: a whole run configuration.
 pub const PRESETS: [&str; 2] = ["quick", "standard"];
 
@@ -237,6 +241,29 @@ impl TrainConfig {
     pub fn fit_stages_to_epochs(&mut self) {
         let r = &mut self.recipe;
         r.stages = r.stages.min(r.epochs.max(1));
+    }
+
+    /// Spreads the preset's run over a dataset of `train_images` instead of its built-in
+    /// images. A preset's length is a budget of steps (its epochs of its built-in images),
+    /// which its warmup, search lengths and stages were tuned for: fewer images get the
+    /// epochs that take about as many steps, up to [`MAX_EPOCH_STRETCH`] times the preset's,
+    /// with the warmup and searches lengthened alike (docs/decisions.md, "Epochs follow
+    /// the data"); as many or more keep the preset's epochs. Returns the factor the epochs
+    /// grew by (1: unchanged).
+    pub fn spread_over(&mut self, train_images: usize) -> anyhow::Result<f64> {
+        let preset = TrainConfig::preset(&self.preset)?;
+        let budget = (preset.recipe.epochs * preset.data.train_images) as f64;
+        let epochs =
+            ((budget / train_images.max(1) as f64).round() as usize).min(MAX_EPOCH_STRETCH * self.recipe.epochs);
+        if epochs <= self.recipe.epochs {
+            return Ok(1.0);
+        }
+        let factor = epochs as f64 / self.recipe.epochs as f64;
+        let r = &mut self.recipe;
+        r.epochs = epochs;
+        r.warmup_epochs *= factor;
+        r.search_epochs *= factor;
+        Ok(factor)
     }
 
     /// Reads a `config.toml` written by an earlier run.
@@ -446,6 +473,34 @@ mod tests {
         config.recipe.epochs = 30;
         config.fit_stages_to_epochs();
         assert_eq!(config.recipe.stages, 2, "only ever fewer stages");
+    }
+
+    #[test]
+    fn a_smaller_dataset_gets_the_presets_steps_in_more_epochs() {
+        let quick = TrainConfig::preset("quick").unwrap();
+        // Real digits' 8000 images: 60 000 images seen in 7.5, rounded to 8 epochs.
+        let mut digits = quick.clone();
+        assert_eq!(digits.spread_over(8000).unwrap(), 2.0);
+        let r = &digits.recipe;
+        assert_eq!((r.epochs, r.warmup_epochs, r.search_epochs, r.stages), (8, 1.0, 0.5, 4));
+        // A thousand images: 60 epochs; a hundred would need 600, capped at 20 times 4.
+        let mut small = quick.clone();
+        assert_eq!((small.spread_over(1000).unwrap(), small.recipe.epochs), (15.0, 60));
+        let mut tiny = quick.clone();
+        assert_eq!(tiny.spread_over(100).unwrap(), MAX_EPOCH_STRETCH as f64);
+        assert_eq!(tiny.recipe.epochs, 80);
+        // As many images as the preset's, or more: unchanged.
+        for images in [15_000, 1_000_000] {
+            let mut large = quick.clone();
+            assert_eq!(large.spread_over(images).unwrap(), 1.0);
+            assert_eq!(large, quick);
+        }
+        // The standard preset's budget is 30 epochs of 50 000 images.
+        let mut standard = TrainConfig::preset("standard").unwrap();
+        assert_eq!((standard.spread_over(25_000).unwrap(), standard.recipe.epochs), (2.0, 60));
+        let mut unknown = quick.clone();
+        unknown.preset = "custom".into();
+        assert!(unknown.spread_over(1000).is_err());
     }
 
     #[test]

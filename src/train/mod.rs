@@ -37,7 +37,7 @@ pub mod supernet;
 pub mod trainer;
 
 pub use collective::Collective;
-pub use config::{DataConfig, Recipe, TrainConfig, PRESETS, SCHEDULES};
+pub use config::{DataConfig, Recipe, TrainConfig, MAX_EPOCH_STRETCH, PRESETS, SCHEDULES};
 pub use data::SourceData;
 pub use eval::{evaluate, Evaluation};
 pub use host::{BatchRequest, Batches, Clock, HostFuture, Pace, Part, RunSink, StepProgress, TrainData};
