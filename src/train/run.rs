@@ -313,8 +313,10 @@ impl<'a> Trainer<'a> {
     async fn grow_to(&mut self, stage: usize, depth: usize) -> anyhow::Result<()> {
         let (grown, event) = grow(self.ctx, &self.state, self.config, depth).await?;
         self.replace_state(grown);
+        // A supernet grows to its deepest candidate; the search may then keep fewer blocks.
+        let why = if self.state.progress.search.is_some() { " for the search's deepest candidate" } else { "" };
         self.host.sink.note(&format!(
-            "stage {stage}: grew from {} to {} blocks (MoGrow from {})",
+            "stage {stage}: grew from {} to {} blocks{why} (MoGrow from {})",
             event.from_depth, event.to_depth, event.source
         ));
         self.host.sink.event(&Event::Growth(event))?;
