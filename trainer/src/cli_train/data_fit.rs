@@ -39,9 +39,9 @@ pub(super) fn fit_to_data(
     }
     if args.epochs.is_none() && args.config.is_none() {
         let preset_epochs = config.recipe.epochs;
-        let factor = config.spread_over(dataset.train.len())?;
+        config.spread_over(dataset.train.len())?;
         if announce {
-            eprintln!("{}", epochs_line(config, preset_epochs, factor, dataset.train.len()));
+            eprintln!("{}", epochs_line(config, preset_epochs, dataset.train.len()));
         }
     }
     if announce {
@@ -53,10 +53,10 @@ pub(super) fn fit_to_data(
 }
 
 /// The run's line on its length: the preset's epochs, or how many more the data's size
-/// gave it (`factor`, from [`TrainConfig::spread_over`]).
-fn epochs_line(config: &TrainConfig, preset_epochs: usize, factor: f64, train_images: usize) -> String {
+/// gave it ([`TrainConfig::spread_over`]).
+fn epochs_line(config: &TrainConfig, preset_epochs: usize, train_images: usize) -> String {
     let (epochs, preset) = (config.recipe.epochs, &config.preset);
-    if factor <= 1.0 {
+    if epochs <= preset_epochs {
         return format!("epochs: {epochs} (the {preset} preset's; --epochs overrides)");
     }
     let capped = if epochs == MAX_EPOCH_STRETCH * preset_epochs {
@@ -200,8 +200,8 @@ mod tests {
         let quick = TrainConfig::preset("quick").unwrap();
         let line = |images: usize| {
             let mut config = quick.clone();
-            let factor = config.spread_over(images).unwrap();
-            epochs_line(&config, quick.recipe.epochs, factor, images)
+            config.spread_over(images).unwrap();
+            epochs_line(&config, quick.recipe.epochs, images)
         };
         assert_eq!(
             line(8000),
