@@ -138,6 +138,12 @@ pub struct Recipe {
     /// of older runs, which resume without them.
     #[serde(default)]
     pub stage_crops: bool,
+    /// Validate and checkpoint after every this many epochs, and after the last. A run spread
+    /// over a small dataset ([`TrainConfig::spread_over`]) validates as often in steps as its
+    /// preset does, not after every one of its short epochs; MoGrow growing from the best
+    /// of the weights and EMAs validates first where the epoch before it was not validated.
+    #[serde(default = "one")]
+    pub validate_every: usize,
 }
 
 fn default_max_res_lag() -> usize {
@@ -151,6 +157,10 @@ fn default_search_epochs() -> f64 {
 fn default_stages() -> usize {
     4
 }
+fn one() -> usize {
+    1
+}
+
 fn half() -> f64 {
     0.5
 }
@@ -159,7 +169,7 @@ fn half() -> f64 {
 pub const SCHEDULES: [Schedule; 3] = [Schedule::Full, Schedule::Prog, Schedule::Auto];
 
 /// At most how many times its epochs [`TrainConfig::spread_over`] gives a preset's run on a
-/// small dataset: a folder of a few images would otherwise be validated thousands of times.
+/// small dataset: a folder of a few images would otherwise take thousands of short epochs.
 pub const MAX_EPOCH_STRETCH: usize = 20;
 
 /// Run presets: a whole run configuration.
@@ -247,9 +257,9 @@ impl TrainConfig {
     /// images. A preset's length is a budget of steps (its epochs of its built-in images),
     /// which its warmup, search lengths and stages were tuned for: fewer images get the
     /// epochs that take about as many steps, up to [`MAX_EPOCH_STRETCH`] times the preset's,
-    /// with the warmup and searches lengthened alike (docs/decisions.md, "Epochs follow
-    /// the data"); as many or more keep the preset's epochs. Returns the factor the epochs
-    /// grew by (1: unchanged).
+    /// with the warmup and searches lengthened alike and validations as far apart in steps
+    /// (docs/decisions.md, "Epochs follow the data"); as many or more keep the preset's
+    /// epochs. Returns the factor the epochs grew by (1: unchanged).
     pub fn spread_over(&mut self, train_images: usize) -> anyhow::Result<f64> {
         let preset = TrainConfig::preset(&self.preset)?;
         let budget = (preset.recipe.epochs * preset.data.train_images) as f64;
@@ -263,6 +273,7 @@ impl TrainConfig {
         r.epochs = epochs;
         r.warmup_epochs *= factor;
         r.search_epochs *= factor;
+        r.validate_every = (factor.round() as usize).max(1);
         Ok(factor)
     }
 
@@ -333,6 +344,7 @@ impl TrainConfig {
         let r = &self.recipe;
         anyhow::ensure!(r.epochs >= 1, "--epochs must be at least 1");
         anyhow::ensure!(r.batch >= 1, "--batch must be at least 1");
+        anyhow::ensure!(r.validate_every >= 1, "--validate-every must be at least 1 (1: after every epoch)");
         anyhow::ensure!(r.lr > 0.0 && r.lr.is_finite(), "the learning rate {} must be positive", r.lr);
         anyhow::ensure!((0.0..1.0).contains(&r.drop_path), "drop_path {} must lie in [0, 1)", r.drop_path);
         self.augment.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -386,6 +398,7 @@ impl Default for Recipe {
             depth_growth: DepthGrowth::default(),
             precision: Precision::default(),
             stage_crops: true,
+            validate_every: 1,
         }
     }
 }
@@ -483,12 +496,15 @@ mod tests {
         assert_eq!(digits.spread_over(8000).unwrap(), 2.0);
         let r = &digits.recipe;
         assert_eq!((r.epochs, r.warmup_epochs, r.search_epochs, r.stages), (8, 1.0, 0.5, 4));
+        // Validated after every second epoch: as often in steps as the preset on its data.
+        assert_eq!(r.validate_every, 2);
         // A thousand images: 60 epochs; a hundred would need 600, capped at 20 times 4.
         let mut small = quick.clone();
         assert_eq!((small.spread_over(1000).unwrap(), small.recipe.epochs), (15.0, 60));
+        assert_eq!(small.recipe.validate_every, 15);
         let mut tiny = quick.clone();
         assert_eq!(tiny.spread_over(100).unwrap(), MAX_EPOCH_STRETCH as f64);
-        assert_eq!(tiny.recipe.epochs, 80);
+        assert_eq!((tiny.recipe.epochs, tiny.recipe.validate_every), (80, 20));
         // As many images as the preset's, or more: unchanged.
         for images in [15_000, 1_000_000] {
             let mut large = quick.clone();

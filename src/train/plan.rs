@@ -6,7 +6,7 @@
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::config::TrainConfig;
+use super::config::{Recipe, TrainConfig};
 use super::options::{Schedule, SearchSpace};
 use super::progress::Progress;
 use super::supernet::{evaluation_window, SearchState};
@@ -156,6 +156,19 @@ pub fn trains(schedule: Schedule, stages: &[Stage], progress: &Progress) -> Trai
 /// Whether the search in progress has taken its last step.
 pub fn search_ended(progress: &Progress) -> bool {
     matches!(&progress.search, Some(s) if s.end() == progress.step)
+}
+
+/// Whether the epoch `epoch` ends with a validation (and a checkpoint): every
+/// `validate_every`-th epoch, and the last.
+pub fn validates(recipe: &Recipe, epoch: usize) -> bool {
+    (epoch + 1).is_multiple_of(recipe.validate_every.max(1)) || epoch + 1 >= recipe.epochs
+}
+
+/// Whether MoGrow, choosing its source by the last validation, must validate first: the
+/// epoch before the growth was not validated. (Inside the first epoch there is nothing to
+/// validate yet; the slowest EMA is grown, as before any validation.)
+pub fn validation_is_stale(progress: &Progress) -> bool {
+    progress.epoch > 0 && progress.validated_after != Some(progress.epoch)
 }
 
 /// The learning rate at `step` of `total`: linear warmup to `lr`, then a cosine to `min_lr`.

@@ -227,3 +227,26 @@ fn each_rank_takes_its_rows_of_every_blocks_drop_path_factors() {
         assert_eq!(joined, factors, "block/branch {run}");
     }
 }
+
+#[test]
+fn spread_runs_validate_every_few_epochs_and_always_after_the_last() {
+    let (mut config, _, _) = quick(Schedule::Auto);
+    config.recipe.epochs = 8;
+    let validated = |config: &TrainConfig| (0..8).filter(|&e| validates(&config.recipe, e)).collect::<Vec<_>>();
+    assert_eq!(validated(&config), (0..8).collect::<Vec<_>>(), "by default after every epoch");
+    config.recipe.validate_every = 3;
+    assert_eq!(validated(&config), [2, 5, 7], "every third, and the last");
+}
+
+#[test]
+fn growth_validates_anew_only_where_the_epoch_before_it_was_not_validated() {
+    let mut progress = Progress { epoch: 0, ..Progress::default() };
+    assert!(!validation_is_stale(&progress), "inside the first epoch there is nothing to validate");
+    progress.epoch = 4;
+    progress.validated_after = Some(4);
+    assert!(!validation_is_stale(&progress), "validated after the epoch before");
+    progress.validated_after = Some(2);
+    assert!(validation_is_stale(&progress), "two epochs old");
+    progress.validated_after = None;
+    assert!(validation_is_stale(&progress), "never validated, or a checkpoint that did not say");
+}

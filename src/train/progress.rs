@@ -26,11 +26,15 @@ pub struct Progress {
     pub train_seconds: f64,
     pub resolution: usize,
     pub depth: usize,
-    /// Per-epoch validation accuracies of the weights so far.
+    /// Validation accuracies of the weights so far, one per validated epoch.
     pub val_accs: Vec<f64>,
     /// The last validation's accuracy of the weights, then of each EMA (for `--grow-from best`).
     #[serde(default)]
     pub last_val_accs: Vec<f64>,
+    /// Epochs completed when that validation was taken (`None` before the first one, and in
+    /// older checkpoints, which validated after every epoch).
+    #[serde(default)]
+    pub validated_after: Option<usize>,
     /// AdamW's own step count (its bias correction restarts when growth resets the moments);
     /// written from the optimizer when a checkpoint is taken, read when one is loaded.
     #[serde(default)]
@@ -72,6 +76,21 @@ pub struct Progress {
     /// Steps skipped because their f16 gradients overflowed.
     #[serde(default)]
     pub skipped_steps: u64,
+}
+
+impl Progress {
+    /// Records the validation just taken after `self.epoch` epochs (`accs`: of the weights,
+    /// then of each EMA); returns whether the weights' accuracy is the best so far.
+    pub fn record_validation(&mut self, accs: &[f64]) -> bool {
+        self.val_accs.push(accs[0]);
+        self.last_val_accs = accs.to_vec();
+        self.validated_after = Some(self.epoch);
+        let best = accs[0] > self.best_val_acc;
+        if best {
+            self.best_val_acc = accs[0];
+        }
+        best
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use super::collective::check_agreement;
 use super::config::TrainConfig;
 use super::growth::{grow, remap_state};
 use super::host::{BatchRequest, Clock, Part, RunSink, TrainData};
+use super::options::GrowFrom;
 use super::plan::{self, Steps, Trains};
 use super::state::{NonFinite, State};
 use super::supernet::{choose, scoring_weights, ActsByResolution, HeldBatch};
@@ -311,6 +312,11 @@ impl<'a> Trainer<'a> {
 
     /// MoGrow to `depth` blocks.
     async fn grow_to(&mut self, stage: usize, depth: usize) -> anyhow::Result<()> {
+        if self.config.recipe.grow_from == GrowFrom::Best && plan::validation_is_stale(&self.state.progress) {
+            // The source is whichever validated best, and the last validation is older than
+            // the epoch before (a spread run validates every few epochs): take one now.
+            self.state.progress.last_val_accs = self.validate().await?.0;
+        }
         let (grown, event) = grow(self.ctx, &self.state, self.config, depth).await?;
         self.replace_state(grown);
         // A supernet grows to its deepest candidate; the search may then keep fewer blocks.

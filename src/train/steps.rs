@@ -249,34 +249,36 @@ impl Trainer<'_> {
         }
     }
 
-    /// The end of an epoch: the weights and every EMA evaluated, the epoch logged and
-    /// checkpointed; after the last epoch, the summary.
+    /// The end of an epoch: where it is validated (see [`plan::validates`]) the weights and
+    /// every EMA evaluated and a checkpoint written; the epoch logged; after the last
+    /// epoch, the summary.
     pub(super) async fn end_epoch(&mut self, epoch: Epoch) -> anyhow::Result<Phase> {
         let clock = self.host.clock;
         self.host.sink.epoch_ended();
         let ips = self.count_trained(&epoch);
-        let (acc, loss) = self.validate().await?;
+        let validation = match plan::validates(&self.config.recipe, epoch.index) {
+            true => Some(self.validate().await?),
+            false => None,
+        };
         self.report_failures(epoch.index, self.state.progress.step)?;
         let p = &mut self.state.progress;
         p.skipped_files = self.host.data.failed();
         p.epoch += 1;
         p.batch_in_epoch = 0;
         p.wall_seconds = self.wall_before + clock.seconds() - self.session_start;
-        p.val_accs.push(acc[0]);
-        p.last_val_accs = acc.clone();
-        let best = acc[0] > p.best_val_acc;
-        if best {
-            p.best_val_acc = acc[0];
-        }
+        let best = validation.as_ref().is_some_and(|(acc, _)| p.record_validation(acc));
         let train_loss = epoch.losses.iter().sum::<f64>() / epoch.losses.len().max(1) as f64;
-        let emas = self.state.optimizer.emas.iter().zip(&acc[1..]);
-        let ema_accs: Vec<EmaAcc> = emas.map(|((_, decay), &acc)| EmaAcc { decay: *decay, acc }).collect();
+        let emas = &self.state.optimizer.emas;
+        let ema_accs: Vec<EmaAcc> = validation
+            .iter()
+            .flat_map(|(acc, _)| emas.iter().zip(&acc[1..]).map(|((_, decay), &acc)| EmaAcc { decay: *decay, acc }))
+            .collect();
         let event = EpochEvent {
             epoch: epoch.index as u32,
             step: p.step,
             train_loss,
-            val_loss: Some(loss[0]),
-            val_acc: Some(acc[0]),
+            val_loss: validation.as_ref().map(|(_, loss)| loss[0]),
+            val_acc: validation.as_ref().map(|(acc, _)| acc[0]),
             val_acc_ema: ema_accs.clone(),
             images_per_second: ips,
             wall_seconds: p.wall_seconds,
@@ -285,15 +287,9 @@ impl Trainer<'_> {
             depth: self.state.model.depth() as u32,
         };
         self.host.sink.event(&Event::Epoch(event))?;
-        let emas: String = ema_accs.iter().map(|e| format!("  ema{} {:.4}", e.decay, e.acc)).collect();
-        self.host.sink.note(&format!(
-            "epoch {}/{}  loss {train_loss:.4}  val_loss {:.4}  val_acc {:.4}{emas}  {ips:.0} img/s  {:.0} s",
-            epoch.index + 1,
-            self.config.recipe.epochs,
-            loss[0],
-            acc[0],
-            self.state.progress.wall_seconds
-        ));
+        let line = epoch_line(epoch.index, self.config.recipe.epochs, train_loss, validation.as_ref(), &ema_accs);
+        self.host.sink.note(&format!("{line}  {ips:.0} img/s  {:.0} s", self.state.progress.wall_seconds));
+        let Some((acc, _)) = validation else { return Ok(Phase::EpochStart) };
         self.align_ranks(epoch.index).await?;
         let written = self.save_checkpoint(best).await?;
         for (path, kind) in written.into_iter().zip([CheckpointKind::Last, CheckpointKind::Best]) {
@@ -333,7 +329,7 @@ impl Trainer<'_> {
     }
 
     /// Accuracies and losses of the weights, then of each EMA, on the validation images.
-    async fn validate(&mut self) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    pub(super) async fn validate(&mut self) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
         let resolution = self.state.progress.resolution;
         let fresh;
         let acts = match &self.planned {
@@ -396,4 +392,19 @@ impl Trainer<'_> {
         }
         Ok(summary)
     }
+}
+
+/// The progress line of an epoch's end: its loss, and where it was validated, the
+/// validation's loss and the accuracies of the weights and every EMA.
+fn epoch_line(
+    index: usize,
+    epochs: usize,
+    train_loss: f64,
+    validation: Option<&(Vec<f64>, Vec<f64>)>,
+    ema_accs: &[EmaAcc],
+) -> String {
+    let head = format!("epoch {}/{epochs}  loss {train_loss:.4}", index + 1);
+    let Some((acc, loss)) = validation else { return head };
+    let emas: String = ema_accs.iter().map(|e| format!("  ema{} {:.4}", e.decay, e.acc)).collect();
+    format!("{head}  val_loss {:.4}  val_acc {:.4}{emas}", loss[0], acc[0])
 }

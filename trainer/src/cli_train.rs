@@ -140,6 +140,11 @@ pub struct TrainArgs {
     /// Drop-path rate of the last block (rising linearly from 0 at the first).
     #[arg(long)]
     drop_path: Option<f64>,
+    /// Validate and checkpoint after every N epochs, and after the last (default 1; a new run
+    /// on a small dataset that gets more epochs than its preset validates as often in steps
+    /// as the preset does).
+    #[arg(long, value_name = "N")]
+    pub(crate) validate_every: Option<usize>,
     /// Run directory (default: runs/<date>-<time>-<model>).
     #[arg(long)]
     pub(crate) out: Option<PathBuf>,
@@ -247,6 +252,7 @@ impl TrainArgs {
         set(&mut r.grow_opt_state, self.grow_opt_state);
         set(&mut r.grow_from, self.grow_from);
         set(&mut r.stage_crops, self.stage_crops);
+        set(&mut r.validate_every, self.validate_every);
     }
 
     fn apply_data(&self, d: &mut DataConfig) {

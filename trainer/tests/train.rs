@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use autoprog::checkpoint::{Checkpoint, NamedTensor};
-use autoprog::runlog::{parse_log, Event, RunStatus, Summary};
+use autoprog::runlog::{parse_log, CheckpointKind, Event, RunStatus, Summary};
 use autoprog::train::TrainConfig;
 
 use common::*;
@@ -102,6 +102,65 @@ fn resumed_runs_repeat_the_uninterrupted_losses() {
     let log = parse_log(&std::fs::read_to_string(interrupted.join("log.jsonl")).unwrap());
     assert!(log.events.iter().any(|e| matches!(e, Event::RunEnd(r) if r.status == RunStatus::Interrupted)));
     assert_eq!(step_losses(&interrupted), step_losses(&whole), "resumed after Ctrl-C");
+}
+
+#[test]
+fn sparse_validations_change_no_step_and_no_growth() {
+    let dir = scratch("sparse");
+    let model = micro_model(&dir);
+    // prog over 2 stages of 3 epochs, from 1 block to 2, growing from whichever of the
+    // weights and the EMA validated best: every epoch validated, against every fourth and the
+    // last (epochs 4 and 6).
+    let args = |out: &Path, every: &str| {
+        let mut args = micro_args(&model, out, 6);
+        let options = [("--schedule", "prog"), ("--stages", "2"), ("--depth-scale", "0.5"), ("--grow-from", "best")];
+        for (name, value) in options.into_iter().chain([("--validate-every", every)]) {
+            set_option(&mut args, name, value);
+        }
+        args
+    };
+    let (every, sparse) = (dir.join("every"), dir.join("sparse"));
+    assert!(run(&args(&every, "1")).status.success());
+    // Interrupted (inside the second epoch or later) and resumed.
+    interrupt_and_resume(&args(&sparse, "4"), &sparse, 6);
+    assert_eq!(step_losses(&sparse), step_losses(&every), "validations must not change training");
+
+    let events = |run: &Path| parse_log(&std::fs::read_to_string(run.join("log.jsonl")).unwrap()).events;
+    let validated = |run: &Path| -> Vec<(u32, bool)> {
+        let epochs = events(run).into_iter().filter_map(|e| match e {
+            Event::Epoch(e) => Some((e.epoch, e.val_acc.is_some() && !e.val_acc_ema.is_empty())),
+            _ => None,
+        });
+        epochs.collect()
+    };
+    let expected: Vec<(u32, bool)> = (0..6).map(|e| (e, e == 3 || e == 5)).collect();
+    assert_eq!(validated(&sparse), expected);
+    // Checkpoints after the validated epochs only (and where Ctrl-C stopped the run).
+    let log = events(&sparse);
+    let at_ctrl_c = |i: usize| matches!(log.get(i + 1), Some(Event::RunEnd(r)) if r.status == RunStatus::Interrupted);
+    let checkpointed: Vec<u32> = (0..log.len())
+        .filter_map(|i| match &log[i] {
+            Event::Checkpoint(c) if c.kind == CheckpointKind::Last && !at_ctrl_c(i) => Some(c.epoch),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(checkpointed, [3, 5]);
+    // The growth after epoch 3 validated first, so MoGrow grew the weights, which had
+    // overtaken the EMA, as with a validation after every epoch (without one it would
+    // have grown the EMA, as before any validation).
+    let sources = |run: &Path| -> Vec<String> {
+        let growths = events(run).into_iter().filter_map(|e| match e {
+            Event::Growth(g) => Some(g.source),
+            _ => None,
+        });
+        growths.collect()
+    };
+    assert_eq!(sources(&every), ["weights"]);
+    assert_eq!(sources(&sparse), sources(&every));
+    let summary = |run: &Path| -> Summary {
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap()
+    };
+    assert_eq!(summary(&sparse).val_acc, summary(&every).val_acc);
 }
 
 /// Starts `autoprog args` and sends it Ctrl-C once `log` holds `steps` step events; it must

@@ -40,6 +40,9 @@ pub(super) fn fit_to_data(
     if args.epochs.is_none() && args.config.is_none() {
         let preset_epochs = config.recipe.epochs;
         config.spread_over(dataset.train.len())?;
+        if let Some(every) = args.validate_every {
+            config.recipe.validate_every = every;
+        }
         if announce {
             eprintln!("{}", epochs_line(config, preset_epochs, dataset.train.len()));
         }
@@ -59,6 +62,10 @@ fn epochs_line(config: &TrainConfig, preset_epochs: usize, train_images: usize) 
     if epochs <= preset_epochs {
         return format!("epochs: {epochs} (the {preset} preset's; --epochs overrides)");
     }
+    let validated = match config.recipe.validate_every {
+        1 => String::new(),
+        every => format!(", and it validates every {every} epochs, as often in steps as the preset (--validate-every)"),
+    };
     let capped = if epochs == MAX_EPOCH_STRETCH * preset_epochs {
         format!(", at most {MAX_EPOCH_STRETCH} times its epochs")
     } else {
@@ -66,7 +73,7 @@ fn epochs_line(config: &TrainConfig, preset_epochs: usize, train_images: usize) 
     };
     format!(
         "epochs: {epochs} (the {preset} preset's {preset_epochs} epochs of {} images, spread over the {train_images} \
-         training images{capped}; its warmup and searches lengthen alike; --epochs overrides)",
+         training images{capped}; its warmup and searches lengthen alike{validated}; --epochs overrides)",
         config.data.train_images
     )
 }
@@ -206,7 +213,8 @@ mod tests {
         assert_eq!(
             line(8000),
             "epochs: 8 (the quick preset's 4 epochs of 15000 images, spread over the 8000 training images; its \
-             warmup and searches lengthen alike; --epochs overrides)"
+             warmup and searches lengthen alike, and it validates every 2 epochs, as often in steps as the preset \
+             (--validate-every); --epochs overrides)"
         );
         assert!(line(100).starts_with("epochs: 80 (") && line(100).contains("images, at most 20 times its epochs;"));
         assert_eq!(line(50_000), "epochs: 4 (the quick preset's; --epochs overrides)");
