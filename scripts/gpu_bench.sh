@@ -10,9 +10,7 @@
 # kernels --no-run` prints its path), it first runs the cooperative-matrix matmul test.
 # Needs an `autoprog` binary (AUTOPROG, default target/release/autoprog, built with
 # `cargo build --release -p autoprog-trainer`), python3 with torch and timm, and a Vulkan
-# loader. Without one on the system (`ldconfig -p` lists no libvulkan.so.1), it unpacks the
-# Debian packages in DEBS (default: scripts/debs/*.deb, e.g. `apt-get download libvulkan1`)
-# into a private folder and points the loader at the NVIDIA driver's ICD file.
+# loader (scripts/gpu_env.sh unpacks one where the system has none).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -21,22 +19,7 @@ autoprog=${AUTOPROG:-target/release/autoprog}
 mkdir -p "$out"
 [ -x "$autoprog" ] || { echo "error: no autoprog binary at $autoprog; build it with cargo build --release -p autoprog-trainer or set AUTOPROG" >&2; exit 1; }
 
-if ! ldconfig -p | grep -q 'libvulkan.so.1'; then
-    debs=(${DEBS:-$here/debs}/*.deb)
-    [ -e "${debs[0]}" ] || { echo "error: no Vulkan loader on this machine and no .deb files in ${DEBS:-$here/debs}; put libvulkan1's package there (apt-get download libvulkan1)" >&2; exit 1; }
-    prefix=$(mktemp -d)
-    for deb in "${debs[@]}"; do dpkg -x "$deb" "$prefix"; done
-    export LD_LIBRARY_PATH="$prefix/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
-    echo "Vulkan loader unpacked from ${#debs[@]} package(s) into $prefix" >&2
-fi
-if [ -z "${VK_DRIVER_FILES:-}" ]; then
-    for icd in /usr/share/vulkan/icd.d/nvidia_icd.json /etc/vulkan/icd.d/nvidia_icd.json \
-        /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json; do
-        if [ -f "$icd" ]; then export VK_DRIVER_FILES=$icd; break; fi
-    done
-fi
-export WGPU_BACKEND=${WGPU_BACKEND:-vulkan}
-
+. "$here/gpu_env.sh"
 run() { echo "==> $*" >&2; "$@"; }
 run "$autoprog" info --json > "$out/info.json"
 # The cooperative-matrix (tensor-core) matmul against its CPU twin, where a test binary was
