@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Issue 20's GPU measurement: the standard preset on the built-in data, `none` against `prog`
 # and `auto`, two seeds (`autoprog compare`), spread over as many device calls as it takes.
-# Each call trains for at most LIMIT_S seconds (default 540, under a call's 10 minutes), then
-# stops the comparison as Ctrl-C would; the next call on the same OUT folder (carried back to
+# Each call trains for at most LIMIT_S seconds (default 480, leaving a 10-minute call time to set
+# up and to save), then stops the comparison with SIGUSR1, which autoprog takes as Ctrl-C (a
+# checkpoint, then exit; a repeat does no harm, where a second Ctrl-C quits at once); the next call on the same OUT folder (carried back to
 # the device) keeps the finished runs and resumes the one that was cut short. A resumed run's
 # wall time counts only its own training, whichever call and machine it ran in.
 #
@@ -27,7 +28,7 @@ mkdir -p "$out"
 . "$here/gpu_env.sh"
 "$autoprog" info --json > "$out/info-$(date +%s).json"
 set +e
-timeout -s INT -k 60 "${LIMIT_S:-540}" "$autoprog" compare --preset standard --schedules none,prog,auto --seeds 2 \
+timeout -s USR1 -k 60 "${LIMIT_S:-480}" "$autoprog" compare --preset standard --schedules none,prog,auto --seeds 2 \
     --out "$out" --quiet "$@" > "$out/compare.txt.partial" 2>> "$out/compare.log"
 status=$?
 set -e
@@ -38,9 +39,11 @@ done
 if [ "$status" -eq 0 ]; then
     mv "$out/compare.txt.partial" "$out/compare.txt"
     cat "$out/compare.txt"
-elif [ "$status" -eq 130 ] || [ "$status" -eq 124 ]; then
+elif [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
+    # 137: the run did not stop within a minute of the signal and was killed; it resumes from
+    # its last checkpoint.
     rm -f "$out/compare.txt.partial"
-    echo "stopped at the time limit (${LIMIT_S:-540} s); run this script again on $out to go on" >&2
+    echo "stopped at the time limit (${LIMIT_S:-480} s); run this script again on $out to go on" >&2
     exit 3
 else
     exit "$status"

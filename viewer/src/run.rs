@@ -263,11 +263,13 @@ impl Run {
             adapter: self.adapter.clone(),
             stage_count: self.stage_list().len(),
             epochs: self.epoch_count(),
-            // The log's last epoch; the summary (whose fields default to 0) only without one.
+            // The log's last validated epoch (a run may validate every few epochs); the summary
+            // (whose fields default to 0) only without one.
             final_val_acc: self
                 .epochs
-                .last()
-                .and_then(|e| e.val_acc)
+                .iter()
+                .rev()
+                .find_map(|e| e.val_acc)
                 .or_else(|| self.summary.as_ref().map(|s| s.val_acc)),
             running: !self.ended && self.summary.is_none(),
             warnings: self.warnings.clone(),

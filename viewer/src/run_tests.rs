@@ -274,3 +274,17 @@ fn a_search_still_running_is_shaded_until_it_ends() {
     let cut: String = last_stage.lines().take(10).map(|l| format!("{l}\n")).collect();
     assert!(Run::parse(&cut, None, None).unwrap().search_in_progress().is_none());
 }
+
+#[test]
+fn the_accuracy_so_far_is_the_last_validated_epochs() {
+    // A run that validates every few epochs logs the epochs in between without a validation.
+    let unvalidated = concat!(
+        r#"{"event":"epoch","epoch":4,"step":50,"train_loss":1.4,"val_loss":null,"val_acc":null,"val_acc_ema":[],"#,
+        r#""images_per_second":100,"wall_seconds":50,"train_flops":5e9,"resolution":8,"depth":4}"#
+    );
+    let run = Run::parse(&format!("{}\n{unvalidated}\n", log()), None, None).unwrap();
+    assert_eq!(run.epochs.len(), 5);
+    let last_validated = run.epochs[3].val_acc;
+    assert!(last_validated.is_some());
+    assert_eq!(run.report().final_val_acc, last_validated);
+}

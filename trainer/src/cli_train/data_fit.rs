@@ -64,7 +64,10 @@ fn epochs_line(config: &TrainConfig, preset_epochs: usize, train_images: usize) 
     }
     let validated = match config.recipe.validate_every {
         1 => String::new(),
-        every => format!(", and it validates every {every} epochs, as often in steps as the preset (--validate-every)"),
+        every => {
+            let times = epochs.div_ceil(every);
+            format!(", and it validates every {every} epochs, {times} times in all (--validate-every)")
+        }
     };
     let capped = if epochs == MAX_EPOCH_STRETCH * preset_epochs {
         format!(", at most {MAX_EPOCH_STRETCH} times its epochs")
@@ -213,8 +216,16 @@ mod tests {
         assert_eq!(
             line(8000),
             "epochs: 8 (the quick preset's 4 epochs of 15000 images, spread over the 8000 training images; its \
-             warmup and searches lengthen alike, and it validates every 2 epochs, as often in steps as the preset \
+             warmup and searches lengthen alike, and it validates every 2 epochs, 4 times in all \
              (--validate-every); --epochs overrides)"
+        );
+        let mut chosen = quick.clone();
+        chosen.spread_over(8000).unwrap();
+        chosen.recipe.validate_every = 3;
+        let chosen = epochs_line(&chosen, quick.recipe.epochs, 8000);
+        assert!(
+            chosen.contains("alike, and it validates every 3 epochs, 3 times in all (--validate-every);"),
+            "{chosen}"
         );
         assert!(line(100).starts_with("epochs: 80 (") && line(100).contains("images, at most 20 times its epochs;"));
         assert_eq!(line(50_000), "epochs: 4 (the quick preset's; --epochs overrides)");
