@@ -139,7 +139,7 @@ pub struct Recipe {
     #[serde(default)]
     pub stage_crops: bool,
     /// Validate and checkpoint after every this many epochs, and after the last. A run spread
-    /// over a small dataset ([`TrainConfig::spread_over`]) validates as often in steps as its
+    /// over a small dataset ([`TrainConfig::spread_over`]) validates about as often in steps as its
     /// preset does, not after every one of its short epochs; MoGrow growing from the best
     /// of the weights and EMAs validates first where the epoch before it was not validated.
     #[serde(default = "one")]
