@@ -42,8 +42,8 @@ const savedRun = () => storage("readonly", (s) => s.get(DB.key)).catch(() => und
 const saveRun = (run) => storage("readwrite", (s) => s.put(run, DB.key));
 const forgetRun = () => storage("readwrite", (s) => s.delete(DB.key)).catch(() => undefined);
 
-// A run's request from a `?train=MODEL&schedule=…&epochs=…&seed=…` link (images, val_images,
-// search_cost and search_space are optional), or null when the link has none.
+// A run's request from a `?train=MODEL&schedule=…&epochs=…&seed=…` link (epochs, images,
+// val_images, search_cost and search_space are optional), or null when the link has none.
 export function requestFromLink(params) {
   const model = params.get("train");
   if (!model) return null;
@@ -51,7 +51,7 @@ export function requestFromLink(params) {
   const request = {
     model,
     schedule: params.get("schedule") ?? "auto",
-    epochs: number("epochs", 4),
+    epochs: number("epochs", null),
     seed: number("seed", 0),
     search_cost: params.get("search_cost") ?? "time",
     search_space: params.get("search_space") ?? "thrifty",
@@ -66,7 +66,7 @@ const sameRequest = (a, b) => JSON.stringify(a) === JSON.stringify(b);
 
 function describe(request) {
   const data = request.folder ? `, the folder ${request.folder.root}` : "";
-  return `${request.model}, ${request.schedule}, ${request.epochs} epochs, seed ${request.seed}${data}`;
+  return `${request.model}, ${request.schedule}, ${request.epochs ?? "auto"} epochs, seed ${request.seed}${data}`;
 }
 
 // Replaces a download link's file, releasing the one it held.
@@ -116,7 +116,8 @@ export class TrainView {
     const request = {
       model: $("train-model").value,
       schedule: $("train-schedule").value,
-      epochs: Number($("train-epochs").value),
+      // Empty: the preset's epochs, or for a folder the preset's steps spread over its images.
+      epochs: $("train-epochs").value === "" ? null : Number($("train-epochs").value),
       seed: Number($("train-seed").value),
     };
     if ($("train-data").value !== "folder") return { ...request, train_images: Number($("train-images").value) };
@@ -175,9 +176,17 @@ export class TrainView {
       if (!navigator.gpu) throw new Error("training needs WebGPU, which this browser does not offer; inference still works on the CPU");
       const saved = await savedRun();
       if (saved && sameRequest(saved.request, request)) return await this.resumeFrom(saved);
-      const config = train_config(JSON.stringify(request));
-      await forgetRun();
+      let config = train_config(JSON.stringify(request));
       this.notes = [];
+      if (request.folder) {
+        // Flips and (with the epochs left empty) the length follow the folder, as natively.
+        const fitted = JSON.parse(this.picked.fit(config, request.epochs == null));
+        config = fitted.config;
+        this.notes.push(...fitted.notes);
+        $("train-notes").hidden = false;
+        $("train-notes").textContent = this.notes.join("\n");
+      }
+      await forgetRun();
       await this.launch(request, config, undefined, undefined);
     } catch (error) {
       testid("train-status").textContent = `error: ${error instanceof Error ? error.message : error}`;
@@ -205,7 +214,7 @@ export class TrainView {
   showRequest(request) {
     $("train-model").value = request.model;
     $("train-schedule").value = request.schedule;
-    $("train-epochs").value = String(request.epochs);
+    $("train-epochs").value = request.epochs == null ? "" : String(request.epochs);
     $("train-seed").value = String(request.seed);
     if (request.train_images) $("train-images").value = String(request.train_images);
     $("train-data").value = request.folder ? "folder" : "builtin";

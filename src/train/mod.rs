@@ -13,6 +13,7 @@
 //! - [`growth`]: MoGrow and the winner's extraction from the supernet.
 //! - [`state`]: the model, optimizer and [`progress`] of a run, and its checkpoint.
 //! - [`eval`]: accuracy and loss of the weights and every EMA.
+//! - [`fit`]: what a new run on a user's images chooses from them (flips, epochs).
 //! - [`data`]: batches from image sources on the calling thread (hosts without threads);
 //!   [`memory`]: a run record kept in memory.
 //!
@@ -24,6 +25,7 @@ pub mod collective;
 pub mod config;
 pub mod data;
 pub mod eval;
+pub mod fit;
 pub mod growth;
 pub mod host;
 pub mod memory;

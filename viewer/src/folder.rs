@@ -9,6 +9,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use autoprog::data::{split_train_val, LoadError, RgbImage, Source};
+use autoprog::train::fit::{fit_epochs, fit_flips};
 use autoprog::train::TrainConfig;
 use wasm_bindgen::prelude::*;
 
@@ -199,6 +200,14 @@ impl PickedImages {
         self.inner.borrow().plan.val.is_some()
     }
 
+    /// Fits a new run's `config` (TOML) to the decoded images as `autoprog train --data` fits
+    /// a new run to a folder: flips as the probe of the training images advises, and with
+    /// `spread_epochs` (the form's epochs left empty) the preset's steps spread over them.
+    /// Returns `{"config": TOML, "notes": [the lines that say what was chosen and why]}`.
+    pub fn fit(&self, config: &str, spread_epochs: bool) -> Result<String, JsValue> {
+        self.fitted(config, spread_epochs).map_err(js_error)
+    }
+
     /// `digits (picked folder): 900 train, 100 val images, 10 classes`.
     pub fn describe(&self) -> String {
         let p = &self.inner.borrow().plan;
@@ -208,6 +217,22 @@ impl PickedImages {
 }
 
 impl PickedImages {
+    /// [`PickedImages::fit`], with errors that need no JavaScript.
+    fn fitted(&self, config: &str, spread_epochs: bool) -> anyhow::Result<String> {
+        let mut config = TrainConfig::from_toml(config)?;
+        let (train, _) = self.sources(&config)?;
+        let mut notes = Vec::new();
+        if config.augment.hflip {
+            // The page has no flip control: the probe decides, as natively without a flag.
+            notes.push(fit_flips(&mut config, train.as_ref()).1);
+        }
+        if spread_epochs {
+            notes.push(format!("{}; the Epochs field overrides)", fit_epochs(&mut config, train.len(), None)?));
+        }
+        config.validate()?;
+        Ok(serde_json::json!({ "config": config.to_toml(), "notes": notes }).to_string())
+    }
+
     /// The (train, val) sources of a run of `config`: the folder's val split, or a seeded
     /// fraction of the training images held out as natively (`--val-split`).
     pub fn sources(&self, config: &TrainConfig) -> anyhow::Result<(Arc<dyn Source>, Arc<dyn Source>)> {
@@ -274,5 +299,39 @@ mod tests {
         assert!(plan(&paths(&["x/only/1.png"])).unwrap_err().contains("1 class folder"));
         let stray = plan(&paths(&["x/train/a/1.png", "x/train/b/1.png", "x/val/c/1.png"])).unwrap_err();
         assert!(stray.contains("class `c`"), "{stray}");
+    }
+
+    #[test]
+    fn a_picked_folder_is_fitted_as_a_native_folder() {
+        // Two classes told apart by their bright half, left or right: a mirror image is
+        // the other class, as with digits, so the probe turns flips off.
+        let files: Vec<String> = (0..40).map(|i| format!("sides/{}/{i:02}.png", ["left", "right"][i % 2])).collect();
+        let picked = PickedImages::new(files.clone()).unwrap();
+        for (i, _) in files.iter().enumerate() {
+            let rgba: Vec<u8> = (0..16 * 16)
+                .flat_map(|p| {
+                    let bright = (p % 16 < 8) == (i % 2 == 0);
+                    let v = if bright { 230 } else { 20 } + (i * 7 % 13) as u8;
+                    [v, v, v, 255]
+                })
+                .collect();
+            picked.add(i as u32, rgba, 16, 16).unwrap();
+        }
+        let mut quick = TrainConfig::preset("quick").unwrap();
+        quick.data.path = Some("sides".into());
+        quick.data.val_split = Some(0.1);
+        let fitted: serde_json::Value = serde_json::from_str(&picked.fitted(&quick.to_toml(), true).unwrap()).unwrap();
+        let config = TrainConfig::from_toml(fitted["config"].as_str().unwrap()).unwrap();
+        let notes: Vec<&str> = fitted["notes"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+        assert!(!config.augment.hflip && notes[0].starts_with("flips: off: "), "{notes:?}");
+        // 36 training images (a tenth held out) at the capped 20 times the preset's epochs.
+        assert_eq!((config.recipe.epochs, config.recipe.validate_every), (80, 20));
+        assert!(
+            notes[1].starts_with("epochs: 80 (") && notes[1].ends_with("; the Epochs field overrides)"),
+            "{notes:?}"
+        );
+        // Epochs chosen in the form stay.
+        let kept: serde_json::Value = serde_json::from_str(&picked.fitted(&quick.to_toml(), false).unwrap()).unwrap();
+        assert_eq!(TrainConfig::from_toml(kept["config"].as_str().unwrap()).unwrap().recipe.epochs, 4);
     }
 }

@@ -31,7 +31,9 @@ use crate::js_error;
 struct TrainRequest {
     model: String,
     schedule: Schedule,
-    epochs: usize,
+    /// `None`: the preset's; a picked folder then gets the preset's steps spread over it
+    /// ([`crate::folder::PickedImages::fit`]).
+    epochs: Option<usize>,
     seed: u64,
     #[serde(default)]
     search_cost: SearchCost,
@@ -62,8 +64,11 @@ fn config_for(request: &TrainRequest) -> anyhow::Result<TrainConfig> {
     config.model_name = request.model.clone();
     config.augment.resolution = config.model.image_size;
     let r = &mut config.recipe;
-    (r.schedule, r.epochs, r.seed, r.search_cost, r.search_space) =
-        (request.schedule, request.epochs, request.seed, request.search_cost, request.search_space);
+    (r.schedule, r.seed, r.search_cost, r.search_space) =
+        (request.schedule, request.seed, request.search_cost, request.search_space);
+    if let Some(epochs) = request.epochs {
+        r.epochs = epochs;
+    }
     if let Some(n) = request.train_images {
         config.data.train_images = n;
     }

@@ -3,9 +3,10 @@
 //! the resolution (the preset's, with what the images' own size would cost). Every choice
 //! gives way to a flag or a config file.
 
-use autoprog::data::{probe_mirroring, FlipAdvice, MirrorProbe};
+use autoprog::data::FlipAdvice;
 use autoprog::model::VitConfig;
-use autoprog::train::{TrainConfig, MAX_EPOCH_STRETCH};
+use autoprog::train::fit::{fit_epochs, fit_flips};
+use autoprog::train::TrainConfig;
 
 use super::TrainArgs;
 use crate::data::{Dataset, Format};
@@ -27,10 +28,10 @@ pub(super) fn fit_to_data(
         _ if args.config.is_some() || !config.augment.hflip => {}
         Format::Procedural => {}
         _ => {
-            let probe = probe_mirroring(dataset.train.as_ref(), MIRROR_PROBE_SEED);
-            config.augment.hflip = probe.advice() != FlipAdvice::Avoid;
+            let (advice, line) = fit_flips(config, dataset.train.as_ref());
+            let hint = if advice == FlipAdvice::Avoid { "--hflip forces them" } else { "--no-hflip turns them off" };
             if announce {
-                eprintln!("{}", flips_line(&probe));
+                eprintln!("{line}; {hint}");
             }
         }
     }
@@ -38,13 +39,14 @@ pub(super) fn fit_to_data(
         return Ok(());
     }
     if args.epochs.is_none() && args.config.is_none() {
-        let preset_epochs = config.recipe.epochs;
-        config.spread_over(dataset.train.len())?;
-        if let Some(every) = args.validate_every {
-            config.recipe.validate_every = every;
-        }
+        let line = fit_epochs(config, dataset.train.len(), args.validate_every)?;
+        let hint = if config.recipe.validate_every > 1 {
+            "--epochs and --validate-every override"
+        } else {
+            "--epochs overrides"
+        };
         if announce {
-            eprintln!("{}", epochs_line(config, preset_epochs, dataset.train.len()));
+            eprintln!("{line}; {hint})");
         }
     }
     if announce {
@@ -53,32 +55,6 @@ pub(super) fn fit_to_data(
         eprintln!("{}", resolution_line(&config.model, native, &source, !chosen));
     }
     Ok(())
-}
-
-/// The run's line on its length: the preset's epochs, or how many more the data's size
-/// gave it ([`TrainConfig::spread_over`]).
-fn epochs_line(config: &TrainConfig, preset_epochs: usize, train_images: usize) -> String {
-    let (epochs, preset) = (config.recipe.epochs, &config.preset);
-    if epochs <= preset_epochs {
-        return format!("epochs: {epochs} (the {preset} preset's; --epochs overrides)");
-    }
-    let validated = match config.recipe.validate_every {
-        1 => String::new(),
-        every => {
-            let times = epochs.div_ceil(every);
-            format!(", and it validates every {every} epochs, {times} times in all (--validate-every)")
-        }
-    };
-    let capped = if epochs == MAX_EPOCH_STRETCH * preset_epochs {
-        format!(", at most {MAX_EPOCH_STRETCH} times its epochs")
-    } else {
-        String::new()
-    };
-    format!(
-        "epochs: {epochs} (the {preset} preset's {preset_epochs} epochs of {} images, spread over the {train_images} \
-         training images{capped}; its warmup and searches lengthen alike{validated}; --epochs overrides)",
-        config.data.train_images
-    )
 }
 
 /// The size of a dataset's training images, from a sample of them.
@@ -167,32 +143,6 @@ fn resolution_line(model: &VitConfig, native: Option<NativeSize>, source: &str, 
     }
 }
 
-/// The images the flip probe samples: the same for every seed of a sweep, so that seeds
-/// never train with different augmentations.
-const MIRROR_PROBE_SEED: u64 = 0x6d69_7272_6f72;
-
-/// The run's line on random horizontal flips: what the probe measured and what it chose.
-fn flips_line(probe: &MirrorProbe) -> String {
-    let measured = format!(
-        "a nearest-class-mean probe of {} training images classifies {:.1}% of them and {:.1}% of their mirror \
-         images (chance {:.1}%)",
-        probe.scored,
-        100.0 * probe.accuracy,
-        100.0 * probe.mirrored_accuracy,
-        100.0 * probe.chance
-    );
-    match probe.advice() {
-        FlipAdvice::Avoid => format!(
-            "flips: off: {measured}, so a flip draws another class, as with digits or text; --hflip forces them"
-        ),
-        FlipAdvice::Keep => format!("flips: on: {measured}, so mirroring keeps the class; --no-hflip turns them off"),
-        FlipAdvice::Unsure => format!(
-            "flips: on (the preset's): {measured}, too close to chance to tell whether mirroring keeps the class \
-             (too few images, or classes alike in thumbnails); --no-hflip turns them off"
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,32 +153,6 @@ mod tests {
 
     fn square(side: usize) -> Option<NativeSize> {
         Some(NativeSize { width: side, height: side, varied: false })
-    }
-
-    #[test]
-    fn the_epochs_line_says_how_the_preset_spreads_over_the_data() {
-        let quick = TrainConfig::preset("quick").unwrap();
-        let line = |images: usize| {
-            let mut config = quick.clone();
-            config.spread_over(images).unwrap();
-            epochs_line(&config, quick.recipe.epochs, images)
-        };
-        assert_eq!(
-            line(8000),
-            "epochs: 8 (the quick preset's 4 epochs of 15000 images, spread over the 8000 training images; its \
-             warmup and searches lengthen alike, and it validates every 2 epochs, 4 times in all \
-             (--validate-every); --epochs overrides)"
-        );
-        let mut chosen = quick.clone();
-        chosen.spread_over(8000).unwrap();
-        chosen.recipe.validate_every = 3;
-        let chosen = epochs_line(&chosen, quick.recipe.epochs, 8000);
-        assert!(
-            chosen.contains("alike, and it validates every 3 epochs, 3 times in all (--validate-every);"),
-            "{chosen}"
-        );
-        assert!(line(100).starts_with("epochs: 80 (") && line(100).contains("images, at most 20 times its epochs;"));
-        assert_eq!(line(50_000), "epochs: 4 (the quick preset's; --epochs overrides)");
     }
 
     #[test]
