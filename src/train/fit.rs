@@ -44,7 +44,8 @@ fn flips_line(probe: &MirrorProbe, hflip: bool) -> String {
 }
 
 /// Spreads the preset's steps over `train_images` ([`TrainConfig::spread_over`]), validating
-/// every `validate_every` epochs where given; returns the line on the run's length.
+/// every `validate_every` epochs where given; returns the line on the run's length, its
+/// parenthesis left open for the host's override hint (`; --epochs overrides)`).
 pub fn fit_epochs(
     config: &mut TrainConfig,
     train_images: usize,
