@@ -289,8 +289,9 @@ impl Trainer<'_> {
         self.host.sink.event(&Event::Epoch(event))?;
         let line = epoch_line(epoch.index, self.config.recipe.epochs, train_loss, validation.as_ref(), &ema_accs);
         self.host.sink.note(&format!("{line}  {ips:.0} img/s  {:.0} s", self.state.progress.wall_seconds));
-        let Some((acc, _)) = validation else { return Ok(Phase::EpochStart) };
+        // After every epoch, validated or not, so that ranks never drift for longer.
         self.align_ranks(epoch.index).await?;
+        let Some((acc, _)) = validation else { return Ok(Phase::EpochStart) };
         let written = self.save_checkpoint(best).await?;
         for (path, kind) in written.into_iter().zip([CheckpointKind::Last, CheckpointKind::Best]) {
             let event = CheckpointEvent { epoch: epoch.index as u32, step: self.state.progress.step, path, kind };
@@ -302,8 +303,8 @@ impl Trainer<'_> {
         Ok(Phase::Finished(Box::new(self.finish(acc[0], &ema_accs)?)))
     }
 
-    /// Data-parallel runs, before each checkpoint: every rank's state made rank 0's where
-    /// the ranks drifted apart (see [`align_with_rank_0`]), with a note.
+    /// Data-parallel runs, at each epoch's end (before its checkpoint): every rank's state made
+    /// rank 0's where the ranks drifted apart (see [`align_with_rank_0`]), with a note.
     async fn align_ranks(&mut self, epoch: usize) -> anyhow::Result<()> {
         let Some(peers) = self.peers() else { return Ok(()) };
         let optimizer = &self.state.optimizer;
