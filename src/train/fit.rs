@@ -11,17 +11,19 @@ use crate::data::{probe_mirroring, FlipAdvice, MirrorProbe, Source};
 const MIRROR_PROBE_SEED: u64 = 0x6d69_7272_6f72;
 
 /// Flips as the probe of `train` advises: off where mirrored images are classified clearly
-/// worse than the originals (digits, text), else the config's. Returns the advice and the
-/// line on what was measured and chosen.
-pub fn fit_flips(config: &mut TrainConfig, train: &dyn Source) -> (FlipAdvice, String) {
+/// worse than the originals (digits, text). Returns the advice and the line on what was
+/// measured and chosen; `None` (no probe) where the config already has flips off.
+pub fn fit_flips(config: &mut TrainConfig, train: &dyn Source) -> Option<(FlipAdvice, String)> {
+    if !config.augment.hflip {
+        return None;
+    }
     let probe = probe_mirroring(train, MIRROR_PROBE_SEED);
-    let advice = probe.advice();
-    config.augment.hflip = config.augment.hflip && advice != FlipAdvice::Avoid;
-    (advice, flips_line(&probe, config.augment.hflip))
+    config.augment.hflip = probe.advice() != FlipAdvice::Avoid;
+    Some((probe.advice(), flips_line(&probe)))
 }
 
 /// The line on random horizontal flips: what the probe measured and what it chose.
-fn flips_line(probe: &MirrorProbe, hflip: bool) -> String {
+fn flips_line(probe: &MirrorProbe) -> String {
     let measured = format!(
         "a nearest-class-mean probe of {} training images classifies {:.1}% of them and {:.1}% of their mirror \
          images (chance {:.1}%)",
@@ -30,13 +32,10 @@ fn flips_line(probe: &MirrorProbe, hflip: bool) -> String {
         100.0 * probe.mirrored_accuracy,
         100.0 * probe.chance
     );
-    match (probe.advice(), hflip) {
-        (FlipAdvice::Avoid, _) => {
-            format!("flips: off: {measured}, so a flip draws another class, as with digits or text")
-        }
-        (_, false) => format!("flips: off (the config's): {measured}"),
-        (FlipAdvice::Keep, true) => format!("flips: on: {measured}, so mirroring keeps the class"),
-        (FlipAdvice::Unsure, true) => format!(
+    match probe.advice() {
+        FlipAdvice::Avoid => format!("flips: off: {measured}, so a flip draws another class, as with digits or text"),
+        FlipAdvice::Keep => format!("flips: on: {measured}, so mirroring keeps the class"),
+        FlipAdvice::Unsure => format!(
             "flips: on (the preset's): {measured}, too close to chance to tell whether mirroring keeps the class \
              (too few images, or classes alike in thumbnails)"
         ),
@@ -110,12 +109,11 @@ mod tests {
             chance: 0.1,
             discordant: 0,
         };
-        let digits = flips_line(&probe(0.45), false);
+        let digits = flips_line(&probe(0.45));
         assert!(digits.starts_with("flips: off: a nearest-class-mean probe of 500 training images classifies 80.0%"));
         assert!(digits.ends_with(
             "45.0% of their mirror images (chance 10.0%), so a flip draws another class, as with digits or text"
         ));
-        assert!(flips_line(&probe(0.79), true).ends_with("so mirroring keeps the class"));
-        assert!(flips_line(&probe(0.79), false).starts_with("flips: off (the config's)"));
+        assert!(flips_line(&probe(0.79)).ends_with("so mirroring keeps the class"));
     }
 }

@@ -221,11 +221,8 @@ impl PickedImages {
     fn fitted(&self, config: &str, spread_epochs: bool) -> anyhow::Result<String> {
         let mut config = TrainConfig::from_toml(config)?;
         let (train, _) = self.sources(&config)?;
-        let mut notes = Vec::new();
-        if config.augment.hflip {
-            // The page has no flip control: the probe decides, as natively without a flag.
-            notes.push(fit_flips(&mut config, train.as_ref()).1);
-        }
+        // The page has no flip control: the probe decides, as natively without a flag.
+        let mut notes: Vec<String> = fit_flips(&mut config, train.as_ref()).map(|(_, line)| line).into_iter().collect();
         if spread_epochs {
             notes.push(format!("{}; the Epochs field overrides)", fit_epochs(&mut config, train.len(), None)?));
         }

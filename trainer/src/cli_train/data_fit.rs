@@ -25,12 +25,12 @@ pub(super) fn fit_to_data(
     match dataset.format {
         _ if args.no_hflip || args.hflip => {}
         Format::Mnist => config.augment.hflip = false,
-        _ if args.config.is_some() || !config.augment.hflip => {}
+        _ if args.config.is_some() => {}
         Format::Procedural => {}
         _ => {
-            let (advice, line) = fit_flips(config, dataset.train.as_ref());
-            let hint = if advice == FlipAdvice::Avoid { "--hflip forces them" } else { "--no-hflip turns them off" };
-            if announce {
+            if let Some((advice, line)) = fit_flips(config, dataset.train.as_ref()).filter(|_| announce) {
+                let hint =
+                    if advice == FlipAdvice::Avoid { "--hflip forces them" } else { "--no-hflip turns them off" };
                 eprintln!("{line}; {hint}");
             }
         }
