@@ -182,9 +182,7 @@ export class TrainView {
         // Flips and (with the epochs left empty) the length follow the folder, as natively.
         const fitted = JSON.parse(this.picked.fit(config, request.epochs == null));
         config = fitted.config;
-        this.notes.push(...fitted.notes);
-        $("train-notes").hidden = false;
-        $("train-notes").textContent = this.notes.join("\n");
+        this.addNotes(fitted.notes);
       }
       await forgetRun();
       await this.launch(request, config, undefined, undefined);
@@ -272,14 +270,18 @@ export class TrainView {
     if (!ended) setTimeout(() => this.poll(), POLL_MS);
   }
 
+  // Adds lines to the notes shown under the progress.
+  addNotes(notes) {
+    this.notes.push(...notes);
+    if (!notes.length) return;
+    $("train-notes").hidden = false;
+    $("train-notes").textContent = this.notes.join("\n");
+  }
+
   // Shows where the run stands; true once it has ended.
   async update(session) {
     const p = JSON.parse(session.poll());
-    this.notes.push(...p.notes);
-    if (p.notes.length) {
-      $("train-notes").hidden = false;
-      $("train-notes").textContent = this.notes.join("\n");
-    }
+    this.addNotes(p.notes);
     testid("train-step").textContent = String(p.epoch * p.steps_in_epoch + p.position);
     const speed = p.images_per_second == null ? "" : ` · ${p.images_per_second.toFixed(0)} images/s`;
     const loss = p.loss == null ? "" : ` · loss ${p.loss.toFixed(3)}`;
