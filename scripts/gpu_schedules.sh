@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Issue 20's GPU measurement: the standard preset on the built-in data, `none` against `prog`
 # and `auto`, two seeds (`autoprog compare`), spread over as many device calls as it takes.
-# Each call trains for at most LIMIT_S seconds (default 480, leaving a 10-minute call time to set
-# up and to save), then stops the comparison with SIGUSR1, which autoprog takes as Ctrl-C (a
-# checkpoint, then exit; a repeat does no harm, where a second Ctrl-C quits at once); the next call on the same OUT folder (carried back to
-# the device) keeps the finished runs and resumes the one that was cut short. A resumed run's
-# wall time counts only its own training, whichever call and machine it ran in.
+# Each call trains for at most LIMIT_S seconds (default 480, leaving a 10-minute call time to
+# set up and to save), then stops the comparison with SIGUSR1, which autoprog takes as Ctrl-C
+# (a checkpoint, then exit; a repeat does no harm, where a second Ctrl-C quits at once). The
+# next call on the same OUT folder (carried back to the device) keeps the finished runs and
+# resumes the one that was cut short. A resumed run's wall time counts only its own training,
+# whichever call and machine it ran in.
 #
 #   scripts/gpu_schedules.sh [OUT_DIR] [more compare options]     (default gpu-schedules/)
 #
